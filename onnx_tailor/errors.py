@@ -1,0 +1,35 @@
+"""The errors onnx-tailor raises for things a user can fix.
+
+Every error a user can cause (a missing file, a bad flag, a site that does not
+exist) is a `TailorError`: the CLI prints its message on one line and exits
+non-zero instead of showing a traceback. Anything else escaping the library
+is a bug in onnx-tailor, and keeps its traceback.
+"""
+
+
+class TailorError(Exception):
+    """A problem with the user's input, reported in one line."""
+
+    exit_code = 1
+
+
+class ModelLoadError(TailorError):
+    """The file is missing, not ONNX, truncated, or uses an unsupported opset."""
+
+
+class InputShapeError(TailorError):
+    """A concrete input shape is needed and the model does not fix one."""
+
+
+class PassError(TailorError):
+    """Unknown pass, unknown site, or a bad pass parameter."""
+
+
+class VerificationError(TailorError):
+    """An exact rewrite changed the model's outputs; the model is not returned.
+
+    This points at a bug in a pass (or a model it does not understand), so it
+    exits with its own code to stand apart from ordinary input errors.
+    """
+
+    exit_code = 3

@@ -1,0 +1,100 @@
+"""Reading models from disk and writing them back without ever losing one.
+
+Writes are atomic: the model (and its external data, if any) goes to a
+temporary file in the destination folder and is renamed into place, so a
+crash or Ctrl-C leaves either the old file or the new one, never half of one.
+The input model is never overwritten unless the caller explicitly allows it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import google.protobuf.message
+import onnx
+
+from ..errors import ModelLoadError, TailorError
+from .canonical import canonicalize, check_opset, infer_shapes, lift_constants, name_nodes
+from .model import Model, Shape
+
+# Protobuf cannot serialize a message over 2 GiB; past this, weights go to a side file.
+_EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    """Parse an ONNX file (and its external data), turning every failure into one line."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, not an ONNX file")
+    try:
+        proto = onnx.load(str(path), load_external_data=True)
+    except google.protobuf.message.DecodeError:
+        raise ModelLoadError(f"{path}: not an ONNX model (the file does not parse; is it truncated?)") from None
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path}: external data file missing: {exc.filename or exc}") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot read: {exc}") from None
+    if proto.ir_version == 0 or not proto.HasField("graph") or not proto.graph.node:
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph in it; is it truncated?)")
+    check_opset(proto, str(path))  # before the checker, whose complaint about an old opset is cryptic
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise ModelLoadError(f"{path}: invalid ONNX model: {first_line}") from None
+    return proto
+
+
+def load(path: str | os.PathLike, input_shapes: dict[str, Shape] | None = None,
+         canonical: bool = True) -> Model:
+    """Load a model from disk, canonicalized unless `canonical=False`.
+
+    `canonical=False` keeps the network as exported (BatchNorm unfolded,
+    constant sub-graphs unfolded) and only normalizes its representation:
+    Constant nodes become initializers, nodes get stable names, shapes are
+    inferred. That is the form the clean-up passes have work to do on.
+    """
+    proto = read_proto(path)
+    if canonical:
+        proto = canonicalize(proto, source=str(path))
+    else:
+        proto = infer_shapes(name_nodes(lift_constants(proto)))
+    return Model(proto, input_shapes)
+
+
+def ensure_not_input(output: str | os.PathLike, input_path: str | os.PathLike | None, allow: bool) -> None:
+    """Refuse to write over the model we read, unless the user asked for exactly that."""
+    if input_path is None or allow:
+        return
+    out, src = Path(output), Path(input_path)
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise TailorError(f"{output}: is the input model; choose another output or pass --overwrite-input")
+
+
+def save(model: Model, path: str | os.PathLike, input_path: str | os.PathLike | None = None,
+         overwrite_input: bool = False) -> Path:
+    """Write `model` to `path` atomically; large weights go to `<name>.data` beside it."""
+    path = Path(path)
+    ensure_not_input(path, input_path, overwrite_input)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise TailorError(f"{path}: folder {folder} does not exist")
+    external = sum(len(t.raw_data) for t in model.graph.initializer) > _EXTERNAL_DATA_THRESHOLD
+    with tempfile.TemporaryDirectory(prefix=".onnx-tailor-", dir=folder) as tmp:
+        staged = Path(tmp) / path.name
+        if external:
+            proto = onnx.ModelProto()
+            proto.CopyFrom(model.proto)
+            onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.name + ".data", size_threshold=1024)
+            os.replace(Path(tmp) / (path.name + ".data"), folder / (path.name + ".data"))
+        else:
+            staged.write_bytes(model.serialized)
+        with open(staged, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(staged, path)
+    return path

@@ -1,0 +1,261 @@
+"""`Model`: an immutable, canonical ONNX model and the graph facts derived from it.
+
+Passes, analysis and the cost model all read a `Model`; none of them edits
+one. A rewrite imports a fresh onnx-graphsurgeon graph (`to_graphsurgeon`),
+changes that, and wraps the result in a new `Model` (`from_graphsurgeon`),
+so an input model is never mutated however a pass misbehaves.
+
+Besides the proto, a `Model` carries `input_shapes`: the concrete shape of each
+graph input used for shape-dependent work (MAC counts, activation sizes,
+numerical verification). The proto itself keeps its dynamic dimensions; a
+symbolic batch dimension counts as 1 unless the user says otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from functools import cached_property
+from typing import Mapping
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+from ..errors import InputShapeError
+
+# onnx-graphsurgeon logs every cleanup at INFO; that noise is not the user's.
+logging.getLogger("onnx_graphsurgeon").setLevel(logging.WARNING)
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.WARNING
+
+Shape = tuple[int, ...]
+
+
+def parse_input_shapes(specs: Mapping[str, Shape] | None) -> dict[str, Shape]:
+    return {name: tuple(int(d) for d in dims) for name, dims in (specs or {}).items()}
+
+
+class Model:
+    """A canonical ONNX model (see `ir.load`) with lazily derived graph facts."""
+
+    def __init__(self, proto: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None):
+        self._proto = proto
+        self._shape_overrides = parse_input_shapes(input_shapes)
+        unknown = set(self._shape_overrides) - {i.name for i in self.graph_inputs}
+        if unknown:
+            raise InputShapeError(
+                f"--input-shape names {', '.join(sorted(unknown))}, which the model has no input called; "
+                f"its inputs are: {', '.join(i.name for i in self.graph_inputs)}"
+            )
+
+    # -- the proto and its identity -------------------------------------------------
+
+    @property
+    def proto(self) -> onnx.ModelProto:
+        """The underlying proto. Treat it as read-only: `Model`s share it freely."""
+        return self._proto
+
+    @cached_property
+    def serialized(self) -> bytes:
+        return self._proto.SerializeToString(deterministic=True)
+
+    @cached_property
+    def content_hash(self) -> str:
+        """sha256 of the deterministic serialization: equal graphs hash equal."""
+        return hashlib.sha256(self.serialized).hexdigest()
+
+    def with_proto(self, proto: onnx.ModelProto) -> "Model":
+        """A new model with the same input shapes around another proto."""
+        return Model(proto, self._shape_overrides)
+
+    def with_input_shapes(self, input_shapes: Mapping[str, Shape]) -> "Model":
+        return Model(self._proto, {**self._shape_overrides, **parse_input_shapes(input_shapes)})
+
+    # -- graph structure ------------------------------------------------------------
+
+    @property
+    def graph(self) -> onnx.GraphProto:
+        return self._proto.graph
+
+    @property
+    def nodes(self) -> list[onnx.NodeProto]:
+        return list(self._proto.graph.node)
+
+    @cached_property
+    def _initializer_names(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.graph.initializer)
+
+    @property
+    def graph_inputs(self) -> list[onnx.ValueInfoProto]:
+        """Graph inputs that are real inputs (not initializers listed as inputs)."""
+        return [i for i in self.graph.input if i.name not in self._initializer_names]
+
+    @cached_property
+    def graph_output_names(self) -> frozenset[str]:
+        return frozenset(o.name for o in self.graph.output)
+
+    @cached_property
+    def _node_by_name(self) -> dict[str, onnx.NodeProto]:
+        return {n.name: n for n in self.graph.node}
+
+    @cached_property
+    def _producer(self) -> dict[str, onnx.NodeProto]:
+        return {out: n for n in self.graph.node for out in n.output if out}
+
+    @cached_property
+    def _consumers(self) -> dict[str, list[onnx.NodeProto]]:
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.graph.node:
+            for name in dict.fromkeys(n.input):  # a node reading x twice consumes it once
+                if name:
+                    consumers.setdefault(name, []).append(n)
+        return consumers
+
+    def node(self, name: str) -> onnx.NodeProto:
+        return self._node_by_name[name]
+
+    def has_node(self, name: str) -> bool:
+        return name in self._node_by_name
+
+    def producer(self, tensor: str) -> onnx.NodeProto | None:
+        return self._producer.get(tensor)
+
+    def consumers(self, tensor: str) -> list[onnx.NodeProto]:
+        return self._consumers.get(tensor, [])
+
+    def is_graph_output(self, tensor: str) -> bool:
+        return tensor in self.graph_output_names
+
+    def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
+        """The only reader of `tensor`, or None if it has several or is a graph output."""
+        readers = self.consumers(tensor)
+        if len(readers) != 1 or self.is_graph_output(tensor):
+            return None
+        return readers[0]
+
+    # -- constants and attributes ---------------------------------------------------
+
+    @cached_property
+    def _initializers(self) -> dict[str, onnx.TensorProto]:
+        return {t.name: t for t in self.graph.initializer}
+
+    def constant(self, tensor: str) -> np.ndarray | None:
+        """The value of an initializer (weights, fixed shapes), or None for activations."""
+        proto = self._initializers.get(tensor)
+        return None if proto is None else numpy_helper.to_array(proto)
+
+    def initializer(self, tensor: str) -> onnx.TensorProto | None:
+        """The raw initializer proto (dtype and dims without decoding the data)."""
+        return self._initializers.get(tensor)
+
+    def is_constant(self, tensor: str) -> bool:
+        return tensor in self._initializers
+
+    @staticmethod
+    def attr(node: onnx.NodeProto, name: str, default=None):
+        for a in node.attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    # -- shapes -------------------------------------------------------------------
+
+    @cached_property
+    def _declared_shapes(self) -> dict[str, tuple]:
+        """Shapes from the proto's value_info: ints for fixed dims, str/None for symbolic ones."""
+        shapes = {}
+        for vi in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
+            tt = vi.type.tensor_type
+            if not tt.HasField("shape"):
+                continue
+            shapes[vi.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+            )
+        for t in self.graph.initializer:
+            shapes[t.name] = tuple(t.dims)
+        return shapes
+
+    def declared_shape(self, tensor: str) -> tuple | None:
+        """The shape the proto declares (symbolic dims as names), or None if unknown."""
+        return self._declared_shapes.get(tensor)
+
+    def channels(self, tensor: str) -> int | None:
+        """Dimension 1 (channels, in NCHW) of a tensor when the model fixes it."""
+        shape = self.declared_shape(tensor)
+        if shape is None or len(shape) < 2 or not isinstance(shape[1], int) or shape[1] <= 0:
+            return None
+        return shape[1]
+
+    @cached_property
+    def input_shapes(self) -> dict[str, Shape]:
+        """Concrete shapes for every graph input, for analysis and verification.
+
+        Overrides given at load win; otherwise a symbolic leading (batch)
+        dimension becomes 1. Any other symbolic dimension needs an override.
+        """
+        shapes = {}
+        for vi in self.graph_inputs:
+            if vi.name in self._shape_overrides:
+                shapes[vi.name] = self._shape_overrides[vi.name]
+                continue
+            dims = self.declared_shape(vi.name) or ()
+            concrete = []
+            for axis, d in enumerate(dims):
+                if isinstance(d, int) and d > 0:
+                    concrete.append(d)
+                elif axis == 0:
+                    concrete.append(1)
+                else:
+                    shown = ",".join(str(x) if isinstance(x, int) and x > 0 else "?" for x in dims)
+                    raise InputShapeError(
+                        f"input '{vi.name}' has shape [{shown}] with unknown dimensions; "
+                        f"give a concrete shape, e.g. --input-shape {vi.name}="
+                        + ",".join(str(x) if isinstance(x, int) and x > 0 else ("1" if i == 0 else "N")
+                                   for i, x in enumerate(dims))
+                    )
+            shapes[vi.name] = tuple(concrete)
+        return shapes
+
+    @cached_property
+    def tensor_info(self) -> dict:
+        """Concrete shape and element type of every activation at `input_shapes`
+        (name -> `ir.shapes.TensorInfo`)."""
+        from .shapes import concrete_tensor_info  # shapes runs the model: import on use
+
+        return concrete_tensor_info(self)
+
+    @property
+    def shape_overrides(self) -> dict[str, Shape]:
+        return dict(self._shape_overrides)
+
+    # -- onnx-graphsurgeon round trip -------------------------------------------------
+
+    def to_graphsurgeon(self) -> gs.Graph:
+        """A fresh graph to rewrite. Its constants share arrays with this model: replace
+        a `gs.Constant`'s values with a new array, never edit them in place."""
+        return gs.import_onnx(self._proto)
+
+    def from_graphsurgeon(self, graph: gs.Graph) -> "Model":
+        """Wrap a rewritten graph as a new model with this model's input shapes.
+
+        Stale intermediate shapes are dropped and inferred again, because a
+        rewrite may change channel counts that the old value_info still states.
+        """
+        from .canonical import infer_shapes  # canonical imports this module
+
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
+                tensor.shape = None
+        proto = gs.export_onnx(graph, do_type_check=False)
+        proto.ir_version = self._proto.ir_version
+        del proto.opset_import[:]
+        proto.opset_import.extend(self._proto.opset_import)
+        proto.producer_name = self._proto.producer_name
+        proto.producer_version = self._proto.producer_version
+        del proto.graph.value_info[:]
+        return self.with_proto(infer_shapes(proto))
+
+    def __repr__(self) -> str:
+        return f"<Model {self.graph.name or '?'}: {len(self.graph.node)} nodes, {self.content_hash[:12]}>"

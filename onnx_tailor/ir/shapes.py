@@ -1,0 +1,79 @@
+"""Concrete tensor shapes and element types for one set of input shapes.
+
+onnx's shape inference (with data propagation) answers for most models; for
+the tensors it leaves open (e.g. a Resize whose scales are computed at run
+time), the model is run once on seeded inputs with those tensors exposed as
+outputs, which is exact by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .canonical import infer_shapes
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    elem_type: int
+
+    @property
+    def elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def bytes(self) -> int:
+        return self.elements * itemsize(self.elem_type)
+
+
+def itemsize(elem_type: int) -> int:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
+    except Exception:  # undefined or string types: count them as 4 bytes, like float
+        return 4
+
+
+def _collect(proto: onnx.ModelProto) -> dict[str, TensorInfo]:
+    found = {}
+    for vi in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if all(d >= 0 for d in dims):
+            found[vi.name] = TensorInfo(tuple(dims), tt.elem_type)
+    return found
+
+
+def concrete_tensor_info(model) -> dict[str, TensorInfo]:
+    """Shape and type of every activation tensor of `model` at `model.input_shapes`."""
+    from .runtime import run, seeded_inputs  # runtime imports model, which imports this lazily
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    fixed = model.input_shapes
+    for vi in proto.graph.input:
+        if vi.name in fixed:
+            shape = vi.type.tensor_type.shape
+            del shape.dim[:]
+            for d in fixed[vi.name]:
+                shape.dim.add().dim_value = d
+    del proto.graph.value_info[:]
+    proto = infer_shapes(proto)
+    info = _collect(proto)
+    wanted = [o for n in proto.graph.node for o in n.output if o and o not in info]
+    if wanted:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(proto)
+        known = {o.name for o in probe.graph.output}
+        probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted if name not in known)
+        outputs = run(model.with_proto(probe), seeded_inputs(model))
+        for name in wanted:
+            value = outputs.get(name)
+            if value is not None:
+                info[name] = TensorInfo(tuple(value.shape), onnx.helper.np_dtype_to_tensor_dtype(value.dtype))
+    return info

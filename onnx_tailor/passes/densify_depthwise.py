@@ -1,0 +1,56 @@
+"""densify_depthwise: turn a depthwise (or grouped) Conv into a standard Conv.
+
+Before:  Conv(group=g, W: [Co, Ci/g, Kh, Kw])
+After:   Conv(group=1, W': [Co, Ci, Kh, Kw]), W' block-diagonal:
+
+    W'[o, j] = W[o, j - (o // (Co/g)) * (Ci/g)]   if j lies in output o's group
+             = 0                                   otherwise
+
+This is the "swap convolutions" rewrite: on an accelerator whose MAC array is
+idle during depthwise convs (they run on a narrow vector unit), a dense conv
+with mostly-zero weights can be faster. Exact: the zero blocks add nothing.
+Conditions: group > 1 and constant weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..ir import Model
+from .base import Declined, Exactness, Pass, Site
+from .graph_edit import constant_input, nodes_by_name, set_constant_input
+
+
+class DensifyDepthwise(Pass):
+    name = "densify_depthwise"
+    exactness = Exactness.EXACT
+    summary = "make a depthwise or grouped Conv a standard Conv with block-diagonal weights"
+
+    def survey(self, model: Model, params: dict[str, Any]) -> Iterable[Site | Declined]:
+        for conv in model.nodes:
+            if conv.op_type != "Conv" or model.attr(conv, "group", 1) == 1:
+                continue
+            if not model.is_constant(conv.input[1]):
+                yield self.decline(conv.name, "its weights are computed at run time, not a constant")
+                continue
+            groups = model.attr(conv, "group")
+            shape = model.declared_shape(conv.input[1])
+            yield self.site(conv.name, {conv.name},
+                            summary=f"group {groups} -> 1, weights {shape[1]} -> {shape[1] * groups} input channels")
+
+    def rewrite(self, model: Model, site: Site, calib=None) -> Model:
+        graph = model.to_graphsurgeon()
+        conv = nodes_by_name(graph)[site.anchor]
+        groups = int(conv.attrs["group"])
+        weight = constant_input(conv, 1)
+        out_channels, in_per_group = weight.shape[:2]
+        out_per_group = out_channels // groups
+        dense = np.zeros((out_channels, in_per_group * groups) + weight.shape[2:], dtype=weight.dtype)
+        for g in range(groups):
+            rows = slice(g * out_per_group, (g + 1) * out_per_group)
+            dense[rows, g * in_per_group:(g + 1) * in_per_group] = weight[rows]
+        set_constant_input(graph, conv, 1, dense, "weight_dense")
+        conv.attrs["group"] = 1
+        return model.from_graphsurgeon(graph)

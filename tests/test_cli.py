@@ -1,0 +1,117 @@
+"""The command line as a user meets it: output, files written, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnx_tailor.cli import main
+from tests.conftest import DIGITS
+from tests.graphs import tiny_mobilenet
+
+
+@pytest.fixture
+def tiny_path(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_mobilenet(), str(path))
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_inspect_reports_costs_and_blocks():
+    result = invoke("inspect", DIGITS.path)
+    assert result.exit_code == 0, result.output
+    for expected in ("MACs", "parameters", "peak activations", f"Inverted-bottleneck blocks: {DIGITS.ibn_blocks}"):
+        assert expected in result.output
+
+
+def test_inspect_json_is_machine_readable():
+    result = invoke("inspect", DIGITS.path, "--json", "--target-multiple", "16")
+    data = json.loads(result.output)
+    assert data["macs"] > 0 and data["params"] > 0 and data["peak_activation_bytes"] > 0
+    assert len(data["blocks"]) == DIGITS.ibn_blocks
+    assert any(block["misaligned"] for block in data["blocks"])
+
+
+def test_inspect_paddle_models_with_input_shape(paddle_models):
+    result = invoke("inspect", paddle_models["paddle_det"], "--input-shape", "x=1,3,160,160")
+    assert result.exit_code == 0, result.output
+    assert "Inverted-bottleneck blocks: 15" in result.output
+
+
+def test_passes_lists_every_pass_with_exactness():
+    result = invoke("passes")
+    for name in ("fold_batchnorm", "densify_depthwise", "pad_channels", "simplify"):
+        assert name in result.output
+    assert "exact" in result.output and "--param multiple=<int>" in result.output
+
+
+def test_apply_all_sites_writes_a_verified_model(tiny_path, tmp_path):
+    out = tmp_path / "padded.onnx"
+    before = tiny_path.read_bytes()
+    result = invoke("apply", tiny_path, "--pass", "pad_channels", "--param", "multiple=16", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "verified exact" in result.output and out.exists()
+    onnx.checker.check_model(onnx.load(str(out)))
+    assert tiny_path.read_bytes() == before
+
+
+def test_apply_one_site_and_list_sites(tiny_path, tmp_path):
+    listing = invoke("apply", tiny_path, "--pass", "densify_depthwise", "--list-sites")
+    anchors = [line.split()[1] for line in listing.output.splitlines() if line.startswith("site")]
+    assert len(anchors) == 3
+    out = tmp_path / "one.onnx"
+    result = invoke("apply", tiny_path, "--pass", "densify_depthwise", "--site", anchors[0], "-o", out)
+    assert result.exit_code == 0 and "rewrote 1 site(s)" in result.output
+    grouped = [n for n in onnx.load(str(out)).graph.node
+               if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(grouped) == 2
+
+
+def _bad_inputs(tmp_path, tiny_path):
+    text = tmp_path / "text.onnx"
+    text.write_text("not a model at all\n" * 10)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(tiny_path.read_bytes()[:500])
+    out = tmp_path / "o.onnx"
+    a_conv = next(n.name for n in onnx.load(str(tiny_path)).graph.node if n.op_type == "Conv")
+    return {
+        "missing file": (["inspect", tmp_path / "nope.onnx"], "no such file"),
+        "not onnx": (["inspect", text], "not an ONNX model"),
+        "truncated": (["inspect", truncated], "not an ONNX model"),
+        "unknown pass": (["apply", tiny_path, "--pass", "make_faster", "-o", out], "unknown pass 'make_faster'"),
+        "unknown site": (["apply", tiny_path, "--pass", "pad_channels", "--site", "Conv_999", "-o", out],
+                         "no node named 'Conv_999'"),
+        "declined site": (["apply", tiny_path, "--pass", "fold_batchnorm", "--site", a_conv, "-o", out],
+                          "is not a site of fold_batchnorm"),
+        "bad param": (["apply", tiny_path, "--pass", "pad_channels", "--param", "width=3", "-o", out],
+                      "unknown parameter 'width'"),
+        "output is input": (["apply", tiny_path, "--pass", "pad_channels", "-o", tiny_path], "is the input model"),
+        "symbolic shape": (["inspect", tiny_path, "--input-shape", "wrong=1,2"], "no input called"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "not onnx", "truncated", "unknown pass", "unknown site",
+                                  "declined site", "bad param", "output is input", "symbolic shape"])
+def test_user_mistakes_get_one_line_and_exit_1(case, tmp_path, tiny_path):
+    args, message = _bad_inputs(tmp_path, tiny_path)[case]
+    # A real process, so that what the user would see (and the exit code) is what is tested.
+    proc = subprocess.run([sys.executable, "-m", "onnx_tailor", *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+
+
+def test_usage_errors_exit_2(tiny_path):
+    proc = subprocess.run([sys.executable, "-m", "onnx_tailor", "apply", str(tiny_path), "--pass", "pad_channels"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--output" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,132 @@
+"""Loading, canonicalizing and saving: nothing lost, nothing silently wrong, one-line errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from onnx_tailor.errors import InputShapeError, ModelLoadError, TailorError
+from onnx_tailor.ir import Model, check_equivalence, load, read_proto, run, save
+from tests.graphs import GraphBuilder, tiny_mobilenet
+
+
+@pytest.fixture
+def tiny_path(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_mobilenet(), str(path))
+    return path
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load(tmp_path / "absent.onnx")
+
+
+def test_not_an_onnx_file(tmp_path):
+    path = tmp_path / "notes.onnx"
+    path.write_text("these are my notes, not a model\n" * 20)
+    with pytest.raises(ModelLoadError, match="not an ONNX model"):
+        load(path)
+
+
+def test_truncated_file(tiny_path, tmp_path):
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(tiny_path.read_bytes()[: tiny_path.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="not an ONNX model"):
+        load(cut)
+
+
+def test_directory(tmp_path):
+    with pytest.raises(ModelLoadError, match="is a directory"):
+        load(tmp_path)
+
+
+def test_opset_too_old(tmp_path):
+    model = tiny_mobilenet()
+    model.opset_import[0].version = 9
+    path = tmp_path / "old.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelLoadError, match="opset 9 is older than 11"):
+        load(path)
+
+
+def test_canonical_form_lifts_constants_folds_batchnorm_and_names_nodes(paddle_models):
+    path = paddle_models["paddle_cls"]
+    raw = read_proto(path)
+    assert any(n.op_type == "Constant" for n in raw.graph.node)
+    model = load(path, {"x": (3, 3, 48, 192)})
+    ops = {n.op_type for n in model.nodes}
+    assert "Constant" not in ops and "BatchNormalization" not in ops and "Identity" not in ops
+    names = [n.name for n in model.nodes]
+    assert all(names) and len(set(names)) == len(names)
+    assert [n.name for n in load(path).nodes] == names, "node names must be stable across loads"
+    private = {e.domain for e in model.proto.opset_import} - {"", "ai.onnx"}
+    assert not private, f"onnxruntime's private domains leaked into opset_import: {private}"
+    assert check_equivalence(Model(raw, {"x": (3, 3, 48, 192)}), model)
+
+
+def test_dynamic_batch_stays_dynamic(tiny_path):
+    model = load(tiny_path)
+    batch = model.graph_inputs[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value
+    out = run(model, {"input": np.zeros((5, 3, 16, 16), np.float32)})
+    assert next(iter(out.values())).shape == (5, 10)
+
+
+def test_symbolic_spatial_dims_need_a_shape(paddle_models):
+    model = load(paddle_models["paddle_cls"])
+    with pytest.raises(InputShapeError, match=r"--input-shape x=1,3,N,N"):
+        model.input_shapes
+
+
+def test_unknown_input_name_in_shapes(tiny_path):
+    with pytest.raises(InputShapeError, match="no input called"):
+        load(tiny_path, {"image": (1, 3, 16, 16)})
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(tiny_path, tmp_path):
+    model = load(tiny_path)
+    out = tmp_path / "out" / "model.onnx"
+    out.parent.mkdir()
+    save(model, out)
+    assert os.listdir(out.parent) == ["model.onnx"]
+    assert Model(read_proto(out)).content_hash == model.content_hash
+
+
+def test_save_refuses_to_overwrite_the_input_unless_asked(tiny_path):
+    before = tiny_path.read_bytes()
+    model = load(tiny_path)
+    with pytest.raises(TailorError, match="is the input model"):
+        save(model, tiny_path, input_path=tiny_path)
+    assert tiny_path.read_bytes() == before
+    save(model, tiny_path, input_path=tiny_path, overwrite_input=True)
+    assert tiny_path.read_bytes() != before  # canonical form differs from the export
+
+
+def test_equivalence_check_can_fail():
+    b = GraphBuilder(seed=9)
+    proto = b.build({"x": (1, 3, 4, 4)}, [b.conv("x", 3, 4, 1, name="conv")])
+    perturbed = onnx.ModelProto()
+    perturbed.CopyFrom(proto)
+    weight = perturbed.graph.initializer[0]
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values.flat[0] += 1e-2
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    comparison = check_equivalence(Model(proto), Model(perturbed))
+    assert not comparison and "differs" in comparison.detail
+
+
+def test_external_data_models_load(tmp_path):
+    b = GraphBuilder(seed=10)
+    proto = b.build({"x": (1, 64, 4, 4)}, [b.conv("x", 64, 64, 3)])
+    path = tmp_path / "external.onnx"
+    stored = onnx.ModelProto()
+    stored.CopyFrom(proto)  # save_model moves the weights of the proto it is given out to the file
+    onnx.save_model(stored, str(path), save_as_external_data=True, location="external.onnx.data", size_threshold=0)
+    assert (tmp_path / "external.onnx.data").exists()
+    model = load(path)
+    assert check_equivalence(Model(proto), model)
