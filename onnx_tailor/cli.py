@@ -14,6 +14,8 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 
 from . import api
+from .costmodel import DEFAULT_TARGET, builtin_targets, load_target
+from .costmodel import simulate as npu_simulate
 from .errors import TailorError
 from .ir import Model
 from .passes import all_passes, get_pass
@@ -160,6 +162,55 @@ def _print_nodes(model: Model, report, multiple: int) -> None:
             flag = f"  {out_ch} channels, not a multiple of {multiple}" if out_ch % multiple else ""
         click.echo(f"  {cost.name:<{w}} {cost.op_type:<18} {_human_count(cost.macs):>10} {cost.params:>9,} "
                    f"{_human_bytes(cost.output_bytes):>10}{flag}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", "target_name", default=DEFAULT_TARGET, show_default=True, metavar="NAME|PROFILE.json",
+              help=f"A simulated NPU target ({', '.join(t for t in builtin_targets() if t.startswith('npu'))}) "
+                   "or the path of an npu profile.")
+@click.option("--per-op", is_flag=True, help="Print every executed kernel: cycles, bound, MAC utilization, spills.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@input_shape_option
+def simulate(model, target_name, per_op, as_json, input_shapes):
+    """Cycle-level latency of MODEL on a simulated NPU (the ground truth of npu-* targets).
+
+    Ops are grouped into the kernels the NPU compiler would run (activations and
+    constant scale/shift fused into the Conv/MatMul before them); each kernel costs
+    max(compute, DRAM traffic) + dispatch. See shared/design/npu-target.md.
+    """
+    target = load_target(target_name)
+    if not target.simulated:
+        raise TailorError(f"target {target.name} is measured, not simulated; use `onnx-tailor cost`")
+    loaded = api.load(model, input_shapes)
+    result = npu_simulate(loaded, target)
+    rows = [{"kernel": k.kernel.name, "ops": [k.kernel.op_type, *k.kernel.fused], "unit": k.unit,
+             "compute_cycles": k.compute_cycles, "memory_cycles": round(k.memory_cycles, 1),
+             "cycles": round(k.cycles, 1), "bound": k.bound, "dram_bytes": k.dram_bytes,
+             "mac_utilization": k.utilization(target.parallelism), "spilled": list(k.spilled)}
+            for k in result.kernels]
+    if as_json:
+        click.echo(json.dumps({"model": model, "target": target.name, "cycles": result.total_cycles,
+                               "latency_ms": result.latency_s * 1e3, "warnings": result.warnings,
+                               **({"kernels": rows} if per_op else {})}, indent=2))
+        return
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if per_op:
+        w = max(24, *(len(r["kernel"]) for r in rows))
+        click.echo(f"{'kernel':<{w}} {'ops':<28} {'cycles':>10} {'compute':>10} {'memory':>10} {'bound':<8} "
+                   f"{'MAC util':>8}  spilled")
+        for r in rows:
+            if r["unit"] == "free":
+                continue
+            util = f"{r['mac_utilization']:.0%}" if r["mac_utilization"] is not None else "-"
+            ops = "+".join(r["ops"])
+            click.echo(f"{r['kernel']:<{w}} {ops[:28]:<28} {r['cycles']:>10,.0f} {r['compute_cycles']:>10,} "
+                       f"{r['memory_cycles']:>10,.0f} {r['bound']:<8} {util:>8}  {', '.join(r['spilled'])}")
+        click.echo("")
+    executed = sum(1 for r in rows if r["unit"] != "free")
+    click.echo(f"{model} on {target.name}: {result.total_cycles:,.0f} cycles = {result.latency_s * 1e3:.3f} ms "
+               f"({executed} kernels)")
 
 
 @main.command()

@@ -96,11 +96,13 @@ def _bad_inputs(tmp_path, tiny_path):
                       "unknown parameter 'width'"),
         "output is input": (["apply", tiny_path, "--pass", "pad_channels", "-o", tiny_path], "is the input model"),
         "symbolic shape": (["inspect", tiny_path, "--input-shape", "wrong=1,2"], "no input called"),
+        "unknown target": (["simulate", tiny_path, "--target", "npu-p99"], "unknown target 'npu-p99'"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing file", "not onnx", "truncated", "unknown pass", "unknown site",
-                                  "declined site", "bad param", "output is input", "symbolic shape"])
+                                  "declined site", "bad param", "output is input", "symbolic shape",
+                                  "unknown target"])
 def test_user_mistakes_get_one_line_and_exit_1(case, tmp_path, tiny_path):
     args, message = _bad_inputs(tmp_path, tiny_path)[case]
     # A real process, so that what the user would see (and the exit code) is what is tested.
@@ -115,3 +117,13 @@ def test_usage_errors_exit_2(tiny_path):
     proc = subprocess.run([sys.executable, "-m", "onnx_tailor", "apply", str(tiny_path), "--pass", "pad_channels"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--output" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_simulate_prints_the_per_op_table_and_total():
+    result = invoke("simulate", DIGITS.path, "--per-op", "--target", "npu-p16")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:4] == ["kernel", "ops", "cycles", "compute"]
+    assert "Conv+Clip" in result.output and "on npu-p16:" in lines[-1]
+    data = json.loads(invoke("simulate", DIGITS.path, "--json", "--per-op").output)
+    assert data["cycles"] == pytest.approx(sum(k["cycles"] for k in data["kernels"]), rel=1e-6)

@@ -23,8 +23,8 @@ to a closed group:
   producer is widened too (so a residual stage is padded as a whole);
 - a channel Concat carries it when the padded tensor is its last input (the
   new channels land at the end);
-- a standard Conv, ConvTranspose, or Flatten into Gemm/MatMul drops it
-  (zero input weights).
+- a standard Conv, ConvTranspose, or a Flatten (or Reshape to (N, C*H*W))
+  into Gemm/MatMul drops it (zero input weights).
 Anything else on the path (graph outputs, reshapes, divisions by a padded
 tensor, ...) declines the site and says which node and why. Exact.
 """
@@ -69,6 +69,7 @@ class PadPlan:
     sinks: dict[str, int] = field(default_factory=dict)  # node -> rows of zero input weights to add
     depthwise: set[str] = field(default_factory=set)  # depthwise Convs that widen with the group
     constants: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)  # (node, input) -> (axis, fill)
+    reshape_shapes: dict[str, np.ndarray] = field(default_factory=dict)  # flattening Reshape -> widened shape
     nodes: set[str] = field(default_factory=set)
 
 
@@ -156,24 +157,51 @@ def _carry_through_consumer(model: Model, node: onnx.NodeProto, tensor: str, pla
     elif op == "Concat" and _is_channel_concat(model, node):
         raise Decline(f"{node.name}: the padded tensor is not the last input of a channel Concat")
     elif op == "Flatten" and model.attr(node, "axis", 1) == 1:
-        shape = model.declared_shape(tensor) or ()
-        spatial = shape[2:]
-        if not all(isinstance(d, int) and d > 0 for d in spatial):
-            raise Decline(f"{node.name}: Flatten of a tensor with unknown spatial size")
-        rows = plan.pad * math.prod(spatial)
-        readers = model.consumers(node.output[0])
-        if not readers or model.is_graph_output(node.output[0]):
-            raise Decline(f"{node.name}: the flattened padded tensor is a graph output")
-        plan.tensors.add(node.output[0])
-        for reader in readers:
-            plan.nodes.add(reader.name)
-            if reader.op_type not in ("Gemm", "MatMul") or reader.input[0] != node.output[0]:
-                raise Decline(f"{reader.name} ({reader.op_type}) reads the flattened padded channels")
-            _add_sink(model, reader, plan, rows)
+        _flatten_into_matmul(model, node, tensor, plan)
+    elif op == "Reshape" and node.input[0] == tensor and _flattening_shape(model, node, tensor) is not None:
+        plan.reshape_shapes[node.name] = _flattening_shape(model, node, tensor, plan.pad)
+        _flatten_into_matmul(model, node, tensor, plan)
     elif op in ("Gemm", "MatMul") and node.input[0] == tensor and len(model.declared_shape(tensor) or ()) == 2:
         _add_sink(model, node, plan, plan.pad)
     else:
         raise Decline(f"{node.name} ({op}) reads the padded channels and cannot carry them")
+
+
+def _flatten_into_matmul(model: Model, node: onnx.NodeProto, tensor: str, plan: PadPlan) -> None:
+    """NCHW -> (N, C*H*W): the padded channels land at the end, so the matrix
+    that reads the flattened features gets pad*H*W zero rows appended."""
+    shape = model.declared_shape(tensor) or ()
+    spatial = shape[2:]
+    if len(shape) < 2 or not all(isinstance(d, int) and d > 0 for d in spatial):
+        raise Decline(f"{node.name}: flattening a tensor whose spatial size is unknown")
+    rows = plan.pad * math.prod(spatial)
+    readers = model.consumers(node.output[0])
+    if not readers or model.is_graph_output(node.output[0]):
+        raise Decline(f"{node.name}: the flattened padded tensor is a graph output")
+    plan.tensors.add(node.output[0])
+    for reader in readers:
+        plan.nodes.add(reader.name)
+        if reader.op_type not in ("Gemm", "MatMul") or reader.input[0] != node.output[0]:
+            raise Decline(f"{reader.name} ({reader.op_type}) reads the flattened padded channels")
+        _add_sink(model, reader, plan, rows)
+
+
+def _flattening_shape(model: Model, node: onnx.NodeProto, tensor: str, pad: int = 0) -> np.ndarray | None:
+    """For a Reshape that flattens NCHW to (N, C*H*W) by a constant shape: that shape
+    widened by `pad` channels; None for any other Reshape."""
+    target = model.constant(node.input[1])
+    shape = model.declared_shape(tensor) or ()
+    if target is None or target.shape != (2,) or target[0] not in (0, -1) or len(shape) < 2:
+        return None
+    channels, spatial = shape[1], shape[2:]
+    if not isinstance(channels, int) or not all(isinstance(d, int) and d > 0 for d in spatial):
+        return None
+    features = channels * math.prod(spatial)
+    if target[1] == -1 and target[0] == 0:
+        return target
+    if target[1] != features:
+        return None
+    return np.array([target[0], (channels + pad) * math.prod(spatial)], dtype=target.dtype)
 
 
 def _add_sink(model: Model, node: onnx.NodeProto, plan: PadPlan, rows: int) -> None:
@@ -285,6 +313,8 @@ class PadChannels(Pass):
             node.attrs["group"] = int(node.attrs["group"]) + pad
         for (name, index), (axis, fill) in plan.constants.items():
             _pad_input(graph, nodes[name], index, axis, pad, fill, f"in{index}_padded")
+        for name, shape in plan.reshape_shapes.items():
+            set_constant_input(graph, nodes[name], 1, shape, "shape_padded")
         return model.from_graphsurgeon(graph)
 
 

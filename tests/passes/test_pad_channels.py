@@ -67,3 +67,17 @@ def test_rejects_a_useless_multiple():
         pad.resolve_params({"multiple": "1"})
     with pytest.raises(PassError, match="needs a int"):
         pad.resolve_params({"multiple": "wide"})
+
+
+def test_reshape_that_flattens_into_matmul_is_followed_and_its_shape_widened():
+    # Paddle's classifier head: GlobalAveragePool -> Reshape([-1, C]) -> MatMul.
+    b = GraphBuilder(seed=11)
+    y = b.node("GlobalAveragePool", [b.conv("x", 3, 20, 3, name="producer")])
+    y = b.node("Reshape", [y, b.const(np.array([-1, 20]))], name="flat")
+    y = b.node("MatMul", [y, b.const(b.rng.standard_normal((20, 2)).astype(np.float32))], name="fc")
+    model = Model(b.build({"x": (2, 3, 6, 6)}, [y]))
+    result = apply_pass(model, "pad_channels", "producer", {"multiple": 8})
+    new = result.model
+    assert list(new.constant(new.node("flat").input[1])) == [-1, 24]
+    assert new.constant(new.node("fc").input[1]).shape == (24, 2)
+    assert check_equivalence(model, result.model)

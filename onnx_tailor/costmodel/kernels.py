@@ -1,0 +1,127 @@
+"""Kernels: the units a target actually executes, after its compiler's fusion.
+
+A real NPU compiler (and onnxruntime's CPU provider) folds an activation or
+a per-channel scale/shift into the Conv, MatMul or Gemm before it when that
+op's output has no other reader: no dispatch of its own, and the
+intermediate tensor never exists. A chain of such ops fuses as a whole, and
+an activation spelled out in basic ops (HardSwish as Add/Clip/Mul/Div, or
+x * HardSigmoid(x), or swish x * Sigmoid(x)) counts as one activation when
+the producer's output has no reader outside it. Which activation kinds fuse
+is the target's `fusable_activations`.
+
+Every other node is a kernel of its own. Both the simulator and the learned
+cost model score kernels, so they agree on what runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..analysis import match_activation
+from ..ir import Model
+
+ANCHORS = {"Conv", "MatMul", "Gemm"}
+FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}  # layout only: no work, no dispatch
+ELEMENTWISE = {
+    "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu",
+    "Tanh", "Elu", "Selu", "Softplus", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Pow", "Neg", "Abs", "Max", "Min",
+    "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast", "Where", "Equal", "Less", "Greater", "Not", "And", "Or",
+    "BatchNormalization",  # inference BatchNorm is a per-channel scale and shift
+}
+POOLING = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"}
+NORMALIZATION = {"Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
+                 "LpNormalization", "MeanVarianceNormalization"}
+MEMORY = {"Transpose", "Concat", "Slice", "Pad", "Resize", "Upsample", "Split", "Tile", "Expand",
+          "DepthToSpace", "SpaceToDepth"}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One executed unit: an anchor node and the nodes fused into it."""
+
+    name: str  # the anchor node's name
+    op_type: str
+    kind: str  # conv, grouped_conv, depthwise, matmul, gather, elementwise, pool, norm, memory, free, other
+    nodes: tuple[str, ...]  # anchor first
+    fused: tuple[str, ...]  # op types fused into the anchor
+    inputs: tuple[str, ...]  # activation tensors it reads
+    outputs: tuple[str, ...]  # tensors it writes that something outside it reads
+    weights: tuple[str, ...]  # constant tensors it reads
+
+
+def kernel_kind(model: Model, node) -> str:
+    op = node.op_type
+    if op == "Conv":
+        groups = model.attr(node, "group", 1)
+        if groups == 1:
+            return "conv"
+        in_channels = model.channels(node.input[0])
+        return "depthwise" if in_channels is not None and groups == in_channels else "grouped_conv"
+    if op in ("MatMul", "Gemm"):
+        return "matmul"
+    if op == "Gather" and model.is_constant(node.input[0]):
+        return "gather"
+    if op in FREE:
+        return "free"
+    if op in ELEMENTWISE:
+        return "elementwise"
+    if op in POOLING:
+        return "pool"
+    if op in NORMALIZATION:
+        return "norm"
+    if op in MEMORY:
+        return "memory"
+    return "other"
+
+
+def _fused_chain(model: Model, anchor, fusable: frozenset[str]) -> list:
+    """The activation / scale-shift nodes that fuse into `anchor`, in order."""
+    members, tensor = [], anchor.output[0]
+    while True:
+        act = match_activation(model, tensor)
+        if act is not None and act.kind in fusable:
+            members.extend(model.node(n) for n in act.nodes)
+            tensor = act.output
+            continue
+        reader = model.sole_consumer(tensor)
+        if (reader is not None and reader.op_type in ("Mul", "Add")
+                and any(model.is_constant(i) for i in reader.input if i != tensor)):
+            members.append(reader)
+            tensor = reader.output[0]
+            continue
+        return members
+
+
+def group_kernels(model: Model, fusable_activations: tuple[str, ...] | frozenset[str]) -> list[Kernel]:
+    """The model's nodes grouped into kernels, in execution (topological) order."""
+    fusable = frozenset(fusable_activations)
+    claimed: set[str] = set()
+    groups = []
+    for node in model.nodes:
+        if node.name in claimed:
+            continue
+        members = [node]
+        if node.op_type in ANCHORS and fusable:
+            members += _fused_chain(model, node, fusable)
+        claimed.update(m.name for m in members)
+        groups.append(members)
+    return [_make_kernel(model, members) for members in groups]
+
+
+def _make_kernel(model: Model, members: list) -> Kernel:
+    names = {m.name for m in members}
+    produced = {o for m in members for o in m.output if o}
+    inputs, weights = [], []
+    for m in members:
+        for name in m.input:
+            if not name or name in produced:
+                continue
+            (weights if model.is_constant(name) else inputs).append(name)
+    outputs = [o for m in members for o in m.output
+               if o and (model.is_graph_output(o) or any(r.name not in names for r in model.consumers(o)))]
+    anchor = members[0]
+    return Kernel(
+        name=anchor.name, op_type=anchor.op_type, kind=kernel_kind(model, anchor),
+        nodes=tuple(m.name for m in members), fused=tuple(m.op_type for m in members[1:]),
+        inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs), weights=tuple(dict.fromkeys(weights)),
+    )

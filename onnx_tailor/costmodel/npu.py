@@ -1,0 +1,199 @@
+"""The simulated NPU: the ground truth of the `npu-p*` targets, as npu-target.md defines it.
+
+Implemented as written there; the choices it leaves open are these:
+- Kernels are what `costmodel.kernels` groups (the page's fusion rule). A
+  fused kernel's intermediate tensors never exist: no cycles, no traffic.
+- Element-wise ops count elements on their largest input; pooling and
+  normalizations on their input; "anything else" on its output.
+- Ops that are "memory only" (Transpose, Concat, Slice, Pad, Resize, Split,
+  and Gather on a constant table) spend `bytes written / bandwidth` cycles
+  moving their data: each byte they produce moves once. A Gather reads only
+  the rows it gathers, not its whole table.
+- Reshape-like ops are free and alias their input: a reader of the alias reads
+  the original tensor (from DRAM if that tensor spilled).
+- A tensor is spilled when its size (elements x element size) exceeds half of
+  the SRAM; graph inputs are always read from DRAM, and graph outputs always
+  written to it, by each reader and by their producer respectively.
+- ConvTranspose is not on the page, so it is "anything else" (and warned about).
+- Utilization is useful MACs / (cycles x P x P) for kernels on the MAC array;
+  depthwise convs run on the vector unit and have none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..ir import Model
+from .kernels import FREE, Kernel, group_kernels
+from .target import Target
+
+
+@dataclass(frozen=True)
+class KernelCost:
+    kernel: Kernel
+    unit: str  # mac, vector, memory, free
+    compute_cycles: int
+    memory_cycles: float
+    cycles: float  # max(compute, memory) + dispatch
+    dram_bytes: int
+    macs: int  # useful MACs done on the MAC array
+    spilled: tuple[str, ...]  # tensors it moves through DRAM because they do not fit on chip
+    unmodelled: bool = False
+
+    @property
+    def bound(self) -> str:
+        if self.unit == "free":
+            return "-"
+        return "compute" if self.compute_cycles >= self.memory_cycles else "memory"
+
+    def utilization(self, parallelism: int) -> float | None:
+        if self.unit != "mac" or self.cycles <= 0:
+            return None
+        return self.macs / (self.cycles * parallelism * parallelism)
+
+
+@dataclass
+class Simulation:
+    target: Target
+    kernels: list[KernelCost]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_cycles(self) -> float:
+        return sum(k.cycles for k in self.kernels)
+
+    @property
+    def latency_s(self) -> float:
+        return self.total_cycles / self.target.clock_hz
+
+    def cycles_of(self, node_names) -> float:
+        """Cycles of the kernels that any of `node_names` belongs to (a block's share)."""
+        wanted = set(node_names)
+        return sum(k.cycles for k in self.kernels if wanted & set(k.kernel.nodes))
+
+
+class _Tensors:
+    """Sizes, residency and aliasing of the activations, at the target's element size."""
+
+    def __init__(self, model: Model, target: Target):
+        self.model = model
+        self.info = model.tensor_info
+        self.element_bytes = target.element_bytes
+        self.half_sram = target.sram_bytes / 2
+        self.graph_inputs = {vi.name for vi in model.graph_inputs}
+
+    def elements(self, name: str) -> int:
+        info = self.info.get(name)
+        if info is None:
+            shape = self.model.declared_shape(name)
+            known = shape is not None and all(isinstance(d, int) for d in shape)
+            return math.prod(shape) if known else 0  # a scalar, shape (), is one element
+        return info.elements
+
+    def bytes(self, name: str) -> int:
+        return self.elements(name) * self.element_bytes
+
+    def root(self, name: str) -> str:
+        """The tensor a Reshape-like chain aliases."""
+        producer = self.model.producer(name)
+        while producer is not None and producer.op_type in FREE:
+            name = producer.input[0]
+            producer = self.model.producer(name)
+        return name
+
+    def leaves_chip(self, name: str) -> bool:
+        """Whether `name` (or a free alias of it) is a graph output."""
+        pending = [name]
+        while pending:
+            current = pending.pop()
+            if self.model.is_graph_output(current):
+                return True
+            pending.extend(r.output[0] for r in self.model.consumers(current) if r.op_type in FREE)
+        return False
+
+    def spills(self, name: str) -> bool:
+        return self.bytes(name) > self.half_sram
+
+
+def _compute(kernel: Kernel, model: Model, tensors: _Tensors, target: Target) -> tuple[str, int, int, bool]:
+    """(unit, compute cycles, useful MACs, unmodelled) of one kernel."""
+    P, V = target.parallelism, target.vector_lanes
+    node = model.node(kernel.name)
+    out = node.output[0]
+    out_shape = tensors.info[out].shape if out in tensors.info else ()
+    kind = kernel.kind
+    if kind in ("conv", "grouped_conv", "depthwise"):
+        weight = model.declared_shape(node.input[1])
+        groups = model.attr(node, "group", 1)
+        batch, out_channels, spatial = out_shape[0], out_shape[1], math.prod(out_shape[2:])
+        in_channels = tensors.info[node.input[0]].shape[1]
+        window = math.prod(weight[2:])
+        macs = batch * spatial * out_channels * weight[1] * window
+        if kind == "depthwise":
+            return "vector", batch * spatial * window * math.ceil(out_channels / V), 0, False
+        folds = math.ceil(in_channels / groups / P) * math.ceil(out_channels / groups / P)
+        return "mac", groups * batch * spatial * window * folds, macs, False
+    if kind == "matmul":
+        a = tensors.info[node.input[0]].shape
+        k = a[0] if node.op_type == "Gemm" and model.attr(node, "transA", 0) else a[-1]
+        rows, n = math.prod(out_shape[:-1]), out_shape[-1]
+        return "mac", rows * math.ceil(k / P) * math.ceil(n / P), rows * k * n, False
+    if kind == "free":
+        return "free", 0, 0, False
+    if kind in ("memory", "gather"):
+        written = sum(tensors.bytes(o) for o in node.output if o)
+        return "memory", math.ceil(written / target.dram_bytes_per_cycle), 0, False
+    if kind == "elementwise":
+        elements = max((tensors.elements(i) for i in node.input if i), default=0)
+        return "vector", math.ceil(elements / V), 0, False
+    if kind == "pool":
+        return "vector", math.ceil(tensors.elements(node.input[0]) / V), 0, False
+    if kind == "norm":
+        return "vector", 4 * math.ceil(tensors.elements(node.input[0]) / V), 0, False
+    return "vector", math.ceil(tensors.elements(out) / V), 0, True
+
+
+def _dram_bytes(kernel: Kernel, model: Model, tensors: _Tensors) -> tuple[int, list[str]]:
+    """Bytes this kernel moves between DRAM and the chip, and the spilled tensors among them."""
+    if kernel.kind == "free":
+        return 0, []
+    spilled = []
+    if kernel.kind == "gather":  # only the gathered rows are read
+        total = sum(tensors.bytes(o) for o in kernel.outputs)
+    else:
+        total = sum(tensors.elements(w) for w in kernel.weights) * tensors.element_bytes
+    for name in kernel.inputs:
+        root = tensors.root(name)
+        if root in tensors.graph_inputs:
+            total += tensors.bytes(name)
+        elif tensors.spills(root):
+            total += tensors.bytes(name)
+            spilled.append(root)
+    for name in kernel.outputs:
+        if tensors.spills(name):
+            total += tensors.bytes(name)
+            spilled.append(name)
+        elif tensors.leaves_chip(name):
+            total += tensors.bytes(name)
+    return total, spilled
+
+
+def simulate(model: Model, target: Target) -> Simulation:
+    """Cycle-level cost of `model` on a simulated NPU target."""
+    if not target.simulated:
+        raise ValueError(f"target {target.name} is measured, not simulated")
+    tensors = _Tensors(model, target)
+    costs, unmodelled = [], set()
+    for kernel in group_kernels(model, target.fusable_activations):
+        unit, compute, macs, is_unmodelled = _compute(kernel, model, tensors, target)
+        if is_unmodelled:
+            unmodelled.add(kernel.op_type)
+        dram, spilled = _dram_bytes(kernel, model, tensors)
+        memory = dram / target.dram_bytes_per_cycle
+        dispatch = 0 if unit == "free" else target.dispatch_cycles
+        costs.append(KernelCost(kernel, unit, compute, memory, max(compute, memory) + dispatch, dram, macs,
+                                tuple(spilled), is_unmodelled))
+    warnings = [f"op {op} is not modelled by {target.name}: costed as ceil(output elements / V) on the vector unit"
+                for op in sorted(unmodelled)]
+    return Simulation(target, costs, warnings)

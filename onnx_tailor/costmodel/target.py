@@ -1,0 +1,120 @@
+"""Targets: the named hardware profiles a model is scored for.
+
+A target is a JSON profile. Built-in ones live in `costmodel/targets/`
+(`npu-p16`, `npu-p32`, `npu-p64`: the simulated NPU of npu-target.md;
+`cpu-ort`: onnxruntime on this machine's CPU); a user profile is loaded from
+a path. Three kinds:
+- `npu`: simulated; its parameters are the machine of npu-target.md, and the
+  simulator (`costmodel.npu`) is its ground truth.
+- `ort`: measured with onnxruntime on an execution provider of this machine.
+- `import`: measurements brought from a device we cannot run; the profile
+  embeds them (see `costmodel fit`).
+Every profile may name a `measurements` CSV (relative to the profile) that
+the learned cost model trains on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+from ..errors import TailorError
+
+DEFAULT_TARGET = "npu-p32"
+
+
+class TargetError(TailorError):
+    """Unknown target name, or a profile file that is not a valid profile."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    kind: str  # npu | ort | import
+    description: str = ""
+    parallelism: int = 8  # P: channels computed at once
+    vector_lanes: int = 2  # V = P / 4 on the NPU
+    clock_hz: float = 1e9
+    sram_bytes: int = 0
+    dram_bytes_per_cycle: float = 16.0
+    dispatch_cycles: int = 0
+    element_bytes: int = 4
+    fusable_activations: tuple[str, ...] = ()
+    execution_provider: str = "CPUExecutionProvider"
+    threads: int = 1
+    measurements: str | None = None  # CSV path, relative to the profile file
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def simulated(self) -> bool:
+        return self.kind == "npu"
+
+    def measurements_path(self) -> Path | None:
+        if not self.measurements:
+            return None
+        base = self.source.parent if self.source else Path(".")
+        return base / self.measurements
+
+
+_REQUIRED = {
+    "npu": ("parallelism", "vector_lanes", "clock_hz", "sram_bytes", "dram_bytes_per_cycle", "dispatch_cycles"),
+    "ort": (),  # execution_provider defaults to the CPU
+    "import": ("measurements",),
+}
+_POSITIVE = ("parallelism", "vector_lanes", "clock_hz", "dram_bytes_per_cycle", "element_bytes", "threads")
+
+
+def builtin_targets() -> list[str]:
+    folder = resources.files(__package__) / "targets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_target(name_or_path: str | Path = DEFAULT_TARGET) -> Target:
+    """A built-in target by name, or a profile from a JSON file."""
+    text = str(name_or_path)
+    if text in builtin_targets():
+        path = Path(str(resources.files(__package__) / "targets" / f"{text}.json"))
+    elif text.endswith(".json") or Path(text).exists():
+        path = Path(text)
+        if not path.is_file():
+            raise TargetError(f"{path}: no such target profile")
+    else:
+        raise TargetError(f"unknown target '{text}'; built-in targets: {', '.join(builtin_targets())} "
+                          "(or give the path of a profile .json)")
+    return parse_target(path)
+
+
+def parse_target(path: Path) -> Target:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TargetError(f"{path}: cannot read the profile: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise TargetError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise TargetError(f"{path}: a target profile is a JSON object")
+    known = {f.name for f in fields(Target)} - {"source"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise TargetError(f"{path}: unknown profile field '{unknown[0]}' (fields: {', '.join(sorted(known))})")
+    for key in ("name", "kind"):
+        if not isinstance(raw.get(key), str):
+            raise TargetError(f"{path}: the profile needs a '{key}' string")
+    if raw["kind"] not in _REQUIRED:
+        raise TargetError(f"{path}: kind '{raw['kind']}' is not one of {', '.join(_REQUIRED)}")
+    missing = [k for k in _REQUIRED[raw["kind"]] if k not in raw]
+    if missing:
+        raise TargetError(f"{path}: a '{raw['kind']}' profile needs '{missing[0]}'")
+    for key, value in raw.items():
+        expected = {f.name: f.type for f in fields(Target)}[key]
+        if "int" in expected or "float" in expected:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TargetError(f"{path}: '{key}' must be a number, got {value!r}")
+            if key in _POSITIVE and value <= 0:
+                raise TargetError(f"{path}: '{key}' must be positive, got {value!r}")
+            if value < 0:
+                raise TargetError(f"{path}: '{key}' must not be negative, got {value!r}")
+    raw["fusable_activations"] = tuple(raw.get("fusable_activations", ()))
+    return Target(**raw, source=path)
