@@ -289,7 +289,7 @@ class Analysis:
         return out
 
 
-def _node_macs(model: Model, node: onnx.NodeProto, info) -> int:
+def node_macs(model: Model, node: onnx.NodeProto, info) -> int:
     op = node.op_type
     if op in ("Conv", "ConvTranspose") and node.output[0] in info:
         weight = model.declared_shape(node.input[1])
@@ -345,6 +345,22 @@ def peak_activation(model: Model, info) -> tuple[int, str]:
     return peak, peak_at
 
 
+@dataclass(frozen=True)
+class MemorySummary:
+    params: int
+    param_bytes: int
+    peak_activation_bytes: int
+    peak_at: str
+
+
+def memory_summary(model: Model) -> MemorySummary:
+    """Parameters and peak activation memory alone: cheap enough to run on every search candidate."""
+    float_constants = [t.name for t in model.graph.initializer if _is_float_constant(model, t.name)]
+    totals = [_constant_size(model, name) for name in float_constants]
+    peak, peak_at = peak_activation(model, model.tensor_info)
+    return MemorySummary(sum(t[0] for t in totals), sum(t[1] for t in totals), peak, peak_at)
+
+
 def analyze(model: Model) -> Analysis:
     """The full cost and structure summary of `model` at its input shapes."""
     info = model.tensor_info
@@ -353,21 +369,19 @@ def analyze(model: Model) -> Analysis:
         weights = [i for i in dict.fromkeys(node.input) if i and _is_float_constant(model, i)]
         sizes = [_constant_size(model, w) for w in weights]
         costs.append(NodeCost(
-            name=node.name, op_type=node.op_type, macs=_node_macs(model, node, info),
+            name=node.name, op_type=node.op_type, macs=node_macs(model, node, info),
             params=sum(s[0] for s in sizes), param_bytes=sum(s[1] for s in sizes),
             output_bytes=sum(info[o].bytes for o in node.output if o in info),
         ))
-    float_constants = [t.name for t in model.graph.initializer if _is_float_constant(model, t.name)]
-    totals = [_constant_size(model, name) for name in float_constants]
-    peak, peak_at = peak_activation(model, info)
+    memory = memory_summary(model)
     return Analysis(
         input_shapes=dict(model.input_shapes),
         nodes=costs,
         macs=sum(c.macs for c in costs),
-        params=sum(t[0] for t in totals),
-        param_bytes=sum(t[1] for t in totals),
-        peak_activation_bytes=peak,
-        peak_at=peak_at,
+        params=memory.params,
+        param_bytes=memory.param_bytes,
+        peak_activation_bytes=memory.peak_activation_bytes,
+        peak_at=memory.peak_at,
         op_histogram=dict(Counter(n.op_type for n in model.nodes).most_common()),
         blocks=find_ibn_blocks(model),
     )

@@ -1,7 +1,10 @@
 """Cost models: target profiles, the simulated NPU, measurement, and the learned regressor."""
 
 from .npu import KernelCost, Simulation, simulate
+from .regressor import CostModel, Measurements, MeasurementsError, cost_model_for, read_measurements
+from .score import Score, score
 from .target import DEFAULT_TARGET, Target, TargetError, builtin_targets, load_target
 
-__all__ = ["DEFAULT_TARGET", "KernelCost", "Simulation", "Target", "TargetError", "builtin_targets",
-           "load_target", "simulate"]
+__all__ = ["DEFAULT_TARGET", "CostModel", "KernelCost", "Measurements", "MeasurementsError", "Score", "Simulation",
+           "Target", "TargetError", "builtin_targets", "cost_model_for", "load_target", "read_measurements", "score",
+           "simulate"]

@@ -41,7 +41,7 @@ class Kernel:
 
     name: str  # the anchor node's name
     op_type: str
-    kind: str  # conv, grouped_conv, depthwise, matmul, gather, elementwise, pool, norm, memory, free, other
+    kind: str  # conv, grouped_conv, depthwise, matmul, deconv, gather, elementwise, pool, norm, memory, free, other
     nodes: tuple[str, ...]  # anchor first
     fused: tuple[str, ...]  # op types fused into the anchor
     inputs: tuple[str, ...]  # activation tensors it reads
@@ -59,6 +59,8 @@ def kernel_kind(model: Model, node) -> str:
         return "depthwise" if in_channels is not None and groups == in_channels else "grouped_conv"
     if op in ("MatMul", "Gemm"):
         return "matmul"
+    if op == "ConvTranspose":
+        return "deconv"
     if op == "Gather" and model.is_constant(node.input[0]):
         return "gather"
     if op in FREE:

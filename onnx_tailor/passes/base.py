@@ -122,6 +122,10 @@ class Pass(ABC):
 
     # -- applying ---------------------------------------------------------------------
 
+    def output_tensor(self, model: Model, site: Site) -> str | None:
+        """For a lossy pass: the tensor (same name before and after) whose change is the site's local error."""
+        return None
+
     @abstractmethod
     def rewrite(self, model: Model, site: Site, calib=None) -> Model:
         """The new model with `site` rewritten. Must not modify `model`."""

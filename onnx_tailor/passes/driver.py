@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from ..errors import PassError
 from ..ir import Model
 from .base import Exactness, Pass, Site, verify_exact
+from .local_error import local_error
 from .registry import get_pass
 
 
@@ -21,6 +22,7 @@ from .registry import get_pass
 class Applied:
     model: Model
     sites: tuple[Site, ...]
+    local_errors: tuple[float | None, ...] = ()  # per site, for lossy passes (see passes.local_error)
 
 
 def apply_pass(model: Model, pass_name: str, anchor: str | None = None,
@@ -30,15 +32,18 @@ def apply_pass(model: Model, pass_name: str, anchor: str | None = None,
     resolved = rewrite.resolve_params(params)
     if anchor is not None:
         site = _site_at(rewrite, model, anchor, resolved)
-        return Applied(rewrite.apply(model, site, calib), (site,))
+        rewritten = rewrite.apply(model, site, calib)
+        return Applied(rewritten, (site,), (_local_error(rewrite, model, rewritten, site, calib),))
 
-    current, applied, done = model, [], set()
+    current, applied, errors, done = model, [], [], set()
     while True:
         pending = [s for s in rewrite.find(current, **resolved) if s.anchor not in done]
         if not pending:
             break
         site = pending[0]
-        current = rewrite.apply(current, site, calib, verify=False)
+        rewritten = rewrite.apply(current, site, calib, verify=False)
+        errors.append(_local_error(rewrite, current, rewritten, site, calib))
+        current = rewritten
         applied.append(site)
         done.add(site.anchor)
     if applied and rewrite.exactness is Exactness.EXACT:
@@ -47,7 +52,13 @@ def apply_pass(model: Model, pass_name: str, anchor: str | None = None,
         except Exception:
             _replay_verified(rewrite, model, applied, calib)  # raises, naming the site
             raise
-    return Applied(current, tuple(applied))
+    return Applied(current, tuple(applied), tuple(errors))
+
+
+def _local_error(rewrite: Pass, before: Model, after: Model, site: Site, calib) -> float | None:
+    if rewrite.exactness is Exactness.EXACT:
+        return None
+    return local_error(before, after, rewrite.output_tensor(before, site), calib)
 
 
 def _site_at(rewrite: Pass, model: Model, anchor: str, params: dict[str, Any]) -> Site:

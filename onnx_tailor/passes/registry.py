@@ -11,10 +11,11 @@ def _all_passes() -> dict[str, Pass]:
     # registry never imports a pass module twice under two names.
     from .densify_depthwise import DensifyDepthwise
     from .fold_batchnorm import FoldBatchnorm
+    from .fuse_ibn_expansion import FuseIbnExpansion
     from .pad_channels import PadChannels
     from .simplify import Simplify
 
-    passes = [Simplify(), FoldBatchnorm(), DensifyDepthwise(), PadChannels()]
+    passes = [Simplify(), FoldBatchnorm(), DensifyDepthwise(), PadChannels(), FuseIbnExpansion()]
     return {p.name: p for p in passes}
 
 

@@ -1,0 +1,111 @@
+"""Per-kernel features a hardware person would choose, and a generic roofline prior.
+
+The prior is the ideal roofline of a P-wide machine, with nothing of any
+particular chip in it: max(MACs / P^2 (or elements / V off the MAC array),
+all bytes touched / bandwidth) + dispatch. Everything that makes a real
+target differ from that ideal is left for the regressor to learn from
+measurements, through features:
+- the ceil(C/P) "folds" work (spatial x window x ceil(Ci/P) x ceil(Co/P), or
+  ceil(C/V) on the vector unit): the staircase of channel alignment;
+- activation bytes read and written, weight bytes, and how large each
+  tensor is relative to the on-chip memory (whether it can stay on chip);
+- whether the kernel reads a graph input or writes a graph output;
+- channels, kernel window, stride, and how many ops are fused in.
+The target's profile supplies P, V, the clock, the memory sizes, bandwidth
+and dispatch overhead, the way a datasheet would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..analysis import node_macs
+from ..ir import Model
+from .kernels import Kernel, group_kernels
+from .target import Target
+
+MAC_ARRAY_KINDS = ("conv", "grouped_conv", "matmul", "deconv")
+FEATURE_NAMES = ("log_prior", "fold_work_vs_prior", "traffic_vs_prior", "log_ideal_compute", "log_fold_work", "log_traffic", "log_macs", "log_in_bytes",
+                 "log_out_bytes", "log_weight_bytes", "in_over_sram", "out_over_sram", "reads_graph_input",
+                 "writes_graph_output", "log_in_channels", "log_out_channels", "window", "stride", "fused")
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    kernel: Kernel
+    prior_s: float
+    features: np.ndarray
+
+    @property
+    def kind(self) -> str:
+        return self.kernel.kind
+
+
+def _fold_work(model: Model, kernel: Kernel, node, info, target: Target, elements: int) -> float:
+    """Work in units of the machine's width: the ceil(C/P) staircase made explicit."""
+    P, V = target.parallelism, target.vector_lanes
+    out = info.get(node.output[0])
+    if kernel.kind in ("conv", "grouped_conv", "depthwise") and out is not None:
+        weight = model.declared_shape(node.input[1])
+        groups = model.attr(node, "group", 1)
+        spatial = out.shape[0] * math.prod(out.shape[2:]) * math.prod(weight[2:])
+        if kernel.kind == "depthwise":
+            return spatial * math.ceil(out.shape[1] / V)
+        in_channels = weight[1] * groups
+        return groups * spatial * math.ceil(in_channels / groups / P) * math.ceil(out.shape[1] / groups / P)
+    if kernel.kind == "matmul" and out is not None and node.input[0] in info:
+        a = info[node.input[0]].shape
+        k = a[0] if node.op_type == "Gemm" and model.attr(node, "transA", 0) else a[-1]
+        return math.prod(out.shape[:-1]) * math.ceil(k / P) * math.ceil(out.shape[-1] / P)
+    return math.ceil(elements / V)
+
+
+def kernel_rows(model: Model, target: Target) -> list[KernelRow]:
+    """Features and prior of every executed (non-free) kernel of `model` on `target`."""
+    info = model.tensor_info
+    element = target.element_bytes
+    half_sram = max(target.sram_bytes / 2, 1)
+    graph_inputs = {vi.name for vi in model.graph_inputs}
+    rows = []
+    for kernel in group_kernels(model, target.fusable_activations):
+        if kernel.kind == "free":
+            continue
+        node = model.node(kernel.name)
+        in_elems = [info[i].elements for i in kernel.inputs if i in info]
+        out_elems = [info[o].elements for o in kernel.outputs if o in info]
+        weight_elems = sum(math.prod(model.initializer(w).dims) for w in kernel.weights)
+        in_bytes, out_bytes, weight_bytes = sum(in_elems) * element, sum(out_elems) * element, weight_elems * element
+        macs = node_macs(model, node, info)
+        elements = max(in_elems + out_elems, default=0)
+        if kernel.kind in MAC_ARRAY_KINDS:
+            ideal = macs / target.parallelism ** 2
+        elif kernel.kind in ("memory", "gather"):
+            ideal = out_bytes / target.dram_bytes_per_cycle
+        else:
+            ideal = elements / target.vector_lanes
+        traffic = (in_bytes + out_bytes + weight_bytes) / target.dram_bytes_per_cycle
+        prior_cycles = max(ideal, traffic) + target.dispatch_cycles
+        in_ch = info[kernel.inputs[0]].shape[1] if kernel.inputs and kernel.inputs[0] in info \
+            and len(info[kernel.inputs[0]].shape) > 1 else 0
+        out_shape = info[node.output[0]].shape if node.output[0] in info else ()
+        weight_shape = model.declared_shape(node.input[1]) if node.op_type == "Conv" else None
+        fold_work = _fold_work(model, kernel, node, info, target, elements)
+        features = np.array([
+            math.log(prior_cycles), math.log1p(fold_work) - math.log(prior_cycles),
+            math.log1p(traffic) - math.log(prior_cycles), math.log1p(ideal), math.log1p(fold_work),
+            math.log1p(traffic), math.log1p(macs), math.log1p(in_bytes), math.log1p(out_bytes),
+            math.log1p(weight_bytes),
+            max((e * element for e in in_elems), default=0) / half_sram,
+            max((e * element for e in out_elems), default=0) / half_sram,
+            float(any(i in graph_inputs for i in kernel.inputs)),
+            float(any(model.is_graph_output(o) for o in kernel.outputs)),
+            math.log1p(in_ch), math.log1p(out_shape[1] if len(out_shape) > 1 else 0),
+            math.prod(weight_shape[2:]) if weight_shape else 1,
+            max(model.attr(node, "strides", [1]) or [1]),
+            len(kernel.fused),
+        ], dtype=np.float64)
+        rows.append(KernelRow(kernel, prior_cycles / target.clock_hz, features))
+    return rows

@@ -1,0 +1,233 @@
+"""The learned cost model: per-kernel regressors summed over the graph.
+
+Training data is a measurements CSV (`id,latency_s`, sweep ids, `#` comment
+lines for provenance), which is what ships for built-in targets and what a
+user brings for a new device; nothing is pickled. For each kind of kernel
+(conv, depthwise, matmul, elementwise, ...) a scikit-learn gradient-boosted
+regressor learns log(measured latency / roofline prior) from the kernel's
+features (`costmodel.features`). Predicting the ratio to a physical prior,
+rather than the latency itself, lets the model extrapolate to kernels larger
+than any it was trained on. Kinds with too few measurements fall back to
+their median ratio; kinds with none use the prior alone (and say so).
+
+A model's predicted latency is the per-run overhead (measured targets pay it
+once per inference) plus the sum over its executed kernels, grouped with the
+target's own fusion rules.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TailorError
+from ..ir import Model
+from .features import FEATURE_NAMES, KernelRow, kernel_rows
+from .measure import OVERHEAD_ID
+from .npu import simulate
+from .sweep import SweepEntry
+from .target import Target, TargetError
+
+MIN_ROWS_FOR_REGRESSOR = 20
+
+
+class MeasurementsError(TailorError):
+    """A measurements CSV that cannot be used."""
+
+
+@dataclass
+class Measurements:
+    rows: list[tuple[str, float]]
+    comments: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def overhead_s(self) -> float:
+        return next((v for k, v in self.rows if k == OVERHEAD_ID), 0.0)
+
+
+def read_measurements(path: Path) -> Measurements:
+    path = Path(path)
+    if not path.is_file():
+        raise MeasurementsError(f"{path}: no such measurements file")
+    comments, rows = {}, []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MeasurementsError(f"{path}: cannot read: {exc}") from None
+    body = []
+    for line in lines:
+        if line.startswith("#"):
+            key, _, value = line[1:].partition(":")
+            comments[key.strip()] = value.strip()
+        elif line.strip():
+            body.append(line)
+    reader = csv.DictReader(body)
+    if reader.fieldnames is None or not {"id", "latency_s"} <= set(reader.fieldnames):
+        raise MeasurementsError(f"{path}: needs a header with columns 'id' and 'latency_s'")
+    for number, record in enumerate(reader, start=2):
+        try:
+            latency = float(record["latency_s"])
+        except (TypeError, ValueError):
+            raise MeasurementsError(f"{path}: row {number}: latency_s '{record['latency_s']}' is not a number") from None
+        if not math.isfinite(latency) or latency <= 0:
+            raise MeasurementsError(f"{path}: row {number}: latency_s must be a positive number, got {latency}")
+        if record["id"] != OVERHEAD_ID:
+            try:
+                SweepEntry.from_id(record["id"])
+            except ValueError:
+                raise MeasurementsError(f"{path}: row {number}: '{record['id']}' is not a sweep id "
+                                        "(`onnx-tailor costmodel sweep` writes them)") from None
+        rows.append((record["id"], latency))
+    if not rows:
+        raise MeasurementsError(f"{path}: no measurements in it")
+    return Measurements(rows, comments)
+
+
+def write_measurements(path: Path, measurements: Measurements) -> None:
+    lines = [f"# {k}: {v}" for k, v in measurements.comments.items()] + ["id,latency_s"]
+    lines += [f'"{entry_id}",{latency:.6g}' for entry_id, latency in measurements.rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def simulate_entries(entries, target: Target) -> list[tuple[str, float]]:
+    """'Measure' sweep entries on a simulated target: the cycles of the op's own kernel."""
+    rows = []
+    for entry in entries:
+        sim = simulate(entry.model(), target)
+        cycles = next(k.cycles for k in sim.kernels if k.kernel.name == "op")
+        rows.append((entry.id, cycles / target.clock_hz))
+    return rows
+
+
+def _training_row(entry: SweepEntry, target: Target) -> KernelRow | None:
+    """The kernel whose latency an entry measured: the op's own kernel, found by name."""
+    rows = kernel_rows(entry.model(), target)
+    return next((r for r in rows if r.kernel.name == "op"), None)
+
+
+FEATURES_VERSION = "1"  # bump when features.py changes what it computes
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("ONNX_TAILOR_CACHE", Path.home() / ".cache" / "onnx-tailor")) / "costmodel"
+
+
+def training_matrix(target: Target, measurements: Measurements) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kind, features, log(latency / prior)) per measured kernel.
+
+    Building the features means building and shape-inferring every
+    microbenchmark (a few ms each), so the matrix is cached as plain arrays
+    (an .npz read with allow_pickle=False) keyed by everything it depends on.
+    """
+    key_source = repr((FEATURES_VERSION, FEATURE_NAMES, sorted((f.name, getattr(target, f.name)) for f in fields(Target)
+                                                                if f.name not in ("source", "name", "description",
+                                                                                  "measurements")),
+                       measurements.rows))
+    path = _cache_dir() / f"{hashlib.sha256(key_source.encode()).hexdigest()[:24]}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as cached:
+                return cached["kinds"], cached["features"], cached["ratios"]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt
+    kinds, features, ratios = [], [], []
+    for entry_id, latency in measurements.rows:
+        if entry_id == OVERHEAD_ID:
+            continue
+        row = _training_row(SweepEntry.from_id(entry_id), target)
+        if row is None:
+            continue
+        kinds.append(row.kind)
+        features.append(row.features)
+        ratios.append(math.log(latency / row.prior_s))
+    arrays = np.array(kinds, dtype=str), np.vstack(features), np.array(ratios)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_suffix(".part.npz")
+        np.savez(staged, kinds=arrays[0], features=arrays[1], ratios=arrays[2])
+        staged.replace(path)
+    except OSError:
+        pass  # no writable cache: fit from scratch next time too
+    return arrays
+
+
+@dataclass(frozen=True)
+class KernelPrediction:
+    row: KernelRow
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    latency_s: float
+    overhead_s: float
+    kernels: tuple[KernelPrediction, ...]
+    unlearned_kinds: tuple[str, ...]  # kernel kinds costed by the prior alone
+
+
+class CostModel:
+    """Per-kind regressors of log(latency / prior) for one target."""
+
+    def __init__(self, target: Target, regressors: dict, overhead_s: float, trained_rows: int):
+        self.target = target
+        self.regressors = regressors  # kind -> fitted estimator, or a float (median log ratio)
+        self.overhead_s = overhead_s
+        self.trained_rows = trained_rows
+
+    @classmethod
+    def fit(cls, target: Target, measurements: Measurements) -> "CostModel":
+        kinds, features_all, ratios_all = training_matrix(target, measurements)
+        by_kind: dict[str, tuple[list, list]] = {}
+        for kind, features, ratio in zip(kinds, features_all, ratios_all):
+            rows, ratios = by_kind.setdefault(str(kind), ([], []))
+            rows.append(features)
+            ratios.append(ratio)
+        from sklearn.ensemble import HistGradientBoostingRegressor  # heavy import: only when fitting
+
+        regressors = {}
+        for kind, (features, ratios) in sorted(by_kind.items()):
+            if len(ratios) < MIN_ROWS_FOR_REGRESSOR:
+                regressors[kind] = float(np.median(ratios))
+                continue
+            estimator = HistGradientBoostingRegressor(max_iter=150, learning_rate=0.1, max_leaf_nodes=15,
+                                                      min_samples_leaf=5, early_stopping=False, random_state=0)
+            regressors[kind] = estimator.fit(np.vstack(features), np.array(ratios))
+        return cls(target, regressors, measurements.overhead_s, sum(len(r) for _, r in by_kind.values()))
+
+    def predict_rows(self, rows: list[KernelRow]) -> list[float]:
+        out = np.array([r.prior_s for r in rows], dtype=np.float64)
+        for kind in {r.kind for r in rows}:
+            index = [i for i, r in enumerate(rows) if r.kind == kind]
+            regressor = self.regressors.get(kind)
+            if regressor is None:
+                continue
+            if isinstance(regressor, float):
+                ratio = np.full(len(index), regressor)
+            else:
+                ratio = regressor.predict(np.vstack([rows[i].features for i in index]))
+            out[index] *= np.exp(ratio)
+        return out.tolist()
+
+    def predict(self, model: Model) -> Prediction:
+        rows = kernel_rows(model, self.target)
+        latencies = self.predict_rows(rows)
+        unlearned = sorted({r.kind for r in rows} - set(self.regressors))
+        kernels = tuple(KernelPrediction(r, t) for r, t in zip(rows, latencies))
+        return Prediction(self.overhead_s + sum(latencies), self.overhead_s, kernels, tuple(unlearned))
+
+
+@lru_cache(maxsize=8)
+def cost_model_for(target: Target) -> CostModel:
+    """The target's learned model, fitted (deterministically) on first use from its measurements."""
+    path = target.measurements_path()
+    if path is None:
+        raise TargetError(f"target {target.name} has no measurements to learn from; "
+                          "build a profile with `onnx-tailor costmodel fit`")
+    return CostModel.fit(target, read_measurements(path))

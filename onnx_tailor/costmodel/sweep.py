@@ -1,0 +1,312 @@
+"""The op sweep: small ONNX microbenchmarks over the shapes that matter.
+
+Each entry is one kernel as a runtime executes it (a Conv with its fused
+activation, a depthwise Conv, a MatMul, a ConvTranspose, an element-wise op,
+a pool, a data movement op, an embedding look-up). Its id spells its configuration, e.g.
+`conv:act=relu6,ci=24,co=40,ctx=1,hw=56,k=3,s=2`, so measurements taken
+elsewhere (a CSV of `id,latency_s`) can be matched back to shapes without
+any other file. `ctx=1` puts the op between two Neg ops, so that its input
+and output are intermediate tensors (on chip when small), as inside a
+network; `ctx=0` reads a graph input and writes a graph output.
+
+Shapes are drawn with a fixed seed the way MobileNet-like networks use them:
+channels from 8 to 1280, half of them not multiples of 8, wider at low
+resolution; kernels 1/3/5, strides 1/2, resolutions 7 to 224. Given models
+add entries around their own kernels (their exact shapes and neighbouring
+channel counts), nn-Meter's adaptive sampling in its simplest form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..ir import Model
+from .kernels import group_kernels
+
+OPSET = 17
+RESOLUTIONS = (7, 10, 14, 20, 28, 40, 56, 80, 112, 160, 224)
+MAX_MACS = 150_000_000  # keeps every microbenchmark under ~50 ms on one CPU core
+ACTIVATIONS = ("none", "relu", "relu6")
+ELEMENTWISE_OPS = ("add", "mul", "scale", "relu", "relu6", "sigmoid", "hardsigmoid", "hardswish")
+POOL_OPS = ("gap", "maxpool", "avgpool")
+MEMORY_OPS = ("concat", "resize", "transpose", "slice")
+
+
+@dataclass(frozen=True)
+class SweepEntry:
+    op: str  # conv, depthwise, matmul, eltwise, pool, memory, softmax, gather
+    params: tuple[tuple[str, int | str], ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}:" + ",".join(f"{k}={v}" for k, v in self.params)
+
+    @property
+    def p(self) -> dict:
+        return dict(self.params)
+
+    @classmethod
+    def make(cls, op: str, **params) -> "SweepEntry":
+        return cls(op, tuple(sorted(params.items())))
+
+    @classmethod
+    def from_id(cls, entry_id: str) -> "SweepEntry":
+        op, sep, rest = entry_id.partition(":")
+        if not sep or op not in _BUILDERS:
+            raise ValueError(f"not a sweep id: {entry_id!r}")
+        params = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"not a sweep id: {entry_id!r}")
+            params[key] = int(value) if value.lstrip("-").isdigit() else value
+        return cls.make(op, **params)
+
+    def build(self) -> onnx.ModelProto:
+        """The microbenchmark: one kernel, named `op`, with seeded weights."""
+        return _BUILDERS[self.op](self.p, np.random.default_rng(_seed(self.id)))
+
+    def model(self) -> Model:
+        return Model(self.build())  # shapes are inferred when first needed (Model.tensor_info)
+
+
+def _seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+# -- building microbenchmarks -----------------------------------------------------------
+
+
+class _Graph:
+    def __init__(self, rng):
+        self.rng, self.nodes, self.inits, self.count = rng, [], [], 0
+
+    def const(self, value) -> str:
+        self.count += 1
+        name = f"w{self.count}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def weight(self, *shape) -> str:
+        return self.const((self.rng.standard_normal(shape) * 0.1).astype(np.float32))
+
+    def add(self, op, inputs, name=None, **attrs) -> str:
+        self.count += 1
+        out = f"t{self.count}"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name or f"n{self.count}", **attrs))
+        return out
+
+    def activation(self, x: str, kind: str) -> str:
+        if kind == "relu":
+            return self.add("Relu", [x])
+        if kind == "relu6":
+            return self.add("Clip", [x, self.const(np.float32(0)), self.const(np.float32(6))])
+        return x
+
+    def finish(self, inputs: dict[str, list[int]], body, ctx: bool) -> onnx.ModelProto:
+        feeds = {name: self.add("Neg", [name], name="pre_" + name) if ctx else name for name in inputs}
+        out = body(feeds)
+        if ctx:
+            out = self.add("Neg", [out], name="post")
+        graph = helper.make_graph(
+            self.nodes, "sweep", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+            [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = 8
+        return model
+
+
+def _conv(p, rng, depthwise=False):
+    g = _Graph(rng)
+    ci = p["c"] if depthwise else p["ci"]
+    co = ci if depthwise else p["co"]
+    k, s, hw = p["k"], p["s"], p["hw"]
+
+    def body(x):
+        y = g.add("Conv", [x["x"], g.weight(co, 1 if depthwise else ci, k, k), g.weight(co)], name="op",
+                  kernel_shape=[k, k], strides=[s, s], pads=[k // 2] * 4, group=ci if depthwise else 1)
+        return g.activation(y, p["act"])
+    return g.finish({"x": [1, ci, hw, hw]}, body, bool(p["ctx"]))
+
+
+def _deconv(p, rng):
+    """ConvTranspose k=s (the upsampling of detector necks)."""
+    g = _Graph(rng)
+    ci, co, k = p["ci"], p["co"], p["k"]
+    return g.finish({"x": [1, ci, p["hw"], p["hw"]]},
+                    lambda x: g.add("ConvTranspose", [x["x"], g.weight(ci, co, k, k), g.weight(co)], name="op",
+                                    kernel_shape=[k, k], strides=[k, k]), bool(p["ctx"]))
+
+
+def _matmul(p, rng):
+    g = _Graph(rng)
+    return g.finish({"x": [p["m"], p["k"]]},
+                    lambda x: g.add("Gemm", [x["x"], g.weight(p["k"], p["n"]), g.weight(p["n"])], name="op"),
+                    bool(p["ctx"]))
+
+
+def _eltwise(p, rng):
+    g = _Graph(rng)
+    c, hw, kind = p["c"], p["hw"], p["kind"]
+    shape = [1, c, hw, hw]
+    inputs = {"x": shape, "y": shape} if kind in ("add", "mul") else {"x": shape}
+    if kind == "scale":  # the Mul of a squeeze-excitation gate: [1,C,H,W] * [1,C,1,1]
+        inputs["y"] = [1, c, 1, 1]
+
+    def body(x):
+        if kind in ("add", "mul", "scale"):
+            return g.add({"add": "Add", "mul": "Mul", "scale": "Mul"}[kind], [x["x"], x["y"]], name="op")
+        if kind == "relu6":
+            return g.add("Clip", [x["x"], g.const(np.float32(0)), g.const(np.float32(6))], name="op")
+        if kind == "hardsigmoid":
+            return g.add("HardSigmoid", [x["x"]], name="op", alpha=0.2, beta=0.5)
+        return g.add({"relu": "Relu", "sigmoid": "Sigmoid", "hardswish": "HardSwish"}[kind], [x["x"]], name="op")
+    return g.finish(inputs, body, bool(p["ctx"]))
+
+
+def _pool(p, rng):
+    g = _Graph(rng)
+    kind = p["kind"]
+
+    def body(x):
+        if kind == "gap":
+            return g.add("GlobalAveragePool", [x["x"]], name="op")
+        op = "MaxPool" if kind == "maxpool" else "AveragePool"
+        return g.add(op, [x["x"]], name="op", kernel_shape=[2, 2], strides=[2, 2])
+    return g.finish({"x": [1, p["c"], p["hw"], p["hw"]]}, body, bool(p["ctx"]))
+
+
+def _memory(p, rng):
+    g = _Graph(rng)
+    c, hw, kind = p["c"], p["hw"], p["kind"]
+    shape = [1, c, hw, hw]
+    inputs = {"x": shape, "y": shape} if kind == "concat" else {"x": shape}
+
+    def body(x):
+        if kind == "concat":
+            return g.add("Concat", [x["x"], x["y"]], name="op", axis=1)
+        if kind == "resize":
+            return g.add("Resize", [x["x"], "", g.const(np.array([1, 1, 2, 2], np.float32))], name="op", mode="nearest")
+        if kind == "transpose":
+            return g.add("Transpose", [x["x"]], name="op", perm=[0, 2, 3, 1])
+        return g.add("Slice", [x["x"], g.const(np.array([0])), g.const(np.array([max(c // 2, 1)])),
+                               g.const(np.array([1]))], name="op")
+    return g.finish(inputs, body, bool(p["ctx"]))
+
+
+def _softmax(p, rng):
+    g = _Graph(rng)
+    return g.finish({"x": [p["m"], p["n"]]}, lambda x: g.add("Softmax", [x["x"]], name="op", axis=-1), bool(p["ctx"]))
+
+
+def _gather(p, rng):
+    g = _Graph(rng)
+    table = g.weight(p["rows"], p["dim"])
+    indices = g.const((np.arange(p["n"]) % p["rows"]).astype(np.int64))
+
+    def body(x):  # the looked-up rows are added to the input so the kernel has an activation to read
+        return g.add("Add", [g.add("Gather", [table, indices], name="op"), x["x"]])
+    return g.finish({"x": [p["n"], p["dim"]]}, body, bool(p["ctx"]))
+
+
+_BUILDERS = {
+    "conv": _conv, "depthwise": lambda p, rng: _conv(p, rng, depthwise=True), "matmul": _matmul, "deconv": _deconv,
+    "eltwise": _eltwise, "pool": _pool, "memory": _memory, "softmax": _softmax, "gather": _gather,
+}
+
+
+# -- choosing the entries ---------------------------------------------------------------
+
+
+def _channels(rng, hw: int) -> int:
+    """Log-uniform in [8, cap(hw)], half of the draws snapped to a multiple of 8."""
+    cap = min(1280, max(32, int(1280 * 7 / hw)))
+    value = int(round(math.exp(rng.uniform(math.log(8), math.log(cap)))))
+    return max(8, value - value % 8) if rng.random() < 0.5 else max(3, value)
+
+
+def base_entries(seed: int = 0, size: int = 600, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
+    """The seeded base sweep; `size` scales the number of entries (about `size` per context)."""
+    rng = np.random.default_rng(seed)
+    plan = {"conv": 0.45, "depthwise": 0.2, "matmul": 0.08, "eltwise": 0.12, "pool": 0.05, "memory": 0.06,
+            "deconv": 0.04, "softmax": 0.02, "gather": 0.02}
+    entries = []
+    for op, share in plan.items():
+        for _ in range(max(4, int(size * share))):
+            hw = int(rng.choice(RESOLUTIONS))
+            if op == "conv":
+                k, s = int(rng.choice((1, 1, 3, 5))), int(rng.choice((1, 1, 2)))
+                ci, co = _channels(rng, hw), _channels(rng, hw)
+                while ci * co * k * k * (hw // s) ** 2 > MAX_MACS:
+                    ci, co = max(3, ci // 2), max(3, co // 2)
+                params = dict(ci=ci, co=co, k=k, s=s, hw=hw, act=str(rng.choice(ACTIVATIONS)))
+            elif op == "depthwise":
+                params = dict(c=_channels(rng, hw) * int(rng.choice((1, 3, 6))) // 2 or 8, k=int(rng.choice((3, 5))),
+                              s=int(rng.choice((1, 2))), hw=hw, act=str(rng.choice(ACTIVATIONS)))
+            elif op == "deconv":
+                hw = min(hw, 80)
+                params = dict(ci=_channels(rng, hw * 2), co=_channels(rng, hw * 2), k=2, hw=hw)
+            elif op == "matmul":
+                params = dict(m=int(rng.choice((1, 4, 16, 64, 196))), k=_channels(rng, 7), n=_channels(rng, 7))
+            elif op == "eltwise":
+                params = dict(c=_channels(rng, hw), hw=hw, kind=str(rng.choice(ELEMENTWISE_OPS)))
+            elif op == "pool":
+                params = dict(c=_channels(rng, hw), hw=hw, kind=str(rng.choice(POOL_OPS)))
+            elif op == "memory":
+                params = dict(c=_channels(rng, hw), hw=hw, kind=str(rng.choice(MEMORY_OPS)))
+            elif op == "softmax":
+                params = dict(m=int(rng.choice((1, 16, 196))), n=int(rng.choice((2, 10, 100, 1000))))
+            else:
+                params = dict(rows=int(rng.choice((1000, 5000, 30000))), dim=int(rng.choice((64, 128, 300))),
+                              n=int(rng.choice((16, 64, 256))))
+            for ctx in contexts:
+                entries.append(SweepEntry.make(op, ctx=ctx, **params))
+    return list(dict.fromkeys(entries))
+
+
+def entries_from_models(models: Iterable[Model], contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
+    """Entries at the kernels of `models` and at neighbouring channel counts (+-1, +-8)."""
+    found = []
+    for model in models:
+        info = model.tensor_info
+        for kernel in group_kernels(model, ("relu", "relu6", "clip")):
+            node = model.node(kernel.name)
+            if kernel.kind not in ("conv", "depthwise") or node.input[0] not in info:
+                continue
+            shape = info[node.input[0]].shape
+            if len(shape) != 4 or shape[2] != shape[3]:
+                continue  # the sweep is square; non-square kernels are covered by their neighbours
+            weight = model.declared_shape(node.input[1])
+            k, s = weight[2], model.attr(node, "strides", [1, 1])[0]
+            act = "relu6" if kernel.fused else "none"
+            for delta in (0, -1, 1, -8, 8):
+                for ctx in contexts:
+                    if kernel.kind == "depthwise":
+                        found.append(SweepEntry.make("depthwise", c=max(3, shape[1] + delta), k=k, s=s, hw=shape[2],
+                                                     act=act, ctx=ctx))
+                    else:
+                        found.append(SweepEntry.make("conv", ci=shape[1], co=max(3, weight[0] + delta), k=k, s=s,
+                                                     hw=shape[2], act=act, ctx=ctx))
+    return list(dict.fromkeys(found))
+
+
+def write_sweep(entries: list[SweepEntry], folder: Path) -> Path:
+    """Write every microbenchmark and a manifest, for measuring on another machine."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for index, entry in enumerate(entries):
+        name = f"{index:05d}_{entry.op}.onnx"
+        onnx.save(entry.build(), str(folder / name))
+        manifest.append({"id": entry.id, "file": name})
+    path = folder / "manifest.json"
+    path.write_text(json.dumps({"opset": OPSET, "entries": manifest}, indent=1))
+    return path
