@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
 
 import click
 
-from . import api
-from .costmodel import DEFAULT_TARGET, builtin_targets, load_target
+from . import accuracy, api
+from .costmodel import DEFAULT_TARGET, Measurements, builtin_targets, load_target, score
 from .costmodel import simulate as npu_simulate
 from .errors import TailorError
 from .ir import Model
@@ -213,6 +216,161 @@ def simulate(model, target_name, per_op, as_json, input_shapes):
                f"({executed} kernels)")
 
 
+target_option = click.option(
+    "--target", "target_name", default=DEFAULT_TARGET, show_default=True, metavar="NAME|PROFILE.json",
+    help=f"Built-in target ({', '.join(builtin_targets())}) or the path of a profile.")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@target_option
+@click.option("--per-op", is_flag=True, help="Print every executed kernel's predicted latency.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@input_shape_option
+def cost(model, target_name, per_op, as_json, input_shapes):
+    """Predicted latency and memory of MODEL on a target (the learned cost model).
+
+    For simulated targets the simulator's ground truth is shown beside the
+    prediction. The first use of a target fits its cost model from its
+    measurements (seconds; cached afterwards).
+    """
+    target = load_target(target_name)
+    loaded = api.load(model, input_shapes)
+    result = score(loaded, target)
+    if as_json:
+        payload = {k: v for k, v in asdict(result).items() if per_op or k != "kernels"}
+        click.echo(json.dumps({"model": model, **payload}, indent=2))
+        return
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if per_op:
+        w = max(24, *(len(k.name) for k in result.kernels))
+        click.echo(f"{'kernel':<{w}} {'ops':<28} {'predicted us':>12} {'simulated us':>12}")
+        for k in result.kernels:
+            sim = f"{k.simulated_s * 1e6:12.1f}" if k.simulated_s is not None else f"{'-':>12}"
+            click.echo(f"{k.name:<{w}} {'+'.join(k.ops)[:28]:<28} {k.predicted_s * 1e6:12.1f} {sim}")
+        click.echo("")
+    click.echo(f"{model} on {target.name}")
+    click.echo(f"  predicted latency  {result.latency_s * 1e3:.3f} ms")
+    if result.simulated_s is not None:
+        click.echo(f"  simulated latency  {result.simulated_s * 1e3:.3f} ms "
+                   f"(prediction {result.latency_s / result.simulated_s - 1:+.1%})")
+    click.echo(f"  parameters         {result.params:,} ({_human_bytes(result.param_bytes)})")
+    click.echo(f"  peak activations   {_human_bytes(result.peak_activation_bytes)}")
+
+
+@main.group()
+def costmodel():
+    """Build cost models: sweep microbenchmarks, measure them, fit a profile for a new device.
+
+    \b
+    A new device in three steps:
+      onnx-tailor costmodel sweep -o sweep/ [--model m.onnx ...]    write the microbenchmarks
+      (run them on the device; or here: onnx-tailor costmodel measure --target cpu-ort --sweep sweep/ -o m.csv)
+      onnx-tailor costmodel fit --target cpu-ort --measurements m.csv --name mydev -o mydev.json
+    """
+
+
+def _sweep_entries(sweep_dir, models, size):
+    from .costmodel.sweep import SweepEntry, base_entries, entries_from_models
+
+    if sweep_dir:
+        manifest = Path(sweep_dir) / "manifest.json"
+        if not manifest.is_file():
+            raise TailorError(f"{sweep_dir}: no manifest.json (write one with `onnx-tailor costmodel sweep`)")
+        try:
+            return [SweepEntry.from_id(e["id"]) for e in json.loads(manifest.read_text())["entries"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TailorError(f"{manifest}: not a sweep manifest ({exc})") from None
+    entries = base_entries(size=size)
+    if models:
+        entries += entries_from_models([api.load(m) for m in models])
+    return list(dict.fromkeys(entries))
+
+
+@costmodel.command("sweep")
+@click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
+@click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
+              help="Add entries at this model's kernels and neighbouring channel counts (repeatable).")
+@click.option("--size", type=click.IntRange(min=10), default=600, show_default=True, help="Base sweep size.")
+def costmodel_sweep(output, models, size):
+    """Write the op sweep's microbenchmarks and their manifest.json."""
+    from .costmodel.sweep import write_sweep
+
+    entries = _sweep_entries(None, models, size)
+    path = write_sweep(entries, Path(output))
+    click.echo(f"wrote {len(entries)} microbenchmarks and {path}", err=True)
+
+
+@costmodel.command("measure")
+@target_option
+@click.option("--sweep", "sweep_dir", type=click.Path(file_okay=False), help="A sweep folder; default: the base sweep.")
+@click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
+              help="Add entries around this model's kernels (repeatable).")
+@click.option("--size", type=click.IntRange(min=10), default=600, show_default=True, help="Base sweep size.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The measurements CSV to write.")
+def costmodel_measure(target_name, sweep_dir, models, size, output):
+    """Measure the sweep on a target: timed with onnxruntime, or simulated for npu targets."""
+    from .costmodel.measure import machine_description, measure_entries
+    from .costmodel.regressor import simulate_entries, write_measurements
+
+    target = load_target(target_name)
+    entries = _sweep_entries(sweep_dir, models, size)
+    start = time.perf_counter()
+    if target.simulated:
+        rows = simulate_entries(entries, target)
+        machine = f"simulated {target.name} (shared/design/npu-target.md)"
+    elif target.kind == "ort":
+        def progress(done, total):
+            if done % 50 == 0 or done == total:
+                click.echo(f"  measured {done}/{total} ({time.perf_counter() - start:.0f} s)", err=True)
+        rows = measure_entries(entries, target, progress)
+        machine = machine_description(target)
+    else:
+        raise TailorError(f"target {target.name} is imported: measure the sweep on its device and `costmodel fit` it")
+    comments = {"target": target.name, "machine": machine, "entries": str(len(rows)),
+                "took_s": f"{time.perf_counter() - start:.0f}"}
+    staged = Path(output).with_suffix(".part")
+    write_measurements(staged, Measurements(rows, comments))
+    staged.replace(output)
+    click.echo(f"wrote {len(rows)} measurements to {output}", err=True)
+
+
+@costmodel.command("fit")
+@target_option
+@click.option("--measurements", type=click.Path(dir_okay=False), required=True, help="CSV of id,latency_s.")
+@click.option("--name", required=True, help="Name of the new target.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The profile .json to write.")
+def costmodel_fit(target_name, measurements, name, output):
+    """Build a target profile from measurements taken on a device.
+
+    --target gives the base profile whose datasheet numbers (P, lanes, clock,
+    memory, bandwidth, fusion) describe the device; the measurements are
+    copied beside the new profile, which is then usable as --target OUTPUT.
+    """
+    from .costmodel.regressor import CostModel, read_measurements
+    from .costmodel.target import parse_target
+
+    base = load_target(target_name)
+    data = read_measurements(Path(measurements))
+    model = CostModel.fit(base, data)  # fails here, not later, if the data cannot train a model
+    out = Path(output)
+    csv_path = out.with_suffix(".csv")
+    profile = {f.name: getattr(base, f.name) for f in fields(base) if f.name != "source"}
+    profile.update(name=name, kind="npu" if base.simulated else ("ort" if base.kind == "ort" else "import"),
+                   description=f"{name}: fitted from {Path(measurements).name} on the {base.name} profile",
+                   fusable_activations=list(base.fusable_activations), measurements=csv_path.name)
+    if profile["kind"] == "import":
+        profile.pop("execution_provider")
+    csv_path.write_text(Path(measurements).read_text())
+    staged = out.with_suffix(".part")
+    staged.write_text(json.dumps(profile, indent=2) + "\n")
+    staged.replace(out)
+    parse_target(out)  # what we wrote must load
+    click.echo(f"wrote {out} ({model.trained_rows} kernels learned; kinds: {', '.join(sorted(model.regressors))})",
+               err=True)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def passes(as_json):
@@ -267,6 +425,138 @@ def apply(model, pass_name, anchor, params, output, list_sites, overwrite_input,
     click.echo(f"{pass_name}: rewrote {len(result.sites)} site(s) ({check}); wrote {output}", err=True)
     for site in result.sites:
         click.echo(f"  {site.anchor:<24} {site.summary}", err=True)
+
+
+# -- accuracy: evaluate and compare --------------------------------------------------------
+
+_DATA_HELP = """
+    \b
+    --data is one of:
+      FILE.npz   arrays keyed by model input name, and optional 'labels' (integers, [N])
+      FOLDER     images, in one sub-folder per class for labels (sorted names -> 0..K-1);
+                 needs Pillow: pip install 'onnx-tailor[images]'
+      random     seeded inputs of the model's shape (--samples, --seed); no labels, so
+                 only agreement, cosine and sqnr against a reference make sense
+    \b
+    --image-spec is JSON, inline or in a file; every field is optional:
+      {"size": [H, W], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+       "order": "rgb" | "bgr", "layout": "nchw" | "nhwc"}
+    Pixels are scaled to [0, 1], then (x - mean) / std per channel. Defaults: size
+    and layout from the model's input shape, mean 0, std 1, rgb.
+"""
+
+
+def _data_options(command):
+    options = [
+        click.option("--data", required=True, metavar="D", help="An .npz file, a folder of images, or 'random'."),
+        click.option("--image-spec", metavar="JSON|FILE", help="How to preprocess an image folder (see above)."),
+        click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="How many samples --data random makes."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of --data random."),
+        click.option("--output-name", metavar="NAME",
+                     help="The model output metrics read (default: the first; cosine and sqnr: all)."),
+        click.option("--max-drop", type=click.FloatRange(min=0, min_open=True), metavar="BUDGET",
+                     help="Warn when a 95% interval is wider (+-) than this, in the metric's units "
+                          "(points for top1 and agreement, dB for sqnr)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Samples per onnxruntime run."),
+        input_shape_option,
+        click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _interval_warnings(labelled_scores, budget) -> list[str]:
+    """--max-drop: a warning for each (label, score) whose 95% interval is wider than the budget."""
+    if budget is None:
+        return []
+    found = ((label, accuracy.interval_warning(figure, budget)) for label, figure in labelled_scores if figure)
+    return [label + warning for label, warning in found if warning]
+
+
+@main.command("evaluate", help="""Score MODEL on data: a metric with its 95% confidence interval and sample count.
+
+    top1 needs labels; agreement, cosine and sqnr compare MODEL's outputs with the
+    original model's (--reference). With --reference, top1 is printed together with
+    agreement, the steadier signal for telling a rewrite's effect from noise.
+    A plug-in metric is module:function (see onnx_tailor/accuracy/metrics.py).
+""" + _DATA_HELP)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--metric", metavar="NAME",
+              help="top1 | agreement | cosine | sqnr | module:function  [default: top1 when the data has "
+                   "labels, else agreement]")
+@click.option("--reference", type=click.Path(dir_okay=False), metavar="ORIGINAL",
+              help="The original model, for agreement, cosine and sqnr.")
+@_data_options
+def evaluate_command(model, metric, reference, data, image_spec, samples, seed, output_name, max_drop, batch_size,
+                     input_shapes, as_json):
+    loaded = api.load(model, input_shapes)
+    original = api.load(reference, input_shapes) if reference else None
+    dataset = accuracy.load_data(data, loaded, image_spec=image_spec, samples=samples, seed=seed)
+    metric = metric or accuracy.default_metric(dataset, original is not None)
+    metrics = [metric] + (["agreement"] if metric == "top1" and original is not None else [])
+    scores = accuracy.Evaluator(batch_size).scores(loaded, dataset, metrics, original, output_name)
+    warnings = _interval_warnings([("", figure) for figure in scores.values()], max_drop)
+    if as_json:
+        click.echo(json.dumps({"model": model, "reference": reference, "data": str(dataset), "n": len(dataset),
+                               "scores": {name: s.to_dict() for name, s in scores.items()},
+                               "warnings": warnings}, indent=2))
+        return
+    click.echo(f"{model} on {dataset}" + (f", against {reference}" if reference else ""))
+    for figure in scores.values():
+        click.echo(f"  {figure}")
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@main.command("compare", help="""Compare models A and B side by side on the same data.
+
+    Prints the task metric of each (top1 when the data has labels, or --metric
+    module:function) with its 95% confidence interval, B's fidelity to A (agreement
+    of predictions, cosine similarity and SQNR of outputs), and each model's MACs,
+    parameters and peak activation memory.
+""" + _DATA_HELP)
+@click.argument("model_a", type=click.Path(dir_okay=False))
+@click.argument("model_b", type=click.Path(dir_okay=False))
+@click.option("--metric", metavar="NAME",
+              help="The task metric: top1 or module:function  [default: top1 when the data has labels]")
+@_data_options
+def compare_command(model_a, model_b, metric, data, image_spec, samples, seed, output_name, max_drop, batch_size,
+                    input_shapes, as_json):
+    a, b = api.load(model_a, input_shapes), api.load(model_b, input_shapes)
+    costs = [api.inspect(a), api.inspect(b)]  # first: a model that needs --input-shape fails before any run
+    dataset = accuracy.load_data(data, a, image_spec=image_spec, samples=samples, seed=seed)
+    result = accuracy.compare(a, b, dataset, metric, output=output_name, evaluator=accuracy.Evaluator(batch_size))
+    warnings = _interval_warnings([("A: ", result.a), ("B: ", result.b)]
+                                  + [("B against A: ", figure) for figure in result.fidelity.values()], max_drop)
+    if as_json:
+        sides = {}
+        for key, path, figure, cost in (("a", model_a, result.a, costs[0]), ("b", model_b, result.b, costs[1])):
+            sides[key] = {"model": path, "metric": figure and figure.to_dict(), "macs": cost.macs,
+                          "params": cost.params, "param_bytes": cost.param_bytes,
+                          "peak_activation_bytes": cost.peak_activation_bytes}
+        click.echo(json.dumps({"data": str(dataset), "n": result.n, **sides,
+                               "b_vs_a": {name: s.to_dict() for name, s in result.fidelity.items()},
+                               "warnings": warnings}, indent=2))
+        return
+    rows = [("", "A", "B"), ("model", model_a, model_b)]
+    if result.a is not None:
+        rows.append((f"{result.a.name} (95% CI)", f"{result.a.shown} {result.a.interval}",
+                     f"{result.b.shown} {result.b.interval}"))
+    rows += [("MACs", *(_human_count(c.macs) for c in costs)),
+             ("parameters", *(f"{c.params:,} ({_human_bytes(c.param_bytes)})" for c in costs)),
+             ("peak activations", *(_human_bytes(c.peak_activation_bytes) for c in costs))]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    click.echo(f"data: {dataset}")
+    for label, left, right in rows:
+        click.echo(f"  {label:<{widths[0]}}  {left:<{widths[1]}}  {right}".rstrip())
+    click.echo(f"B against A (n={result.n}):")
+    for figure in result.fidelity.values():
+        click.echo(f"  {figure}")
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,16 @@ class PassError(TailorError):
     """Unknown pass, unknown site, or a bad pass parameter."""
 
 
+class DataError(TailorError):
+    """Data that does not fit the model: an unknown input name, a wrong shape or dtype,
+    labels of the wrong length, NaN, an empty folder, an unreadable file."""
+
+
+class MetricError(TailorError):
+    """A metric that cannot be computed: an unknown name, missing labels or reference
+    outputs, outputs it cannot read, or a plug-in that fails to import or raises."""
+
+
 class VerificationError(TailorError):
     """An exact rewrite changed the model's outputs; the model is not returned.
 

@@ -2,9 +2,9 @@
 
 from .npu import KernelCost, Simulation, simulate
 from .regressor import CostModel, Measurements, MeasurementsError, cost_model_for, read_measurements
-from .score import Score, score
+from .score import CostReport, score
 from .target import DEFAULT_TARGET, Target, TargetError, builtin_targets, load_target
 
-__all__ = ["DEFAULT_TARGET", "CostModel", "KernelCost", "Measurements", "MeasurementsError", "Score", "Simulation",
+__all__ = ["DEFAULT_TARGET", "CostModel", "KernelCost", "Measurements", "MeasurementsError", "CostReport", "Simulation",
            "Target", "TargetError", "builtin_targets", "cost_model_for", "load_target", "read_measurements", "score",
            "simulate"]

@@ -1,12 +1,14 @@
-"""Per-kernel features a hardware person would choose, and a generic roofline prior.
+"""Per-kernel features a hardware person would choose, and a tile-quantized roofline prior.
 
-The prior is the ideal roofline of a P-wide machine, with nothing of any
-particular chip in it: max(MACs / P^2 (or elements / V off the MAC array),
-all bytes touched / bandwidth) + dispatch. Everything that makes a real
-target differ from that ideal is left for the regressor to learn from
-measurements, through features:
-- the ceil(C/P) "folds" work (spatial x window x ceil(Ci/P) x ceil(Co/P), or
-  ceil(C/V) on the vector unit): the staircase of channel alignment;
+The prior is the roofline of a machine that computes in tiles of P channels
+on a P x P MAC array (dense convs, matmuls) and V lanes on a vector unit
+(depthwise convs, element-wise ops, pooling), the way any wide SIMD or
+systolic machine does: max(tile work, all bytes touched / bandwidth) +
+dispatch, where tile work is spatial x window x ceil(Ci/P) x ceil(Co/P) (or
+ceil(C/V) on the vector unit). It knows nothing of which tensors stay on
+chip, what fuses, or how efficient a real kernel is: the regressor learns
+those from measurements, through features:
+- the ideal (unquantized) work and the tile work, and their ratio to the prior;
 - activation bytes read and written, weight bytes, and how large each
   tensor is relative to the on-chip memory (whether it can stay on chip);
 - whether the kernel reads a graph input or writes a graph output;
@@ -87,12 +89,14 @@ def kernel_rows(model: Model, target: Target) -> list[KernelRow]:
         else:
             ideal = elements / target.vector_lanes
         traffic = (in_bytes + out_bytes + weight_bytes) / target.dram_bytes_per_cycle
-        prior_cycles = max(ideal, traffic) + target.dispatch_cycles
+        fold_work = _fold_work(model, kernel, node, info, target, elements)
+        if kernel.kind in ("memory", "gather"):
+            fold_work = ideal  # data movement: no tiles, only bytes
+        prior_cycles = max(fold_work, traffic) + target.dispatch_cycles
         in_ch = info[kernel.inputs[0]].shape[1] if kernel.inputs and kernel.inputs[0] in info \
             and len(info[kernel.inputs[0]].shape) > 1 else 0
         out_shape = info[node.output[0]].shape if node.output[0] in info else ()
         weight_shape = model.declared_shape(node.input[1]) if node.op_type == "Conv" else None
-        fold_work = _fold_work(model, kernel, node, info, target, elements)
         features = np.array([
             math.log(prior_cycles), math.log1p(fold_work) - math.log(prior_cycles),
             math.log1p(traffic) - math.log(prior_cycles), math.log1p(ideal), math.log1p(fold_work),

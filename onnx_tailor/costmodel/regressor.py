@@ -112,7 +112,7 @@ def _training_row(entry: SweepEntry, target: Target) -> KernelRow | None:
     return next((r for r in rows if r.kernel.name == "op"), None)
 
 
-FEATURES_VERSION = "1"  # bump when features.py changes what it computes
+FEATURES_VERSION = "2"  # bump when features.py changes what it computes
 
 
 def _cache_dir() -> Path:
@@ -189,16 +189,12 @@ class CostModel:
             rows, ratios = by_kind.setdefault(str(kind), ([], []))
             rows.append(features)
             ratios.append(ratio)
-        from sklearn.ensemble import HistGradientBoostingRegressor  # heavy import: only when fitting
-
         regressors = {}
         for kind, (features, ratios) in sorted(by_kind.items()):
             if len(ratios) < MIN_ROWS_FOR_REGRESSOR:
                 regressors[kind] = float(np.median(ratios))
                 continue
-            estimator = HistGradientBoostingRegressor(max_iter=150, learning_rate=0.1, max_leaf_nodes=15,
-                                                      min_samples_leaf=5, early_stopping=False, random_state=0)
-            regressors[kind] = estimator.fit(np.vstack(features), np.array(ratios))
+            regressors[kind] = _Trees().fit(np.vstack(features), np.array(ratios))
         return cls(target, regressors, measurements.overhead_s, sum(len(r) for _, r in by_kind.values()))
 
     def predict_rows(self, rows: list[KernelRow]) -> list[float]:
@@ -221,6 +217,21 @@ class CostModel:
         unlearned = sorted({r.kind for r in rows} - set(self.regressors))
         kernels = tuple(KernelPrediction(r, t) for r, t in zip(rows, latencies))
         return Prediction(self.overhead_s + sum(latencies), self.overhead_s, kernels, tuple(unlearned))
+
+
+class _Trees:
+    """Gradient-boosted trees on log(latency / prior)."""
+
+    def fit(self, features: np.ndarray, ratios: np.ndarray) -> "_Trees":
+        from sklearn.ensemble import HistGradientBoostingRegressor  # heavy import: only when fitting
+
+        self.trees = HistGradientBoostingRegressor(max_iter=150, learning_rate=0.1, max_leaf_nodes=15,
+                                                   min_samples_leaf=5, early_stopping=False, random_state=0)
+        self.trees.fit(features, ratios)
+        return self
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.trees.predict(features)
 
 
 @lru_cache(maxsize=8)

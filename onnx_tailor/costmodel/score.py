@@ -27,7 +27,7 @@ class KernelScore:
 
 
 @dataclass
-class Score:
+class CostReport:
     target: str
     latency_s: float  # predicted by the learned cost model
     simulated_s: float | None  # ground truth, for simulated targets
@@ -38,7 +38,7 @@ class Score:
     warnings: list[str] = field(default_factory=list)
 
 
-def score(model: Model, target: Target, with_simulation: bool = True) -> Score:
+def score(model: Model, target: Target, with_simulation: bool = True) -> CostReport:
     prediction = cost_model_for(target).predict(model)
     simulated = {}
     warnings = [f"no measurements for {kind} kernels on {target.name}: costed by the roofline prior alone"
@@ -52,5 +52,5 @@ def score(model: Model, target: Target, with_simulation: bool = True) -> Score:
     memory = memory_summary(model)
     kernels = [KernelScore(k.row.kernel.name, k.row.kind, (k.row.kernel.op_type, *k.row.kernel.fused),
                            k.latency_s, simulated.get(k.row.kernel.name)) for k in prediction.kernels]
-    return Score(target.name, prediction.latency_s, sim_total, memory.params, memory.param_bytes,
+    return CostReport(target.name, prediction.latency_s, sim_total, memory.params, memory.param_bytes,
                  memory.peak_activation_bytes, kernels, warnings)

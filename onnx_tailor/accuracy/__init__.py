@@ -1,0 +1,29 @@
+"""The accuracy check: data, the calibration/evaluation split, metrics with confidence intervals.
+
+    from onnx_tailor import accuracy
+    data = accuracy.load_data("models/digits_eval.npz", model)    # or an image folder, or "random"
+    split = accuracy.split_dataset(data, calibration=0.5, seed=0)  # passes fit on split.calibration
+    score = accuracy.evaluate(variant, split.evaluation, "agreement", reference=model)
+    print(score)              # e.g. agreement 99.44% (95% CI [96.92, 99.90], Wilson, n=180)
+    accuracy.interval_warning(score, budget=1.0)   # a warning string when the CI is too wide, else None
+
+Modules: `data` (Dataset, .npz, random, validation against a model),
+`images` (image folders), `split`, `score` (Score), `intervals` (Wilson,
+bootstrap, the budget warning), `metrics` (built-ins and plug-ins),
+`evaluate` (running models, caching the original's outputs, comparing two).
+"""
+
+from .data import RANDOM, Dataset, load_data, load_npz, random_dataset, validate
+from .evaluate import Evaluator, ModelComparison, compare, evaluate
+from .images import ImageSpec, load_image_folder, parse_image_spec
+from .intervals import bootstrap_interval, interval_warning, wilson_interval
+from .metrics import BUILTIN, FIDELITY, Metric, default_metric, get_metric, load_plugin
+from .score import Score
+from .split import Split, split_dataset
+
+__all__ = [
+    "BUILTIN", "FIDELITY", "RANDOM", "Dataset", "Evaluator", "ImageSpec", "Metric", "ModelComparison", "Score",
+    "Split", "bootstrap_interval", "compare", "default_metric", "evaluate", "get_metric", "interval_warning",
+    "load_data", "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "random_dataset",
+    "split_dataset", "validate", "wilson_interval",
+]

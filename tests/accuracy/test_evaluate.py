@@ -1,0 +1,111 @@
+"""Running models: batching, fixed batch sizes, the reference cache, and comparing two models."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from onnx_tailor import accuracy
+from onnx_tailor.errors import MetricError
+from onnx_tailor.ir import Model, run
+from tests.graphs import GraphBuilder, tiny_mobilenet
+
+from .conftest import perturb
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Model:
+    return Model(onnx.shape_inference.infer_shapes(tiny_mobilenet()))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny) -> accuracy.Dataset:
+    return accuracy.load_data("random", tiny, samples=70)
+
+
+def test_batched_outputs_equal_one_run_over_everything(tiny, tiny_data):
+    batched = accuracy.Evaluator(batch_size=16).run(tiny, tiny_data)
+    whole = run(tiny, dict(tiny_data.inputs))
+    assert list(batched) == list(whole)
+    for name in whole:
+        np.testing.assert_allclose(batched[name], whole[name], rtol=1e-5, atol=1e-6)
+
+
+def test_the_original_runs_once_however_many_variants_it_judges(tiny, tiny_data):
+    evaluator = accuracy.Evaluator()
+    variants = [perturb(tiny, noise, seed) for seed, noise in enumerate((0.05, 0.1, 0.2))]
+    scores = [evaluator.score(v, tiny_data, "agreement", reference=tiny) for v in variants]
+    assert evaluator.runs == 1 + len(variants)
+    assert evaluator.score(tiny, tiny_data, "cosine", reference=tiny).value == pytest.approx(1.0)
+    assert evaluator.runs == 1 + len(variants)  # the original against itself: from the cache
+    assert all(s.n == 70 for s in scores)
+
+
+def test_the_cache_keeps_only_the_most_recent_originals(tiny, tiny_data):
+    evaluator = accuracy.Evaluator(cache_size=1)
+    other = perturb(tiny, 0.1)
+    evaluator.reference_outputs(tiny, tiny_data)
+    evaluator.reference_outputs(other, tiny_data)
+    evaluator.reference_outputs(other, tiny_data)
+    assert evaluator.runs == 2
+    evaluator.reference_outputs(tiny, tiny_data)  # pushed out by `other`
+    assert evaluator.runs == 3
+
+
+def test_other_data_is_another_cache_entry(tiny, tiny_data):
+    evaluator = accuracy.Evaluator()
+    evaluator.reference_outputs(tiny, tiny_data)
+    evaluator.reference_outputs(tiny, tiny_data.subset(range(10)))
+    assert evaluator.runs == 2
+
+
+def test_a_fixed_batch_model_gets_full_batches_and_the_last_one_padded():
+    b = GraphBuilder(seed=3)
+    pooled = b.node("Flatten", [b.node("GlobalAveragePool", [b.conv("x", 3, 5, 3)])], axis=1)
+    fixed = Model(b.build({"x": (4, 3, 8, 8)}, [pooled]))  # takes exactly 4 samples a run
+    data = accuracy.Dataset({"x": np.random.default_rng(0).standard_normal((10, 3, 8, 8)).astype(np.float32)})
+    outputs = accuracy.Evaluator(batch_size=64).run(fixed, data)  # 64 ignored: the model takes 4 at a time
+    y = next(iter(outputs.values()))
+    assert y.shape == (10, 5)
+    # Each sample alone (repeated to fill the batch): padding must not leak into other rows.
+    one_by_one = [run(fixed, {"x": np.repeat(data.inputs["x"][i:i + 1], 4, axis=0)}) for i in range(10)]
+    expected = np.stack([next(iter(o.values()))[0] for o in one_by_one])
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_without_a_batch_dimension_are_refused():
+    node = helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("m", TensorProto.FLOAT, [])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    data = accuracy.Dataset({"x": np.ones((5, 4), np.float32)})
+    with pytest.raises(MetricError, match=r"output 'm' has shape \[\] for a batch of 5: metrics need one row"):
+        accuracy.Evaluator().run(Model(proto), data)
+
+
+def test_optimization_level_is_a_parameter(tiny, tiny_data):
+    plain = accuracy.Evaluator().run(tiny, tiny_data)
+    optimized = accuracy.Evaluator(optimization=ort.GraphOptimizationLevel.ORT_ENABLE_ALL).run(tiny, tiny_data)
+    for name in plain:
+        np.testing.assert_allclose(optimized[name], plain[name], rtol=1e-4, atol=1e-5)
+
+
+def test_compare_scores_both_and_b_against_a(digits, digits_data, noisy_digits):
+    data = digits_data.subset(range(120))
+    result = accuracy.compare(digits, noisy_digits, data)
+    assert result.n == 120 and result.a.name == result.b.name == "top1"
+    assert result.a.value == accuracy.evaluate(digits, data, "top1").value
+    assert list(result.fidelity) == ["agreement", "cosine", "sqnr"]
+    assert result.fidelity["agreement"].value < 100 and result.fidelity["cosine"].value < 1
+    assert result.to_dict()["b_vs_a"]["sqnr"]["unit"] == "dB"
+
+
+def test_compare_without_labels_reports_fidelity_only(tiny, tiny_data):
+    result = accuracy.compare(tiny, perturb(tiny, 0.1), tiny_data)
+    assert result.a is None and result.b is None and set(result.fidelity) == {"agreement", "cosine", "sqnr"}
+    with pytest.raises(MetricError, match="compare always reports agreement, cosine, sqnr of B against A"):
+        accuracy.compare(tiny, tiny, tiny_data, "agreement")
