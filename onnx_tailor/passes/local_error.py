@@ -9,22 +9,16 @@ the calibration inputs when there are some, else on seeded random inputs.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
-from ..ir import Model, run, seeded_inputs
-
-
-def _exposing(model: Model, tensor: str) -> Model:
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    if tensor not in {o.name for o in proto.graph.output}:
-        proto.graph.output.append(onnx.ValueInfoProto(name=tensor))
-    return model.with_proto(proto)
+from ..ir import Model
+from .capture import Calibration, capture
 
 
-def local_error(before: Model, after: Model, tensor: str, feeds: dict[str, np.ndarray] | None = None) -> float:
-    feeds = feeds if feeds is not None else seeded_inputs(before)
-    reference = run(_exposing(before, tensor), feeds)[tensor].astype(np.float64)
-    changed = run(_exposing(after, tensor), feeds)[tensor].astype(np.float64)
+def relative_error(reference: np.ndarray, changed: np.ndarray) -> float:
+    reference, changed = reference.astype(np.float64), changed.astype(np.float64)
     norm = np.linalg.norm(reference)
     return float(np.linalg.norm(changed - reference) / norm) if norm > 0 else float(np.linalg.norm(changed))
+
+
+def local_error(before: Model, after: Model, tensor: str, calib: Calibration | None = None) -> float:
+    return relative_error(capture(before, [tensor], calib)[tensor], capture(after, [tensor], calib)[tensor])

@@ -1,0 +1,32 @@
+"""Reading intermediate tensors of a model on calibration inputs.
+
+Data-aware passes fit weights to what a layer actually sees: they run the
+model once with the tensors they need exposed as extra outputs. `calib` is
+always the calibration split's inputs (a dict from model input name to a
+batch); never the evaluation split, which only judges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..ir import Model, run, seeded_inputs
+
+Calibration = dict[str, np.ndarray]
+
+
+def exposing(model: Model, tensors: list[str]) -> Model:
+    """The same model with `tensors` added to its graph outputs."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    present = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(onnx.ValueInfoProto(name=t) for t in dict.fromkeys(tensors) if t not in present)
+    return model.with_proto(proto)
+
+
+def capture(model: Model, tensors: list[str], calib: Calibration | None) -> dict[str, np.ndarray]:
+    """Values of `tensors` on the calibration inputs (seeded random inputs when there are none)."""
+    feeds = calib if calib is not None else seeded_inputs(model)
+    outputs = run(exposing(model, tensors), feeds)
+    return {t: outputs[t] for t in tensors}
