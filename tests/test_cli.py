@@ -97,12 +97,14 @@ def _bad_inputs(tmp_path, tiny_path):
         "output is input": (["apply", tiny_path, "--pass", "pad_channels", "-o", tiny_path], "is the input model"),
         "symbolic shape": (["inspect", tiny_path, "--input-shape", "wrong=1,2"], "no input called"),
         "unknown target": (["simulate", tiny_path, "--target", "npu-p99"], "unknown target 'npu-p99'"),
+        "bad measurements": (["costmodel", "fit", "--measurements", text, "--name", "x", "-o", out],
+                             "needs a header"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing file", "not onnx", "truncated", "unknown pass", "unknown site",
                                   "declined site", "bad param", "output is input", "symbolic shape",
-                                  "unknown target"])
+                                  "unknown target", "bad measurements"])
 def test_user_mistakes_get_one_line_and_exit_1(case, tmp_path, tiny_path):
     args, message = _bad_inputs(tmp_path, tiny_path)[case]
     # A real process, so that what the user would see (and the exit code) is what is tested.
@@ -127,3 +129,27 @@ def test_simulate_prints_the_per_op_table_and_total():
     assert "Conv+Clip" in result.output and "on npu-p16:" in lines[-1]
     data = json.loads(invoke("simulate", DIGITS.path, "--json", "--per-op").output)
     assert data["cycles"] == pytest.approx(sum(k["cycles"] for k in data["kernels"]), rel=1e-6)
+
+
+def test_cost_prints_prediction_beside_simulation():
+    result = invoke("cost", DIGITS.path, "--target", "npu-p32", "--per-op")
+    assert result.exit_code == 0, result.output
+    assert "predicted latency" in result.output and "simulated latency" in result.output
+    data = json.loads(invoke("cost", DIGITS.path, "--target", "cpu-ort", "--json").output)
+    assert data["latency_s"] > 0 and data["simulated_s"] is None and data["params"] > 0
+
+
+def test_a_new_device_from_sweep_to_profile(tmp_path):
+    """The documented three steps: sweep, measure (here: simulated), fit; then use the profile."""
+    sweep = tmp_path / "sweep"
+    assert invoke("costmodel", "sweep", "--size", "40", "-o", sweep).exit_code == 0
+    assert (sweep / "manifest.json").exists() and len(list(sweep.glob("*.onnx"))) > 40
+    measured = tmp_path / "m.csv"
+    result = invoke("costmodel", "measure", "--target", "npu-p16", "--sweep", sweep, "-o", measured)
+    assert result.exit_code == 0, result.output
+    profile = tmp_path / "mydev.json"
+    result = invoke("costmodel", "fit", "--target", "npu-p16", "--measurements", measured, "--name", "mydev",
+                    "-o", profile)
+    assert result.exit_code == 0, result.output
+    data = json.loads(invoke("cost", DIGITS.path, "--target", profile, "--json").output)
+    assert data["target"] == "mydev" and data["latency_s"] > 0
