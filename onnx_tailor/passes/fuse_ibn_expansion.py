@@ -5,14 +5,24 @@ After:   x -> Conv KxK, stride s (Wf: [Ce, Ci, K, K], bf) -> y
 (the depthwise conv's own activation, the SE branch, projection and
 residual stay as they are)
 
-`init=compose` (the only init so far) takes the product of the two kernels:
+`init=compose` takes the product of the two kernels:
 
     Wf[o, i] = Wd[o, 0] * We[o, i]        bf[o] = bd[o] + be[o] * sum(Wd[o])
 
 which is exact only without the activation in between and away from the
-borders (the original zero-pads the *expanded* features, bias included).
-So the pass is lossy: every application reports its local error, the
-relative L2 error of the block's depthwise output on calibration inputs.
+borders (the original zero-pads the *expanded* features, bias included); on
+trained networks it is unusable. `init=lsq` (the default) fits instead, on
+the calibration inputs, in two stages:
+1. Wf, bf: ridge least squares of the fused conv's output against the
+   original depthwise output, from the block's input (im2col rows);
+2. the projection conv: ridge least squares so that the block's output (the
+   projection) matches the original block's, from the projection's new input
+   (after the fused conv, the activation and any squeeze-excitation).
+Both stages read the model being rewritten, so applying the pass block after
+block calibrates each block on the already-rewritten network (sequential
+calibration), which keeps errors from compounding.
+Every application reports its local error: the relative L2 error of the
+block's projection output on calibration inputs.
 
 On an accelerator whose MAC array idles during depthwise convs and whose
 SRAM cannot hold the expanded tensor, the fused conv is much faster in early
@@ -31,16 +41,19 @@ from ..analysis import find_ibn_blocks
 from ..errors import PassError
 from ..ir import Model
 from .base import Declined, Exactness, Param, Pass, Site
-from .graph_edit import constant_input, fresh_name, nodes_by_name
+from .capture import capture
+from .graph_edit import constant_input, fresh_name, nodes_by_name, set_constant_input
+from .least_squares import fit_conv
 
-INITS = ("compose",)
+INITS = ("lsq", "compose")
 
 
 class FuseIbnExpansion(Pass):
     name = "fuse_ibn_expansion"
     exactness = Exactness.LOSSY
     summary = "fuse an IBN block's 1x1 expand conv and KxK depthwise conv into one KxK conv"
-    params = (Param("init", str, "compose", "how the fused weights are made: compose (product of the kernels)"),)
+    params = (Param("init", str, "lsq", "how the fused weights are made: lsq (two-stage least squares on "
+                                        "calibration data) or compose (product of the kernels)"),)
 
     def check_params(self, params: dict[str, Any]) -> None:
         if params["init"] not in INITS:
@@ -64,12 +77,26 @@ class FuseIbnExpansion(Pass):
                                     f"({block.expand_activation} dropped)")
 
     def output_tensor(self, model: Model, site: Site) -> str:
-        """The tensor whose change is the site's local error: the depthwise output."""
-        depthwise = next(n for n in site.nodes if model.node(n).op_type == "Conv" and n != site.anchor
-                         and model.attr(model.node(n), "group", 1) > 1)
-        return model.node(depthwise).output[0]
+        """The tensor whose change is the site's local error: the block's projection output."""
+        return model.node(_block(model, site).project).output[0]
 
     def rewrite(self, model: Model, site: Site, calib=None) -> Model:
+        composed = self._compose(model, site)
+        if site.param_dict["init"] == "compose":
+            return composed
+        block = _block(model, site)
+        depthwise, project = model.node(block.depthwise), model.node(block.project)
+        # Stage 1: the fused conv reproduces the depthwise output from the block input.
+        seen = capture(model, [block.input, depthwise.output[0], project.output[0]], calib)
+        attrs = _conv_geometry(model, depthwise)
+        weight, bias = fit_conv(seen[block.input], seen[depthwise.output[0]], *attrs)
+        fitted = _replace_weights(composed, _fused_name(composed, site), weight, bias)
+        # Stage 2: the projection reproduces the original block output from its new input.
+        new_input = capture(fitted, [project.input[0]], calib)[project.input[0]]
+        weight, bias = fit_conv(new_input, seen[project.output[0]], (1, 1), (1, 1), (0, 0, 0, 0))
+        return _replace_weights(fitted, block.project, weight, bias)
+
+    def _compose(self, model: Model, site: Site) -> Model:
         graph = model.to_graphsurgeon()
         nodes = nodes_by_name(graph)
         expand = nodes[site.anchor]
@@ -91,6 +118,32 @@ class FuseIbnExpansion(Pass):
         depthwise.outputs.clear()
         graph.nodes.append(fused)
         return model.from_graphsurgeon(graph)
+
+
+def _block(model: Model, site: Site):
+    return next(b for b in find_ibn_blocks(model) if b.expand == site.anchor)
+
+
+def _fused_name(model: Model, site: Site) -> str:
+    return next(n.name for n in model.nodes if n.name.startswith(f"{site.anchor}_fused"))
+
+
+def _conv_geometry(model: Model, conv) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
+    weight = model.declared_shape(conv.input[1])
+    kernel = (weight[2], weight[3])
+    strides = tuple(model.attr(conv, "strides", [1, 1]))
+    pads = model.attr(conv, "pads", [0, 0, 0, 0])
+    if model.attr(conv, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        raise PassError(f"{conv.name}: auto_pad is not supported by the least-squares fit")
+    return kernel, strides, (pads[0], pads[1], pads[2], pads[3])
+
+
+def _replace_weights(model: Model, conv_name: str, weight: np.ndarray, bias: np.ndarray) -> Model:
+    graph = model.to_graphsurgeon()
+    conv = nodes_by_name(graph)[conv_name]
+    set_constant_input(graph, conv, 1, weight, "weight_fit")
+    set_constant_input(graph, conv, 2, bias, "bias_fit")
+    return model.from_graphsurgeon(graph)
 
 
 def _between(model: Model, expand: str, depthwise: str) -> set[str]:

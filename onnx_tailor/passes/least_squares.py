@@ -1,0 +1,56 @@
+"""Least-squares weight fitting for data-aware rewrites.
+
+A conv is a linear map of its input patches, so fitting its weights to
+reproduce a target tensor is a ridge regression: rows are output positions,
+features are the KxK x Cin patch (plus 1 for the bias). The normal equations
+are accumulated one chunk of images at a time, so memory stays bounded
+whatever the calibration set's size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def patches(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
+            pads: tuple[int, int, int, int]) -> np.ndarray:
+    """im2col: [N, C, H, W] -> [N * Ho * Wo, C * Kh * Kw], in ONNX Conv's weight order (C, Kh, Kw)."""
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    sh, sw = strides
+    top, left, bottom, right = pads
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    ho = (h + top + bottom - kh) // sh + 1
+    wo = (w + left + right - kw) // sw + 1
+    cols = np.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = padded[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * ho * wo, c * kh * kw)
+
+
+def rows(y: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] -> [N * H * W, C], matching `patches`' row order."""
+    return y.transpose(0, 2, 3, 1).reshape(-1, y.shape[1])
+
+
+def fit_conv(x: np.ndarray, y: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
+             pads: tuple[int, int, int, int], ridge: float = 1e-4, chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Weights [Co, Ci, Kh, Kw] and bias [Co] of the conv that maps x to y best in least squares.
+
+    `ridge` is relative to the mean diagonal of the Gram matrix, so it means the
+    same at any activation scale.
+    """
+    features = x.shape[1] * kernel[0] * kernel[1] + 1
+    gram = np.zeros((features, features))
+    cross = np.zeros((features, y.shape[1]))
+    for start in range(0, x.shape[0], chunk):
+        a = patches(x[start:start + chunk].astype(np.float64), kernel, strides, pads)
+        a = np.hstack([a, np.ones((a.shape[0], 1))])
+        b = rows(y[start:start + chunk].astype(np.float64))
+        gram += a.T @ a
+        cross += a.T @ b
+    gram += np.eye(features) * ridge * max(np.trace(gram) / features, 1e-12)
+    solution = np.linalg.solve(gram, cross)  # [features, Co]
+    weight = solution[:-1].T.reshape(y.shape[1], x.shape[1], kernel[0], kernel[1])
+    return weight.astype(np.float32), solution[-1].astype(np.float32)
