@@ -390,7 +390,101 @@ def passes(as_json):
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--pass", "pass_name", required=True, metavar="NAME", help="The pass to apply (see `onnx-tailor passes`).")
+@target_option
+@click.option("--data", metavar="D", help="Accuracy data: an .npz, an image folder or 'random' (see `evaluate --help`). "
+                                          "Without it only exact passes run.")
+@click.option("--metric", metavar="NAME", help="top1 | agreement | cosine | sqnr | module:function "
+                                               "[default: top1 with labels, else agreement]")
+@click.option("--max-drop", default="1.0", show_default=True, metavar="POINTS|PCT%",
+              help="Largest allowed drop of the metric against the original: points (1.0) or relative (1%).")
+@click.option("--max-params", type=click.IntRange(min=1), metavar="BYTES", help="Budget for parameter bytes.")
+@click.option("--max-activation", type=click.IntRange(min=1), metavar="BYTES", help="Budget for peak activation bytes.")
+@click.option("--passes", "pass_list", metavar="A,B,C", help="Passes the search may use [default: all rewrites].")
+@click.option("--search", type=click.Choice(["greedy", "beam", "evolutionary"]), default="greedy", show_default=True)
+@click.option("--beam-width", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Sequences kept by beam search (and half the evolutionary population).")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop searching after this long and keep the best so far.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split and the search.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The optimized model.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write report.json here.")
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="Write recipe.json here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write the Pareto front (latency vs metric) as a PNG (needs the 'plot' extra).")
+@click.option("--measure", is_flag=True, help="For measured targets: time original and optimized side by side.")
+@click.option("--overwrite-input", is_flag=True, help="Allow OUTPUT to be the input file itself.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@input_shape_option
+def optimize(model, target_name, data, metric, max_drop, max_params, max_activation, pass_list, search, beam_width,
+             time_budget, seed, output, report_path, recipe_path, plot_path, measure, overwrite_input, quiet, as_json,
+             input_shapes):
+    """Find the fastest variant of MODEL on a target that keeps accuracy and memory in budget.
+
+    \b
+    Candidates (pass, site, params) are scored with the target's cost model;
+    only those predicted faster are applied (lossy ones fitted on the calibration
+    half of --data) and evaluated on the other half against the original. The
+    model, its report and its recipe are written; `apply MODEL --recipe R`
+    replays the recipe to the same bytes. Ctrl-C or --time-budget stops the
+    search with the best model so far.
+    \b
+    Exit codes: 0 written (improved, or the original unchanged when nothing
+    helped: the report says why); 1 bad input; 2 bad usage; 3 a rewrite failed
+    its numerical check (a bug); 4 no model meets the constraints.
+    """
+    from .search import check_plotting_available, format_report, optimize as run_optimize, plot_pareto
+
+    if plot_path:
+        check_plotting_available()  # before minutes of search, not after
+    loaded = api.load(model, input_shapes)
+    progress = None if quiet else (lambda message: click.echo(f"[optimize] {message}", err=True))
+    result = run_optimize(loaded, target_name, data=data, metric=metric, max_drop=max_drop, max_params=max_params,
+                          max_activation=max_activation,
+                          passes=[p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None,
+                          search=search, beam_width=beam_width, time_budget=time_budget, seed=seed, measure=measure,
+                          progress=progress)
+    api.save(result.model, output, input_path=model, overwrite_input=overwrite_input)
+    if report_path:
+        _write_json(report_path, result.report)
+    if recipe_path:
+        result.recipe.write(Path(recipe_path))
+    if plot_path:
+        plot_pareto(result.context, result.context.best, plot_path)
+    click.echo(json.dumps(result.report, indent=2) if as_json else format_report(result.report))
+
+
+def _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes):
+    from .search import read_recipe, replay, split_data
+
+    if not output:
+        raise click.UsageError("give -o/--output")
+    recipe = read_recipe(Path(recipe_path))
+    loaded = api.load(model, {**recipe.input_shapes, **input_shapes})
+    calibration = fingerprint = None
+    if recipe.needs_data:
+        source = data or (recipe.data or {}).get("source")
+        if not source:
+            raise TailorError("this recipe has lossy steps: give the --data they were fitted on")
+        split = split_data(loaded, source, (recipe.data or {}).get("seed", 0), (recipe.data or {}).get("fraction", 0.5))
+        calibration, fingerprint = split.calibration.inputs, split.calibration.fingerprint
+    result = replay(recipe, loaded, calibration, fingerprint)
+    api.save(result, output, input_path=model, overwrite_input=overwrite_input)
+    click.echo(f"replayed {len(recipe.steps)} step(s) of {recipe_path}; wrote {output}", err=True)
+
+
+def _write_json(path, payload) -> None:
+    staged = Path(path).with_suffix(".part")
+    staged.write_text(json.dumps(payload, indent=2) + "\n")
+    staged.replace(path)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--pass", "pass_name", metavar="NAME", help="The pass to apply (see `onnx-tailor passes`).")
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False),
+              help="Replay a recipe written by `optimize` instead of one pass.")
+@click.option("--data", metavar="D", help="With --recipe: the data the recipe's lossy steps were fitted on.")
 @click.option("--site", "anchor", metavar="ANCHOR", help="Apply at this site only (its anchor node name); default: every site.")
 @click.option("--param", "params", multiple=True, callback=_parse_params, metavar="KEY=VALUE",
               help="A pass parameter, e.g. multiple=32 (repeatable).")
@@ -398,13 +492,17 @@ def passes(as_json):
 @click.option("--list-sites", is_flag=True, help="List the sites (and the declined near-sites, with reasons); write nothing.")
 @click.option("--overwrite-input", is_flag=True, help="Allow OUTPUT to be the input file itself.")
 @input_shape_option
-def apply(model, pass_name, anchor, params, output, list_sites, overwrite_input, input_shapes):
+def apply(model, pass_name, recipe_path, data, anchor, params, output, list_sites, overwrite_input, input_shapes):
     """Apply one pass to MODEL at one site or at all its sites, and write the result.
 
     Exact passes are verified against the input with onnxruntime (no graph
     optimizations, seeded inputs) before the model is written; the output is
     written atomically and the input file is never modified.
     """
+    if recipe_path:
+        return _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes)
+    if not pass_name:
+        raise click.UsageError("give --pass NAME (see `onnx-tailor passes`) or --recipe RECIPE.json")
     rewrite = get_pass(pass_name)
     rewrite.resolve_params(params)  # unknown or malformed parameters fail before the model loads
     if not list_sites and not output:

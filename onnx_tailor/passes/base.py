@@ -122,6 +122,11 @@ class Pass(ABC):
 
     # -- applying ---------------------------------------------------------------------
 
+    def preview(self, model: Model, site: Site) -> Model:
+        """The rewritten model's structure, as cheaply as possible: what a cost model needs
+        to score it. Data-aware passes skip their fitting here; the weights may be poor."""
+        return self.rewrite(model, site, None)
+
     def output_tensor(self, model: Model, site: Site) -> str | None:
         """For a lossy pass: the tensor (same name before and after) whose change is the site's local error."""
         return None

@@ -31,7 +31,7 @@ def apply_pass(model: Model, pass_name: str, anchor: str | None = None,
     rewrite = get_pass(pass_name)
     resolved = rewrite.resolve_params(params)
     if anchor is not None:
-        site = _site_at(rewrite, model, anchor, resolved)
+        site = site_at(rewrite, model, anchor, resolved)
         rewritten = rewrite.apply(model, site, calib)
         return Applied(rewritten, (site,), (_local_error(rewrite, model, rewritten, site, calib),))
 
@@ -61,7 +61,7 @@ def _local_error(rewrite: Pass, before: Model, after: Model, site: Site, calib) 
     return local_error(before, after, rewrite.output_tensor(before, site), calib)
 
 
-def _site_at(rewrite: Pass, model: Model, anchor: str, params: dict[str, Any]) -> Site:
+def site_at(rewrite: Pass, model: Model, anchor: str, params: dict[str, Any]) -> Site:
     sites = {s.anchor: s for s in rewrite.find(model, **params)}
     if anchor in sites:
         return sites[anchor]

@@ -76,6 +76,9 @@ class FuseIbnExpansion(Pass):
                                     f"{block.kernel[1]} depthwise -> one {block.kernel[0]}x{block.kernel[1]} conv "
                                     f"({block.expand_activation} dropped)")
 
+    def preview(self, model: Model, site: Site) -> Model:
+        return self._compose(model, site)  # same graph as lsq, without the fitting
+
     def output_tensor(self, model: Model, site: Site) -> str:
         """The tensor whose change is the site's local error: the block's projection output."""
         return model.node(_block(model, site).project).output[0]

@@ -1,0 +1,32 @@
+"""Beam search: keep the K fastest feasible sequences, extend each, repeat.
+
+Each round extends every sequence in the beam by its most promising
+candidates (fastest predicted first), keeps the feasible children that are
+faster than their parent, and retains the K fastest distinct models.
+"""
+
+from __future__ import annotations
+
+from .context import Node, SearchContext
+
+
+def beam(ctx: SearchContext, width: int = 4, expansions_per_node: int = 6) -> Node | None:
+    frontier = [ctx.root]
+    while frontier and not ctx.out_of_time():
+        children: dict[str, Node] = {}
+        for node in frontier:
+            tried = 0
+            for candidate in ctx.candidates(node):
+                if tried >= expansions_per_node or ctx.out_of_time():
+                    break
+                if not ctx.worth_applying(node, candidate):
+                    continue
+                tried += 1
+                child = ctx.expand(node, candidate)
+                if child is not None and child.feasible and child.latency_s < node.latency_s:
+                    children.setdefault(child.key, child)
+        frontier = sorted(children.values(), key=lambda n: (n.latency_s, n.key))[:width]
+        if frontier:
+            ctx.progress(f"round {len(frontier[0].steps)}: beam of {len(frontier)}, "
+                         f"fastest {frontier[0].latency_s * 1e3:.4f} ms predicted")
+    return ctx.best

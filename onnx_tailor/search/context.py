@@ -1,0 +1,213 @@
+"""What every search strategy shares: candidates, their evaluation, caches, budget and log.
+
+Cheap things first. A candidate (pass, site, params) is first *previewed*:
+the pass's cheap rewrite (no weight fitting) scored by the learned cost model.
+Only candidates predicted faster than their parent are *applied* for real
+(data-aware fitting on the calibration split); a lossy one whose local error
+is already too large stops there; the rest are *evaluated* (the metric on
+the evaluation split, against the original). Everything is cached by model
+content hash, so no model is fitted, scored or evaluated twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..analysis import memory_summary
+from ..costmodel import cost_model_for
+from ..costmodel.target import Target
+from ..ir import Model
+from ..passes import Exactness, get_pass
+from ..passes.local_error import local_error
+from .constraints import Constraints
+
+# A lossy rewrite whose block output changes by more than this is not worth an evaluation.
+MAX_LOCAL_ERROR = 0.5
+# A candidate must be predicted at least this much faster (relative) to be applied.
+MIN_GAIN = 5e-3
+
+
+@dataclass(frozen=True)
+class Step:
+    """One application: what a recipe stores."""
+
+    pass_name: str
+    anchor: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"pass": self.pass_name, "anchor": self.anchor, "params": dict(self.params)}
+
+    def __str__(self) -> str:
+        params = ",".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.pass_name}@{self.anchor}" + (f"[{params}]" if params else "")
+
+
+@dataclass
+class SearchData:
+    """The data side of a search: calibration inputs for passes, evaluation split for judging."""
+
+    calibration: dict
+    evaluation: Any  # accuracy.Dataset
+    metric: str
+    evaluator: Any  # accuracy.Evaluator
+    original_score: Any  # accuracy.Score of the original on the evaluation split
+    allowed_drop: float
+    calibration_fingerprint: str = ""
+
+
+@dataclass
+class Node:
+    """A model reached by a sequence of steps, and everything measured about it."""
+
+    model: Model
+    steps: tuple[Step, ...]
+    latency_s: float  # predicted by the cost model
+    param_bytes: int
+    activation_bytes: int
+    score: Any = None  # accuracy.Score on the evaluation split (None without data)
+    drop: float = 0.0  # metric drop against the original, in metric units
+    local_error: float | None = None  # of the last step, when it was lossy
+    feasible: bool = True
+    reason: str | None = None  # why it is infeasible
+
+    @property
+    def key(self) -> str:
+        return self.model.content_hash
+
+
+@dataclass(frozen=True)
+class Candidate:
+    step: Step
+    site: Any  # passes.Site
+    predicted_s: float
+
+
+@dataclass
+class Stats:
+    previewed: int = 0
+    applied: int = 0
+    evaluated: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def to_dict(self) -> dict:
+        return {"candidates_scored": self.previewed, "candidates_applied": self.applied,
+                "candidates_evaluated": self.evaluated, "seconds": round(time.perf_counter() - self.started, 2)}
+
+
+class SearchContext:
+    def __init__(self, original: Model, target: Target, passes: list[str], constraints: Constraints,
+                 data: SearchData | None, time_budget_s: float | None = None,
+                 progress: Callable[[str], None] | None = None):
+        self.target = target
+        self.cost_model = cost_model_for(target)
+        self.passes = [get_pass(name) for name in passes]
+        self.constraints = constraints
+        self.data = data
+        self.deadline = time.perf_counter() + time_budget_s if time_budget_s else None
+        self.progress = progress or (lambda message: None)
+        self.stats = Stats()
+        self.log: list[dict] = []  # every candidate's fate, for the report's per-block decisions
+        self._nodes: dict[str, Node] = {}
+        self._previews: dict[tuple[str, Step], float] = {}
+        self._children: dict[tuple[str, Step], Node | None] = {}
+        self.original = original
+        self.best: Node | None = None  # the fastest feasible node so far (set by node())
+        self.evaluated: list[Node] = []
+        self.root = self.node(original, (), score_local=None)
+
+    # -- budget -----------------------------------------------------------------------
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+    # -- nodes ------------------------------------------------------------------------
+
+    def node(self, model: Model, steps: tuple[Step, ...], score_local: float | None) -> Node:
+        """Measure a model (cached by content): latency, memory, accuracy, feasibility."""
+        cached = self._nodes.get(model.content_hash)
+        if cached is not None:
+            return cached
+        memory = memory_summary(model)
+        node = Node(model, steps, self.cost_model.predict(model).latency_s, memory.param_bytes,
+                    memory.peak_activation_bytes, local_error=score_local)
+        node.reason = self.constraints.memory_violation(node.param_bytes, node.activation_bytes)
+        if self.data is not None and steps:
+            node.score = self.data.evaluator.score(model, self.data.evaluation, self.data.metric,
+                                                   reference=self.original)
+            original = self.data.original_score
+            node.drop = (original.value - node.score.value) * (1 if original.higher_is_better else -1)
+            if node.reason is None and node.drop > self.data.allowed_drop + 1e-9:
+                node.reason = (f"{self.data.metric} drops {node.drop:.2f} against the original, "
+                               f"over the budget of {self.data.allowed_drop:.2f}")
+            self.stats.evaluated += 1
+        elif self.data is not None:
+            node.score = self.data.original_score
+        node.feasible = node.reason is None
+        self._nodes[model.content_hash] = node
+        self.evaluated.append(node)
+        if node.feasible and (self.best is None or node.latency_s < self.best.latency_s):
+            self.best = node
+            self.progress(f"best so far: {node.latency_s * 1e3:.4f} ms predicted"
+                          + (f", {self.data.metric} {node.score.value:.2f}" if node.score is not None else "")
+                          + f" after {len(steps)} step(s)")
+        return node
+
+    # -- candidates -------------------------------------------------------------------
+
+    def params_for(self, rewrite) -> dict:
+        """Pass parameters for this target: the parallelism factor wherever a pass takes one."""
+        return {"multiple": self.target.parallelism} if any(p.name == "multiple" for p in rewrite.params) else {}
+
+    def candidates(self, node: Node) -> list[Candidate]:
+        """Every applicable step on `node`, previewed, fastest predicted first (ties by name)."""
+        found = []
+        for rewrite in self.passes:
+            if rewrite.exactness is Exactness.LOSSY and self.data is None:
+                continue
+            params = self.params_for(rewrite)
+            for site in rewrite.find(node.model, **params):
+                step = Step(rewrite.name, site.anchor, site.params)
+                key = (node.key, step)
+                if key not in self._previews:
+                    preview = rewrite.preview(node.model, site)
+                    self._previews[key] = self.cost_model.predict(preview).latency_s
+                    self.stats.previewed += 1
+                found.append(Candidate(step, site, self._previews[key]))
+        found.sort(key=lambda c: (c.predicted_s, str(c.step)))
+        return found
+
+    def worth_applying(self, node: Node, candidate: Candidate) -> bool:
+        gain = node.latency_s - candidate.predicted_s
+        if gain <= MIN_GAIN * node.latency_s:
+            self._note(node, candidate, f"predicted slower or no faster ({-gain * 1e6:+.1f} us)")
+            return False
+        return True
+
+    def expand(self, node: Node, candidate: Candidate) -> Node | None:
+        """Apply a candidate for real and measure the result; None when it is not worth evaluating."""
+        key = (node.key, candidate.step)
+        if key in self._children:
+            return self._children[key]
+        rewrite = get_pass(candidate.step.pass_name)
+        calib = self.data.calibration if self.data is not None else None
+        model = rewrite.apply(node.model, candidate.site, calib)
+        self.stats.applied += 1
+        error = None
+        if rewrite.exactness is Exactness.LOSSY:
+            error = local_error(node.model, model, rewrite.output_tensor(node.model, candidate.site), calib)
+            if error > MAX_LOCAL_ERROR:
+                self._note(node, candidate, f"local error {error:.2f} too large to evaluate")
+                self._children[key] = None
+                return None
+        child = self.node(model, node.steps + (candidate.step,), error)
+        self._note(node, candidate, "feasible" if child.feasible else child.reason, child)
+        self._children[key] = child
+        return child
+
+    def _note(self, node: Node, candidate: Candidate, outcome: str, child: Node | None = None) -> None:
+        self.log.append({"step": candidate.step.to_dict(), "nodes": sorted(candidate.site.nodes),
+                         "after_steps": len(node.steps), "predicted_gain_us": (node.latency_s - candidate.predicted_s) * 1e6,
+                         "outcome": outcome, "local_error": child.local_error if child else None})

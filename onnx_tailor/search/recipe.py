@@ -1,0 +1,94 @@
+"""Recipes: the chosen sequence of rewrites, replayable on the same model.
+
+A recipe names each step by pass, anchor node and parameters, and carries
+the hash of the canonical source model (and, when a step fits weights, the
+fingerprint of the calibration data it was fitted on). Replaying checks both
+and refuses anything else, so the same recipe on the same model and data
+gives a byte-identical model; `optimize` writes its own result by replaying
+its recipe, so that this holds by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TailorError
+from ..ir import Model
+from ..passes import Exactness, get_pass
+from ..passes.driver import site_at
+from .context import Step
+
+FORMAT = "onnx-tailor-recipe/1"
+
+
+class RecipeError(TailorError):
+    """A recipe that does not fit the model or data it is replayed on, or is malformed."""
+
+
+@dataclass
+class Recipe:
+    source_hash: str
+    steps: tuple[Step, ...]
+    input_shapes: dict[str, tuple[int, ...]]
+    calibration_fingerprint: str | None = None  # of the data lossy steps were fitted on
+    data: dict | None = None  # how the calibration split was made (path, seed, fraction)
+    target: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "source_model_hash": self.source_hash, "target": self.target,
+                "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
+                "calibration": {"fingerprint": self.calibration_fingerprint, **(self.data or {})},
+                "steps": [s.to_dict() for s in self.steps]}
+
+    def write(self, path: Path) -> None:
+        staged = Path(path).with_suffix(".part")
+        staged.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        staged.replace(path)
+
+    @property
+    def needs_data(self) -> bool:
+        return any(get_pass(s.pass_name).exactness is Exactness.LOSSY for s in self.steps)
+
+
+def read_recipe(path: Path) -> Recipe:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such recipe") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecipeError(f"{path}: not a recipe ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise RecipeError(f"{path}: not an onnx-tailor recipe (format is not {FORMAT})")
+    try:
+        steps = tuple(Step(s["pass"], s["anchor"], tuple(sorted(s.get("params", {}).items()))) for s in raw["steps"])
+        for step in steps:
+            get_pass(step.pass_name)
+        calibration = dict(raw.get("calibration") or {})
+        fingerprint = calibration.pop("fingerprint", None)
+        return Recipe(raw["source_model_hash"], steps,
+                      {k: tuple(v) for k, v in (raw.get("input_shapes") or {}).items()},
+                      fingerprint, calibration or None, raw.get("target"))
+    except (KeyError, TypeError) as exc:
+        raise RecipeError(f"{path}: malformed recipe (missing {exc})") from None
+
+
+def replay(recipe: Recipe, model: Model, calibration: dict | None = None,
+           calibration_fingerprint: str | None = None) -> Model:
+    """Apply the recipe's steps to `model` in order; refuses a different model or data."""
+    if model.content_hash != recipe.source_hash:
+        raise RecipeError(f"this recipe was made for another model (canonical hash {recipe.source_hash[:12]}, "
+                          f"this model {model.content_hash[:12]}); it replays only on the model it was made for")
+    if recipe.needs_data:
+        if calibration is None:
+            raise RecipeError("this recipe has lossy steps fitted on calibration data: give the same --data")
+        if recipe.calibration_fingerprint and calibration_fingerprint != recipe.calibration_fingerprint:
+            raise RecipeError("the calibration data differs from the data the recipe was made with "
+                              "(same file, seed and split needed for an identical result)")
+    current = model
+    for step in recipe.steps:
+        rewrite = get_pass(step.pass_name)
+        site = site_at(rewrite, current, step.anchor, dict(step.params))
+        current = rewrite.apply(current, site, calibration)
+    return current

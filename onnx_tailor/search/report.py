@@ -1,0 +1,155 @@
+"""What an optimize run tells its user: report.json, the terminal table, the Pareto plot.
+
+The report explains every decision: the chosen steps with their predicted
+latency, accuracy and memory; for every inverted-bottleneck block of the
+original, what happened to it (rewritten by which pass, or left alone and
+why: predicted slower, accuracy over budget, local error too large, memory
+over budget, or never reached); and the search's statistics.
+"""
+
+from __future__ import annotations
+
+from ..analysis import find_ibn_blocks
+from ..costmodel import simulate
+from ..errors import TailorError
+from .context import Node, SearchContext
+
+_PRECEDENCE = ("over the budget", "too large", "predicted slower")  # the most telling reason wins
+
+
+def node_summary(node: Node) -> dict:
+    return {"steps": len(node.steps), "predicted_latency_ms": node.latency_s * 1e3,
+            "param_bytes": node.param_bytes, "peak_activation_bytes": node.activation_bytes,
+            "metric": node.score.to_dict() if node.score is not None else None,
+            "drop": node.drop if node.score is not None else None, "local_error": node.local_error}
+
+
+def block_decisions(ctx: SearchContext, chosen: Node) -> list[dict]:
+    """Per IBN block of the original: what the search did with it, and why."""
+    taken = {(s.pass_name, s.anchor) for s in chosen.steps}
+    decisions = []
+    for index, block in enumerate(find_ibn_blocks(ctx.original), 1):
+        entries = [e for e in ctx.log if set(e["nodes"]) & block.nodes]
+        applied = sorted({e["step"]["pass"] for e in entries if (e["step"]["pass"], e["step"]["anchor"]) in taken})
+        if applied:
+            decision, why = "rewritten", f"by {', '.join(applied)}"
+        elif not entries:
+            decision, why = "left alone", "no candidate reached it (no applicable pass, or the budget ran out)"
+        else:
+            reasons = [e["outcome"] for e in entries if e["outcome"] != "feasible"]
+            ranked = sorted(reasons, key=lambda r: next((i for i, p in enumerate(_PRECEDENCE) if p in r),
+                                                         len(_PRECEDENCE)))
+            decision = "left alone"
+            why = ranked[0] if ranked else "a feasible rewrite existed but a faster sequence was chosen"
+        decisions.append({"block": index, "expand": block.expand, "channels": [block.in_channels,
+                          block.expanded_channels, block.out_channels], "resolution": block.resolution,
+                          "stride": list(block.stride), "decision": decision, "why": why})
+    return decisions
+
+
+def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str], measured: dict | None) -> dict:
+    original = ctx.root
+    steps, path = [], []
+    node = ctx.root
+    for step in chosen.steps:  # re-walk the chosen path through the cache for per-step figures
+        path.append(step)
+        node = next((n for n in ctx.evaluated if n.steps == tuple(path)), None)
+        steps.append({**step.to_dict(), **(node_summary(node) if node else {})})
+    return {
+        "target": ctx.target.name,
+        "search": search,
+        "original": node_summary(original),
+        "optimized": node_summary(chosen),
+        "speedup_predicted": original.latency_s / chosen.latency_s if chosen.latency_s else None,
+        "steps": steps,
+        "blocks": block_decisions(ctx, chosen),
+        "statistics": ctx.stats.to_dict(),
+        "simulated": _simulated(ctx, chosen),
+        "measured": measured,
+        "notes": notes,
+    }
+
+
+def _simulated(ctx: SearchContext, chosen: Node) -> dict | None:
+    if not ctx.target.simulated:
+        return None
+    return {"original_ms": simulate(ctx.original, ctx.target).latency_s * 1e3,
+            "optimized_ms": simulate(chosen.model, ctx.target).latency_s * 1e3}
+
+
+def format_report(report: dict) -> str:
+    o, b = report["original"], report["optimized"]
+    lines = [f"target {report['target']}, search {report['search']}: "
+             f"{o['predicted_latency_ms']:.4f} ms -> {b['predicted_latency_ms']:.4f} ms predicted "
+             f"({report['speedup_predicted']:.2f}x)"]
+    if o["metric"]:
+        ci = b["metric"]
+        interval = f"; 95% CI [{ci['ci_low']:.2f}, {ci['ci_high']:.2f}]" if ci.get("ci_low") is not None else ""
+        lines.append(f"  {o['metric']['name']}: {o['metric']['value']:.2f} -> {b['metric']['value']:.2f} "
+                     f"(drop {b['drop']:.2f}{interval}, n={ci['n']})")
+    lines.append(f"  parameters {o['param_bytes']:,} B -> {b['param_bytes']:,} B; "
+                 f"peak activations {o['peak_activation_bytes']:,} B -> {b['peak_activation_bytes']:,} B")
+    if report.get("simulated"):
+        sim = report["simulated"]
+        lines.append(f"  simulated (ground truth): {sim['original_ms']:.4f} ms -> {sim['optimized_ms']:.4f} ms "
+                     f"({sim['original_ms'] / sim['optimized_ms']:.2f}x)")
+    if report.get("measured"):
+        m = report["measured"]
+        lines.append(f"  measured on {m['target']}: {m['original_ms']:.3f} ms -> {m['optimized_ms']:.3f} ms "
+                     f"({m['original_ms'] / m['optimized_ms']:.2f}x)")
+    if report["steps"]:
+        lines.append("\n  step  rewrite" + " " * 45 + "latency ms   metric   local err")
+        for i, s in enumerate(report["steps"], 1):
+            name = f"{s['pass']}@{s['anchor']}"
+            metric = f"{s['metric']['value']:.2f}" if s.get("metric") else "-"
+            err = f"{s['local_error']:.3f}" if s.get("local_error") is not None else "-"
+            lines.append(f"  {i:>4}  {name[:50]:<52} {s.get('predicted_latency_ms', 0):>10.4f} {metric:>8} {err:>10}")
+    if report["blocks"]:
+        lines.append("\n  IBN block decisions:")
+        for d in report["blocks"]:
+            ch = "/".join(map(str, d["channels"]))
+            res = "x".join(map(str, d["resolution"])) if d["resolution"] else "?"
+            lines.append(f"  {d['block']:>4}  {res:>9} {ch:<14} {d['decision']:<11} {d['why']}")
+    s = report["statistics"]
+    lines.append(f"\n  {s['candidates_scored']} candidates scored, {s['candidates_applied']} applied, "
+                 f"{s['candidates_evaluated']} evaluated in {s['seconds']:.1f} s")
+    lines += [f"  note: {n}" for n in report["notes"]]
+    return "\n".join(lines)
+
+
+def check_plotting_available() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise TailorError("--plot needs matplotlib: pip install 'onnx-tailor[plot]'") from None
+
+
+def plot_pareto(ctx: SearchContext, chosen: Node, path) -> None:
+    """Latency against accuracy of every evaluated variant, with the Pareto front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(n.latency_s * 1e3, n.score.value if n.score is not None else 0.0, n.feasible) for n in ctx.evaluated]
+    higher = ctx.data.original_score.higher_is_better if ctx.data else True
+    front, best = [], None
+    for latency, value, _ in sorted(points):
+        if best is None or (value > best if higher else value < best):
+            front.append((latency, value))
+            best = value
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([p[0] for p in points if p[2]], [p[1] for p in points if p[2]], s=14, label="feasible variants")
+    ax.scatter([p[0] for p in points if not p[2]], [p[1] for p in points if not p[2]], s=14, marker="x",
+               color="tab:red", label="infeasible variants")
+    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:green", label="Pareto front")
+    ax.scatter([ctx.root.latency_s * 1e3], [points[0][1]], s=60, marker="s", color="black", label="original")
+    ax.scatter([chosen.latency_s * 1e3], [chosen.score.value if chosen.score is not None else 0.0], s=80,
+               marker="*", color="tab:orange", label="chosen")
+    ax.set_xlabel(f"predicted latency on {ctx.target.name} (ms)")
+    ax.set_ylabel(ctx.data.metric if ctx.data else "metric")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

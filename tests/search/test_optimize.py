@@ -1,0 +1,134 @@
+"""The search under its constraints, its interruptions, its determinism, and its recipes.
+
+These run on the tiny synthetic MobileNet (three IBN blocks at 16x16) with
+random data and the cosine fidelity metric against the original, so that a
+whole search takes seconds; the digits and PaddleOCR runs are in
+bench/optimize_quality.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from onnx_tailor.ir import Model, load
+from onnx_tailor.ir.canonical import canonicalize
+from onnx_tailor.passes import Exactness, get_pass
+from onnx_tailor.search import NoFeasibleModel, RecipeError, optimize, replay
+from onnx_tailor.search.context import SearchContext
+from tests.graphs import tiny_mobilenet
+
+PASSES = ["fuse_ibn_expansion", "densify_depthwise", "pad_channels"]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Model:
+    return Model(canonicalize(tiny_mobilenet()))
+
+
+def run(model, **kwargs):
+    options = dict(target="npu-p32", data="random", metric="cosine", max_drop="0.05", passes=PASSES)
+    options.update(kwargs)
+    return optimize(model, **options)
+
+
+def test_finds_a_faster_model_within_the_accuracy_budget(tiny):
+    result = run(tiny)
+    report = result.report
+    assert result.recipe.steps
+    assert report["optimized"]["predicted_latency_ms"] < report["original"]["predicted_latency_ms"]
+    assert report["optimized"]["drop"] <= 0.05
+    assert report["simulated"]["optimized_ms"] < report["simulated"]["original_ms"]  # ground truth agrees
+
+
+def test_a_zero_budget_admits_only_exact_rewrites(tiny):
+    result = run(tiny, max_drop="0")
+    assert all(get_pass(s.pass_name).exactness is Exactness.EXACT for s in result.recipe.steps)
+    fused = [e for e in result.context.log if e["step"]["pass"] == "fuse_ibn_expansion" and e["outcome"] != "feasible"]
+    assert fused and all("over the budget" in e["outcome"] or "predicted" in e["outcome"] for e in fused)
+
+
+def test_memory_budgets_are_respected(tiny):
+    original = run(tiny, passes=["densify_depthwise"], max_drop="0").report["original"]
+    result = run(tiny, max_params=original["param_bytes"], max_activation=original["peak_activation_bytes"])
+    assert result.report["optimized"]["param_bytes"] <= original["param_bytes"]
+    assert result.report["optimized"]["peak_activation_bytes"] <= original["peak_activation_bytes"]
+
+
+def test_nothing_feasible_is_an_error_with_the_reason(tiny):
+    with pytest.raises(NoFeasibleModel, match="parameters .* over the budget"):
+        run(tiny, max_params=1000)
+
+
+def test_no_data_means_exact_passes_only(tiny):
+    result = optimize(tiny, "npu-p32", passes=PASSES)
+    assert all(get_pass(s.pass_name).exactness is Exactness.EXACT for s in result.recipe.steps)
+    assert any("only exact passes ran" in n for n in result.notes)
+
+
+def test_nothing_better_returns_the_original_and_says_why(tiny):
+    result = run(tiny, passes=["pad_channels"], max_drop="0")
+    assert not result.recipe.steps and result.model.content_hash == tiny.content_hash
+    assert any("nothing beat the original" in n for n in result.notes)
+
+
+def test_an_interrupt_returns_the_best_so_far(tiny, monkeypatch):
+    real_expand = SearchContext.expand
+    calls = []
+
+    def interrupt_second(self, node, candidate):
+        calls.append(candidate)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_expand(self, node, candidate)
+
+    monkeypatch.setattr(SearchContext, "expand", interrupt_second)
+    result = run(tiny)
+    assert len(result.recipe.steps) == 1
+    assert any("interrupted" in n for n in result.notes)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam", "evolutionary"])
+def test_searches_are_deterministic_with_a_seed(tiny, search):
+    first, second = run(tiny, search=search, seed=3), run(tiny, search=search, seed=3)
+    assert first.recipe.steps == second.recipe.steps
+    assert first.model.content_hash == second.model.content_hash
+
+
+def test_recipe_refuses_a_different_model(tiny):
+    result = run(tiny)
+    other = Model(canonicalize(tiny_mobilenet(seed=1)))
+    with pytest.raises(RecipeError, match="made for another model"):
+        replay(result.recipe, other)
+
+
+def test_cli_writes_model_report_recipe_and_replays_byte_identically(tmp_path):
+    source = tmp_path / "tiny.onnx"
+    onnx.save(tiny_mobilenet(), str(source))
+    out, report, recipe = tmp_path / "out.onnx", tmp_path / "report.json", tmp_path / "recipe.json"
+    data = tmp_path / "data.npz"
+    import numpy as np
+    np.savez(data, input=np.random.default_rng(0).standard_normal((48, 3, 16, 16)).astype(np.float32))
+    cli = [sys.executable, "-m", "onnx_tailor"]
+    done = subprocess.run(cli + ["optimize", str(source), "--data", str(data), "--metric", "cosine", "--max-drop",
+                                 "0.05", "--passes", ",".join(PASSES), "-o", str(out), "--report", str(report),
+                                 "--recipe", str(recipe), "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(report.read_text())["steps"] and "IBN block decisions" in done.stdout
+    replayed = tmp_path / "replayed.onnx"
+    done = subprocess.run(cli + ["apply", str(source), "--recipe", str(recipe), "--data", str(data), "-o",
+                                 str(replayed)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert replayed.read_bytes() == out.read_bytes()
+    other = tmp_path / "other.onnx"
+    onnx.save(tiny_mobilenet(seed=5), str(other))
+    done = subprocess.run(cli + ["apply", str(other), "--recipe", str(recipe), "--data", str(data), "-o",
+                                 str(tmp_path / "x.onnx")], capture_output=True, text=True)
+    assert done.returncode == 1 and "made for another model" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(cli + ["optimize", str(source), "--max-params", "10", "-o", str(tmp_path / "y.onnx")],
+                          capture_output=True, text=True)
+    assert done.returncode == 4 and "no model meets the constraints" in done.stderr
