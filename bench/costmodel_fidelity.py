@@ -11,8 +11,9 @@ measured side by side in this run) for cpu-ort.
 
 Prints, per target: Spearman rank correlation of predicted vs true latency,
 mean absolute percentage error, and the share of models within +-10%; then,
-per IBN block of the PaddleOCR detector on npu-p32, the change in predicted
-and simulated latency when that block alone is fused.
+per IBN block of the PaddleOCR detector at its deployment size (640x640) on
+npu-p32 and npu-p16, the change in predicted and simulated latency when that
+block alone is fused.
 """
 
 from __future__ import annotations
@@ -105,17 +106,17 @@ def fidelity_table(models, target_names):
     return details
 
 
-def block_fusion_table(det_size: int):
+def block_fusion_table(det_size: int, target_name: str):
     paddle = fetch_paddle_models()
     if isinstance(paddle, str):
         return
-    target = load_target("npu-p32")
+    target = load_target(target_name)
     cost_model = cost_model_for(target)
     model = load(paddle["paddle_det"], {"x": (1, 3, det_size, det_size)})
     fuse = get_pass("fuse_ibn_expansion")
     sites = {s.anchor: s for s in fuse.find(model)}
     base_sim, base_pred = simulate(model, target).latency_s, cost_model.predict(model).latency_s
-    print(f"\nPaddleOCR detector ({det_size}x{det_size}) on npu-p32: fusing one IBN block at a time "
+    print(f"\nPaddleOCR detector ({det_size}x{det_size}) on {target.name}: fusing one IBN block at a time "
           f"(whole model: simulated {base_sim * 1e3:.3f} ms, predicted {base_pred * 1e3:.3f} ms)")
     print(f"{'#':>2} {'input':>9} {'in':>4} {'exp':>4} {'out':>4} {'k':>2} {'s':>3}   "
           f"{'simulated change':>17} {'predicted change':>17}")
@@ -133,6 +134,8 @@ def main():
     parser.add_argument("--variants", type=int, default=6, help="random variants per base model")
     parser.add_argument("--targets", default="npu-p16,npu-p32,npu-p64,cpu-ort")
     parser.add_argument("--det-size", type=int, default=320, help="input size of the PaddleOCR detector")
+    parser.add_argument("--block-targets", default="npu-p32,npu-p16", help="targets of the per-block fusion table")
+    parser.add_argument("--block-size", type=int, default=640, help="detector input size for the per-block table")
     args = parser.parse_args()
     start = time.perf_counter()
     models = held_out(args.variants, args.det_size)
@@ -140,7 +143,8 @@ def main():
     print(f"{len(models)} held-out models ({args.variants} random variants per base model), "
           f"made in {time.perf_counter() - start:.0f} s")
     fidelity_table(models, args.targets.split(","))
-    block_fusion_table(args.det_size)
+    for name in args.block_targets.split(","):
+        block_fusion_table(args.block_size, name)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

@@ -1,0 +1,177 @@
+"""What `optimize` achieves, model by model and target by target, beside the usual tools.
+
+    python bench/optimize_quality.py [--time-budget 420] [--targets npu-p32,cpu-ort] [--models digits,paddle_cls,paddle_det]
+
+For each model and target: latency before and after (predicted by the cost
+model; ground truth: simulated for npu-*, measured side by side with
+onnxruntime for cpu-ort), the metric before and after on the evaluation
+split, parameters and peak activations, search time and candidates
+evaluated, and the rewrites chosen. Then the same ground-truth latency for
+what the usual tools give on the same model: onnxruntime's offline
+optimization at ENABLE_ALL, and onnxsim (if installed).
+
+Data: the digits model's held-out set; for the PaddleOCR classifier, rendered
+text lines with half turned 180 degrees (bench/text_lines.py: real labels);
+for the detector, rendered text pages scored by output cosine against the
+original (no labels), with a budget of 0.01 (one point of cosine x 100).
+Budgets: 1 point of top-1 for the classifiers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.text_lines import FONT_PATHS, available, text_line_dataset  # noqa: E402
+from bench.thirdparty import fetch_paddle_models  # noqa: E402
+from onnx_tailor import accuracy  # noqa: E402
+from onnx_tailor.costmodel import load_target, simulate  # noqa: E402
+from onnx_tailor.costmodel.measure import measure_model, session_for, time_session  # noqa: E402
+from onnx_tailor.ir import Model, load, seeded_inputs  # noqa: E402
+from onnx_tailor.ir.canonical import infer_shapes  # noqa: E402
+from onnx_tailor.search import optimize  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def text_pages(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Pages of a few text lines for the detector, normalized as PaddleOCR's detector expects."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = random.Random(seed)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    pages = []
+    for _ in range(n):
+        page = Image.new("RGB", (size, size), (rng.randint(210, 255),) * 3)
+        draw = ImageDraw.Draw(page)
+        for _ in range(rng.randint(2, 6)):
+            font = ImageFont.truetype(rng.choice(FONT_PATHS), rng.randint(12, 28))
+            words = " ".join(rng.choice(("total", "12.50", "invoice", "date", "OCR", "name", "2026")) for _ in range(3))
+            draw.text((rng.randint(0, size // 2), rng.randint(0, size - 30)), words, font=font,
+                      fill=(rng.randint(0, 80),) * 3)
+        array = (np.asarray(page, np.float32) / 255 - mean) / std
+        pages.append(array.transpose(2, 0, 1).astype(np.float32))
+    return np.stack(pages)
+
+
+def cases(names: list[str], det_size: int):
+    found = []
+    if "digits" in names:
+        found.append(("digits", load(REPO / "models" / "digits_mbv2.onnx"),
+                      accuracy.load_npz(REPO / "models" / "digits_eval.npz"), "top1", "1.0"))
+    paddle = fetch_paddle_models()
+    if isinstance(paddle, str) or available():
+        print(f"note: PaddleOCR cases left out: {paddle if isinstance(paddle, str) else available()}")
+        return found
+    if "paddle_cls" in names:
+        inputs, labels = text_line_dataset(400)
+        found.append(("paddle_cls", load(paddle["paddle_cls"], {"x": (1, 3, 48, 192)}),
+                      accuracy.Dataset({"x": inputs}, labels, "rendered text lines"), "top1", "1.0"))
+    if "paddle_det" in names:
+        found.append(("paddle_det", load(paddle["paddle_det"], {"x": (1, 3, det_size, det_size)}),
+                      accuracy.Dataset({"x": text_pages(48, det_size)}, None, "rendered text pages"), "cosine", "0.01"))
+    return found
+
+
+def ground_truth_ms(model: Model, target) -> float:
+    if target.simulated:
+        return simulate(model, target).latency_s * 1e3
+    return measure_model(model, target, warmup=5, runs=30).median_s * 1e3
+
+
+def side_by_side_ms(models: list[Model], target, rounds: int = 5) -> list[float]:
+    """Measured medians of several models, timed in alternation (noise hits all alike)."""
+    sessions = [session_for(m, target) for m in models]
+    feeds = seeded_inputs(models[0])
+    runs = [[] for _ in models]
+    for _ in range(rounds):
+        for index, sess in enumerate(sessions):
+            runs[index].append(time_session(sess, feeds, warmup=3, runs=15).median_s)
+    return [float(np.median(r)) * 1e3 for r in runs]
+
+
+def usual_tools(model: Model) -> dict[str, Model | str]:
+    """The model after onnxruntime's offline ENABLE_ALL optimization, and after onnxsim."""
+    out: dict[str, Model | str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(Path(tmp) / "ort.onnx")
+        ort.InferenceSession(model.serialized, options, providers=["CPUExecutionProvider"])
+        out["ort ENABLE_ALL"] = model.with_proto(infer_shapes(onnx.load(options.optimized_model_filepath)))
+    try:
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(model.proto)
+        out["onnxsim"] = model.with_proto(infer_shapes(simplified)) if ok else "onnxsim could not validate"
+    except ImportError:
+        out["onnxsim"] = "not installed (pip install onnxsim)"
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", default="npu-p32,cpu-ort")
+    parser.add_argument("--models", default="digits,paddle_cls,paddle_det")
+    parser.add_argument("--time-budget", type=float, default=420.0, help="seconds of search per case")
+    parser.add_argument("--det-size", type=int, default=320)
+    args = parser.parse_args()
+    rows, tools = [], []
+    for name, model, dataset, metric, max_drop in cases(args.models.split(","), args.det_size):
+        for target_name in args.targets.split(","):
+            target = load_target(target_name)
+            start = time.perf_counter()
+            result = optimize(model, target, data=dataset, metric=metric, max_drop=max_drop,
+                              time_budget=args.time_budget, seed=0)
+            seconds = time.perf_counter() - start
+            report = result.report
+            if target.simulated:
+                truth = [report["simulated"]["original_ms"], report["simulated"]["optimized_ms"]]
+            else:
+                truth = side_by_side_ms([model, result.model], target)
+            o, b = report["original"], report["optimized"]
+            used = sorted({s["pass"] for s in report["steps"]})
+            rows.append((name, target.name, o["predicted_latency_ms"], b["predicted_latency_ms"], truth[0], truth[1],
+                         o["metric"]["value"], b["metric"]["value"], o["param_bytes"], b["param_bytes"],
+                         o["peak_activation_bytes"], b["peak_activation_bytes"], seconds,
+                         report["statistics"]["candidates_evaluated"], len(report["steps"]), ",".join(used) or "-"))
+            print(f"done {name} on {target.name} in {seconds:.0f} s", file=sys.stderr, flush=True)
+            for tool, variant in usual_tools(model).items():
+                if isinstance(variant, str):
+                    tools.append((name, target.name, tool, variant))
+                elif target.simulated:
+                    private = sorted({n.op_type for n in variant.nodes if n.domain not in ("", "ai.onnx")})
+                    if private:  # an NPU compiler takes standard ONNX; these ops exist only inside onnxruntime
+                        tools.append((name, target.name, tool, f"not runnable on the NPU: onnxruntime-private ops "
+                                                               f"({', '.join(private)})"))
+                        continue
+                    sim = simulate(variant, target)
+                    tools.append((name, target.name, tool, f"{sim.latency_s * 1e3:.4f} ms simulated "
+                                                           f"vs original {truth[0]:.4f}"))
+                else:
+                    original_ms, tool_ms = side_by_side_ms([model, variant], target)
+                    tools.append((name, target.name, tool, f"{tool_ms:.3f} ms measured vs original {original_ms:.3f}"))
+
+    print("\nmodel       target    predicted ms        truth ms (sim/meas)   speedup  metric before->after   "
+          "params B before->after   peak act B before->after   search s  evaluated  steps  rewrites")
+    for r in rows:
+        print(f"{r[0]:<11} {r[1]:<8} {r[2]:>8.4f}->{r[3]:<8.4f} {r[4]:>9.4f}->{r[5]:<9.4f} {r[4] / r[5]:>7.2f}x "
+              f"{r[6]:>8.2f}->{r[7]:<8.2f} {r[8]:>11,}->{r[9]:<11,} {r[10]:>11,}->{r[11]:<11,} {r[12]:>9.0f} "
+              f"{r[13]:>9} {r[14]:>6}  {r[15]}")
+    print("\nthe usual tools on the same models:")
+    for name, target, tool, text in tools:
+        print(f"  {name:<11} {target:<8} {tool:<15} {text}")
+
+
+if __name__ == "__main__":
+    main()
