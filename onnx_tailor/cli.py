@@ -22,6 +22,7 @@ from .costmodel import simulate as npu_simulate
 from .errors import TailorError
 from .ir import Model
 from .passes import all_passes, get_pass
+from .search import read_recipe
 
 try:
     __version__ = version("onnx-tailor")
@@ -455,20 +456,12 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
 
 
 def _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes):
-    from .search import read_recipe, replay, split_data
-
     if not output:
         raise click.UsageError("give -o/--output")
     recipe = read_recipe(Path(recipe_path))
-    loaded = api.load(model, {**recipe.input_shapes, **input_shapes})
-    calibration = fingerprint = None
-    if recipe.needs_data:
-        source = data or (recipe.data or {}).get("source")
-        if not source:
-            raise TailorError("this recipe has lossy steps: give the --data they were fitted on")
-        split = split_data(loaded, source, (recipe.data or {}).get("seed", 0), (recipe.data or {}).get("fraction", 0.5))
-        calibration, fingerprint = split.calibration.inputs, split.calibration.fingerprint
-    result = replay(recipe, loaded, calibration, fingerprint)
+    if recipe.needs_data and not (data or (recipe.data or {}).get("source")):
+        raise TailorError("this recipe has lossy steps: give the --data they were fitted on")
+    result = api.apply_recipe(api.load(model, {**recipe.input_shapes, **input_shapes}), recipe, data)
     api.save(result, output, input_path=model, overwrite_input=overwrite_input)
     click.echo(f"replayed {len(recipe.steps)} step(s) of {recipe_path}; wrote {output}", err=True)
 

@@ -132,3 +132,36 @@ def test_cli_writes_model_report_recipe_and_replays_byte_identically(tmp_path):
     done = subprocess.run(cli + ["optimize", str(source), "--max-params", "10", "-o", str(tmp_path / "y.onnx")],
                           capture_output=True, text=True)
     assert done.returncode == 4 and "no model meets the constraints" in done.stderr
+
+
+def test_passes_never_see_the_evaluation_split(tiny, monkeypatch):
+    """Every array a pass is handed comes from the calibration split, none from the evaluation split."""
+    from onnx_tailor import accuracy
+    from onnx_tailor.passes.base import Pass
+
+    seen = []
+    real_apply = Pass.apply
+
+    def spy(self, model, site, calib=None, verify=True):
+        if calib is not None:
+            seen.append(calib["input"])
+        return real_apply(self, model, site, calib, verify)
+
+    monkeypatch.setattr(Pass, "apply", spy)
+    dataset = accuracy.random_dataset(tiny, samples=40, seed=4)
+    split = accuracy.split_dataset(dataset, calibration=0.5, seed=0)
+    run(tiny, data=dataset)
+    assert seen
+    evaluation = {row.tobytes() for row in split.evaluation.inputs["input"]}
+    for batch in seen:
+        assert not evaluation & {row.tobytes() for row in batch}
+
+
+def test_python_api_round_trip(tiny, tmp_path):
+    import onnx_tailor as ot
+
+    result = ot.optimize(tiny, "npu-p32", data="random", metric="cosine", max_drop="0.05", passes=PASSES)
+    path = tmp_path / "recipe.json"
+    result.recipe.write(path)
+    assert ot.apply_recipe(tiny, path, data="random").content_hash == result.model.content_hash
+    assert ot.score(result.model, "npu-p32").latency_s < ot.score(tiny, "npu-p32").latency_s
