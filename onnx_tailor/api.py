@@ -16,7 +16,8 @@ from typing import Any, Mapping
 
 from .analysis import Analysis, analyze
 from .ir import Model, Shape, load, save
-from .passes import Applied, apply_pass
+from .passes import Applied
+from .passes import apply_pass as _apply_pass
 
 
 def _as_model(model: Model | str | os.PathLike, input_shapes: Mapping[str, Shape] | None) -> Model:
@@ -33,7 +34,13 @@ def inspect(model: Model | str | os.PathLike, input_shapes: Mapping[str, Shape] 
 def apply(model: Model | str | os.PathLike, pass_name: str, site: str | None = None,
           params: Mapping[str, Any] | None = None, input_shapes: Mapping[str, Shape] | None = None) -> Applied:
     """Apply one pass at one site (by anchor node name) or at all its sites; returns a new model."""
-    return apply_pass(_as_model(model, input_shapes), pass_name, site, params)
+    return _apply_pass(_as_model(model, input_shapes), pass_name, site, params)
+
+
+def apply_pass(model: Model, pass_name: str, site: str | None = None, params: Mapping[str, Any] | None = None,
+               calib=None) -> Applied:
+    """`apply` with calibration inputs (a dict of model-input batches) for data-aware lossy passes."""
+    return _apply_pass(model, pass_name, site, params, calib)
 
 
 def score(model: Model | str | os.PathLike, target: str = "npu-p32",

@@ -477,7 +477,8 @@ def _write_json(path, payload) -> None:
 @click.option("--pass", "pass_name", metavar="NAME", help="The pass to apply (see `onnx-tailor passes`).")
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False),
               help="Replay a recipe written by `optimize` instead of one pass.")
-@click.option("--data", metavar="D", help="With --recipe: the data the recipe's lossy steps were fitted on.")
+@click.option("--data", metavar="D", help="Calibration data for lossy passes (its calibration half is used; "
+                                          "see `evaluate --help`), or with --recipe the data it was fitted on.")
 @click.option("--site", "anchor", metavar="ANCHOR", help="Apply at this site only (its anchor node name); default: every site.")
 @click.option("--param", "params", multiple=True, callback=_parse_params, metavar="KEY=VALUE",
               help="A pass parameter, e.g. multiple=32 (repeatable).")
@@ -507,15 +508,25 @@ def apply(model, pass_name, recipe_path, data, anchor, params, output, list_site
         for declined in rewrite.declined(loaded, **params):
             click.echo(f"declined  {declined.anchor:<24} {declined.reason}")
         return
-    result = api.apply(loaded, pass_name, anchor, params)
+    calib = None
+    if data:
+        from .search import split_data
+
+        calib = split_data(loaded, data, seed=0, calibration=0.5).calibration.inputs
+    elif rewrite.exactness.value == "lossy":
+        click.echo(f"warning: {pass_name} is lossy and no --data was given: fitted and judged on seeded random "
+                   "inputs, which real data beats by far", err=True)
+    result = api.apply_pass(loaded, pass_name, anchor, params, calib)
     api.save(result.model, output, input_path=model, overwrite_input=overwrite_input)
     if not result.sites:
         click.echo(f"{pass_name}: no site in {model}; wrote it unchanged to {output}", err=True)
         return
     check = "verified exact" if rewrite.exactness.value == "exact" else "lossy"
     click.echo(f"{pass_name}: rewrote {len(result.sites)} site(s) ({check}); wrote {output}", err=True)
-    for site in result.sites:
-        click.echo(f"  {site.anchor:<24} {site.summary}", err=True)
+    errors = result.local_errors or (None,) * len(result.sites)
+    for site, error in zip(result.sites, errors):
+        shown = f"  local error {error:.4f}" if error is not None else ""
+        click.echo(f"  {site.anchor:<24} {site.summary}{shown}", err=True)
 
 
 # -- accuracy: evaluate and compare --------------------------------------------------------

@@ -9,13 +9,17 @@ from .base import Pass
 def _all_passes() -> dict[str, Pass]:
     # Imported here so that adding a pass is one line, and importing the
     # registry never imports a pass module twice under two names.
+    from .align_channels import AlignChannels
     from .densify_depthwise import DensifyDepthwise
+    from .factor_low_rank import FactorLowRank
     from .fold_batchnorm import FoldBatchnorm
     from .fuse_ibn_expansion import FuseIbnExpansion
     from .pad_channels import PadChannels
+    from .scale_depth import ScaleDepth
     from .simplify import Simplify
 
-    passes = [Simplify(), FoldBatchnorm(), DensifyDepthwise(), PadChannels(), FuseIbnExpansion()]
+    passes = [Simplify(), FoldBatchnorm(), DensifyDepthwise(), PadChannels(),  # exact
+              FuseIbnExpansion(), AlignChannels(), ScaleDepth(), FactorLowRank()]  # lossy
     return {p.name: p for p in passes}
 
 
