@@ -49,3 +49,20 @@ def model_case(request) -> ModelCase:
     paths = request.getfixturevalue("paddle_models")
     shapes, blocks = PADDLE_SHAPES[request.param]
     return ModelCase(request.param, paths[request.param], shapes, blocks)
+
+
+@pytest.fixture(scope="session")
+def digits_split():
+    """The digits held-out set split half calibration, half evaluation (seed 0), as the search does."""
+    from onnx_tailor import accuracy
+
+    return accuracy.split_dataset(accuracy.load_npz(MODELS / "digits_eval.npz"), calibration=0.5, seed=0)
+
+
+@pytest.fixture(scope="module")
+def digits(digits_split):
+    """(canonical digits model, its split, the model's bytes to check it is never modified)."""
+    from onnx_tailor.ir import load
+
+    model = load(MODELS / "digits_mbv2.onnx")
+    return model, digits_split, model.proto.SerializeToString(deterministic=True)

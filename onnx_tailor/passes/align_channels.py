@@ -68,9 +68,10 @@ from ..errors import PassError
 from ..ir import Model, seeded_inputs
 from .base import Declined, Exactness, Param, Pass, Site
 from .capture import Calibration, capture
-from .channel_groups import (ChannelGroup, Decline, flattened_shape, plan_group, sink_weight_axis,
+from .channel_groups import (ChannelGroup, Decline, dense_convs, flattened_shape, plan_group, sink_weight_axis,
                              source_weight_axis, weight_rows)
 from .graph_edit import constant_input, nodes_by_name, set_constant_input
+from .least_squares import explicit_pads, patches
 
 IMPORTANCES = ("greedy", "energy", "l1", "first")
 REFITS = ("lstsq", "none")
@@ -96,11 +97,8 @@ class AlignChannels(Pass):
 
     def survey(self, model: Model, params: dict[str, Any]) -> Iterable[Site | Declined]:
         multiple = params["multiple"]
-        for conv in model.nodes:
-            if conv.op_type != "Conv" or model.attr(conv, "group", 1) != 1:
-                continue
-            channels = (model.declared_shape(conv.input[1]) or (None,))[0]
-            if not isinstance(channels, int):
+        for conv, channels in dense_convs(model):
+            if channels is None:
                 yield self.decline(conv.name, "its output channel count is unknown")
                 continue
             keep = channels // multiple * multiple
@@ -313,7 +311,10 @@ class _Sink:
         """Rows of input features: im2col patches for a Conv, the flattened input otherwise."""
         if self.op != "Conv":
             return x.reshape(x.shape[0], -1)
-        return im2col(x, self.conv, out_hw)
+        conv = self.conv
+        pads = explicit_pads(conv["auto_pad"], conv["pads"], x.shape[2:], out_hw, conv["kernel"], conv["strides"],
+                             conv["dilations"])
+        return patches(x, conv["kernel"], conv["strides"], pads, conv["dilations"])
 
     def moments(self, x: np.ndarray, y: np.ndarray, out_keep: np.ndarray | None) -> "_Moments":
         """Sufficient statistics of (design rows of x, target rows of y), accumulated in chunks."""
@@ -340,35 +341,6 @@ def _target_rows(y: np.ndarray) -> np.ndarray:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def im2col(x: np.ndarray, conv: dict, out_hw: tuple[int, int]) -> np.ndarray:
-    """[N, C, H, W] -> [N*Ho*Wo, C*kh*kw] patches, columns in the order of W.reshape(Co, -1)."""
-    n, c, h, w = x.shape
-    kh, kw = conv["kernel"]
-    sh, sw = conv["strides"]
-    dh, dw = conv["dilations"]
-    ho, wo = out_hw
-    auto_pad = conv["auto_pad"]
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        total_h = max((ho - 1) * sh + (kh - 1) * dh + 1 - h, 0)
-        total_w = max((wo - 1) * sw + (kw - 1) * dw + 1 - w, 0)
-        small_h, small_w = total_h // 2, total_w // 2
-        if auto_pad == "SAME_UPPER":
-            top, left, bottom, right = small_h, small_w, total_h - small_h, total_w - small_w
-        else:
-            top, left, bottom, right = total_h - small_h, total_w - small_w, small_h, small_w
-    elif auto_pad == "VALID":
-        top = left = bottom = right = 0
-    else:
-        top, left, bottom, right = conv["pads"]
-    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    cols = np.empty((n, ho, wo, c, kh, kw), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            window = padded[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
-            cols[..., i, j] = window.transpose(0, 2, 3, 1)
-    return cols.reshape(n * ho * wo, c * kh * kw)
 
 
 @dataclass

@@ -306,3 +306,12 @@ class _Walk:
             found = shape[1] if len(shape) > 1 else None
             if expected is None or not isinstance(found, int) or found != expected:
                 raise Decline(f"tensor '{tensor}' of the group has {found} channels, the anchor makes {expected}")
+
+
+def dense_convs(model: Model):
+    """Every standard (group 1) Conv, with its output channel count (None when unknown):
+    the candidate anchors of the channel-group passes."""
+    for conv in model.nodes:
+        if conv.op_type == "Conv" and model.attr(conv, "group", 1) == 1:
+            channels = (model.declared_shape(conv.input[1]) or (None,))[0]
+            yield conv, channels if isinstance(channels, int) else None

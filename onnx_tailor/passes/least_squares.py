@@ -12,21 +12,37 @@ from __future__ import annotations
 import numpy as np
 
 
-def patches(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
-            pads: tuple[int, int, int, int]) -> np.ndarray:
+def explicit_pads(auto_pad: str, pads, in_hw: tuple[int, int], out_hw: tuple[int, int], kernel: tuple[int, int],
+                  strides: tuple[int, int], dilations: tuple[int, int] = (1, 1)) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) padding of a Conv, whether given or implied by auto_pad."""
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        total = [max((o - 1) * s + (k - 1) * d + 1 - i, 0)
+                 for o, s, k, d, i in zip(out_hw, strides, kernel, dilations, in_hw)]
+        small = [t // 2 for t in total]
+        if auto_pad == "SAME_UPPER":
+            return small[0], small[1], total[0] - small[0], total[1] - small[1]
+        return total[0] - small[0], total[1] - small[1], small[0], small[1]
+    if auto_pad == "VALID":
+        return 0, 0, 0, 0
+    top, left, bottom, right = pads
+    return top, left, bottom, right
+
+
+def patches(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], pads: tuple[int, int, int, int],
+            dilations: tuple[int, int] = (1, 1)) -> np.ndarray:
     """im2col: [N, C, H, W] -> [N * Ho * Wo, C * Kh * Kw], in ONNX Conv's weight order (C, Kh, Kw)."""
     n, c, h, w = x.shape
-    kh, kw = kernel
-    sh, sw = strides
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
     top, left, bottom, right = pads
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    ho = (h + top + bottom - kh) // sh + 1
-    wo = (w + left + right - kw) // sw + 1
-    cols = np.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    ho = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    wo = (w + left + right - (kw - 1) * dw - 1) // sw + 1
+    cols = np.empty((n, ho, wo, c, kh, kw), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, i, j] = padded[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * ho * wo, c * kh * kw)
+            window = padded[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+            cols[..., i, j] = window.transpose(0, 2, 3, 1)
+    return cols.reshape(n * ho * wo, c * kh * kw)
 
 
 def rows(y: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import PassError
 from ..ir import Model
 from .base import Declined, Exactness, Param, Pass, Site
-from .channel_groups import Decline, flattened_shape, plan_group, sink_weight_axis, source_weight_axis
+from .channel_groups import Decline, dense_convs, flattened_shape, plan_group, sink_weight_axis, source_weight_axis
 from .graph_edit import constant_input, nodes_by_name, set_constant_input
 
 
@@ -57,11 +57,8 @@ class PadChannels(Pass):
 
     def survey(self, model: Model, params: dict[str, Any]) -> Iterable[Site | Declined]:
         multiple = params["multiple"]
-        for conv in model.nodes:
-            if conv.op_type != "Conv" or model.attr(conv, "group", 1) != 1:
-                continue
-            channels = (model.declared_shape(conv.input[1]) or (None,))[0]
-            if not isinstance(channels, int) or channels % multiple == 0:
+        for conv, channels in dense_convs(model):
+            if channels is None or channels % multiple == 0:
                 continue
             pad = -channels % multiple
             try:

@@ -14,7 +14,7 @@ from onnx_tailor.errors import PassError
 from onnx_tailor.ir import Model, load, run
 from onnx_tailor.ir.canonical import canonicalize
 from onnx_tailor.passes import apply_pass, get_pass
-from onnx_tailor.passes.align_channels import im2col
+from onnx_tailor.passes.least_squares import explicit_pads, patches
 from tests.graphs import GraphBuilder, tiny_mobilenet
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -27,14 +27,6 @@ STAGE = "/blocks/blocks.1/body/body.6/Conv"
 STAGE_PRODUCERS = [STAGE, "/blocks/blocks.2/body/body.6/Conv"]
 STAGE_CONSUMERS = ["/blocks/blocks.2/body/body.0/Conv", "/blocks/blocks.3/body/body.0/Conv"]
 NAIVE = {"importance": "first", "refit": "none"}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    model = load(MODELS / "digits_mbv2.onnx")
-    original_bytes = model.proto.SerializeToString(deterministic=True)
-    split = accuracy.split_dataset(accuracy.load_npz(MODELS / "digits_eval.npz"), calibration=0.5, seed=0)
-    return model, split, original_bytes
 
 
 @pytest.fixture(scope="module")
@@ -124,15 +116,18 @@ def test_declines_with_the_reason(case):
             apply_pass(model, "align_channels", "producer", {"multiple": 8})
 
 
-def test_im2col_matches_a_strided_dilated_padded_conv():
+@pytest.mark.parametrize("auto_pad", ["NOTSET", "SAME_UPPER"])
+def test_im2col_matches_a_strided_dilated_padded_conv(auto_pad):
     b = GraphBuilder(seed=4)
     w = b.const(b.rng.standard_normal((5, 6, 3, 2)).astype(np.float32))
-    y = b.node("Conv", ["x", w], kernel_shape=[3, 2], strides=[2, 1], dilations=[2, 1], pads=[1, 0, 2, 1])
+    geometry = {"pads": [1, 0, 2, 1]} if auto_pad == "NOTSET" else {"auto_pad": auto_pad}
+    dilations = (2, 1) if auto_pad == "NOTSET" else (1, 1)  # onnxruntime runs no dilated SAME conv
+    y = b.node("Conv", ["x", w], kernel_shape=[3, 2], strides=[2, 1], dilations=list(dilations), **geometry)
     model = Model(b.build({"x": (2, 6, 9, 7)}, [y]))
     x = b.rng.standard_normal((2, 6, 9, 7)).astype(np.float32)
     expected = run(model, {"x": x})[y]
-    spec = {"kernel": (3, 2), "strides": [2, 1], "dilations": [2, 1], "pads": [1, 0, 2, 1], "auto_pad": "NOTSET"}
-    rows = im2col(x, spec, expected.shape[2:]) @ model.constant(w).reshape(5, -1).T
+    pads = explicit_pads(auto_pad, [1, 0, 2, 1], (9, 7), expected.shape[2:], (3, 2), (2, 1), dilations)
+    rows = patches(x, (3, 2), (2, 1), pads, dilations) @ model.constant(w).reshape(5, -1).T
     got = rows.reshape(2, *expected.shape[2:], 5).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 

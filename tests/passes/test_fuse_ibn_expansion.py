@@ -43,11 +43,6 @@ def test_dilated_depthwise_is_declined():
     assert "dilated" in fuse.declined(model)[0].reason
 
 
-@pytest.fixture(scope="module")
-def digits_split():
-    return accuracy.split_dataset(accuracy.load_npz(DIGITS.path.parent / "digits_eval.npz"), calibration=0.5, seed=0)
-
-
 @pytest.mark.parametrize("block_index", [1, 5])
 def test_least_squares_beats_compose_and_keeps_accuracy(digits_split, block_index):
     model = load(DIGITS.path)

@@ -26,14 +26,6 @@ SE_BLOCK = "/blocks/blocks.5/body/body.0/Conv"
 
 
 @pytest.fixture(scope="module")
-def digits():
-    model = load(MODELS / "digits_mbv2.onnx")
-    original_bytes = model.proto.SerializeToString(deterministic=True)
-    split = accuracy.split_dataset(accuracy.load_npz(MODELS / "digits_eval.npz"), calibration=0.5, seed=0)
-    return model, split, original_bytes
-
-
-@pytest.fixture(scope="module")
 def halved(digits):
     """Block 5 at alpha 0.5 (144 -> 72), data-aware (the defaults) and naive."""
     model, split, _ = digits
