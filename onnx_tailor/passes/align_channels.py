@@ -58,7 +58,6 @@ are much better on real calibration data.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -71,7 +70,7 @@ from .capture import Calibration, capture
 from .channel_groups import (ChannelGroup, Decline, dense_convs, flattened_shape, plan_group, sink_weight_axis,
                              source_weight_axis, weight_rows)
 from .graph_edit import constant_input, nodes_by_name, set_constant_input
-from .least_squares import explicit_pads, patches
+from .least_squares import explicit_pads, patches, single_threaded_blas
 
 IMPORTANCES = ("greedy", "energy", "l1", "first")
 REFITS = ("lstsq", "none")
@@ -161,19 +160,8 @@ def remove_channels(model: Model, anchor: str, keep_count: int, importance: str 
     """`model` with the output channels of conv `anchor` (and its whole channel group) cut to
     `keep_count`, chosen by `importance` and with consumers refitted by `refit` (see the module
     docstring). Raises PassError when the group cannot be narrowed."""
-    with _single_threaded_blas():
+    with single_threaded_blas():
         return _remove_channels(model, anchor, keep_count, importance, refit, ridge, calib)
-
-
-def _single_threaded_blas():
-    """The Gram matrices here are small (features <= a few thousand): one BLAS thread computes
-    them as fast, repeatably, and without the spin-waiting that multi-threaded OpenBLAS shows
-    on a busy machine (seconds instead of milliseconds)."""
-    try:
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
 
 
 def _remove_channels(model: Model, anchor: str, keep_count: int, importance: str, refit: str, ridge: float,
