@@ -56,7 +56,7 @@ def main():
     evaluator = accuracy.Evaluator()
     base = analyze(model)
     top1 = evaluator.score(model, evaluation, "top1")
-    print(f"## {args.model}: {base.macs / 1e6:.2f} M MACs, {base.params:,} params; top1 {top1}; "
+    print(f"## {args.model}: {base.macs / 1e6:.2f} M MACs, {base.params:,} params; {top1}; "
           f"calibration {len(split.calibration)}, evaluation {len(evaluation)}")
     print("local err: relative L2 change of the site's output on calibration data; dtop1 in points on the "
           "evaluation split; agree: top-1 agreement with the original, %\n")
