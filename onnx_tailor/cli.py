@@ -95,10 +95,12 @@ def main():
 
     \b
     Start with:
+      onnx-tailor optimize model.onnx --target npu-p32 --data eval.npz -o out.onnx
+                                                the fastest variant within a 1-point accuracy budget
       onnx-tailor inspect model.onnx            what the model costs, and its IBN blocks
+      onnx-tailor cost model.onnx --target cpu-ort      predicted latency on a target
       onnx-tailor passes                        the rewrites available
       onnx-tailor apply model.onnx --pass pad_channels --list-sites
-      onnx-tailor apply model.onnx --pass pad_channels --param multiple=32 -o out.onnx
 
     Every model is canonicalized on load (Constant nodes lifted, BatchNorm folded,
     constants folded); exact rewrites are checked numerically before anything is written.
