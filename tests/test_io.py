@@ -7,7 +7,6 @@ import os
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
 from onnx_tailor.errors import InputShapeError, ModelLoadError, TailorError
 from onnx_tailor.ir import Model, check_equivalence, load, read_proto, run, save

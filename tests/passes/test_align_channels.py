@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,13 +10,12 @@ import pytest
 
 from onnx_tailor import accuracy
 from onnx_tailor.errors import PassError
-from onnx_tailor.ir import Model, load, run
+from onnx_tailor.ir import Model, run
 from onnx_tailor.ir.canonical import canonicalize
 from onnx_tailor.passes import apply_pass, get_pass
 from onnx_tailor.passes.least_squares import explicit_pads, patches
 from tests.graphs import GraphBuilder, tiny_mobilenet
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 align = get_pass("align_channels")
 
 # Block 1's projection (20 channels) starts a residual stage: block 2's Add joins it with block 2's

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
 
 from onnx_tailor import accuracy
 from onnx_tailor.analysis import find_ibn_blocks

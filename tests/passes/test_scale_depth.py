@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,14 +10,13 @@ import pytest
 from onnx_tailor import accuracy
 from onnx_tailor.analysis import find_ibn_blocks
 from onnx_tailor.errors import PassError
-from onnx_tailor.ir import Model, load, run
+from onnx_tailor.ir import Model, run
 from onnx_tailor.ir.canonical import canonicalize
 from onnx_tailor.passes import apply_pass, get_pass
 from onnx_tailor.passes.capture import capture
 from onnx_tailor.passes.scale_depth import scaled_width
 from tests.graphs import GraphBuilder, tiny_mobilenet
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 scale = get_pass("scale_depth")
 
 # Block 5 of the digits model: 36 -> 144 (x4) -> 44, HardSwish, squeeze-excitation, 5x5 depthwise.

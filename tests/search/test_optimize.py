@@ -15,7 +15,7 @@ import sys
 import onnx
 import pytest
 
-from onnx_tailor.ir import Model, load
+from onnx_tailor.ir import Model
 from onnx_tailor.ir.canonical import canonicalize
 from onnx_tailor.passes import Exactness, get_pass
 from onnx_tailor.search import NoFeasibleModel, RecipeError, optimize, replay
