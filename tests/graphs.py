@@ -118,3 +118,17 @@ def tiny_mobilenet(seed: int = 0, activation: str = "relu6", dynamic_batch: bool
     x = b.node("Gemm", [x, b.const(b.rng.standard_normal((10, 24)).astype(np.float32), "fc"),
                         b.const(np.zeros(10, np.float32), "fcb")], transB=1)
     return b.build({"input": (1, 3, 16, 16)}, [x], dynamic_batch=dynamic_batch)
+
+
+def tensor_value(model, name: str, feeds) -> np.ndarray:
+    """`name` on `feeds`, computed with onnxruntime directly: an independent check of
+    what the library's own capture/local_error report."""
+    import onnxruntime as ort
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return sess.run([name], feeds)[0].astype(np.float64)

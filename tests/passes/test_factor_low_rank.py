@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -26,7 +25,7 @@ from onnx_tailor.ir import Model, check_equivalence, load, run, save
 from onnx_tailor.passes import apply_pass, get_pass
 from onnx_tailor.passes.factor_low_rank import choose_rank, energy_kept
 from onnx_tailor.passes.local_error import local_error
-from tests.graphs import GraphBuilder
+from tests.graphs import GraphBuilder, tensor_value
 
 REPO = Path(__file__).resolve().parents[2]
 factor = get_pass("factor_low_rank")
@@ -122,17 +121,6 @@ def reported(site) -> tuple[int, int]:
 
 def ops(model: Model) -> Counter:
     return Counter(n.op_type for n in model.nodes if n.op_type != "Relu")
-
-
-def tensor_value(model: Model, name: str, feeds) -> np.ndarray:
-    """`name` on `feeds`, computed by onnxruntime directly (not through passes.capture)."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    proto.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return sess.run([name], feeds)[0].astype(np.float64)
 
 
 # -- exactness -------------------------------------------------------------------------------
