@@ -21,6 +21,7 @@ from .costmodel import DEFAULT_TARGET, Measurements, builtin_targets, load_targe
 from .costmodel import simulate as npu_simulate
 from .errors import TailorError
 from .ir import Model
+from .ir.io import write_text_atomic
 from .passes import all_passes, get_pass
 from .search import read_recipe
 
@@ -333,9 +334,7 @@ def costmodel_measure(target_name, sweep_dir, models, size, output):
         raise TailorError(f"target {target.name} is imported: measure the sweep on its device and `costmodel fit` it")
     comments = {"target": target.name, "machine": machine, "entries": str(len(rows)),
                 "took_s": f"{time.perf_counter() - start:.0f}"}
-    staged = Path(output).with_suffix(".part")
-    write_measurements(staged, Measurements(rows, comments))
-    staged.replace(output)
+    write_measurements(Path(output), Measurements(rows, comments))
     click.echo(f"wrote {len(rows)} measurements to {output}", err=True)
 
 
@@ -365,10 +364,8 @@ def costmodel_fit(target_name, measurements, name, output):
                    fusable_activations=list(base.fusable_activations), measurements=csv_path.name)
     if profile["kind"] == "import":
         profile.pop("execution_provider")
-    csv_path.write_text(Path(measurements).read_text())
-    staged = out.with_suffix(".part")
-    staged.write_text(json.dumps(profile, indent=2) + "\n")
-    staged.replace(out)
+    write_text_atomic(csv_path, Path(measurements).read_text())
+    write_text_atomic(out, json.dumps(profile, indent=2) + "\n")
     parse_target(out)  # what we wrote must load
     click.echo(f"wrote {out} ({model.trained_rows} kernels learned; kinds: {', '.join(sorted(model.regressors))})",
                err=True)
@@ -469,9 +466,7 @@ def _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shape
 
 
 def _write_json(path, payload) -> None:
-    staged = Path(path).with_suffix(".part")
-    staged.write_text(json.dumps(payload, indent=2) + "\n")
-    staged.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 @main.command()

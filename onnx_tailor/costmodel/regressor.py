@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import TailorError
 from ..ir import Model
+from ..ir.io import write_text_atomic
 from .features import FEATURE_NAMES, KernelRow, kernel_rows
 from .measure import OVERHEAD_ID
 from .npu import simulate
@@ -93,7 +94,7 @@ def read_measurements(path: Path) -> Measurements:
 def write_measurements(path: Path, measurements: Measurements) -> None:
     lines = [f"# {k}: {v}" for k, v in measurements.comments.items()] + ["id,latency_s"]
     lines += [f'"{entry_id}",{latency:.6g}' for entry_id, latency in measurements.rows]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def simulate_entries(entries, target: Target) -> list[tuple[str, float]]:

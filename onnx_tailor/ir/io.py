@@ -66,6 +66,15 @@ def load(path: str | os.PathLike, input_shapes: dict[str, Shape] | None = None,
     return Model(proto, input_shapes)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a small text file (report, recipe, profile, CSV) via a sibling temporary and a rename."""
+    path = Path(path)
+    staged = path.with_name(path.name + ".part")
+    staged.write_text(text)
+    os.replace(staged, path)
+    return path
+
+
 def ensure_not_input(output: str | os.PathLike, input_path: str | os.PathLike | None, allow: bool) -> None:
     """Refuse to write over the model we read, unless the user asked for exactly that."""
     if input_path is None or allow:

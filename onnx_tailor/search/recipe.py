@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import TailorError
 from ..ir import Model
+from ..ir.io import write_text_atomic
 from ..passes import Exactness, get_pass
 from ..passes.driver import site_at
 from .context import Step
@@ -43,9 +44,7 @@ class Recipe:
                 "steps": [s.to_dict() for s in self.steps]}
 
     def write(self, path: Path) -> None:
-        staged = Path(path).with_suffix(".part")
-        staged.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        staged.replace(path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @property
     def needs_data(self) -> bool:
