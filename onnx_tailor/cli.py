@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
 
 import click
 
 from . import accuracy, api
-from .costmodel import DEFAULT_TARGET, Measurements, builtin_targets, load_target, score
+from .accuracy.intervals import interval_warnings
+from .costmodel import DEFAULT_TARGET, builtin_targets, fit_profile, load_target, measure_sweep, score
 from .costmodel import simulate as npu_simulate
+from .costmodel.regressor import write_measurements
+from .costmodel.sweep import read_manifest, sweep_entries, write_sweep
 from .errors import TailorError
 from .ir import Model
 from .ir.io import write_text_atomic
@@ -191,16 +194,10 @@ def simulate(model, target_name, per_op, as_json, input_shapes):
         raise TailorError(f"target {target.name} is measured, not simulated; use `onnx-tailor cost`")
     loaded = api.load(model, input_shapes)
     result = npu_simulate(loaded, target)
-    rows = [{"kernel": k.kernel.name, "ops": [k.kernel.op_type, *k.kernel.fused], "unit": k.unit,
-             "compute_cycles": k.compute_cycles, "memory_cycles": round(k.memory_cycles, 1),
-             "cycles": round(k.cycles, 1), "bound": k.bound, "dram_bytes": k.dram_bytes,
-             "mac_utilization": k.utilization(target.parallelism), "spilled": list(k.spilled)}
-            for k in result.kernels]
     if as_json:
-        click.echo(json.dumps({"model": model, "target": target.name, "cycles": result.total_cycles,
-                               "latency_ms": result.latency_s * 1e3, "warnings": result.warnings,
-                               **({"kernels": rows} if per_op else {})}, indent=2))
+        click.echo(json.dumps({"model": model, **result.to_dict(per_kernel=per_op)}, indent=2))
         return
+    rows = [k.to_dict(target.parallelism) for k in result.kernels]
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if per_op:
@@ -275,23 +272,6 @@ def costmodel():
     """
 
 
-def _sweep_entries(sweep_dir, models, size):
-    from .costmodel.sweep import SweepEntry, base_entries, entries_from_models
-
-    if sweep_dir:
-        manifest = Path(sweep_dir) / "manifest.json"
-        if not manifest.is_file():
-            raise TailorError(f"{sweep_dir}: no manifest.json (write one with `onnx-tailor costmodel sweep`)")
-        try:
-            return [SweepEntry.from_id(e["id"]) for e in json.loads(manifest.read_text())["entries"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise TailorError(f"{manifest}: not a sweep manifest ({exc})") from None
-    entries = base_entries(size=size)
-    if models:
-        entries += entries_from_models([api.load(m) for m in models])
-    return list(dict.fromkeys(entries))
-
-
 @costmodel.command("sweep")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
@@ -299,9 +279,7 @@ def _sweep_entries(sweep_dir, models, size):
 @click.option("--size", type=click.IntRange(min=10), default=600, show_default=True, help="Base sweep size.")
 def costmodel_sweep(output, models, size):
     """Write the op sweep's microbenchmarks and their manifest.json."""
-    from .costmodel.sweep import write_sweep
-
-    entries = _sweep_entries(None, models, size)
+    entries = sweep_entries(size, [api.load(m) for m in models])
     path = write_sweep(entries, Path(output))
     click.echo(f"wrote {len(entries)} microbenchmarks and {path}", err=True)
 
@@ -315,27 +293,17 @@ def costmodel_sweep(output, models, size):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The measurements CSV to write.")
 def costmodel_measure(target_name, sweep_dir, models, size, output):
     """Measure the sweep on a target: timed with onnxruntime, or simulated for npu targets."""
-    from .costmodel.measure import machine_description, measure_entries
-    from .costmodel.regressor import simulate_entries, write_measurements
-
     target = load_target(target_name)
-    entries = _sweep_entries(sweep_dir, models, size)
+    entries = read_manifest(sweep_dir) if sweep_dir else sweep_entries(size, [api.load(m) for m in models])
     start = time.perf_counter()
-    if target.simulated:
-        rows = simulate_entries(entries, target)
-        machine = f"simulated {target.name} (shared/design/npu-target.md)"
-    elif target.kind == "ort":
-        def progress(done, total):
-            if done % 50 == 0 or done == total:
-                click.echo(f"  measured {done}/{total} ({time.perf_counter() - start:.0f} s)", err=True)
-        rows = measure_entries(entries, target, progress)
-        machine = machine_description(target)
-    else:
-        raise TailorError(f"target {target.name} is imported: measure the sweep on its device and `costmodel fit` it")
-    comments = {"target": target.name, "machine": machine, "entries": str(len(rows)),
-                "took_s": f"{time.perf_counter() - start:.0f}"}
-    write_measurements(Path(output), Measurements(rows, comments))
-    click.echo(f"wrote {len(rows)} measurements to {output}", err=True)
+
+    def progress(done, total):
+        if done % 50 == 0 or done == total:
+            click.echo(f"  measured {done}/{total} ({time.perf_counter() - start:.0f} s)", err=True)
+
+    measurements = measure_sweep(entries, target, progress)
+    write_measurements(Path(output), measurements)
+    click.echo(f"wrote {len(measurements.rows)} measurements to {output}", err=True)
 
 
 @costmodel.command("fit")
@@ -350,25 +318,10 @@ def costmodel_fit(target_name, measurements, name, output):
     memory, bandwidth, fusion) describe the device; the measurements are
     copied beside the new profile, which is then usable as --target OUTPUT.
     """
-    from .costmodel.regressor import CostModel, read_measurements
-    from .costmodel.target import parse_target
-
-    base = load_target(target_name)
-    data = read_measurements(Path(measurements))
-    model = CostModel.fit(base, data)  # fails here, not later, if the data cannot train a model
-    out = Path(output)
-    csv_path = out.with_suffix(".csv")
-    profile = {f.name: getattr(base, f.name) for f in fields(base) if f.name != "source"}
-    profile.update(name=name, kind="npu" if base.simulated else ("ort" if base.kind == "ort" else "import"),
-                   description=f"{name}: fitted from {Path(measurements).name} on the {base.name} profile",
-                   fusable_activations=list(base.fusable_activations), measurements=csv_path.name)
-    if profile["kind"] == "import":
-        profile.pop("execution_provider")
-    write_text_atomic(csv_path, Path(measurements).read_text())
-    write_text_atomic(out, json.dumps(profile, indent=2) + "\n")
-    parse_target(out)  # what we wrote must load
-    click.echo(f"wrote {out} ({model.trained_rows} kernels learned; kinds: {', '.join(sorted(model.regressors))})",
-               err=True)
+    fitted = fit_profile(load_target(target_name), measurements, name, output)
+    model = fitted.cost_model
+    click.echo(f"wrote {fitted.path} ({model.trained_rows} kernels learned; "
+               f"kinds: {', '.join(sorted(model.regressors))})", err=True)
 
 
 @main.command()
@@ -567,14 +520,6 @@ def _data_options(command):
     return command
 
 
-def _interval_warnings(labelled_scores, budget) -> list[str]:
-    """--max-drop: a warning for each (label, score) whose 95% interval is wider than the budget."""
-    if budget is None:
-        return []
-    found = ((label, accuracy.interval_warning(figure, budget)) for label, figure in labelled_scores if figure)
-    return [label + warning for label, warning in found if warning]
-
-
 @main.command("evaluate", help="""Score MODEL on data: a metric with its 95% confidence interval and sample count.
 
     top1 needs labels; agreement, cosine and sqnr compare MODEL's outputs with the
@@ -597,7 +542,7 @@ def evaluate_command(model, metric, reference, data, image_spec, samples, seed, 
     metric = metric or accuracy.default_metric(dataset, original is not None)
     metrics = [metric] + (["agreement"] if metric == "top1" and original is not None else [])
     scores = accuracy.Evaluator(batch_size).scores(loaded, dataset, metrics, original, output_name)
-    warnings = _interval_warnings([("", figure) for figure in scores.values()], max_drop)
+    warnings = interval_warnings([("", figure) for figure in scores.values()], max_drop)
     if as_json:
         click.echo(json.dumps({"model": model, "reference": reference, "data": str(dataset), "n": len(dataset),
                                "scores": {name: s.to_dict() for name, s in scores.items()},
@@ -608,6 +553,9 @@ def evaluate_command(model, metric, reference, data, image_spec, samples, seed, 
         click.echo(f"  {figure}")
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
+
+
+_COMPARED_COSTS = ("macs", "params", "param_bytes", "peak_activation_bytes")  # of each model, in compare --json
 
 
 @main.command("compare", help="""Compare models A and B side by side on the same data.
@@ -628,17 +576,9 @@ def compare_command(model_a, model_b, metric, data, image_spec, samples, seed, o
     costs = [api.inspect(a), api.inspect(b)]  # first: a model that needs --input-shape fails before any run
     dataset = accuracy.load_data(data, a, image_spec=image_spec, samples=samples, seed=seed)
     result = accuracy.compare(a, b, dataset, metric, output=output_name, evaluator=accuracy.Evaluator(batch_size))
-    warnings = _interval_warnings([("A: ", result.a), ("B: ", result.b)]
-                                  + [("B against A: ", figure) for figure in result.fidelity.values()], max_drop)
     if as_json:
-        sides = {}
-        for key, path, figure, cost in (("a", model_a, result.a, costs[0]), ("b", model_b, result.b, costs[1])):
-            sides[key] = {"model": path, "metric": figure and figure.to_dict(), "macs": cost.macs,
-                          "params": cost.params, "param_bytes": cost.param_bytes,
-                          "peak_activation_bytes": cost.peak_activation_bytes}
-        click.echo(json.dumps({"data": str(dataset), "n": result.n, **sides,
-                               "b_vs_a": {name: s.to_dict() for name, s in result.fidelity.items()},
-                               "warnings": warnings}, indent=2))
+        shown = [{figure: getattr(c, figure) for figure in _COMPARED_COSTS} for c in costs]
+        click.echo(json.dumps(result.to_dict((model_a, model_b), shown, max_drop), indent=2))
         return
     rows = [("", "A", "B"), ("model", model_a, model_b)]
     if result.a is not None:
@@ -654,7 +594,7 @@ def compare_command(model_a, model_b, metric, data, image_spec, samples, seed, o
     click.echo(f"B against A (n={result.n}):")
     for figure in result.fidelity.values():
         click.echo(f"  {figure}")
-    for warning in warnings:
+    for warning in result.interval_warnings(max_drop):
         click.echo(f"warning: {warning}", err=True)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +27,7 @@ import onnxruntime as ort
 from ..errors import MetricError, TailorError
 from ..ir import Model, session
 from .data import Dataset, validate
+from .intervals import interval_warnings
 from .metrics import FIDELITY, Metric, Outputs, get_metric, is_class_scores
 from .score import Score
 
@@ -141,15 +142,27 @@ def evaluate(model: Model, dataset: Dataset, metric: str | Metric = "top1", refe
 class ModelComparison:
     """Two models on the same data: a task metric for each, and B's fidelity to A."""
 
-    data: str
+    data: str  # the data as printed: its description, sample count and labels
     n: int
     a: Score | None  # the task metric (top1 or a plug-in) of A, when there is one
     b: Score | None
     fidelity: dict[str, Score] = field(default_factory=dict)  # agreement, cosine, sqnr of B against A
 
-    def to_dict(self) -> dict:
-        return {"data": self.data, "n": self.n, "a": self.a and self.a.to_dict(), "b": self.b and self.b.to_dict(),
-                "b_vs_a": {name: s.to_dict() for name, s in self.fidelity.items()}}
+    def interval_warnings(self, budget: float | None) -> list[str]:
+        """A warning for each score (A's, B's, B's fidelity to A) whose 95% interval is wider than `budget`."""
+        return interval_warnings([("A: ", self.a), ("B: ", self.b)]
+                                 + [("B against A: ", score) for score in self.fidelity.values()], budget)
+
+    def to_dict(self, models: tuple[str, str] = ("A", "B"), details: tuple[Mapping, Mapping] = ({}, {}),
+                budget: float | None = None) -> dict:
+        """JSON-ready: the data; for "a" and "b" the model's name (`models`), task metric and `details` (what
+        the caller knows of each model, e.g. its costs); "b_vs_a", B's fidelity to A; and the interval
+        warnings for `budget`."""
+        sides = {key: {"model": name, "metric": score.to_dict() if score is not None else None, **extra}
+                 for key, name, score, extra in zip(("a", "b"), models, (self.a, self.b), details)}
+        return {"data": self.data, "n": self.n, **sides,
+                "b_vs_a": {name: s.to_dict() for name, s in self.fidelity.items()},
+                "warnings": self.interval_warnings(budget)}
 
 
 def compare(a: Model, b: Model, dataset: Dataset, metric: str | None = None, *, output: str | None = None,
@@ -178,7 +191,7 @@ def compare(a: Model, b: Model, dataset: Dataset, metric: str | None = None, *, 
             continue
         fidelity[name] = get_metric(name)(outputs_b, data, outputs_a, output)
     return ModelComparison(
-        data.description, len(data),
+        str(data), len(data),
         task(outputs_a, data, outputs_a, output) if task else None,
         task(outputs_b, data, outputs_a, output) if task else None,
         fidelity,

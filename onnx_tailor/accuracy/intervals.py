@@ -14,14 +14,15 @@ therefore carries an interval and its sample count, computed here:
   per-sample column sums (a mean, or a ratio of sums such as SQNR).
 
 `interval_warning` says when an interval is wider than the change a user
-wants to detect (e.g. a budget of 1 point of top-1 drop).
+wants to detect (e.g. a budget of 1 point of top-1 drop); `interval_warnings`
+says it for each of several labelled scores.
 """
 
 from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -116,3 +117,14 @@ def interval_warning(score: Score, budget: float) -> str | None:
     return (f"{score.name}: the 95% interval is +-{amount(half, f'{half:.2f}')} on {score.n} samples, wider than "
             f"the budget of {limit}: a change that small cannot be told from noise (about {needed} samples "
             f"would narrow it to the budget)")
+
+
+def interval_warnings(labelled_scores: Iterable[tuple[str, Score | None]], budget: float | None) -> list[str]:
+    """`interval_warning` for each (label, score), its label put in front; only the scores that warn.
+
+    No budget (None) warns of nothing; a missing score (None) is skipped.
+    """
+    if budget is None:
+        return []
+    found = ((label, interval_warning(score, budget)) for label, score in labelled_scores if score is not None)
+    return [label + warning for label, warning in found if warning]

@@ -52,6 +52,13 @@ class KernelCost:
             return None
         return self.macs / (self.cycles * parallelism * parallelism)
 
+    def to_dict(self, parallelism: int) -> dict:
+        """JSON-ready: the kernel, its ops, unit, cycles (to 0.1), bound, traffic, MAC utilization at P, spills."""
+        return {"kernel": self.kernel.name, "ops": [self.kernel.op_type, *self.kernel.fused], "unit": self.unit,
+                "compute_cycles": self.compute_cycles, "memory_cycles": round(self.memory_cycles, 1),
+                "cycles": round(self.cycles, 1), "bound": self.bound, "dram_bytes": self.dram_bytes,
+                "mac_utilization": self.utilization(parallelism), "spilled": list(self.spilled)}
+
 
 @dataclass
 class Simulation:
@@ -66,6 +73,12 @@ class Simulation:
     @property
     def latency_s(self) -> float:
         return self.total_cycles / self.target.clock_hz
+
+    def to_dict(self, per_kernel: bool = True) -> dict:
+        """JSON-ready: the target, total cycles, latency in ms, warnings and (with `per_kernel`) every kernel."""
+        kernels = {"kernels": [k.to_dict(self.target.parallelism) for k in self.kernels]} if per_kernel else {}
+        return {"target": self.target.name, "cycles": self.total_cycles, "latency_ms": self.latency_s * 1e3,
+                "warnings": list(self.warnings), **kernels}
 
     def cycles_of(self, node_names) -> float:
         """Cycles of the kernels that any of `node_names` belongs to (a block's share)."""

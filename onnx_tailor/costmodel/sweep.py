@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import TailorError
 from ..ir import Model
 from .kernels import group_kernels
 
@@ -299,6 +300,12 @@ def entries_from_models(models: Iterable[Model], contexts: tuple[int, ...] = (1,
     return list(dict.fromkeys(found))
 
 
+def sweep_entries(size: int = 600, models: Iterable[Model] = ()) -> list[SweepEntry]:
+    """The base sweep of `size`, plus the entries around the kernels of `models`, each entry once."""
+    entries = base_entries(size=size) + entries_from_models(models)
+    return list(dict.fromkeys(entries))
+
+
 def write_sweep(entries: list[SweepEntry], folder: Path) -> Path:
     """Write every microbenchmark and a manifest, for measuring on another machine."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -310,3 +317,14 @@ def write_sweep(entries: list[SweepEntry], folder: Path) -> Path:
     path = folder / "manifest.json"
     path.write_text(json.dumps({"opset": OPSET, "entries": manifest}, indent=1))
     return path
+
+
+def read_manifest(folder: Path) -> list[SweepEntry]:
+    """The entries of a sweep that `write_sweep` wrote into `folder`, in their order."""
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.is_file():
+        raise TailorError(f"{folder}: no manifest.json (write one with `onnx-tailor costmodel sweep`)")
+    try:
+        return [SweepEntry.from_id(e["id"]) for e in json.loads(manifest.read_text())["entries"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TailorError(f"{manifest}: not a sweep manifest ({exc})") from None

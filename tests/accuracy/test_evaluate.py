@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -102,6 +104,31 @@ def test_compare_scores_both_and_b_against_a(digits, digits_data, noisy_digits):
     assert list(result.fidelity) == ["agreement", "cosine", "sqnr"]
     assert result.fidelity["agreement"].value < 100 and result.fidelity["cosine"].value < 1
     assert result.to_dict()["b_vs_a"]["sqnr"]["unit"] == "dB"
+
+
+def test_a_comparison_as_json_with_each_models_details_and_warnings(digits, digits_data, noisy_digits):
+    data = digits_data.subset(range(60))
+    result = accuracy.compare(digits, noisy_digits, data)
+    report = json.loads(json.dumps(result.to_dict(("a.onnx", "b.onnx"), ({"macs": 7}, {"macs": 8}), budget=1.0)))
+    assert list(report) == ["data", "n", "a", "b", "b_vs_a", "warnings"]
+    assert report["data"] == str(data) == result.data and report["n"] == 60
+    assert report["a"] == {"model": "a.onnx", "metric": result.a.to_dict(), "macs": 7}
+    assert report["b"] == {"model": "b.onnx", "metric": result.b.to_dict(), "macs": 8}
+    assert list(report["b_vs_a"]) == ["agreement", "cosine", "sqnr"]
+    # top1 and agreement are proportions on 60 samples (+-3 points or more), SQNR +-1.9 dB; cosine is within +-0.03
+    assert [": ".join(w.split(": ")[:2]) for w in report["warnings"]] == [
+        "A: top1", "B: top1", "B against A: agreement", "B against A: sqnr"]
+    assert report["warnings"] == result.interval_warnings(1.0)
+    assert report["warnings"][0] == "A: " + accuracy.interval_warning(result.a, 1.0)
+    assert result.to_dict()["warnings"] == [] and result.to_dict()["a"]["model"] == "A"
+
+
+def test_a_comparison_without_a_task_metric_warns_of_fidelity_only(tiny, tiny_data):
+    result = accuracy.compare(tiny, perturb(tiny, 0.1), tiny_data)
+    assert result.to_dict()["a"] == {"model": "A", "metric": None}
+    warnings = result.interval_warnings(0.01)
+    assert [": ".join(w.split(": ")[:2]) for w in warnings] == ["B against A: agreement", "B against A: sqnr"]
+    assert warnings[1] == "B against A: " + accuracy.interval_warning(result.fidelity["sqnr"], 0.01)
 
 
 def test_compare_without_labels_reports_fidelity_only(tiny, tiny_data):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from onnx_tailor import accuracy
-from onnx_tailor.accuracy.intervals import z_value
+from onnx_tailor.accuracy.intervals import interval_warnings, z_value
 
 
 @pytest.mark.parametrize("successes, n, low, high", [
@@ -66,3 +66,14 @@ def test_interval_warning_when_the_interval_is_wider_than_the_budget():
     assert accuracy.interval_warning(wide, budget=4.0) is None
     assert "no confidence interval" in accuracy.interval_warning(
         accuracy.Score(0.5, True, 10, None, None, "mod:iou"), budget=0.1)
+
+
+def test_interval_warnings_label_only_the_scores_that_warn():
+    wide, narrow = score(86.1, 92.9), score(89.9, 90.1, name="agreement")
+    labelled = [("A: ", wide), ("B: ", None), ("B against A: ", narrow)]
+    assert interval_warnings(labelled, 1.0) == ["A: " + accuracy.interval_warning(wide, 1.0)]
+    assert interval_warnings(labelled, 0.05) == ["A: " + accuracy.interval_warning(wide, 0.05),
+                                                 "B against A: " + accuracy.interval_warning(narrow, 0.05)]
+    assert interval_warnings(labelled, None) == []  # no budget, no warning
+    with pytest.raises(ValueError, match="a budget must be positive"):
+        interval_warnings(labelled, 0)

@@ -1,0 +1,49 @@
+"""The op sweep's entry lists: the base sweep with a model's kernels, and the manifest written for another machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onnx_tailor import load
+from onnx_tailor.costmodel.sweep import base_entries, read_manifest, sweep_entries, write_sweep
+from onnx_tailor.errors import TailorError
+from tests.conftest import DIGITS
+
+
+def test_sweep_entries_add_a_models_kernels_to_the_base_sweep_once():
+    base = base_entries(size=20)
+    assert sweep_entries(20) == base
+    with_model = sweep_entries(20, [load(DIGITS.path)])
+    assert with_model[:len(base)] == base and len(with_model) > len(base)
+    assert len(set(with_model)) == len(with_model)
+    assert {e.op for e in with_model[len(base):]} <= {"conv", "depthwise"}  # the model's own kernels and neighbours
+    assert sweep_entries(20, [load(DIGITS.path)] * 2) == with_model
+
+
+def test_the_manifest_gives_back_the_entries_written(tmp_path):
+    entries = sweep_entries(10)[::9]
+    path = write_sweep(entries, tmp_path / "sweep")
+    assert path == tmp_path / "sweep" / "manifest.json"
+    assert read_manifest(tmp_path / "sweep") == entries
+    assert read_manifest(str(tmp_path / "sweep")) == entries
+
+
+def test_a_folder_without_a_manifest_says_how_to_write_one(tmp_path):
+    with pytest.raises(TailorError, match=r"nope: no manifest.json \(write one with `onnx-tailor costmodel sweep`\)"):
+        read_manifest(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("content, reason", [
+    ({"entries": 3}, "'int' object is not iterable"),
+    ({"opset": 17}, "'entries'"),
+    ({"entries": [{"id": "resnet50"}]}, "not a sweep id: 'resnet50'"),
+    ({"entries": [{"file": "00000_conv.onnx"}]}, "'id'"),
+])
+def test_a_broken_manifest_is_named_with_the_reason(tmp_path, content, reason):
+    (tmp_path / "manifest.json").write_text(json.dumps(content))
+    with pytest.raises(TailorError) as caught:
+        read_manifest(tmp_path)
+    assert str(caught.value) == f"{tmp_path / 'manifest.json'}: not a sweep manifest ({reason})"
+
