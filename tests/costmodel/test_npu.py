@@ -43,7 +43,8 @@ def test_sanity_early_block_fusion_cuts_cycles_by_well_over_half():
 def test_sanity_late_block_fusion_is_slower():
     original, fused = simulate(_block(7, 160, 960, 160, 1, False), P32), simulate(_block(7, 160, 960, 160, 1, True), P32)
     fused_conv = fused.kernels[0]
-    assert 160 * 960 * 9 == 1_382_400  # 1.38 MB of int8 weights, read once per op
+    # 160 * 960 * 9 = 1.38 MB of int8 weights, read once per op, beside the bias, the Clip bounds and the input x
+    assert fused_conv.dram_bytes == 160 * 960 * 9 * P32.element_bytes + 960 + 2 + 160 * 7 * 7
     assert fused_conv.bound == "memory"
     assert fused.total_cycles > original.total_cycles
 
@@ -74,6 +75,21 @@ def test_block_cycles_match_hand_computation():
     assert add.dram_bytes == 16 * hw + 16 * hw
     assert sim.total_cycles == sum(k.cycles for k in (expand, depthwise, project, add))
     assert sim.latency_s == pytest.approx(sim.total_cycles / 1e9)
+
+
+def test_to_dict_is_the_simulation_as_json():
+    b = GraphBuilder()
+    y = b.node("Reshape", [b.relu6(b.conv("x", 16, 40, 1)), b.const(np.array([1, -1]))])
+    sim = simulate(_model(b, {"x": (1, 16, 28, 28)}, [y]), P32)
+    conv, reshape = sim.kernels
+    data = json.loads(json.dumps(sim.to_dict()))
+    assert [data["target"], data["cycles"], data["latency_ms"]] == ["npu-p32", sim.total_cycles, sim.latency_s * 1e3]
+    assert data["kernels"][0] == {
+        "kernel": conv.kernel.name, "ops": ["Conv", "Clip"], "unit": "mac", "compute_cycles": 28 * 28 * 2,
+        "memory_cycles": round(conv.dram_bytes / 16, 1), "cycles": round(conv.cycles, 1), "bound": "memory",
+        "dram_bytes": conv.dram_bytes, "mac_utilization": conv.utilization(32), "spilled": []}
+    assert data["kernels"][1]["unit"] == "free" and data["kernels"][1]["mac_utilization"] is None
+    assert "kernels" not in sim.to_dict(per_kernel=False)
 
 
 def test_channel_staircase_rewards_multiples_of_p():
