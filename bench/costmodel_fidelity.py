@@ -29,12 +29,12 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.thirdparty import fetch_paddle_models  # noqa: E402
+from onnx_tailor import zoo  # noqa: E402
 from onnx_tailor.analysis import find_ibn_blocks  # noqa: E402
 from onnx_tailor.costmodel import cost_model_for, load_target, simulate  # noqa: E402
 from onnx_tailor.costmodel.measure import machine_description, measure_model  # noqa: E402
-from onnx_tailor.ir import load  # noqa: E402
 from onnx_tailor.passes import get_pass  # noqa: E402
+from onnx_tailor.passes.canonicalize import load  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RANDOM_PASSES = ("densify_depthwise", "pad_channels", "fuse_ibn_expansion")
@@ -42,7 +42,7 @@ RANDOM_PASSES = ("densify_depthwise", "pad_channels", "fuse_ibn_expansion")
 
 def base_models(det_size: int):
     models = [("digits", load(REPO / "models" / "digits_mbv2.onnx"))]
-    paddle = fetch_paddle_models()
+    paddle = zoo.fetch("paddle_cls", "paddle_det")
     if isinstance(paddle, str):
         print(f"note: {paddle}; PaddleOCR models left out", file=sys.stderr)
         return models
@@ -107,7 +107,7 @@ def fidelity_table(models, target_names):
 
 
 def block_fusion_table(det_size: int, target_name: str):
-    paddle = fetch_paddle_models()
+    paddle = zoo.fetch("paddle_det")
     if isinstance(paddle, str):
         return
     target = load_target(target_name)

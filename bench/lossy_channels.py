@@ -42,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from onnx_tailor import accuracy  # noqa: E402
 from onnx_tailor.accuracy import Evaluator, bootstrap_interval, get_metric  # noqa: E402
 from onnx_tailor.analysis import analyze, find_ibn_blocks  # noqa: E402
-from onnx_tailor.ir import Model, load  # noqa: E402
+from onnx_tailor.ir import Model  # noqa: E402
 from onnx_tailor.passes import apply_pass, get_pass  # noqa: E402
+from onnx_tailor.passes.canonicalize import load  # noqa: E402
 from onnx_tailor.passes.channel_groups import plan_group  # noqa: E402
 from onnx_tailor.passes.scale_depth import scaled_width  # noqa: E402
 

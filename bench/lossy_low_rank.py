@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnx_tailor import accuracy  # noqa: E402
 from onnx_tailor.analysis import analyze  # noqa: E402
-from onnx_tailor.ir import Model, load  # noqa: E402
+from onnx_tailor.ir import Model  # noqa: E402
 from onnx_tailor.passes import apply_pass, get_pass  # noqa: E402
+from onnx_tailor.passes.canonicalize import load  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FACTOR = get_pass("factor_low_rank")

@@ -25,11 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.text_lines import available, text_line_dataset  # noqa: E402
-from bench.thirdparty import fetch_paddle_models  # noqa: E402
-from onnx_tailor import accuracy  # noqa: E402
+from onnx_tailor import accuracy, zoo  # noqa: E402
 from onnx_tailor.analysis import analyze  # noqa: E402
-from onnx_tailor.ir import load  # noqa: E402
 from onnx_tailor.passes import Exactness, all_passes, apply_pass  # noqa: E402
+from onnx_tailor.passes.canonicalize import load  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 def model_and_data(name: str):
     if name == "digits":
         return load(REPO / "models" / "digits_mbv2.onnx"), accuracy.load_npz(REPO / "models" / "digits_eval.npz")
-    paddle = fetch_paddle_models()
+    paddle = zoo.fetch("paddle_cls")
     if isinstance(paddle, str) or available():
         sys.exit(f"cannot run paddle_cls: {paddle if isinstance(paddle, str) else available()}")
     inputs, labels = text_line_dataset(400)

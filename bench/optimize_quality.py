@@ -33,12 +33,12 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.text_lines import FONT_PATHS, available, text_line_dataset  # noqa: E402
-from bench.thirdparty import fetch_paddle_models  # noqa: E402
-from onnx_tailor import accuracy  # noqa: E402
+from onnx_tailor import accuracy, zoo  # noqa: E402
 from onnx_tailor.costmodel import load_target, simulate  # noqa: E402
 from onnx_tailor.costmodel.measure import measure_model, session_for, time_session  # noqa: E402
-from onnx_tailor.ir import Model, load, seeded_inputs  # noqa: E402
-from onnx_tailor.ir.canonical import infer_shapes  # noqa: E402
+from onnx_tailor.ir import Model, seeded_inputs  # noqa: E402
+from onnx_tailor.ir.shapes import infer_shapes  # noqa: E402
+from onnx_tailor.passes.canonicalize import load  # noqa: E402
 from onnx_tailor.search import optimize  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def cases(names: list[str], det_size: int):
     if "digits" in names:
         found.append(("digits", load(REPO / "models" / "digits_mbv2.onnx"),
                       accuracy.load_npz(REPO / "models" / "digits_eval.npz"), "top1", "1.0"))
-    paddle = fetch_paddle_models()
+    paddle = zoo.fetch("paddle_cls", "paddle_det")
     if isinstance(paddle, str) or available():
         print(f"note: PaddleOCR cases left out: {paddle if isinstance(paddle, str) else available()}")
         return found

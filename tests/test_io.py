@@ -1,4 +1,7 @@
-"""Loading, canonicalizing and saving: nothing lost, nothing silently wrong, one-line errors."""
+"""Loading and saving: nothing lost, nothing silently wrong, one-line errors.
+
+The canonical form that loading produces is tested in tests/passes/test_canonicalize.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import onnx
 import pytest
 
 from onnx_tailor.errors import InputShapeError, ModelLoadError, TailorError
-from onnx_tailor.ir import Model, check_equivalence, load, read_proto, run, save
+from onnx_tailor.ir import Model, check_equivalence, read_proto, run, save
+from onnx_tailor.passes.canonicalize import load
 from tests.graphs import GraphBuilder, tiny_mobilenet
 
 
@@ -51,21 +55,6 @@ def test_opset_too_old(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(ModelLoadError, match="opset 9 is older than 11"):
         load(path)
-
-
-def test_canonical_form_lifts_constants_folds_batchnorm_and_names_nodes(paddle_models):
-    path = paddle_models["paddle_cls"]
-    raw = read_proto(path)
-    assert any(n.op_type == "Constant" for n in raw.graph.node)
-    model = load(path, {"x": (3, 3, 48, 192)})
-    ops = {n.op_type for n in model.nodes}
-    assert "Constant" not in ops and "BatchNormalization" not in ops and "Identity" not in ops
-    names = [n.name for n in model.nodes]
-    assert all(names) and len(set(names)) == len(names)
-    assert [n.name for n in load(path).nodes] == names, "node names must be stable across loads"
-    private = {e.domain for e in model.proto.opset_import} - {"", "ai.onnx"}
-    assert not private, f"onnxruntime's private domains leaked into opset_import: {private}"
-    assert check_equivalence(Model(raw, {"x": (3, 3, 48, 192)}), model)
 
 
 def test_dynamic_batch_stays_dynamic(tiny_path):

@@ -8,17 +8,18 @@
     accuracy.interval_warning(score, budget=1.0)   # a warning string when the CI is too wide, else None
 
 Modules: `data` (Dataset, .npz, random, validation against a model),
-`images` (image folders), `split`, `score` (Score), `intervals` (Wilson,
+`images` (image folders), `sources` (`load_data`), `split`, `score` (Score), `intervals` (Wilson,
 bootstrap, the budget warning), `metrics` (built-ins and plug-ins),
 `evaluate` (running models, caching the original's outputs, comparing two).
 """
 
-from .data import RANDOM, Dataset, load_data, load_npz, random_dataset, validate
+from .data import Dataset, load_npz, random_dataset, validate
 from .evaluate import Evaluator, ModelComparison, compare, evaluate
 from .images import ImageSpec, load_image_folder, parse_image_spec
 from .intervals import bootstrap_interval, interval_warning, wilson_interval
 from .metrics import BUILTIN, FIDELITY, Metric, default_metric, get_metric, load_plugin
 from .score import Score
+from .sources import RANDOM, load_data
 from .split import Split, split_dataset
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 A `Dataset` holds N samples: one array per model input, each with the samples
 along its first axis, and optionally one integer class label per sample. It
-comes from one of three sources, picked by `load_data`:
+comes from one of three sources, picked by `load_data` (in `sources.py`):
 
 - an `.npz` file: arrays keyed by model input name, plus an optional `labels`
   array (integers, shape [N]);
@@ -34,7 +34,6 @@ import numpy as np
 from ..errors import DataError
 from ..ir import Model, seeded_inputs
 
-RANDOM = "random"
 DEFAULT_RANDOM_SAMPLES = 64
 
 # ONNX element types (TensorProto.DataType in onnx.proto; the numbers are part of
@@ -261,29 +260,6 @@ def random_dataset(model: Model, samples: int = DEFAULT_RANDOM_SAMPLES, seed: in
     except NotImplementedError as exc:
         raise DataError(f"random data: {exc}") from None
     return Dataset(inputs, None, f"random (seed {seed})")
-
-
-def load_data(source: str | os.PathLike, model: Model, *, image_spec=None,
-              samples: int = DEFAULT_RANDOM_SAMPLES, seed: int = 0) -> Dataset:
-    """A dataset for `model` from an `.npz` path, an image folder, or `random`, validated.
-
-    `image_spec` (an `images.ImageSpec`, a dict of its fields, or JSON text or file) applies to
-    image folders only; `samples` and `seed` to `random` only.
-    """
-    path = Path(source)
-    if image_spec is not None and not path.is_dir():
-        raise DataError(f"{source}: an image spec applies to image folders only")
-    if str(source) == RANDOM:
-        dataset = random_dataset(model, samples, seed)
-    elif path.is_dir():
-        from .images import load_image_folder  # images builds Datasets, so it imports this module
-
-        dataset = load_image_folder(path, model, image_spec)
-    elif path.exists():
-        dataset = load_npz(path)
-    else:
-        raise DataError(f"{source}: no such file or folder (data is an .npz file, a folder of images, or '{RANDOM}')")
-    return validate(dataset, model)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,5 +1,10 @@
 """Reading models from disk and writing them back without ever losing one.
 
+`read_proto` returns a model as exported: checked (it parses, onnx-tailor
+reads its opset, onnx's checker accepts it) but not rewritten. The canonical
+`Model` every pass expects is made from it above this layer, by
+`passes.canonicalize.load`.
+
 Writes are atomic: the model (and its external data, if any) goes to a
 temporary file in the destination folder and is renamed into place, so a
 crash or Ctrl-C leaves either the old file or the new one, never half of one.
@@ -16,11 +21,31 @@ import google.protobuf.message
 import onnx
 
 from ..errors import ModelLoadError, TailorError
-from .canonical import canonicalize, check_opset, infer_shapes, lift_constants, name_nodes
-from .model import Model, Shape
+from .model import Model
 
 # Protobuf cannot serialize a message over 2 GiB; past this, weights go to a side file.
 _EXTERNAL_DATA_THRESHOLD = 1 << 30
+MIN_OPSET = 11
+
+
+def opset_of(proto: onnx.ModelProto) -> int:
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 0
+
+
+def check_opset(proto: onnx.ModelProto, source: str) -> None:
+    """Refuse an opset onnx-tailor cannot read, saying how to fix it."""
+    opset = opset_of(proto)
+    newest = onnx.defs.onnx_opset_version()
+    if opset < MIN_OPSET:
+        raise ModelLoadError(
+            f"{source}: opset {opset} is older than {MIN_OPSET}, the oldest onnx-tailor reads; "
+            f"upgrade it first, e.g. with onnx.version_converter.convert_version(model, {MIN_OPSET})"
+        )
+    if opset > newest:
+        raise ModelLoadError(f"{source}: opset {opset} is newer than this onnx ({onnx.__version__}) knows ({newest}); upgrade onnx")
 
 
 def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
@@ -47,23 +72,6 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
         first_line = str(exc).strip().splitlines()[0]
         raise ModelLoadError(f"{path}: invalid ONNX model: {first_line}") from None
     return proto
-
-
-def load(path: str | os.PathLike, input_shapes: dict[str, Shape] | None = None,
-         canonical: bool = True) -> Model:
-    """Load a model from disk, canonicalized unless `canonical=False`.
-
-    `canonical=False` keeps the network as exported (BatchNorm unfolded,
-    constant sub-graphs unfolded) and only normalizes its representation:
-    Constant nodes become initializers, nodes get stable names, shapes are
-    inferred. That is the form the clean-up passes have work to do on.
-    """
-    proto = read_proto(path)
-    if canonical:
-        proto = canonicalize(proto, source=str(path))
-    else:
-        proto = infer_shapes(name_nodes(lift_constants(proto)))
-    return Model(proto, input_shapes)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from ..errors import InputShapeError
+from .shapes import TensorInfo, concrete_tensor_info, infer_shapes
 
 # onnx-graphsurgeon logs every cleanup at INFO; that noise is not the user's.
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.WARNING)
@@ -37,7 +38,7 @@ def parse_input_shapes(specs: Mapping[str, Shape] | None) -> dict[str, Shape]:
 
 
 class Model:
-    """A canonical ONNX model (see `ir.load`) with lazily derived graph facts."""
+    """A canonical ONNX model (see `passes.canonicalize`) with lazily derived graph facts."""
 
     def __init__(self, proto: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None):
         self._proto = proto
@@ -218,11 +219,8 @@ class Model:
         return shapes
 
     @cached_property
-    def tensor_info(self) -> dict:
-        """Concrete shape and element type of every activation at `input_shapes`
-        (name -> `ir.shapes.TensorInfo`)."""
-        from .shapes import concrete_tensor_info  # shapes runs the model: import on use
-
+    def tensor_info(self) -> dict[str, TensorInfo]:
+        """Concrete shape and element type of every activation at `input_shapes`."""
         return concrete_tensor_info(self)
 
     @property
@@ -242,8 +240,6 @@ class Model:
         Stale intermediate shapes are dropped and inferred again, because a
         rewrite may change channel counts that the old value_info still states.
         """
-        from .canonical import infer_shapes  # canonical imports this module
-
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         for tensor in graph.tensors().values():
             if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:

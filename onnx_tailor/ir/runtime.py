@@ -9,12 +9,14 @@ difference, and every output is compared.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .model import Model
+if TYPE_CHECKING:  # annotations only: model imports shapes, which runs models with this module
+    from .model import Model
 
 # onnx's tensor element types that a seeded random input can be made for.
 _NUMPY_DTYPE = {

@@ -1,4 +1,4 @@
-"""Concrete tensor shapes and element types for one set of input shapes.
+"""Tensor shapes: onnx's shape inference, and concrete shapes and element types for one set of input shapes.
 
 onnx's shape inference (with data propagation) answers for most models; for
 the tensors it leaves open (e.g. a Resize whose scales are computed at run
@@ -9,11 +9,15 @@ outputs, which is exact by construction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from .canonical import infer_shapes
+from .runtime import run, seeded_inputs
+
+if TYPE_CHECKING:
+    from .model import Model
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,14 @@ class TensorInfo:
     @property
     def bytes(self) -> int:
         return self.elements * itemsize(self.elem_type)
+
+
+def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx shape inference with data propagation (resolves Shape->Reshape chains)."""
+    try:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except Exception:  # inference is best effort: analysis falls back to running the model
+        return proto
 
 
 def itemsize(elem_type: int) -> int:
@@ -49,10 +61,8 @@ def _collect(proto: onnx.ModelProto) -> dict[str, TensorInfo]:
     return found
 
 
-def concrete_tensor_info(model) -> dict[str, TensorInfo]:
+def concrete_tensor_info(model: Model) -> dict[str, TensorInfo]:
     """Shape and type of every activation tensor of `model` at `model.input_shapes`."""
-    from .runtime import run, seeded_inputs  # runtime imports model, which imports this lazily
-
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     fixed = model.input_shapes

@@ -7,10 +7,10 @@ After:   the same network with all of those folded away.
 
 This is onnxruntime's basic-level offline optimization (constant folding,
 redundant-node elimination, Conv+Add/Mul folding) rather than our own
-rewrite of it; see `ir.canonical` for what is switched off and why. It runs
-on the whole model at once, so its one site is anchored at the first node it
-would remove. Canonicalization runs it on every model we load, so it finds
-sites only in a model loaded with `canonical=False`.
+rewrite of it; see `ir.cleanup.ort_basic_cleanup` for what is switched off
+and why. It runs on the whole model at once, so its one site is anchored at
+the first node it would remove. Canonicalization runs it on every model we
+load, so it finds sites only in a model loaded with `canonical=False`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..ir import Model
-from ..ir.canonical import infer_shapes, lift_constants, name_nodes, ort_basic_cleanup
+from ..ir.cleanup import lift_constants, name_nodes, ort_basic_cleanup
+from ..ir.shapes import infer_shapes
 from .base import Declined, Exactness, Pass, Site
 
 _REDUNDANT = {"Identity", "Dropout"}

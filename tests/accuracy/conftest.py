@@ -8,7 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_tailor import accuracy
-from onnx_tailor.ir import Model, load
+from onnx_tailor.ir import Model
+from onnx_tailor.passes.canonicalize import load
 from tests.conftest import DIGITS, MODELS
 
 DIGITS_EVAL = MODELS / "digits_eval.npz"

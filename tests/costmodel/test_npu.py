@@ -11,7 +11,7 @@ import pytest
 from onnx_tailor.costmodel import TargetError, load_target, simulate
 from onnx_tailor.costmodel.kernels import group_kernels
 from onnx_tailor.ir import Model
-from onnx_tailor.ir.canonical import canonicalize
+from onnx_tailor.passes.canonicalize import canonicalize
 from tests.graphs import GraphBuilder
 
 P32 = load_target("npu-p32")

@@ -7,7 +7,7 @@ import pytest
 from onnx_tailor.costmodel import MeasurementsError, cost_model_for, load_target, read_measurements, score, simulate
 from onnx_tailor.costmodel.regressor import CostModel, Measurements, simulate_entries
 from onnx_tailor.costmodel.sweep import SweepEntry, base_entries
-from onnx_tailor.ir import load
+from onnx_tailor.passes.canonicalize import load
 from tests.conftest import DIGITS
 
 P32 = load_target("npu-p32")

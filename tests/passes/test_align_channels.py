@@ -10,8 +10,8 @@ import pytest
 from onnx_tailor import accuracy
 from onnx_tailor.errors import PassError
 from onnx_tailor.ir import Model, run
-from onnx_tailor.ir.canonical import canonicalize
 from onnx_tailor.passes import apply_pass, get_pass
+from onnx_tailor.passes.canonicalize import canonicalize
 from onnx_tailor.passes.least_squares import explicit_pads, patches
 from tests.graphs import GraphBuilder, tensor_value, tiny_mobilenet
 

@@ -13,8 +13,9 @@ from collections import Counter
 
 import pytest
 
-from onnx_tailor.ir import check_equivalence, load
+from onnx_tailor.ir import check_equivalence
 from onnx_tailor.passes import Exactness, all_passes, apply_pass
+from onnx_tailor.passes.canonicalize import load
 
 EXACT = [name for name, p in all_passes().items() if p.exactness is Exactness.EXACT]
 

@@ -21,8 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_tailor import accuracy
 from onnx_tailor.errors import PassError
-from onnx_tailor.ir import Model, check_equivalence, load, run, save
+from onnx_tailor.ir import Model, check_equivalence, run, save
 from onnx_tailor.passes import apply_pass, get_pass
+from onnx_tailor.passes.canonicalize import load
 from onnx_tailor.passes.factor_low_rank import choose_rank, energy_kept
 from onnx_tailor.passes.local_error import local_error
 from tests.graphs import GraphBuilder, tensor_value

@@ -7,9 +7,9 @@ import pytest
 
 from onnx_tailor import accuracy
 from onnx_tailor.analysis import find_ibn_blocks
-from onnx_tailor.ir import Model, check_equivalence, load
-from onnx_tailor.ir.canonical import canonicalize
+from onnx_tailor.ir import Model, check_equivalence
 from onnx_tailor.passes import apply_pass, get_pass
+from onnx_tailor.passes.canonicalize import canonicalize, load
 from onnx_tailor.passes.local_error import local_error
 from tests.conftest import DIGITS
 from tests.graphs import GraphBuilder

@@ -11,8 +11,8 @@ from onnx_tailor import accuracy
 from onnx_tailor.analysis import find_ibn_blocks
 from onnx_tailor.errors import PassError
 from onnx_tailor.ir import Model, run
-from onnx_tailor.ir.canonical import canonicalize
 from onnx_tailor.passes import apply_pass, get_pass
+from onnx_tailor.passes.canonicalize import canonicalize
 from onnx_tailor.passes.capture import capture
 from onnx_tailor.passes.scale_depth import scaled_width
 from tests.graphs import GraphBuilder, tiny_mobilenet

@@ -16,8 +16,8 @@ import onnx
 import pytest
 
 from onnx_tailor.ir import Model
-from onnx_tailor.ir.canonical import canonicalize
 from onnx_tailor.passes import Exactness, get_pass
+from onnx_tailor.passes.canonicalize import canonicalize
 from onnx_tailor.search import NoFeasibleModel, RecipeError, optimize, replay
 from onnx_tailor.search.context import SearchContext
 from tests.graphs import tiny_mobilenet

@@ -1,19 +1,9 @@
-"""Canonicalization: the one form of a model that every pass and analysis expects.
+"""Clean-ups of a model's representation: proto -> proto rewrites that need nothing above `ir`.
 
-Exported models come in many spellings of the same network. Canonical form is:
-- every `Constant` node lifted to an initializer (Paddle and PyTorch exports
-  keep weights in Constant nodes, where a pass would not see them as weights);
-- every BatchNormalization that follows a Conv folded into it (our
-  `fold_batchnorm` pass, so the folding rule lives in one place);
-- onnxruntime's basic-level offline optimization for the generic clean-ups it
-  already does well: constant folding, Identity/Dropout removal, and folding a
-  per-channel Add/Mul that follows a Conv into the Conv. Two of its rewrites
-  are switched off: its own Conv+BN fusion (ours runs) and MatMul+Add -> Gemm
-  (it changes the model's vocabulary for no gain); the private operator
-  domains it lists in `opset_import` are stripped again, since other tools
-  reject them;
-- unique, stable node names (the anchors that sites and recipes refer to);
-- shapes inferred, with the batch dimension left as the model declared it.
+Each function returns a new proto (or its argument, cleaned) and keeps the
+network's outputs as they are. `passes.canonicalize` composes them, with the
+BatchNorm fold of the passes, into the canonical form every pass expects;
+the `simplify` pass applies the onnxruntime clean-up on its own.
 """
 
 from __future__ import annotations
@@ -26,28 +16,8 @@ import onnxruntime as ort
 
 from ..errors import ModelLoadError
 
-MIN_OPSET = 11
 # ORT rule names, as its graph transformers register them.
 _ORT_REWRITES_WE_SKIP = ["ConvBNFusion", "MatMulAddFusion"]
-
-
-def opset_of(proto: onnx.ModelProto) -> int:
-    for entry in proto.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return entry.version
-    return 0
-
-
-def check_opset(proto: onnx.ModelProto, source: str) -> None:
-    opset = opset_of(proto)
-    newest = onnx.defs.onnx_opset_version()
-    if opset < MIN_OPSET:
-        raise ModelLoadError(
-            f"{source}: opset {opset} is older than {MIN_OPSET}, the oldest onnx-tailor reads; "
-            f"upgrade it first, e.g. with onnx.version_converter.convert_version(model, {MIN_OPSET})"
-        )
-    if opset > newest:
-        raise ModelLoadError(f"{source}: opset {opset} is newer than this onnx ({onnx.__version__}) knows ({newest}); upgrade onnx")
 
 
 def lift_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -107,16 +77,16 @@ def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx shape inference with data propagation (resolves Shape->Reshape chains)."""
-    try:
-        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-    except Exception:  # inference is best effort: analysis falls back to running the model
-        return proto
-
-
 def ort_basic_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxruntime's basic-level offline optimization, minus the rewrites we skip."""
+    """onnxruntime's basic-level offline optimization, minus the rewrites we skip.
+
+    It folds constants, removes Identity/Dropout and folds a per-channel
+    Add/Mul that follows a Conv into the Conv. Switched off: its Conv+BN
+    fusion (the `fold_batchnorm` pass owns that rule) and MatMul+Add -> Gemm
+    (it changes the model's vocabulary for no gain). The private operator
+    domains ORT lists in `opset_import` are stripped again, since other tools
+    reject them.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
@@ -140,15 +110,3 @@ def strip_unused_domains(proto: onnx.ModelProto, keep_from: onnx.ModelProto) -> 
     del proto.opset_import[:]
     proto.opset_import.extend(kept)
     return proto
-
-
-def canonicalize(proto: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
-    """The canonical form of `proto` (see the module docstring). `proto` is not modified."""
-    from ..passes.fold_batchnorm import fold_all_batchnorms  # passes build on ir, not the reverse
-
-    check_opset(proto, source)
-    canonical = name_nodes(lift_constants(proto))
-    canonical = fold_all_batchnorms(canonical)
-    canonical = ort_basic_cleanup(canonical)
-    canonical = name_nodes(canonical)
-    return infer_shapes(canonical)
