@@ -52,7 +52,7 @@ def base_models(det_size: int):
 
 
 def random_variant(model, rng: random.Random):
-    """1 to 4 random pass applications at random sites (weights irrelevant to latency: unverified)."""
+    """1 to 4 random pass applications at random sites (weights are irrelevant to latency: previews)."""
     steps = []
     for _ in range(rng.randint(1, 4)):
         rewrite = get_pass(rng.choice(RANDOM_PASSES))
@@ -60,7 +60,7 @@ def random_variant(model, rng: random.Random):
         sites = rewrite.find(model, **params)
         if sites:
             site = rng.choice(sites)
-            model = rewrite.apply(model, site, verify=False)
+            model = rewrite.preview(model, site)
             steps.append(f"{rewrite.name}@{site.anchor}")
     return model, steps
 
@@ -121,7 +121,7 @@ def block_fusion_table(det_size: int, target_name: str):
     print(f"{'#':>2} {'input':>9} {'in':>4} {'exp':>4} {'out':>4} {'k':>2} {'s':>3}   "
           f"{'simulated change':>17} {'predicted change':>17}")
     for index, block in enumerate(find_ibn_blocks(model), 1):
-        fused = fuse.apply(model, sites[block.expand])
+        fused = fuse.preview(model, sites[block.expand])  # the fused structure; latency ignores weights
         d_sim = simulate(fused, target).latency_s - base_sim
         d_pred = cost_model.predict(fused).latency_s - base_pred
         res = f"{block.resolution[0]}x{block.resolution[1]}"

@@ -145,12 +145,26 @@ def _is_pointwise(model: Model, node: onnx.NodeProto | None) -> bool:
     return len(shape) == 4 and shape[2:] == (1, 1)
 
 
-def _is_depthwise(model: Model, node: onnx.NodeProto) -> bool:
+def is_depthwise(model: Model, node: onnx.NodeProto) -> bool:
+    """A Conv with one filter per input channel: group = C_out = C_in, weight [C, 1, *kernel]."""
     if node.op_type != "Conv" or len(node.input) < 2:
         return False
     shape = model.declared_shape(node.input[1]) or ()
     groups = model.attr(node, "group", 1)
-    return groups > 1 and len(shape) == 4 and shape[1] == 1 and shape[0] == groups
+    return groups > 1 and len(shape) >= 3 and shape[1] == 1 and shape[0] == groups
+
+
+def upstream_nodes(model: Model, tensor: str, stop_at: str | None = None) -> set[str]:
+    """Every node `tensor` is computed from through run-time tensors, walking back no further
+    than node `stop_at` (excluded): with it, the nodes on the paths from that node to `tensor`."""
+    found, frontier = set(), [tensor]
+    while frontier:
+        node = model.producer(frontier.pop())
+        if node is None or node.name == stop_at or node.name in found:
+            continue
+        found.add(node.name)
+        frontier.extend(i for i in node.input if i and not model.is_constant(i))
+    return found
 
 
 def _find_expand(model: Model, tensor: str) -> tuple[onnx.NodeProto, Activation | None] | None:
@@ -203,7 +217,8 @@ def find_ibn_blocks(model: Model) -> list[IBNBlock]:
     blocks = []
     for dw in model.nodes:
         reader = model.sole_consumer(dw.input[0])
-        if not _is_depthwise(model, dw) or reader is None or reader.name != dw.name:
+        two_d = is_depthwise(model, dw) and len(model.declared_shape(dw.input[1])) == 4
+        if not two_d or reader is None or reader.name != dw.name:
             continue
         found = _find_expand(model, dw.input[0])
         if found is None:

@@ -25,8 +25,8 @@ from .costmodel.sweep import read_manifest, sweep_entries, write_sweep
 from .errors import TailorError
 from .ir import Model
 from .ir.io import write_text_atomic
-from .passes import all_passes, get_pass
-from .search import read_recipe
+from .passes import Declined, Exactness, Site, all_passes, get_pass
+from .search import check_plotting_available, format_report, plot_pareto, read_recipe
 
 try:
     __version__ = version("onnx-tailor")
@@ -329,7 +329,8 @@ def costmodel_fit(target_name, measurements, name, output):
 def passes(as_json):
     """List every rewrite pass: its name, whether it is exact or lossy, and what it does."""
     rows = [{"name": p.name, "exactness": p.exactness.value, "summary": p.summary,
-             "params": {q.name: {"type": q.type.__name__, "default": q.default, "help": q.help} for q in p.params}}
+             "params": {q.name: {"type": q.type.__name__, "default": q.default, "help": q.help, "allowed": q.allowed}
+                        for q in p.params}}
             for p in all_passes().values()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -338,7 +339,9 @@ def passes(as_json):
     for row in rows:
         click.echo(f"{row['name']:<{width}}  {row['exactness']:<5}  {row['summary']}")
         for name, spec in row["params"].items():
-            click.echo(f"{'':<{width}}         --param {name}=<{spec['type']}>  {spec['help']} (default {spec['default']})")
+            bounds = "" if spec["allowed"].startswith("one of") else f", {spec['allowed']}"  # choices are in the help
+            click.echo(f"{'':<{width}}         --param {name}=<{spec['type']}>  {spec['help']} "
+                       f"(default {spec['default']}{bounds})")
 
 
 @main.command()
@@ -386,13 +389,11 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
     helped: the report says why); 1 bad input; 2 bad usage; 3 a rewrite failed
     its numerical check (a bug); 4 no model meets the constraints.
     """
-    from .search import check_plotting_available, format_report, optimize as run_optimize, plot_pareto
-
     if plot_path:
         check_plotting_available()  # before minutes of search, not after
     loaded = api.load(model, input_shapes)
     progress = None if quiet else (lambda message: click.echo(f"[optimize] {message}", err=True))
-    result = run_optimize(loaded, target_name, data=data, metric=metric, max_drop=max_drop, max_params=max_params,
+    result = api.optimize(loaded, target_name, data=data, metric=metric, max_drop=max_drop, max_params=max_params,
                           max_activation=max_activation,
                           passes=[p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None,
                           search=search, beam_width=beam_width, time_budget=time_budget, seed=seed, measure=measure,
@@ -448,33 +449,29 @@ def apply(model, pass_name, recipe_path, data, anchor, params, output, list_site
     if not pass_name:
         raise click.UsageError("give --pass NAME (see `onnx-tailor passes`) or --recipe RECIPE.json")
     rewrite = get_pass(pass_name)
-    rewrite.resolve_params(params)  # unknown or malformed parameters fail before the model loads
+    resolved = rewrite.resolve_params(params)  # unknown or malformed parameters fail before the model loads
     if not list_sites and not output:
         raise click.UsageError("give -o/--output, or --list-sites to only look")
     loaded = api.load(model, input_shapes)
     if list_sites:
-        for site in rewrite.find(loaded, **params):
+        surveyed = list(rewrite.survey(loaded, resolved))
+        for site in (s for s in surveyed if isinstance(s, Site)):
             click.echo(f"site      {site.anchor:<24} {site.summary}")
-        for declined in rewrite.declined(loaded, **params):
+        for declined in (s for s in surveyed if isinstance(s, Declined)):
             click.echo(f"declined  {declined.anchor:<24} {declined.reason}")
         return
-    calib = None
-    if data:
-        from .search import split_data
-
-        calib = split_data(loaded, data, seed=0, calibration=0.5).calibration.inputs
-    elif rewrite.exactness.value == "lossy":
+    lossy = rewrite.exactness is Exactness.LOSSY
+    if lossy and not data:
         click.echo(f"warning: {pass_name} is lossy and no --data was given: fitted and judged on seeded random "
                    "inputs, which real data beats by far", err=True)
-    result = api.apply_pass(loaded, pass_name, anchor, params, calib)
+    result = api.apply(loaded, pass_name, anchor, params, data=data)
     api.save(result.model, output, input_path=model, overwrite_input=overwrite_input)
     if not result.sites:
         click.echo(f"{pass_name}: no site in {model}; wrote it unchanged to {output}", err=True)
         return
-    check = "verified exact" if rewrite.exactness.value == "exact" else "lossy"
-    click.echo(f"{pass_name}: rewrote {len(result.sites)} site(s) ({check}); wrote {output}", err=True)
-    errors = result.local_errors or (None,) * len(result.sites)
-    for site, error in zip(result.sites, errors):
+    click.echo(f"{pass_name}: rewrote {len(result.sites)} site(s) ({'lossy' if lossy else 'verified exact'}); "
+               f"wrote {output}", err=True)
+    for site, error in zip(result.sites, result.local_errors):
         shown = f"  local error {error:.4f}" if error is not None else ""
         click.echo(f"  {site.anchor:<24} {site.summary}{shown}", err=True)
 

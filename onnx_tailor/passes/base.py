@@ -1,12 +1,17 @@
-"""What a pass is: `Pass`, the `Site`s it finds, and why it declines the rest.
+"""What a pass is: `Pass`, the `Site`s it finds, why it declines the rest, and a `Step`.
 
 A pass has two halves. `survey()` holds every legality check: it walks the
 model and yields a `Site` for each place the rewrite applies and a `Declined`
 (with the reason in words) for each near miss, so a user can ask why a node
-was left alone. `rewrite()` builds the new model for one site and nothing
-else; `apply()` wraps it and, for an exact pass, checks numerically that the
-outputs did not change before returning the new model. Models are never
-edited in place: `rewrite()` works on a fresh onnx-graphsurgeon import.
+was left alone. A site carries what the survey matched (the channel group,
+the IBN block, the matrix), so `rewrite()` builds the new model for one site
+from that match and derives nothing again. `passes.apply.apply_step` is the
+one way a site is applied: it rewrites, verifies an exact pass numerically
+and measures a lossy pass's local error. Models are never edited in place:
+`rewrite()` works on a fresh onnx-graphsurgeon import.
+
+A `Step` (pass, anchor, params) is what a recipe stores and the search
+records: a site without its match, valid on any model that has the site.
 """
 
 from __future__ import annotations
@@ -19,10 +24,32 @@ from typing import Any, ClassVar, Iterable, Mapping
 from ..errors import PassError, VerificationError
 from ..ir import Model, check_equivalence
 
+Params = tuple[tuple[str, Any], ...]  # sorted (name, value) pairs: hashable, and stable in recipes
+
 
 class Exactness(Enum):
     EXACT = "exact"  # outputs equal within float tolerance; verified on every application
     LOSSY = "lossy"  # outputs change; the pass reports the local error it causes
+
+
+@dataclass(frozen=True)
+class Step:
+    """One application of a pass, by name: what a recipe stores and a report lists."""
+
+    pass_name: str
+    anchor: str
+    params: Params = ()
+
+    @property
+    def param_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def to_dict(self) -> dict:
+        return {"pass": self.pass_name, "anchor": self.anchor, "params": dict(self.params)}
+
+    def __str__(self) -> str:
+        params = ",".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.pass_name}@{self.anchor}" + (f"[{params}]" if params else "")
 
 
 @dataclass(frozen=True)
@@ -32,8 +59,11 @@ class Site:
     pass_name: str
     anchor: str
     nodes: frozenset[str]  # every node the rewrite touches; overlapping sites conflict
-    params: tuple[tuple[str, Any], ...] = ()
+    params: Params = ()
     summary: str = field(default="", compare=False)  # for people: what the rewrite will do here
+    # What the survey matched here (a ChannelGroup, an IBN block, a matrix): the rewrite reads it
+    # instead of deriving it again. It describes the model the site was found on, and only that one.
+    match: Any = field(default=None, compare=False, repr=False)
 
     def conflicts_with(self, other: "Site") -> bool:
         return bool(self.nodes & other.nodes)
@@ -41,6 +71,10 @@ class Site:
     @property
     def param_dict(self) -> dict[str, Any]:
         return dict(self.params)
+
+    @property
+    def step(self) -> Step:
+        return Step(self.pass_name, self.anchor, self.params)
 
 
 @dataclass(frozen=True)
@@ -54,12 +88,21 @@ class Declined:
 
 @dataclass(frozen=True)
 class Param:
-    """A pass parameter as the CLI's `--param key=value` and the API see it."""
+    """A pass parameter as the CLI's `--param key=value` and the API see it, with the values it takes.
+
+    A number may be bounded below (`at_least`, or `above` for an open bound) and
+    above (`at_most`); a string may be limited to `choices`. `convert` enforces
+    both, so a pass never checks its own parameters.
+    """
 
     name: str
     type: type
     default: Any
     help: str
+    choices: tuple[str, ...] = ()
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
 
     def convert(self, pass_name: str, raw: Any) -> Any:
         if isinstance(raw, self.type) and not isinstance(raw, bool):
@@ -69,7 +112,29 @@ class Param:
                 value = self.type(raw)
             except (TypeError, ValueError):
                 raise PassError(f"{pass_name}: parameter '{self.name}' needs a {self.type.__name__}, got '{raw}'") from None
+        if not self.accepts(value):
+            raise PassError(f"{pass_name}: {self.name} must be {self.allowed}, got {value!r}")
         return value
+
+    def accepts(self, value: Any) -> bool:
+        if self.choices:
+            return value in self.choices
+        return ((self.at_least is None or value >= self.at_least) and (self.above is None or value > self.above)
+                and (self.at_most is None or value <= self.at_most))
+
+    @property
+    def allowed(self) -> str:
+        """The accepted values in words: 'one of a, b', 'in (0, 1]', 'at least 2'; '' when any value goes."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        low = f"({self.above:g}" if self.above is not None else f"[{self.at_least:g}" if self.at_least is not None else ""
+        if low and self.at_most is not None:
+            return f"in {low}, {self.at_most:g}]"
+        if self.above is not None:
+            return f"greater than {self.above:g}"
+        if self.at_least is not None:
+            return f"at least {self.at_least:g}"
+        return f"at most {self.at_most:g}" if self.at_most is not None else ""
 
 
 class Pass(ABC):
@@ -93,11 +158,12 @@ class Pass(ABC):
         resolved = {name: p.default for name, p in declared.items()}
         for key, raw in given.items():
             resolved[key] = declared[key].convert(self.name, raw)
-        self.check_params(resolved)
         return resolved
 
-    def check_params(self, params: dict[str, Any]) -> None:
-        """Raise PassError for parameter values the pass cannot use."""
+    def needs_calibration(self, params: Mapping[str, Any]) -> bool:
+        """Whether the rewrite with these parameters is meaningless without calibration data
+        (seeded random inputs would fit it to noise): `apply_step` then refuses to run it."""
+        return False
 
     # -- finding sites ----------------------------------------------------------------
 
@@ -114,13 +180,13 @@ class Pass(ABC):
         return [s for s in self.survey(model, resolved) if isinstance(s, Declined)]
 
     def site(self, anchor: str, nodes: Iterable[str], params: dict[str, Any] | None = None,
-             summary: str = "") -> Site:
-        return Site(self.name, anchor, frozenset(nodes), tuple(sorted((params or {}).items())), summary)
+             summary: str = "", match: Any = None) -> Site:
+        return Site(self.name, anchor, frozenset(nodes), tuple(sorted((params or {}).items())), summary, match)
 
     def decline(self, anchor: str, reason: str) -> Declined:
         return Declined(self.name, anchor, reason)
 
-    # -- applying ---------------------------------------------------------------------
+    # -- rewriting (`passes.apply.apply_step` is the one caller) ------------------------
 
     def preview(self, model: Model, site: Site) -> Model:
         """The rewritten model's structure, as cheaply as possible: what a cost model needs
@@ -133,16 +199,7 @@ class Pass(ABC):
 
     @abstractmethod
     def rewrite(self, model: Model, site: Site, calib=None) -> Model:
-        """The new model with `site` rewritten. Must not modify `model`."""
-
-    def apply(self, model: Model, site: Site, calib=None, verify: bool = True) -> Model:
-        """Rewrite `site`; for an exact pass, refuse to return a model whose outputs changed."""
-        if site.pass_name != self.name:
-            raise PassError(f"site '{site.anchor}' belongs to pass {site.pass_name}, not {self.name}")
-        rewritten = self.rewrite(model, site, calib)
-        if verify and self.exactness is Exactness.EXACT:
-            verify_exact(self.name, site.anchor, model, rewritten)
-        return rewritten
+        """The new model with `site` (found on `model`) rewritten. Must not modify `model`."""
 
 
 def verify_exact(pass_name: str, anchor: str, original: Model, rewritten: Model) -> None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from ..analysis import is_depthwise
 from ..ir import Model
 
 # Ops that map channel c of their first input to channel c of their output, and
@@ -105,12 +106,6 @@ def plan_group(model: Model, anchor: onnx.NodeProto, removing: bool = False) -> 
     if removing:
         walk.check_channel_counts()
     return group
-
-
-def is_depthwise(model: Model, conv: onnx.NodeProto) -> bool:
-    weight_shape = model.declared_shape(conv.input[1]) or ()
-    groups = model.attr(conv, "group", 1)
-    return groups > 1 and len(weight_shape) >= 2 and weight_shape[1] == 1 and weight_shape[0] == groups
 
 
 def flattened_shape(model: Model, node: onnx.NodeProto, tensor: str, delta: int = 0) -> np.ndarray | None:

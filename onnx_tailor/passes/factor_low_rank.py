@@ -54,7 +54,9 @@ ridge; for a Gather, diag of the id frequencies), the best rank-r map is
 balanced column by column as above. The rank still comes from the weight
 spectrum, so both methods use the same r and save the same parameters.
 It needs calibration inputs: seeded random ones would fit the factors to
-noise (and a Gather to ids 0..7), so without them it refuses.
+noise (and a Gather to ids 0..7), so without them it refuses
+(`needs_calibration`); its preview, which only needs the structure, is the
+plain SVD's.
 
 Conditions: the weight is a floating-point initializer that no other node
 reads (factoring one reader of a shared table would keep the table and add
@@ -78,13 +80,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import PassError
 from ..ir import Model
 from .base import Declined, Exactness, Param, Pass, Site
 from .capture import Calibration, capture
+from .conv_geometry import ConvGeometry
 from .graph_edit import fresh_name, nodes_by_name
 
-METHODS = ("svd", "whitened")
 ENERGY_SLACK = 1e-9  # a kept fraction this close below `energy` counts as reaching it (ties pick the smaller r)
 RIDGE = 1e-6  # whitened: G + RIDGE * mean(diag G) * I, so directions the data never shows still count a little
 _FACTOR_NAME = re.compile(r"/low_rank_[uv](_\d+)?$")
@@ -107,21 +108,16 @@ class FactorLowRank(Pass):
     exactness = Exactness.LOSSY
     summary = "truncated SVD of a constant MatMul/Gemm/1x1 Conv weight or Gather embedding table: two thin factors"
     params = (
-        Param("rank", int, 0, "rank r of the factors; 0 chooses it by energy"),
-        Param("energy", float, 0.99, "keep the smallest r whose singular values hold this fraction of ||W||^2"),
-        Param("multiple", int, 1, "round r up to a multiple of P, the target's parallelism factor"),
-        Param("method", str, "svd", "svd (best for the weights) or whitened (best for the outputs on calibration data)"),
+        Param("rank", int, 0, "rank r of the factors; 0 chooses it by energy", at_least=0),
+        Param("energy", float, 0.99, "keep the smallest r whose singular values hold this fraction of ||W||^2",
+              above=0.0, at_most=1.0),
+        Param("multiple", int, 1, "round r up to a multiple of P, the target's parallelism factor", at_least=1),
+        Param("method", str, "svd", "svd (best for the weights) or whitened (best for the outputs on calibration data)",
+              choices=("svd", "whitened")),
     )
 
-    def check_params(self, params: dict[str, Any]) -> None:
-        if not 0.0 < params["energy"] <= 1.0:
-            raise PassError(f"{self.name}: energy must be in (0, 1], got {params['energy']:g}")
-        if params["multiple"] < 1:
-            raise PassError(f"{self.name}: multiple must be at least 1, got {params['multiple']}")
-        if params["rank"] < 0:
-            raise PassError(f"{self.name}: rank must be 0 (choose by energy) or positive, got {params['rank']}")
-        if params["method"] not in METHODS:
-            raise PassError(f"{self.name}: method must be one of {', '.join(METHODS)}, got '{params['method']}'")
+    def needs_calibration(self, params) -> bool:
+        return params.get("method") == "whitened"
 
     # -- finding sites ----------------------------------------------------------------
 
@@ -150,7 +146,7 @@ class FactorLowRank(Pass):
                 yield self.decline(node.name, f"rank {r} ({how}) would not reduce {what}: "
                                               f"{r} x ({k} + {n}) = {r * (k + n)} >= {k} x {n} = {k * n}{hint}")
                 continue
-            yield self.site(node.name, {node.name}, {"rank": r, "method": params["method"]},
+            yield self.site(node.name, {node.name}, {"rank": r, "method": params["method"]}, match=found,
                             summary=_summary(found, r, energies, how))
 
     def output_tensor(self, model: Model, site: Site) -> str:
@@ -159,19 +155,19 @@ class FactorLowRank(Pass):
 
     # -- rewriting --------------------------------------------------------------------
 
+    def preview(self, model: Model, site: Site) -> Model:
+        """The factored graph with the plain SVD's factors: the same structure whatever the method."""
+        return self._factored(model, site, None)
+
     def rewrite(self, model: Model, site: Site, calib: Calibration | None = None) -> Model:
-        node = model.node(site.anchor)
-        found = _match(model, node)
-        if not isinstance(found, _Matrix):
-            raise PassError(f"{self.name}: '{site.anchor}' is not a factorable node")
-        params = site.param_dict
-        rank, method = int(params["rank"]), params.get("method", "svd")
-        if method == "whitened" and calib is None:
-            # Seeded random inputs would fit the factors to noise (for a Gather: to ids 0..7 only).
-            raise PassError(f"{self.name}: method=whitened fits the factors to calibration inputs and none were "
-                            "given; pass calibration data, or use method=svd")
+        whitened = site.param_dict.get("method") == "whitened"
+        gram = _input_gram(model, model.node(site.anchor), site.match, calib) if whitened else None
+        return self._factored(model, site, gram)
+
+    def _factored(self, model: Model, site: Site, gram: np.ndarray | None) -> Model:
+        node, found = model.node(site.anchor), site.match
+        rank = int(site.param_dict["rank"])
         weight = _matrix(model, node, found)
-        gram = _input_gram(model, node, found, calib) if method == "whitened" else None
         left, right = factor(weight, rank, gram)
         dtype = model.constant(found.weight).dtype
         left, right = left.astype(dtype), right.astype(dtype)
@@ -387,10 +383,8 @@ def _tensor_values(model: Model, tensor: str, calib: Calibration) -> np.ndarray:
 
 def _pixels_read(model: Model, node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
     """The input pixels a strided 1x1 conv reads (padding adds only zeros, which add nothing to E[x^T x])."""
-    spatial = x.ndim - 2
-    strides = list(model.attr(node, "strides", [1] * spatial))
-    pads = list(model.attr(node, "pads", [0] * (2 * spatial)))
-    if model.attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        pads = [0] * (2 * spatial)
-    index = (slice(None), slice(None)) + tuple(slice((-pads[a]) % strides[a], None, strides[a]) for a in range(spatial))
+    geometry = ConvGeometry.of(model, node)
+    pads, strides = geometry.explicit_pads(x.shape[2:]), geometry.strides
+    index = (slice(None), slice(None)) + tuple(slice((-pads[a]) % strides[a], None, strides[a])
+                                               for a in range(len(strides)))
     return x[index]

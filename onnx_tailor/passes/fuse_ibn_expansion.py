@@ -37,15 +37,13 @@ from typing import Any, Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..analysis import find_ibn_blocks
-from ..errors import PassError
+from ..analysis import IBNBlock, find_ibn_blocks, upstream_nodes
 from ..ir import Model
 from .base import Declined, Exactness, Param, Pass, Site
 from .capture import capture
+from .conv_geometry import ConvGeometry
 from .graph_edit import constant_input, fresh_name, nodes_by_name, set_constant_input
 from .least_squares import fit_conv
-
-INITS = ("lsq", "compose")
 
 
 class FuseIbnExpansion(Pass):
@@ -53,92 +51,74 @@ class FuseIbnExpansion(Pass):
     exactness = Exactness.LOSSY
     summary = "fuse an IBN block's 1x1 expand conv and KxK depthwise conv into one KxK conv"
     params = (Param("init", str, "lsq", "how the fused weights are made: lsq (two-stage least squares on "
-                                        "calibration data) or compose (product of the kernels)"),)
-
-    def check_params(self, params: dict[str, Any]) -> None:
-        if params["init"] not in INITS:
-            raise PassError(f"{self.name}: init must be one of {', '.join(INITS)}, got '{params['init']}'")
+                                        "calibration data) or compose (product of the kernels)",
+                    choices=("lsq", "compose")),)
 
     def survey(self, model: Model, params: dict[str, Any]) -> Iterable[Site | Declined]:
         for block in find_ibn_blocks(model):
             expand, depthwise = model.node(block.expand), model.node(block.depthwise)
-            dilations = model.attr(depthwise, "dilations", [1, 1])
-            if any(d != 1 for d in dilations):
+            if any(d != 1 for d in ConvGeometry.of(model, depthwise).dilations):
                 yield self.decline(block.expand, f"{block.depthwise} is dilated")
+                continue
+            if not ConvGeometry.of(model, expand).is_identity_window:
+                # The fused conv reads the block input where the depthwise conv reads the expansion.
+                yield self.decline(block.expand, "the expand conv is strided or padded")
                 continue
             if not (model.is_constant(expand.input[1]) and model.is_constant(depthwise.input[1])):
                 yield self.decline(block.expand, "the conv weights are not constant")
                 continue
-            between = _between(model, block.expand, block.depthwise)
-            yield self.site(block.expand, {block.expand, block.depthwise, *between},
-                            {"init": params["init"]},
+            between = upstream_nodes(model, depthwise.input[0], stop_at=block.expand)
+            yield self.site(block.expand, {block.expand, block.depthwise, *between}, {"init": params["init"]},
+                            match=block,
                             summary=f"{block.in_channels}->{block.expanded_channels} 1x1 + {block.kernel[0]}x"
                                     f"{block.kernel[1]} depthwise -> one {block.kernel[0]}x{block.kernel[1]} conv "
                                     f"({block.expand_activation} dropped)")
 
     def preview(self, model: Model, site: Site) -> Model:
-        return self._compose(model, site)  # same graph as lsq, without the fitting
+        return _compose(model, site.match)[0]  # same graph as lsq, without the fitting
 
     def output_tensor(self, model: Model, site: Site) -> str:
         """The tensor whose change is the site's local error: the block's projection output."""
-        return model.node(_block(model, site).project).output[0]
+        return model.node(site.match.project).output[0]
 
     def rewrite(self, model: Model, site: Site, calib=None) -> Model:
-        composed = self._compose(model, site)
+        block: IBNBlock = site.match
+        composed, fused = _compose(model, block)
         if site.param_dict["init"] == "compose":
             return composed
-        block = _block(model, site)
         depthwise, project = model.node(block.depthwise), model.node(block.project)
         # Stage 1: the fused conv reproduces the depthwise output from the block input.
         seen = capture(model, [block.input, depthwise.output[0], project.output[0]], calib)
-        attrs = _conv_geometry(model, depthwise)
-        weight, bias = fit_conv(seen[block.input], seen[depthwise.output[0]], *attrs)
-        fitted = _replace_weights(composed, _fused_name(composed, site), weight, bias)
+        weight, bias = fit_conv(seen[block.input], seen[depthwise.output[0]], ConvGeometry.of(model, depthwise))
+        fitted = _replace_weights(composed, fused, weight, bias)
         # Stage 2: the projection reproduces the original block output from its new input.
         new_input = capture(fitted, [project.input[0]], calib)[project.input[0]]
-        weight, bias = fit_conv(new_input, seen[project.output[0]], (1, 1), (1, 1), (0, 0, 0, 0))
+        weight, bias = fit_conv(new_input, seen[project.output[0]], ConvGeometry.of(model, project))
         return _replace_weights(fitted, block.project, weight, bias)
 
-    def _compose(self, model: Model, site: Site) -> Model:
-        graph = model.to_graphsurgeon()
-        nodes = nodes_by_name(graph)
-        expand = nodes[site.anchor]
-        depthwise = nodes[next(n for n in site.nodes if n != site.anchor and nodes[n].op == "Conv")]
-        w_e, w_d = constant_input(expand, 1), constant_input(depthwise, 1)
-        b_e = constant_input(expand, 2)
-        b_d = constant_input(depthwise, 2)
-        ce = w_e.shape[0]
-        b_e = np.zeros(ce, w_e.dtype) if b_e is None else b_e
-        b_d = np.zeros(ce, w_e.dtype) if b_d is None else b_d
-        fused_w = (w_d[:, 0][:, None] * w_e[:, :, 0, 0][:, :, None, None]).astype(w_e.dtype)  # [Ce, Ci, K, K]
-        fused_b = (b_d + b_e * w_d.reshape(ce, -1).sum(axis=1)).astype(w_e.dtype)
-        fused = gs.Node("Conv", name=fresh_name(graph, f"{expand.name}_fused"),
-                        attrs={k: v for k, v in depthwise.attrs.items() if k != "group"} | {"group": 1},
-                        inputs=[expand.inputs[0],
-                                gs.Constant(fresh_name(graph, f"{expand.name}.weight_fused"), fused_w),
-                                gs.Constant(fresh_name(graph, f"{expand.name}.bias_fused"), fused_b)],
-                        outputs=list(depthwise.outputs))
-        depthwise.outputs.clear()
-        graph.nodes.append(fused)
-        return model.from_graphsurgeon(graph)
 
-
-def _block(model: Model, site: Site):
-    return next(b for b in find_ibn_blocks(model) if b.expand == site.anchor)
-
-
-def _fused_name(model: Model, site: Site) -> str:
-    return next(n.name for n in model.nodes if n.name.startswith(f"{site.anchor}_fused"))
-
-
-def _conv_geometry(model: Model, conv) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
-    weight = model.declared_shape(conv.input[1])
-    kernel = (weight[2], weight[3])
-    strides = tuple(model.attr(conv, "strides", [1, 1]))
-    pads = model.attr(conv, "pads", [0, 0, 0, 0])
-    if model.attr(conv, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-        raise PassError(f"{conv.name}: auto_pad is not supported by the least-squares fit")
-    return kernel, strides, (pads[0], pads[1], pads[2], pads[3])
+def _compose(model: Model, block: IBNBlock) -> tuple[Model, str]:
+    """The fused graph with the product of the kernels as weights, and the fused conv's name."""
+    graph = model.to_graphsurgeon()
+    nodes = nodes_by_name(graph)
+    expand, depthwise = nodes[block.expand], nodes[block.depthwise]
+    w_e, w_d = constant_input(expand, 1), constant_input(depthwise, 1)
+    b_e = constant_input(expand, 2)
+    b_d = constant_input(depthwise, 2)
+    ce = w_e.shape[0]
+    b_e = np.zeros(ce, w_e.dtype) if b_e is None else b_e
+    b_d = np.zeros(ce, w_e.dtype) if b_d is None else b_d
+    fused_w = (w_d[:, 0][:, None] * w_e[:, :, 0, 0][:, :, None, None]).astype(w_e.dtype)  # [Ce, Ci, K, K]
+    fused_b = (b_d + b_e * w_d.reshape(ce, -1).sum(axis=1)).astype(w_e.dtype)
+    fused = gs.Node("Conv", name=fresh_name(graph, f"{expand.name}_fused"),
+                    attrs={k: v for k, v in depthwise.attrs.items() if k != "group"} | {"group": 1},
+                    inputs=[expand.inputs[0],
+                            gs.Constant(fresh_name(graph, f"{expand.name}.weight_fused"), fused_w),
+                            gs.Constant(fresh_name(graph, f"{expand.name}.bias_fused"), fused_b)],
+                    outputs=list(depthwise.outputs))
+    depthwise.outputs.clear()
+    graph.nodes.append(fused)
+    return model.from_graphsurgeon(graph), fused.name
 
 
 def _replace_weights(model: Model, conv_name: str, weight: np.ndarray, bias: np.ndarray) -> Model:
@@ -147,16 +127,3 @@ def _replace_weights(model: Model, conv_name: str, weight: np.ndarray, bias: np.
     set_constant_input(graph, conv, 1, weight, "weight_fit")
     set_constant_input(graph, conv, 2, bias, "bias_fit")
     return model.from_graphsurgeon(graph)
-
-
-def _between(model: Model, expand: str, depthwise: str) -> set[str]:
-    """Nodes on the paths from the expand conv's output to the depthwise conv (the activation)."""
-    target = model.node(depthwise).input[0]
-    found, frontier = set(), [target]
-    while frontier:
-        node = model.producer(frontier.pop())
-        if node is None or node.name == expand or node.name in found:
-            continue
-        found.add(node.name)
-        frontier.extend(i for i in node.input if i and not model.is_constant(i))
-    return found

@@ -1,17 +1,29 @@
-"""Least-squares weight fitting for data-aware rewrites.
+"""Least-squares weight fitting for data-aware rewrites: one ridge solver, one im2col.
 
 A conv is a linear map of its input patches, so fitting its weights to
 reproduce a target tensor is a ridge regression: rows are output positions,
-features are the KxK x Cin patch (plus 1 for the bias). The normal equations
-are accumulated one chunk of images at a time, so memory stays bounded
-whatever the calibration set's size.
+features the KxK x Cin patch. `Moments` holds the sufficient statistics of
+such a regression, accumulated one chunk of samples at a time so that memory
+stays bounded whatever the calibration set's size, and solves
+
+    argmin_{W, b} ||X W + b - Y||^2 + lam ||W - W0||^2      (b free, not penalised)
+
+with lam = `ridge` x the mean diagonal of the centred Gram matrix, so that a
+ridge means the same at any activation scale. W0 (the prior) is zero for a
+fresh fit and the original weights for a refit, which then tends to "keep
+the weights and correct the bias" rather than to zero as lam grows.
 """
 
 from __future__ import annotations
 
-import contextlib
+from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits  # a dependency of scikit-learn, so always installed
+
+from .conv_geometry import ConvGeometry
+
+CHUNK_ELEMENTS = 1 << 22  # design-matrix elements per chunk when accumulating moments
 
 
 def single_threaded_blas():
@@ -19,27 +31,7 @@ def single_threaded_blas():
     features at most): one thread computes them as fast, repeatably, and without the
     spin-waiting multi-threaded OpenBLAS shows on a busy machine (seconds instead of
     milliseconds)."""
-    try:
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
     return threadpool_limits(1, user_api="blas")
-
-
-def explicit_pads(auto_pad: str, pads, in_hw: tuple[int, int], out_hw: tuple[int, int], kernel: tuple[int, int],
-                  strides: tuple[int, int], dilations: tuple[int, int] = (1, 1)) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) padding of a Conv, whether given or implied by auto_pad."""
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        total = [max((o - 1) * s + (k - 1) * d + 1 - i, 0)
-                 for o, s, k, d, i in zip(out_hw, strides, kernel, dilations, in_hw)]
-        small = [t // 2 for t in total]
-        if auto_pad == "SAME_UPPER":
-            return small[0], small[1], total[0] - small[0], total[1] - small[1]
-        return total[0] - small[0], total[1] - small[1], small[0], small[1]
-    if auto_pad == "VALID":
-        return 0, 0, 0, 0
-    top, left, bottom, right = pads
-    return top, left, bottom, right
 
 
 def patches(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], pads: tuple[int, int, int, int],
@@ -59,33 +51,90 @@ def patches(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], pa
     return cols.reshape(n * ho * wo, c * kh * kw)
 
 
+def design(x: np.ndarray, geometry: ConvGeometry | None) -> np.ndarray:
+    """Rows of input features: a 2-D conv's im2col patches, or the flattened samples of a matrix's input."""
+    if geometry is None:
+        return x.reshape(x.shape[0], -1)
+    return patches(x, geometry.kernel, geometry.strides, geometry.explicit_pads(x.shape[2:]), geometry.dilations)
+
+
 def rows(y: np.ndarray) -> np.ndarray:
-    """[N, C, H, W] -> [N * H * W, C], matching `patches`' row order."""
-    return y.transpose(0, 2, 3, 1).reshape(-1, y.shape[1])
+    """Target rows matching `design`'s: [N, C, *spatial] -> [N * prod(spatial), C]; a matrix stays as it is."""
+    return y if y.ndim == 2 else np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
 
 
-def fit_conv(x: np.ndarray, y: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
-             pads: tuple[int, int, int, int], ridge: float = 1e-4, chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Weights [Co, Ci, Kh, Kw] and bias [Co] of the conv that maps x to y best in least squares.
+@dataclass
+class Moments:
+    """Sums over design rows x and target rows y: n, sum x, sum y, x'x, x'y, sum |y|^2."""
 
-    `ridge` is relative to the mean diagonal of the Gram matrix, so it means the
-    same at any activation scale.
-    """
+    n: int
+    sx: np.ndarray
+    sy: np.ndarray
+    xx: np.ndarray
+    xy: np.ndarray
+    yy: float
+    with_bias: bool
+
+    @staticmethod
+    def of(x: np.ndarray, y: np.ndarray, with_bias: bool) -> "Moments":
+        return Moments(len(x), x.sum(0), y.sum(0), x.T @ x, x.T @ y, float(np.sum(y * y)), with_bias)
+
+    @staticmethod
+    def accumulate(x: np.ndarray, y: np.ndarray, geometry: ConvGeometry | None, with_bias: bool = True,
+                   outputs: np.ndarray | None = None) -> "Moments":
+        """The moments of (design rows of x, target rows of y[:, outputs]), a chunk of samples at a time."""
+        features = design(x[:1], geometry).shape[1]
+        per_sample = max(1, rows(y[:1]).shape[0])
+        chunk = max(1, CHUNK_ELEMENTS // max(1, per_sample * features))
+        total = None
+        for start in range(0, x.shape[0], chunk):
+            a = design(x[start:start + chunk], geometry).astype(np.float64)
+            b = rows(y[start:start + chunk]).astype(np.float64)
+            part = Moments.of(a, b if outputs is None else b[:, outputs], with_bias)
+            total = part if total is None else total + part
+        return total
+
+    def __add__(self, other: "Moments") -> "Moments":
+        return Moments(self.n + other.n, self.sx + other.sx, self.sy + other.sy, self.xx + other.xx,
+                       self.xy + other.xy, self.yy + other.yy, self.with_bias)
+
+    def restrict(self, columns: np.ndarray, outputs: np.ndarray | None) -> "Moments":
+        """The moments of a subset of the features (and of the outputs)."""
+        xy, sy = self.xy[columns], self.sy
+        if outputs is not None:
+            xy, sy = xy[:, outputs], sy[outputs]
+        return Moments(self.n, self.sx[columns], sy, self.xx[np.ix_(columns, columns)], xy, self.yy, self.with_bias)
+
+    def centred(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Gram, cross) of the centred rows when there is a bias to absorb the means, else raw."""
+        if not self.with_bias:
+            return self.xx, self.xy
+        mx, my = self.sx / self.n, self.sy / self.n
+        return self.xx - self.n * np.outer(mx, mx), self.xy - self.n * np.outer(mx, my)
+
+    @staticmethod
+    def penalty(gram: np.ndarray, ridge: float) -> float:
+        """lam: `ridge` relative to the mean diagonal of `gram` (absolute when the Gram matrix is zero)."""
+        scale = float(np.trace(gram)) / max(len(gram), 1)
+        return ridge * scale if scale > 0 else ridge
+
+    def solve(self, ridge: float, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(W [features, outputs], b [outputs] or None without a bias): the ridge fit above, in float64."""
+        gram, cross = self.centred()
+        lam = self.penalty(gram, ridge)
+        lhs = gram + lam * np.eye(len(gram))
+        rhs = cross if prior is None else cross + lam * prior
+        try:
+            weight = np.linalg.solve(lhs, rhs)
+        except np.linalg.LinAlgError:
+            weight = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        if not self.with_bias:
+            return weight, None
+        return weight, (self.sy - self.sx @ weight) / self.n
+
+
+def fit_conv(x: np.ndarray, y: np.ndarray, geometry: ConvGeometry, ridge: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Weights [Co, Ci, Kh, Kw] and bias [Co] (float32) of the conv of `geometry` that maps x to y best."""
     with single_threaded_blas():
-        return _fit_conv(x, y, kernel, strides, pads, ridge, chunk)
-
-
-def _fit_conv(x, y, kernel, strides, pads, ridge, chunk):
-    features = x.shape[1] * kernel[0] * kernel[1] + 1
-    gram = np.zeros((features, features))
-    cross = np.zeros((features, y.shape[1]))
-    for start in range(0, x.shape[0], chunk):
-        a = patches(x[start:start + chunk].astype(np.float64), kernel, strides, pads)
-        a = np.hstack([a, np.ones((a.shape[0], 1))])
-        b = rows(y[start:start + chunk].astype(np.float64))
-        gram += a.T @ a
-        cross += a.T @ b
-    gram += np.eye(features) * ridge * max(np.trace(gram) / features, 1e-12)
-    solution = np.linalg.solve(gram, cross)  # [features, Co]
-    weight = solution[:-1].T.reshape(y.shape[1], x.shape[1], kernel[0], kernel[1])
-    return weight.astype(np.float32), solution[-1].astype(np.float32)
+        weight, bias = Moments.accumulate(x, y, geometry).solve(ridge)
+    return weight.T.reshape(y.shape[1], x.shape[1], *geometry.kernel).astype(np.float32), bias.astype(np.float32)

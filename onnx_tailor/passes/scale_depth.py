@@ -18,7 +18,7 @@ the expand conv; applying every site is the whole-model multiplier (the
 driver applies them in graph order, so each block is fitted on activations
 of the network with the earlier blocks already narrowed).
 
-It is align_channels' machinery (`align_channels.remove_channels`) with a
+It is align_channels' machinery (`channel_removal.remove_channels`) with a
 different target width, restricted to the expansion: the channel group of the
 expand conv's output must stay inside the block. Sources may be the expand
 conv and the squeeze-excitation expand conv; consumers the projection and the
@@ -34,14 +34,14 @@ Lossy: the local error is the relative change of the projection conv's output
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..analysis import IBNBlock, find_ibn_blocks
-from ..errors import PassError
 from ..ir import Model
-from .align_channels import check_removal_params, remove_channels
 from .base import Declined, Exactness, Param, Pass, Site
-from .channel_groups import Decline, plan_group
+from .channel_groups import ChannelGroup, Decline, plan_group
+from .channel_removal import REMOVAL_PARAMS, remove_channels
 
 
 def scaled_width(channels: int, alpha: float, multiple: int) -> int:
@@ -49,24 +49,23 @@ def scaled_width(channels: int, alpha: float, multiple: int) -> int:
     return max(multiple, math.floor(alpha * channels / multiple + 0.5) * multiple)
 
 
+@dataclass(frozen=True)
+class NarrowedExpansion:
+    """A scale_depth site's match: the block, its expansion's channel group, and the new width."""
+
+    block: IBNBlock
+    group: ChannelGroup
+    width: int
+
+
 class ScaleDepth(Pass):
     name = "scale_depth"
     exactness = Exactness.LOSSY
     summary = "narrow an IBN block's expansion to alpha x its width, aligned to P, refitting the projection"
     params = (
-        Param("alpha", float, 0.75, "the width multiplier, in (0, 1]"),
-        Param("multiple", int, 8, "the parallelism factor P the new width is a multiple of"),
-        Param("importance", str, "greedy", "which channels to keep: greedy | energy | l1 | first"),
-        Param("refit", str, "lstsq", "refit the projection (and SE) on calibration data: lstsq | none"),
-        Param("ridge", float, 1e-3, "ridge strength, relative to the mean diagonal of the Gram matrix"),
-    )
-
-    def check_params(self, params: dict[str, Any]) -> None:
-        if not 0.0 < params["alpha"] <= 1.0:
-            raise PassError(f"{self.name}: alpha must be in (0, 1], got {params['alpha']}")
-        if params["multiple"] < 1:
-            raise PassError(f"{self.name}: 'multiple' must be at least 1, got {params['multiple']}")
-        check_removal_params(self.name, params)
+        Param("alpha", float, 0.75, "the width multiplier", above=0.0, at_most=1.0),
+        Param("multiple", int, 8, "the parallelism factor P the new width is a multiple of", at_least=1),
+    ) + REMOVAL_PARAMS
 
     def survey(self, model: Model, params: dict[str, Any]) -> Iterable[Site | Declined]:
         for block in find_ibn_blocks(model):
@@ -85,34 +84,26 @@ class ScaleDepth(Pass):
             if unexpected:
                 yield self.decline(block.expand, f"the expanded channels also reach {unexpected}, outside the block")
                 continue
-            yield self.site(block.expand, group.nodes, params,
+            yield self.site(block.expand, group.nodes, params, match=NarrowedExpansion(block, group, target),
                             summary=f"expansion {channels} -> {target} channels "
                                     f"(alpha {params['alpha']:g}, P {params['multiple']}); refits the projection"
                                     + (" and the SE reduce conv" if block.squeeze_excitation else ""))
 
     def output_tensor(self, model: Model, site: Site) -> str:
         """The projection conv's output (see the module docstring)."""
-        return model.node(_block(model, site.anchor).project).output[0]
+        return model.node(site.match.block.project).output[0]
 
     def preview(self, model: Model, site: Site) -> Model:
         """The narrowed graph without the data-aware choice and refit (same shapes, cheap)."""
-        return remove_channels(model, site.anchor, self._target(model, site), "first", "none")
+        return remove_channels(model, site.match.group, site.match.width, "first", "none")
 
     def rewrite(self, model: Model, site: Site, calib=None) -> Model:
         params = site.param_dict
-        return remove_channels(model, site.anchor, self._target(model, site), params["importance"],
+        return remove_channels(model, site.match.group, site.match.width, params["importance"],
                                params["refit"], params["ridge"], calib)
 
-    def _target(self, model: Model, site: Site) -> int:
-        params = site.param_dict
-        return scaled_width(_block(model, site.anchor).expanded_channels, params["alpha"], params["multiple"])
 
-
-def _block(model: Model, expand: str) -> IBNBlock:
-    return next(b for b in find_ibn_blocks(model) if b.expand == expand)
-
-
-def _outside_block(group, block: IBNBlock) -> str:
+def _outside_block(group: ChannelGroup, block: IBNBlock) -> str:
     """The first op of the group that plays a role the block does not explain, as 'name (role)'."""
     se = set(block.squeeze_excitation)
     roles = [("producer", sorted(group.sources - {block.expand} - se)),

@@ -15,15 +15,8 @@ def beam(ctx: SearchContext, width: int = 4, expansions_per_node: int = 6) -> No
     while frontier and not ctx.out_of_time():
         children: dict[str, Node] = {}
         for node in frontier:
-            tried = 0
-            for candidate in ctx.candidates(node):
-                if tried >= expansions_per_node or ctx.out_of_time():
-                    break
-                if not ctx.worth_applying(node, candidate):
-                    continue
-                tried += 1
-                child = ctx.expand(node, candidate)
-                if child is not None and child.feasible and child.latency_s < node.latency_s:
+            for child in ctx.children(node, expansions_per_node):
+                if child.feasible and child.latency_s < node.latency_s:
                     children.setdefault(child.key, child)
         frontier = sorted(children.values(), key=lambda n: (n.latency_s, n.key))[:width]
         if frontier:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..analysis import memory_summary
 from ..costmodel import cost_model_for
 from ..costmodel.target import Target
 from ..ir import Model
-from ..passes import Exactness, get_pass
-from ..passes.local_error import local_error
+from ..passes import Exactness, Site, Step, apply_step, get_pass
 from .constraints import Constraints
 
 # A lossy rewrite whose block output changes by more than this is not worth an evaluation.
@@ -30,19 +29,12 @@ MIN_GAIN = 5e-3
 
 
 @dataclass(frozen=True)
-class Step:
-    """One application: what a recipe stores."""
+class Judgement:
+    """A model's metric on the evaluation split, its drop against the original, and whether that is too much."""
 
-    pass_name: str
-    anchor: str
-    params: tuple[tuple[str, Any], ...] = ()
-
-    def to_dict(self) -> dict:
-        return {"pass": self.pass_name, "anchor": self.anchor, "params": dict(self.params)}
-
-    def __str__(self) -> str:
-        params = ",".join(f"{k}={v}" for k, v in self.params)
-        return f"{self.pass_name}@{self.anchor}" + (f"[{params}]" if params else "")
+    score: Any  # accuracy.Score
+    drop: float  # in metric units; positive is worse
+    over_budget: str | None  # why the drop breaks the budget, in words; None within it
 
 
 @dataclass
@@ -56,6 +48,15 @@ class SearchData:
     original_score: Any  # accuracy.Score of the original on the evaluation split
     allowed_drop: float
     calibration_fingerprint: str = ""
+
+    def judge(self, model: Model, original: Model) -> Judgement:
+        """Score `model` on the evaluation split against `original` and check the accuracy budget."""
+        score = self.evaluator.score(model, self.evaluation, self.metric, reference=original)
+        drop = (self.original_score.value - score.value) * (1 if self.original_score.higher_is_better else -1)
+        over = None
+        if drop > self.allowed_drop + 1e-9:
+            over = f"{self.metric} drops {drop:.2f} against the original, over the budget of {self.allowed_drop:.2f}"
+        return Judgement(score, drop, over)
 
 
 @dataclass
@@ -80,9 +81,12 @@ class Node:
 
 @dataclass(frozen=True)
 class Candidate:
-    step: Step
-    site: Any  # passes.Site
+    site: Site  # found on the parent node's model
     predicted_s: float
+
+    @property
+    def step(self) -> Step:
+        return self.site.step
 
 
 @dataclass
@@ -135,13 +139,9 @@ class SearchContext:
                     memory.peak_activation_bytes, local_error=score_local)
         node.reason = self.constraints.memory_violation(node.param_bytes, node.activation_bytes)
         if self.data is not None and steps:
-            node.score = self.data.evaluator.score(model, self.data.evaluation, self.data.metric,
-                                                   reference=self.original)
-            original = self.data.original_score
-            node.drop = (original.value - node.score.value) * (1 if original.higher_is_better else -1)
-            if node.reason is None and node.drop > self.data.allowed_drop + 1e-9:
-                node.reason = (f"{self.data.metric} drops {node.drop:.2f} against the original, "
-                               f"over the budget of {self.data.allowed_drop:.2f}")
+            judgement = self.data.judge(model, self.original)
+            node.score, node.drop = judgement.score, judgement.drop
+            node.reason = node.reason or judgement.over_budget
             self.stats.evaluated += 1
         elif self.data is not None:
             node.score = self.data.original_score
@@ -169,13 +169,12 @@ class SearchContext:
                 continue
             params = self.params_for(rewrite)
             for site in rewrite.find(node.model, **params):
-                step = Step(rewrite.name, site.anchor, site.params)
-                key = (node.key, step)
+                key = (node.key, site.step)
                 if key not in self._previews:
                     preview = rewrite.preview(node.model, site)
                     self._previews[key] = self.cost_model.predict(preview).latency_s
                     self.stats.previewed += 1
-                found.append(Candidate(step, site, self._previews[key]))
+                found.append(Candidate(site, self._previews[key]))
         found.sort(key=lambda c: (c.predicted_s, str(c.step)))
         return found
 
@@ -186,23 +185,34 @@ class SearchContext:
             return False
         return True
 
+    def children(self, node: Node, limit: int) -> Iterator[Node]:
+        """Children of `node` from its `limit` most promising candidates worth applying, fastest
+        predicted first, while time lasts; a candidate not worth evaluating yields nothing."""
+        tried = 0
+        for candidate in self.candidates(node):
+            if tried >= limit or self.out_of_time():
+                return
+            if not self.worth_applying(node, candidate):
+                continue
+            tried += 1
+            child = self.expand(node, candidate)
+            if child is not None:
+                yield child
+
     def expand(self, node: Node, candidate: Candidate) -> Node | None:
         """Apply a candidate for real and measure the result; None when it is not worth evaluating."""
         key = (node.key, candidate.step)
         if key in self._children:
             return self._children[key]
-        rewrite = get_pass(candidate.step.pass_name)
         calib = self.data.calibration if self.data is not None else None
-        model = rewrite.apply(node.model, candidate.site, calib)
+        applied = apply_step(node.model, candidate.site, calib)
         self.stats.applied += 1
-        error = None
-        if rewrite.exactness is Exactness.LOSSY:
-            error = local_error(node.model, model, rewrite.output_tensor(node.model, candidate.site), calib)
-            if error > MAX_LOCAL_ERROR:
-                self._note(node, candidate, f"local error {error:.2f} too large to evaluate")
-                self._children[key] = None
-                return None
-        child = self.node(model, node.steps + (candidate.step,), error)
+        error = applied.local_error
+        if error is not None and error > MAX_LOCAL_ERROR:
+            self._note(node, candidate, f"local error {error:.2f} too large to evaluate")
+            self._children[key] = None
+            return None
+        child = self.node(applied.model, node.steps + (candidate.step,), error)
         self._note(node, candidate, "feasible" if child.feasible else child.reason, child)
         self._children[key] = child
         return child

@@ -13,18 +13,7 @@ from .context import Node, SearchContext
 def greedy(ctx: SearchContext, evaluations_per_step: int = 8) -> Node | None:
     current = ctx.root
     while not ctx.out_of_time():
-        taken = None
-        tried = 0
-        for candidate in ctx.candidates(current):
-            if tried >= evaluations_per_step or ctx.out_of_time():
-                break
-            if not ctx.worth_applying(current, candidate):
-                continue
-            tried += 1
-            child = ctx.expand(current, candidate)
-            if child is not None and child.feasible:
-                taken = child
-                break
+        taken = next((child for child in ctx.children(current, evaluations_per_step) if child.feasible), None)
         if taken is None:
             break
         ctx.progress(f"step {len(taken.steps)}: {taken.steps[-1]} -> {taken.latency_s * 1e3:.4f} ms predicted")

@@ -151,13 +151,11 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     _check_loadable(final)
     final_node = ctx.node(final, chosen.steps, chosen.local_error)  # cached when identical; else measured anew
     if search_data is not None:  # the final model is judged again, on its own, before it is written
-        rescored = search_data.evaluator.score(final, search_data.evaluation, search_data.metric, reference=model)
-        original = search_data.original_score
-        final_node.score = rescored
-        final_node.drop = (original.value - rescored.value) * (1 if original.higher_is_better else -1)
-        if final_node.drop > search_data.allowed_drop + 1e-9:
-            raise RuntimeError(f"the final model's {search_data.metric} drop {final_node.drop:.3f} exceeds the budget "
-                               f"on re-evaluation; nothing was written (a bug: please report it)")
+        judgement = search_data.judge(final, model)
+        final_node.score, final_node.drop = judgement.score, judgement.drop
+        if judgement.over_budget:
+            raise RuntimeError(f"the final model breaks the budget on re-evaluation ({judgement.over_budget}); "
+                               "nothing was written (a bug: please report it)")
     measured = _measure_side_by_side(model, final, target) if measure and target.kind == "ort" else None
     if measure and target.kind != "ort":
         notes.append(f"--measure times models with onnxruntime; {target.name} is {target.kind}, so nothing was timed")

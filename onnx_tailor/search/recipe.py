@@ -17,9 +17,7 @@ from pathlib import Path
 from ..errors import TailorError
 from ..ir import Model
 from ..ir.io import write_text_atomic
-from ..passes import Exactness, get_pass
-from ..passes.driver import site_at
-from .context import Step
+from ..passes import Exactness, Step, apply_step, get_pass
 
 FORMAT = "onnx-tailor-recipe/1"
 
@@ -87,7 +85,5 @@ def replay(recipe: Recipe, model: Model, calibration: dict | None = None,
                               "(same file, seed and split needed for an identical result)")
     current = model
     for step in recipe.steps:
-        rewrite = get_pass(step.pass_name)
-        site = site_at(rewrite, current, step.anchor, dict(step.params))
-        current = rewrite.apply(current, site, calibration)
+        current = apply_step(current, step, calibration).model
     return current

@@ -12,7 +12,8 @@ from onnx_tailor.errors import PassError
 from onnx_tailor.ir import Model, run
 from onnx_tailor.passes import apply_pass, get_pass
 from onnx_tailor.passes.canonicalize import canonicalize
-from onnx_tailor.passes.least_squares import explicit_pads, patches
+from onnx_tailor.passes.conv_geometry import ConvGeometry
+from onnx_tailor.passes.least_squares import design
 from tests.graphs import GraphBuilder, tensor_value, tiny_mobilenet
 
 align = get_pass("align_channels")
@@ -115,8 +116,8 @@ def test_im2col_matches_a_strided_dilated_padded_conv(auto_pad):
     model = Model(b.build({"x": (2, 6, 9, 7)}, [y]))
     x = b.rng.standard_normal((2, 6, 9, 7)).astype(np.float32)
     expected = run(model, {"x": x})[y]
-    pads = explicit_pads(auto_pad, [1, 0, 2, 1], (9, 7), expected.shape[2:], (3, 2), (2, 1), dilations)
-    rows = patches(x, (3, 2), (2, 1), pads, dilations) @ model.constant(w).reshape(5, -1).T
+    geometry = ConvGeometry.of(model, model.nodes[0])
+    rows = design(x, geometry) @ model.constant(w).reshape(5, -1).T
     got = rows.reshape(2, *expected.shape[2:], 5).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 

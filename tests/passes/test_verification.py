@@ -5,6 +5,7 @@ import pytest
 
 from onnx_tailor.errors import VerificationError
 from onnx_tailor.ir import Model
+from onnx_tailor.passes import apply_step, registry
 from onnx_tailor.passes.densify_depthwise import DensifyDepthwise
 from onnx_tailor.passes.graph_edit import constant_input, nodes_by_name, set_constant_input
 from tests.graphs import GraphBuilder
@@ -23,11 +24,12 @@ class _OffByOne(DensifyDepthwise):
         return rewritten.from_graphsurgeon(graph)
 
 
-def test_a_wrong_exact_rewrite_is_refused_with_pass_and_site():
+def test_a_wrong_exact_rewrite_is_refused_with_pass_and_site(monkeypatch):
     b = GraphBuilder(seed=8)
     model = Model(b.build({"x": (1, 4, 6, 6)}, [b.conv("x", 4, 4, 3, group=4, name="dw")]))
     broken = _OffByOne()
+    monkeypatch.setitem(registry._PASSES, broken.name, broken)  # apply_step finds passes by name
     [site] = broken.find(model)
     with pytest.raises(VerificationError, match=r"densify_depthwise at site dw changed the model's outputs"):
-        broken.apply(model, site)
+        apply_step(model, site)
     assert np.isfinite(model.constant(model.node("dw").input[1])).all()  # input untouched

@@ -137,17 +137,18 @@ def test_cli_writes_model_report_recipe_and_replays_byte_identically(tmp_path):
 def test_passes_never_see_the_evaluation_split(tiny, monkeypatch):
     """Every array a pass is handed comes from the calibration split, none from the evaluation split."""
     from onnx_tailor import accuracy
-    from onnx_tailor.passes.base import Pass
+    from onnx_tailor.passes import apply_step
+    from onnx_tailor.search import context, recipe
 
     seen = []
-    real_apply = Pass.apply
 
-    def spy(self, model, site, calib=None, verify=True):
+    def spy(model, step, calib=None, **options):
         if calib is not None:
             seen.append(calib["input"])
-        return real_apply(self, model, site, calib, verify)
+        return apply_step(model, step, calib, **options)
 
-    monkeypatch.setattr(Pass, "apply", spy)
+    for searching in (context, recipe):  # the search's candidates and the replay of its recipe
+        monkeypatch.setattr(searching, "apply_step", spy)
     dataset = accuracy.random_dataset(tiny, samples=40, seed=4)
     split = accuracy.split_dataset(dataset, calibration=0.5, seed=0)
     run(tiny, data=dataset)

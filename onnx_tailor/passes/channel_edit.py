@@ -1,0 +1,107 @@
+"""Editing a channel group: one walk over its roles, with the edit (pad or keep) as the argument.
+
+`channel_groups.plan_group` finds every op whose channel axis changes with an
+anchor conv's output channels and sorts them into roles. An edit says what
+happens along one channel axis: `Pad(added)` appends `added` channels of a
+fill value (zero filters, or an op's neutral constant), `Keep(channels)`
+keeps those channels in their order. `edit_group` applies one edit to every
+role of the group:
+- sources: output filters and bias;
+- sinks: input weight rows (`rows_per_channel` per channel, channel-major);
+- depthwise convs: filters, bias and `group`;
+- per-channel constants: along their channel axis (padding with the op's neutral value);
+- flattening Reshapes: the target shape.
+pad_channels pads with it; align_channels and scale_depth keep with it, and
+write their refitted consumers' weights themselves (`written`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Mapping
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..ir import Model
+from .channel_groups import ChannelGroup, flattened_shape, sink_weight_axis, source_weight_axis, weight_rows
+from .graph_edit import constant_input, nodes_by_name, set_constant_input
+
+WriteWeights = Callable[[gs.Graph, gs.Node], None]
+
+
+class ChannelEdit(ABC):
+    suffix: ClassVar[str]  # names the new constants: weight_<suffix>
+
+    @abstractmethod
+    def count(self, channels: int) -> int:
+        """How many channels a tensor of the group has after the edit."""
+
+    @abstractmethod
+    def along(self, value: np.ndarray, axis: int, fill: float = 0.0, per_channel: int = 1) -> np.ndarray:
+        """`value` edited along `axis`, where each channel owns `per_channel` consecutive entries."""
+
+
+@dataclass(frozen=True)
+class Pad(ChannelEdit):
+    added: int
+    suffix = "padded"
+
+    def count(self, channels: int) -> int:
+        return channels + self.added
+
+    def along(self, value: np.ndarray, axis: int, fill: float = 0.0, per_channel: int = 1) -> np.ndarray:
+        widths = [(0, 0)] * value.ndim
+        widths[axis] = (0, self.added * per_channel)
+        return np.pad(value, widths, constant_values=fill)
+
+
+@dataclass(frozen=True, eq=False)
+class Keep(ChannelEdit):
+    channels: np.ndarray  # the kept channel indices, ascending
+    suffix = "narrowed"
+
+    def count(self, channels: int) -> int:
+        return len(self.channels)
+
+    def along(self, value: np.ndarray, axis: int, fill: float = 0.0, per_channel: int = 1) -> np.ndarray:
+        return np.take(value, weight_rows(self.channels, per_channel), axis=axis)
+
+
+def edit_group(model: Model, group: ChannelGroup, edit: ChannelEdit,
+               written: Mapping[str, WriteWeights] | None = None) -> Model:
+    """`model` with `edit` applied to every role of `group` (found on `model`); the sources and
+    sinks named in `written` get their weights from those functions instead."""
+    written = written or {}
+    suffix = edit.suffix
+    graph = model.to_graphsurgeon()
+    nodes = nodes_by_name(graph)
+    for name in sorted(group.sources | set(group.sinks)):
+        node = nodes[name]
+        if name in written:
+            written[name](graph, node)
+            continue
+        weight, bias = constant_input(node, 1), constant_input(node, 2)
+        if name in group.sources:  # a conv inside a residual stage is a source and a sink
+            weight = edit.along(weight, source_weight_axis(node.op))
+            if bias is not None:
+                set_constant_input(graph, node, 2, edit.along(bias, 0), f"bias_{suffix}")
+        if name in group.sinks:
+            weight = edit.along(weight, sink_weight_axis(node.op, node.attrs), per_channel=group.sinks[name])
+        set_constant_input(graph, node, 1, weight, f"weight_{suffix}")
+    for name in sorted(group.depthwise):
+        node = nodes[name]
+        set_constant_input(graph, node, 1, edit.along(constant_input(node, 1), 0), f"weight_{suffix}")
+        if constant_input(node, 2) is not None:
+            set_constant_input(graph, node, 2, edit.along(constant_input(node, 2), 0), f"bias_{suffix}")
+        node.attrs["group"] = edit.count(int(node.attrs["group"]))
+    for (name, index), (axis, fill) in sorted(group.constants.items()):
+        node = nodes[name]
+        set_constant_input(graph, node, index, edit.along(constant_input(node, index), axis, fill),
+                           f"in{index}_{suffix}")
+    delta = edit.count(group.channels) - group.channels
+    for name, tensor in sorted(group.reshapes.items()):
+        set_constant_input(graph, nodes[name], 1, flattened_shape(model, model.node(name), tensor, delta),
+                           f"shape_{suffix}")
+    return model.from_graphsurgeon(graph)

@@ -1,0 +1,285 @@
+"""Removing channels from a channel group: which to keep, and refitting the consumers that read them.
+
+align_channels (down to a multiple of P) and scale_depth (an IBN block's
+expansion to alpha x its width) both cut the output channels of a conv, and
+with them its whole channel group (`channel_groups.plan_group`), to
+`keep_count`. This module decides which channels stay and what the group's
+consumers (its sinks) compute from the rest; `channel_edit` writes the graph.
+
+`importance` (which channels to keep):
+- `greedy` (default): data-aware backward elimination. On calibration
+  activations of the original network, repeatedly remove the channel whose
+  removal raises the consumers' least-squares reconstruction error the least
+  (relative error, summed over the group's consumers), with the refit in the
+  loop: a channel the others can stand in for goes first. Closed-form
+  (Optimal-Brain-Surgeon style updates of the inverse Gram matrix), so it
+  costs one pass over the data.
+- `energy`: data-aware, one shot: keep the channels that carry most output
+  energy, E[x_c^2] * ||V[:, c]||^2 / E||y||^2 summed over the consumers.
+- `l1`: data-free: the L1 norm of each channel's producer filters.
+- `first`: keep channels 0..C'-1 (the naive baseline).
+
+`refit`: `lstsq` (default) or `none` (the consumers' kept input weights
+unchanged: the naive variant). With lstsq each consumer V, b is refitted as
+
+    V', b' = argmin_{V, b} ||conv(x_K, V) + b - y||^2 + lambda ||V - V[:, K]||^2
+
+on calibration inputs: x_K are the kept channels as the rewritten network
+computes them, y is the consumer's output in the original network; lambda =
+`ridge` x the mean diagonal of the centred Gram matrix (`least_squares.Moments`).
+Consumers refitted: Conv (2-D, any kernel, stride, padding and dilation, by
+im2col), Gemm and MatMul. A ConvTranspose consumer only drops its rows.
+Consumers are refitted in dependency order: one that reads the output of
+another consumer of the group (the SE reduce conv feeds the gate that the
+projection reads) is fitted on activations of the network with the first
+already refitted.
+
+`calib` is the calibration split's inputs. Without it the removal falls back
+to FALLBACK_SAMPLES seeded random (standard normal) samples: enough to run,
+but channel statistics of noise are not those of real data, and the
+selection and refit are much better on real calibration data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..analysis import upstream_nodes
+from ..errors import PassError
+from ..ir import Model, seeded_inputs
+from .base import Param
+from .capture import Calibration, capture
+from .channel_edit import Keep, edit_group
+from .channel_groups import ChannelGroup, source_weight_axis, weight_rows
+from .conv_geometry import ConvGeometry
+from .graph_edit import constant_input, set_constant_input
+from .least_squares import Moments, single_threaded_blas
+
+FALLBACK_SAMPLES = 32
+# The parameters every channel-removing pass takes, declared once.
+REMOVAL_PARAMS = (
+    Param("importance", str, "greedy", "which channels to keep: greedy | energy | l1 | first",
+          choices=("greedy", "energy", "l1", "first")),
+    Param("refit", str, "lstsq", "refit the consumers on calibration data: lstsq | none", choices=("lstsq", "none")),
+    Param("ridge", float, 1e-3, "ridge strength, relative to the mean diagonal of the Gram matrix", at_least=0.0),
+)
+
+
+def removal_summary(group: ChannelGroup, keep_count: int) -> str:
+    return (f"{group.channels} -> {keep_count} channels; narrows {len(group.sources)} conv(s), "
+            f"refits {len(group.sinks)} consumer(s)")
+
+
+def remove_channels(model: Model, group: ChannelGroup, keep_count: int, importance: str = "greedy",
+                    refit: str = "lstsq", ridge: float = 1e-3, calib: Calibration | None = None) -> Model:
+    """`model` with the channels of `group` (planned on `model` with removing=True) cut to
+    `keep_count`, chosen by `importance` and with consumers refitted by `refit` (see the module
+    docstring)."""
+    if not 0 < keep_count < group.channels:
+        raise PassError(f"cannot keep {keep_count} of the {group.channels} channels of '{group.anchor}'")
+    with single_threaded_blas():
+        return _remove_channels(model, group, keep_count, importance, refit, ridge, calib)
+
+
+def _remove_channels(model: Model, group: ChannelGroup, keep_count: int, importance: str, refit: str, ridge: float,
+                     calib: Calibration | None) -> Model:
+    data_aware = importance in ("greedy", "energy") or refit == "lstsq"
+    calib = fallback_calibration(model) if calib is None and data_aware else calib
+    sinks = [_Sink.read(model, group, name) for name in group.ordered_sinks(model)]
+    fitted = [s for s in sinks if s.refittable]  # a ConvTranspose consumer only drops its rows
+    full: dict[str, Moments] = {}  # per consumer, on the original network: every channel, every output
+    targets: dict[str, np.ndarray] = {}
+    if data_aware and fitted:
+        original = capture(model, [t for s in fitted for t in (s.input, s.output)], calib)
+        every = np.arange(group.channels)
+        full = {s.name: s.moments(original[s.input], original[s.output], s.out_keep(every)) for s in fitted}
+        targets = {s.name: original[s.output] for s in fitted}
+    keep = _choose(model, group, fitted, full, keep_count, importance, ridge)
+
+    refits: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    pending = fitted if refit == "lstsq" else []
+    upstream = {s.name: upstream_nodes(model, s.input) for s in sinks}
+    while pending:
+        # A consumer downstream of another one not yet refitted waits for it: it must be fitted
+        # on what the network will feed it after that refit.
+        ready = [s for s in pending if not any(o.name in upstream[s.name] for o in pending if o is not s)]
+        # With no consumer of the group upstream at all, nothing it reads has changed but the dropped
+        # channels: the kept ones are what the original network computes, so its moments restrict
+        # exactly and need no new run.
+        unchanged = {s.name for s in ready if not any(o.name in upstream[s.name] for o in sinks if o is not s)}
+        changed = [s.input for s in ready if s.name not in unchanged]
+        seen = capture(_narrow(model, group, keep, refits), changed, calib) if changed else {}
+        for sink in ready:
+            if sink.name in unchanged:
+                moments = full[sink.name].restrict(sink.columns(keep), sink.out_keep(keep))
+            else:
+                moments = sink.moments(seen[sink.input], targets[sink.name], sink.out_keep(keep))
+            refits[sink.name] = moments.solve(ridge, prior=sink.start(keep))
+        pending = [s for s in pending if s not in ready]
+    return _narrow(model, group, keep, refits)
+
+
+def fallback_calibration(model: Model) -> Calibration:
+    """Seeded random inputs when no calibration data is given: a batch of FALLBACK_SAMPLES when every
+    input's batch dimension is free, else the model's own fixed batch."""
+    free = all(not isinstance((model.declared_shape(vi.name) or (None,))[0], int) for vi in model.graph_inputs)
+    if not free:
+        return seeded_inputs(model)
+    samples = [seeded_inputs(model, seed) for seed in range(FALLBACK_SAMPLES)]
+    return {name: np.concatenate([s[name] for s in samples]) for name in samples[0]}
+
+
+def _narrow(model: Model, group: ChannelGroup, keep: np.ndarray,
+            refits: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> Model:
+    """`model` with only channels `keep` of the group; consumers in `refits` get those weights
+    ([features, outputs] matrices and biases), the others their kept input weights."""
+    written = {name: (lambda graph, node, fit=fit: _write_refit(graph, node, *fit)) for name, fit in refits.items()}
+    return edit_group(model, group, Keep(keep), written)
+
+
+# -- consumers as linear maps ---------------------------------------------------------------
+
+
+@dataclass
+class _Sink:
+    """A consumer of the group as a linear map: output rows = features @ weight + bias."""
+
+    name: str
+    input: str  # the tensor it reads (the flattened one behind a Flatten)
+    output: str
+    features_per_channel: int  # columns of its design matrix per group channel (kh*kw for a Conv)
+    weight: np.ndarray  # [features, outputs], Gemm's alpha applied
+    bias: np.ndarray | None  # [outputs], Gemm's beta applied; None for MatMul
+    geometry: ConvGeometry | None  # a Conv's; None for a matrix
+    refittable: bool
+    is_source: bool
+
+    @staticmethod
+    def read(model: Model, group: ChannelGroup, name: str) -> "_Sink":
+        node = model.node(name)
+        op, w = node.op_type, model.constant(node.input[1])
+        b = model.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        rows = group.sinks[name]
+        geometry, refittable = None, True
+        if op == "Conv":
+            outputs = w.shape[0]
+            matrix = w.reshape(outputs, -1).T
+            features = int(np.prod(w.shape[2:]))
+            bias = np.zeros(outputs, np.float64) if b is None else b.astype(np.float64)
+            refittable = w.ndim == 4
+            geometry = ConvGeometry.of(model, node)
+        elif op == "Gemm":
+            alpha, beta = model.attr(node, "alpha", 1.0), model.attr(node, "beta", 1.0)
+            matrix = (w.T if model.attr(node, "transB", 0) else w) * alpha
+            features = rows
+            outputs = matrix.shape[1]
+            refittable = b is None or b.size in (1, outputs)  # a per-row C is not a bias
+            bias = np.zeros(outputs) if b is None or not refittable else \
+                np.broadcast_to(b * beta, (1, outputs)).reshape(outputs)
+        elif op == "MatMul":
+            matrix, features, bias = w, rows, None
+        else:  # ConvTranspose: its rows are dropped, never refitted
+            matrix, features, bias, refittable = w.reshape(w.shape[0], -1), rows, None, False
+        return _Sink(name, node.input[0], node.output[0], features, matrix.astype(np.float64),
+                     None if bias is None else np.asarray(bias, np.float64), geometry, refittable,
+                     name in group.sources)
+
+    def columns(self, channels: np.ndarray) -> np.ndarray:
+        return weight_rows(channels, self.features_per_channel)
+
+    def out_keep(self, keep: np.ndarray) -> np.ndarray | None:
+        """A consumer that also produces the group (a conv inside a residual stage) loses outputs too."""
+        return keep if self.is_source else None
+
+    def start(self, keep: np.ndarray) -> np.ndarray:
+        """The kept-channel weights: what the ridge pulls the refit towards."""
+        weight = self.weight[self.columns(keep)]
+        return weight[:, keep] if self.is_source else weight
+
+    def moments(self, x: np.ndarray, y: np.ndarray, out_keep: np.ndarray | None) -> Moments:
+        """Sufficient statistics of (design rows of x, target rows of y), accumulated in chunks."""
+        return Moments.accumulate(x, y, self.geometry, with_bias=self.bias is not None, outputs=out_keep)
+
+
+def _write_refit(graph, node, matrix: np.ndarray, bias: np.ndarray | None) -> None:
+    """Store a refitted [features, outputs] matrix and bias in the consumer's own layout."""
+    dtype = constant_input(node, 1).dtype
+    if node.op == "Conv":
+        kernel = constant_input(node, 1).shape[2:]
+        weight = matrix.T.reshape((matrix.shape[1], -1) + tuple(kernel))
+        set_constant_input(graph, node, 1, weight.astype(dtype), "weight_refit")
+        set_constant_input(graph, node, 2, bias.astype(dtype), "bias_refit")
+    elif node.op == "Gemm":
+        alpha = float(node.attrs.get("alpha", 1.0))
+        beta = float(node.attrs.get("beta", 1.0))
+        weight = matrix / alpha
+        set_constant_input(graph, node, 1, (weight.T if node.attrs.get("transB", 0) else weight).astype(dtype),
+                           "weight_refit")
+        if beta == 0.0 or constant_input(node, 2) is None:
+            node.attrs["beta"] = beta = 1.0
+        set_constant_input(graph, node, 2, (bias / beta).astype(dtype), "bias_refit")
+    else:  # MatMul
+        set_constant_input(graph, node, 1, matrix.astype(dtype), "weight_refit")
+# -- choosing the channels ------------------------------------------------------------------
+
+
+def _choose(model: Model, group: ChannelGroup, sinks: list[_Sink], full: dict[str, "Moments"],
+            keep_count: int, importance: str, ridge: float) -> np.ndarray:
+    channels = group.channels
+    if importance == "first":
+        return np.arange(keep_count)
+    if importance == "l1" or not sinks:  # no consumer with a design matrix: nothing to be data-aware on
+        score = np.zeros(channels)
+        for name in group.sources:
+            node = model.node(name)
+            w = np.abs(model.constant(node.input[1]).astype(np.float64))
+            per_channel = np.moveaxis(w, source_weight_axis(node.op_type), 0).reshape(channels, -1).sum(1)
+            score += per_channel / max(per_channel.sum(), 1e-30)
+        return np.sort(np.argsort(-score, kind="stable")[:keep_count])
+    moments = [full[s.name] for s in sinks]
+    if importance == "energy":
+        score = np.zeros(channels)
+        for sink, m in zip(sinks, moments):
+            per_feature = np.diag(m.xx) / m.n * np.sum(sink.weight ** 2, axis=1)
+            score += per_feature.reshape(channels, -1).sum(1) / max(m.yy / m.n, 1e-30)
+        return np.sort(np.argsort(-score, kind="stable")[:keep_count])
+    return _greedy(sinks, moments, channels, keep_count, ridge)
+
+
+def _greedy(sinks: list[_Sink], moments: list[Moments], channels: int, keep_count: int,
+            ridge: float) -> np.ndarray:
+    """Backward elimination by least-squares reconstruction error (see the module docstring).
+
+    Per consumer, with H = (G + lam I)^-1 over the kept features and W = H X'y the fitted weights,
+    removing channel c (feature block B) raises the squared error by tr(W_B' (H_BB)^-1 W_B), and
+    leaves H' = H_rr - H_rB (H_BB)^-1 H_Br and W' = W_r - H_rB (H_BB)^-1 W_B over the rest.
+    """
+    states = []
+    for sink, m in zip(sinks, moments):
+        gram, cross = m.centred()
+        lam = max(m.penalty(gram, ridge), 1e-9 * m.penalty(gram, 1.0))
+        inverse = np.linalg.inv(gram + lam * np.eye(len(gram)))
+        states.append([inverse, inverse @ cross, sink.features_per_channel, max(m.yy, 1e-30)])
+    kept = list(range(channels))
+    while len(kept) > keep_count:
+        cost = np.zeros(len(kept))
+        blocks = []
+        for inverse, weight, f, energy in states:
+            k = len(kept)
+            h_bb = inverse.reshape(k, f, k, f)[np.arange(k), :, np.arange(k), :]  # [k, f, f]
+            h_bb_inv = np.linalg.inv(h_bb)
+            w_b = weight.reshape(k, f, -1)
+            cost += np.einsum("cfo,cfg,cgo->c", w_b, h_bb_inv, w_b) / energy
+            blocks.append(h_bb_inv)
+        drop = int(np.argmin(cost))
+        for state, h_bb_inv in zip(states, blocks):
+            inverse, weight, f, _ = state
+            block = np.arange(drop * f, (drop + 1) * f)
+            rest = np.setdiff1d(np.arange(len(inverse)), block)
+            h_rb = inverse[np.ix_(rest, block)] @ h_bb_inv[drop]
+            state[0] = inverse[np.ix_(rest, rest)] - h_rb @ inverse[np.ix_(block, rest)]
+            state[1] = weight[rest] - h_rb @ weight[block]
+        kept.pop(drop)
+    return np.array(kept)
