@@ -83,6 +83,10 @@ def _bad_inputs(tmp_path, tiny_path):
     truncated.write_bytes(tiny_path.read_bytes()[:500])
     out = tmp_path / "o.onnx"
     a_conv = next(n.name for n in onnx.load(str(tiny_path)).graph.node if n.op_type == "Conv")
+    symbolic = onnx.load(str(tiny_path))  # height and width left to the user, as detectors export them
+    for dim, name in zip(symbolic.graph.input[0].type.tensor_type.shape.dim[2:], ("height", "width")):
+        dim.dim_param = name
+    onnx.save(symbolic, str(tmp_path / "symbolic.onnx"))
     return {
         "missing file": (["inspect", tmp_path / "nope.onnx"], "no such file"),
         "not onnx": (["inspect", text], "not an ONNX model"),
@@ -95,7 +99,8 @@ def _bad_inputs(tmp_path, tiny_path):
         "bad param": (["apply", tiny_path, "--pass", "pad_channels", "--param", "width=3", "-o", out],
                       "unknown parameter 'width'"),
         "output is input": (["apply", tiny_path, "--pass", "pad_channels", "-o", tiny_path], "is the input model"),
-        "symbolic shape": (["inspect", tiny_path, "--input-shape", "wrong=1,2"], "no input called"),
+        "unknown input name": (["inspect", tiny_path, "--input-shape", "wrong=1,2"], "no input called"),
+        "symbolic shape": (["inspect", tmp_path / "symbolic.onnx"], "give a concrete shape, e.g. --input-shape"),
         "unknown target": (["simulate", tiny_path, "--target", "npu-p99"], "unknown target 'npu-p99'"),
         "bad measurements": (["costmodel", "fit", "--measurements", text, "--name", "x", "-o", out],
                              "needs a header"),
@@ -103,7 +108,7 @@ def _bad_inputs(tmp_path, tiny_path):
 
 
 @pytest.mark.parametrize("case", ["missing file", "not onnx", "truncated", "unknown pass", "unknown site",
-                                  "declined site", "bad param", "output is input", "symbolic shape",
+                                  "declined site", "bad param", "output is input", "unknown input name", "symbolic shape",
                                   "unknown target", "bad measurements"])
 def test_user_mistakes_get_one_line_and_exit_1(case, tmp_path, tiny_path):
     args, message = _bad_inputs(tmp_path, tiny_path)[case]
