@@ -17,7 +17,6 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 
 from . import accuracy, api
-from .accuracy.intervals import interval_warnings
 from .costmodel import DEFAULT_TARGET, builtin_targets, fit_profile, load_target, measure_sweep, score
 from .costmodel import simulate as npu_simulate
 from .costmodel.regressor import write_measurements
@@ -362,6 +361,10 @@ def passes(as_json):
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop searching after this long and keep the best so far.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split and the search.")
+@click.option("--split", "split", default=",".join(f"{f:g}" for f in accuracy.DEFAULT_SPLIT), show_default=True,
+              metavar="CALIB,SELECT,TEST",
+              help="Fractions of --data that passes fit on, that the search judges candidates on, and that "
+                   "only the result is judged on (the drop the report quotes).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The optimized model.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write report.json here.")
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="Write recipe.json here.")
@@ -373,17 +376,20 @@ def passes(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @input_shape_option
 def optimize(model, target_name, data, metric, max_drop, max_params, max_activation, pass_list, search, beam_width,
-             time_budget, seed, output, report_path, recipe_path, plot_path, measure, overwrite_input, quiet, as_json,
-             input_shapes):
+             time_budget, seed, split, output, report_path, recipe_path, plot_path, measure, overwrite_input, quiet,
+             as_json, input_shapes):
     """Find the fastest variant of MODEL on a target that keeps accuracy and memory in budget.
 
     \b
     Candidates (pass, site, params) are scored with the target's cost model;
     only those predicted faster are applied (lossy ones fitted on the calibration
-    half of --data) and evaluated on the other half against the original. The
-    model, its report and its recipe are written; `apply MODEL --recipe R`
-    replays the recipe to the same bytes. Ctrl-C or --time-budget stops the
-    search with the best model so far.
+    part of --data) and judged on the selection part against the original. The
+    result is judged once more on the test part, which the search never saw:
+    that is the drop the report quotes, and when the chosen model breaks the
+    budget there, the best earlier model on its path that holds is written
+    instead. The model, its report and its recipe are written; `apply MODEL
+    --recipe R` replays the recipe to the same bytes. Ctrl-C or --time-budget
+    stops the search with the best model so far.
     \b
     Exit codes: 0 written (improved, or the original unchanged when nothing
     helped: the report says why); 1 bad input; 2 bad usage; 3 a rewrite failed
@@ -396,8 +402,8 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
     result = api.optimize(loaded, target_name, data=data, metric=metric, max_drop=max_drop, max_params=max_params,
                           max_activation=max_activation,
                           passes=[p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None,
-                          search=search, beam_width=beam_width, time_budget=time_budget, seed=seed, measure=measure,
-                          progress=progress)
+                          search=search, beam_width=beam_width, time_budget=time_budget, seed=seed, split=split,
+                          measure=measure, progress=progress)
     api.save(result.model, output, input_path=model, overwrite_input=overwrite_input)
     if report_path:
         _write_json(report_path, result.report)
@@ -539,7 +545,7 @@ def evaluate_command(model, metric, reference, data, image_spec, samples, seed, 
     metric = metric or accuracy.default_metric(dataset, original is not None)
     metrics = [metric] + (["agreement"] if metric == "top1" and original is not None else [])
     scores = accuracy.Evaluator(batch_size).scores(loaded, dataset, metrics, original, output_name)
-    warnings = interval_warnings([("", figure) for figure in scores.values()], max_drop)
+    warnings = accuracy.interval_warnings([("", figure) for figure in scores.values()], max_drop)
     if as_json:
         click.echo(json.dumps({"model": model, "reference": reference, "data": str(dataset), "n": len(dataset),
                                "scores": {name: s.to_dict() for name, s in scores.items()},

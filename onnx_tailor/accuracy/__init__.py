@@ -16,15 +16,16 @@ bootstrap, the budget warning), `metrics` (built-ins and plug-ins),
 from .data import Dataset, load_npz, random_dataset, validate
 from .evaluate import Evaluator, ModelComparison, compare, evaluate
 from .images import ImageSpec, load_image_folder, parse_image_spec
-from .intervals import bootstrap_interval, interval_warning, wilson_interval
+from .intervals import bootstrap_interval, drop_interval, interval_warning, interval_warnings, wilson_interval
 from .metrics import BUILTIN, FIDELITY, Metric, default_metric, get_metric, load_plugin
 from .score import Score
 from .sources import RANDOM, load_data
-from .split import Split, split_dataset
+from .split import DEFAULT_SPLIT, SearchSplit, Split, parse_split, split_dataset, split_three
 
 __all__ = [
-    "BUILTIN", "FIDELITY", "RANDOM", "Dataset", "Evaluator", "ImageSpec", "Metric", "ModelComparison", "Score",
-    "Split", "bootstrap_interval", "compare", "default_metric", "evaluate", "get_metric", "interval_warning",
-    "load_data", "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "random_dataset",
-    "split_dataset", "validate", "wilson_interval",
+    "BUILTIN", "DEFAULT_SPLIT", "FIDELITY", "RANDOM", "Dataset", "Evaluator", "ImageSpec", "Metric",
+    "ModelComparison", "Score", "SearchSplit", "Split", "bootstrap_interval", "compare", "default_metric",
+    "drop_interval", "evaluate", "get_metric", "interval_warning", "interval_warnings", "load_data",
+    "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "parse_split", "random_dataset",
+    "split_dataset", "split_three", "validate", "wilson_interval",
 ]

@@ -90,6 +90,19 @@ def bootstrap_interval(per_sample: np.ndarray, statistic: Callable[[np.ndarray, 
     return float(low), float(high)
 
 
+def drop_interval(original: Score, candidate: Score) -> tuple[float, float] | None:
+    """95% interval of the drop from `original` to `candidate` (positive is worse), paired by sample.
+
+    Both scores must hold per-sample values on the same samples in the same order; the
+    interval is a bootstrap of the per-sample differences, which is much narrower than the
+    two scores' own intervals when most samples did not change. None without per-sample values.
+    """
+    if original.per_sample is None or candidate.per_sample is None or original.n != candidate.n:
+        return None
+    sign = 1.0 if original.higher_is_better else -1.0
+    return bootstrap_interval(sign * (original.per_sample - candidate.per_sample))
+
+
 def interval_warning(score: Score, budget: float) -> str | None:
     """A warning when `score`'s interval is too wide to resolve a change of `budget`, else None.
 

@@ -147,10 +147,12 @@ def _flattened_pairs(outputs: Outputs, reference: Outputs, output: str | None) -
 # -- built-in metrics ---------------------------------------------------------------------
 
 
-def proportion_score(name: str, successes: int, n: int) -> Score:
-    """successes / n in percent, with its Wilson interval."""
+def proportion_score(name: str, hits: np.ndarray) -> Score:
+    """The share of true `hits` in percent, with its Wilson interval."""
+    successes, n = int(hits.sum()), len(hits)
     low, high = wilson_interval(successes, n)
-    return Score(100.0 * successes / n, True, n, 100.0 * low, 100.0 * high, name, "%", "Wilson")
+    return Score(100.0 * successes / n, True, n, 100.0 * low, 100.0 * high, name, "%", "Wilson",
+                 100.0 * hits.astype(np.float64))
 
 
 def _top1(outputs: Outputs, dataset: Dataset, reference: Outputs | None, output: str | None) -> Score:
@@ -159,14 +161,14 @@ def _top1(outputs: Outputs, dataset: Dataset, reference: Outputs | None, output:
     if dataset.labels.max() >= classes:
         raise DataError(f"{dataset.description}: labels go up to {int(dataset.labels.max())}, but output "
                         f"'{name}' scores {classes} classes (0-{classes - 1})")
-    return proportion_score("top1", int((predicted == dataset.labels).sum()), len(dataset))
+    return proportion_score("top1", predicted == dataset.labels)
 
 
 def _agreement(outputs: Outputs, dataset: Dataset, reference: Outputs | None, output: str | None) -> Score:
     position = _position(outputs, output)
     mine = predictions(*_at(outputs, position, "model"))[0]
     theirs = predictions(*_at(reference, position, "original model"))[0]
-    return proportion_score("agreement", int((mine == theirs).sum()), len(dataset))
+    return proportion_score("agreement", mine == theirs)
 
 
 def per_sample_cosine(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
@@ -182,7 +184,7 @@ def per_sample_cosine(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
 def _cosine(outputs: Outputs, dataset: Dataset, reference: Outputs | None, output: str | None) -> Score:
     cosine = per_sample_cosine(*_flattened_pairs(outputs, reference, output))
     low, high = bootstrap_interval(cosine)
-    return Score(float(cosine.mean()), True, len(cosine), low, high, "cosine", "", BOOTSTRAP)
+    return Score(float(cosine.mean()), True, len(cosine), low, high, "cosine", "", BOOTSTRAP, cosine)
 
 
 def sqnr_db(signal, noise):
@@ -272,7 +274,7 @@ def _plugin_score(spec: str, result, n: int) -> Score:
             raise MetricError(f"metric plug-in '{spec}' returned {len(values)} per-sample values "
                               f"({'some not finite' if len(values) == n else f'for {n} samples'})")
         low, high = bootstrap_interval(values)
-        return Score(float(values.mean()), higher_is_better, n, low, high, spec, "", BOOTSTRAP)
+        return Score(float(values.mean()), higher_is_better, n, low, high, spec, "", BOOTSTRAP, values)
     if isinstance(result, (int, float, np.integer, np.floating)) or (
             isinstance(result, np.ndarray) and result.ndim == 0 and np.issubdtype(result.dtype, np.number)):
         value = float(result)

@@ -8,7 +8,9 @@ cosine and plug-in values are unitless.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,14 @@ class Score:
     name: str
     unit: str = ""  # "%", "dB" or ""
     ci_method: str = ""  # how the interval was computed, e.g. "Wilson"
+    # The per-sample values whose mean is `value` (in its units), when the metric is such a mean:
+    # what a paired comparison of two models on the same samples needs.
+    per_sample: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def resolution(self) -> float | None:
+        """The change one sample makes to a proportion (100/n points); None for a continuous metric."""
+        return 100.0 / self.n if self.ci_method == "Wilson" else None
 
     @property
     def half_width(self) -> float | None:

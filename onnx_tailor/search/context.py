@@ -39,20 +39,24 @@ class Judgement:
 
 @dataclass
 class SearchData:
-    """The data side of a search: calibration inputs for passes, evaluation split for judging."""
+    """The data side of a search: calibration inputs for passes, the selection split that the search
+    judges candidates on, and the test split that only the final model and the original see."""
 
     calibration: dict
-    evaluation: Any  # accuracy.Dataset
+    selection: Any  # accuracy.Dataset
+    test: Any  # accuracy.Dataset
     metric: str
     evaluator: Any  # accuracy.Evaluator
-    original_score: Any  # accuracy.Score of the original on the evaluation split
+    original_score: Any  # accuracy.Score of the original on the selection split
     allowed_drop: float
     calibration_fingerprint: str = ""
 
-    def judge(self, model: Model, original: Model) -> Judgement:
-        """Score `model` on the evaluation split against `original` and check the accuracy budget."""
-        score = self.evaluator.score(model, self.evaluation, self.metric, reference=original)
-        drop = (self.original_score.value - score.value) * (1 if self.original_score.higher_is_better else -1)
+    def judge(self, model: Model, original: Model, original_score=None, on_test: bool = False) -> Judgement:
+        """Score `model` against `original` on the selection split (or the test split, with the
+        original's score there) and check the accuracy budget."""
+        dataset, original_score = (self.test, original_score) if on_test else (self.selection, self.original_score)
+        score = self.evaluator.score(model, dataset, self.metric, reference=original)
+        drop = (original_score.value - score.value) * (1 if original_score.higher_is_better else -1)
         over = None
         if drop > self.allowed_drop + 1e-9:
             over = f"{self.metric} drops {drop:.2f} against the original, over the budget of {self.allowed_drop:.2f}"

@@ -1,15 +1,23 @@
 """`optimize`: the fastest model the search finds that still meets every constraint.
 
-One run: load the target and the data (split into a calibration part that
-passes fit weights on and an evaluation part that only judges), score the
-original, run the chosen search strategy within the time budget (Ctrl-C ends
-it early with the best so far), then rebuild the chosen model by replaying
-its recipe on the original, evaluate it again, check it with the onnx
-checker and onnxruntime, and report. With no data, only exact passes run.
+One run: load the target and the data (split into calibration, which passes
+fit weights on, selection, which the search judges candidates on, and test),
+score the original, run the chosen search strategy within the time budget
+(Ctrl-C ends it early with the best so far), then rebuild the chosen model by
+replaying its recipe on the original, and judge it once on the test split,
+which the search never saw: that is the drop the report quotes. A search that
+picks among many candidates by their score on the selection split
+overestimates the winner there; when the chosen model breaks the budget on
+the test split, the best earlier model on its path that holds there is
+returned instead (or the original), and the report says so. Finally the
+result is checked with the onnx checker and onnxruntime. With no data, only
+exact passes run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,13 +29,13 @@ from ..costmodel.measure import session_for, time_session
 from ..costmodel.target import Target
 from ..errors import TailorError
 from ..ir import Model, seeded_inputs, session
-from ..passes import all_passes
+from ..passes import Exactness, all_passes, get_pass
 from .beam import beam
 from .constraints import Constraints, parse_max_drop
-from .context import SearchContext, SearchData
+from .context import Judgement, SearchContext, SearchData
 from .evolutionary import evolutionary
 from .greedy import greedy
-from .recipe import Recipe, replay
+from .recipe import Recipe, replay_each
 from .report import build_report
 
 STRATEGIES = ("greedy", "beam", "evolutionary")
@@ -70,23 +78,42 @@ def split_data(model: Model, data, seed: int, calibration: float):
     return accuracy.split_dataset(dataset, calibration=calibration, seed=seed)
 
 
-def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: int, calibration: float,
-                 notes: list[str]) -> SearchData:
-    split = split_data(model, data, seed, calibration)
-    metric = metric or accuracy.default_metric(split.evaluation, True)
+def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: int, fractions,
+                 lossy: bool, notes: list[str]) -> SearchData:
+    dataset = data if isinstance(data, accuracy.Dataset) else accuracy.load_data(data, model)
+    split = accuracy.split_three(dataset, accuracy.parse_split(fractions), seed)
+    metric = metric or accuracy.default_metric(split.selection, True)
     evaluator = accuracy.Evaluator()
-    original_score = evaluator.score(model, split.evaluation, metric, reference=model)
+    original_score = evaluator.score(model, split.selection, metric, reference=model)
     budget = parse_max_drop(max_drop)
     allowed = budget.allowed_drop(original_score.value)
-    warning = accuracy.interval_warning(original_score, allowed) if original_score.half_width else None
+    if lossy:
+        _check_resolution(len(dataset), split, original_score, metric, allowed)
+    # A zero budget admits only what changes nothing: there is no interval width to warn about.
+    warning = accuracy.interval_warning(original_score, allowed) if original_score.half_width and allowed else None
     if warning:
         notes.append(warning)
     shown = f"{budget.amount:g}% of it" if budget.relative else f"{budget.amount:g} in {metric}'s units"
     notes.append(f"accuracy budget: {metric} may drop {allowed:.3g} ({shown}) against the original "
-                 f"{original_score.value:.3g} on {len(split.evaluation)} evaluation samples; "
-                 f"passes fit on {len(split.calibration)} calibration samples")
-    return SearchData(split.calibration.inputs, split.evaluation, metric, evaluator, original_score, allowed,
-                      split.calibration.fingerprint)
+                 f"{original_score.value:.3g}; data split into {split.describe()}: passes fit on calibration, "
+                 "the search judges on selection, the result is reported on test")
+    return SearchData(split.calibration.inputs, split.selection, split.test, metric, evaluator, original_score,
+                      allowed, split.calibration.fingerprint)
+
+
+def _check_resolution(samples: int, split, original_score, metric: str, allowed: float) -> None:
+    """Refuse data too small to check the budget: when one sample of the selection or the test split
+    moves a proportion by more than the budget, a 'within budget' from it means nothing."""
+    smallest = min(len(split.selection), len(split.test))
+    step = original_score.resolution and 100.0 / smallest
+    if step and step > allowed:
+        needed = math.ceil(100.0 / allowed)
+        share = min(split.fractions[1:])
+        raise TailorError(f"--data has {samples} samples, so one of the {smallest} in the smallest judging split moves "
+                          f"{metric} by {step:.2f} points, more than the budget of {allowed:g}: the budget needs at "
+                          f"least {needed} samples in each of the selection and test splits "
+                          f"({math.ceil(needed / share)} in --data with this --split); exact passes run without "
+                          "--data or with --passes naming only exact ones")
 
 
 def _measure_side_by_side(original: Model, optimized: Model, target: Target, rounds: int = 5) -> dict:
@@ -105,7 +132,7 @@ def _measure_side_by_side(original: Model, optimized: Model, target: Target, rou
 def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: str | None = None,
              max_drop: str = "1.0", max_params: int | None = None, max_activation: int | None = None,
              passes: list[str] | None = None, search: str = "greedy", beam_width: int = 4,
-             time_budget: float | None = None, seed: int = 0, calibration: float = 0.5, measure: bool = False,
+             time_budget: float | None = None, seed: int = 0, split=accuracy.DEFAULT_SPLIT, measure: bool = False,
              progress: Callable[[str], None] | None = None) -> OptimizeResult:
     """Search for the fastest model that meets the constraints (see the module docstring)."""
     if search not in STRATEGIES:
@@ -115,7 +142,8 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     names = _passes(passes)
     search_data = None
     if data is not None:
-        search_data = _search_data(model, data, metric, max_drop, seed, calibration, notes)
+        lossy = any(get_pass(name).exactness is Exactness.LOSSY for name in names)
+        search_data = _search_data(model, data, metric, max_drop, seed, split, lossy, notes)
     else:
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
     constraints = Constraints(parse_max_drop(max_drop) if data is not None else None, max_params, max_activation)
@@ -142,14 +170,21 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     calib = search_data.calibration if search_data else None
     fingerprint = search_data.calibration_fingerprint if search_data else None
     if search_data is not None:
+        fractions = accuracy.parse_split(split)
         data_info = {"source": str(data) if not isinstance(data, accuracy.Dataset) else "in-memory",
-                     "seed": seed, "fraction": calibration}
+                     "seed": seed, "fraction": fractions[0], "split": list(fractions)}
     recipe = Recipe(model.content_hash, chosen.steps, dict(model.input_shapes), fingerprint, data_info, target.name)
-    final = replay(recipe, model, calib, fingerprint)
-    if final.content_hash != chosen.model.content_hash:
+    path = replay_each(recipe, model, calib, fingerprint)  # the original, then the model after each step
+    if path[-1].content_hash != chosen.model.content_hash:
         notes.append("replaying the recipe gave different bytes than the search's own model; the replay is written")
+    test = None
+    if search_data is not None:
+        kept, test = _holding_on_test(search_data, path, notes)
+        recipe = dataclasses.replace(recipe, steps=recipe.steps[:kept])
+    final = path[len(recipe.steps)]
     _check_loadable(final)
-    final_node = ctx.node(final, chosen.steps, chosen.local_error)  # cached when identical; else measured anew
+    # Cached when identical (a node of the search's path); else measured anew.
+    final_node = ctx.node(final, recipe.steps, chosen.local_error if recipe.steps == chosen.steps else None)
     if search_data is not None:  # the final model is judged again, on its own, before it is written
         judgement = search_data.judge(final, model)
         final_node.score, final_node.drop = judgement.score, judgement.drop
@@ -159,8 +194,31 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     measured = _measure_side_by_side(model, final, target) if measure and target.kind == "ort" else None
     if measure and target.kind != "ort":
         notes.append(f"--measure times models with onnxruntime; {target.name} is {target.kind}, so nothing was timed")
-    report = build_report(ctx, final_node, search, notes, measured)
+    report = build_report(ctx, final_node, search, notes, measured, test)
     return OptimizeResult(final, report, recipe, notes, ctx)
+
+
+def _holding_on_test(data: SearchData, path: list[Model], notes: list[str]) -> tuple[int, dict]:
+    """How many of the chosen steps to keep: the longest prefix of the path whose model holds the
+    budget on the test split (the original always does), with its figures there for the report."""
+    original, chosen = path[0], len(path) - 1
+    original_score = data.evaluator.score(original, data.test, data.metric, reference=original)
+    judgement, kept, broken = Judgement(original_score, 0.0, None), 0, None
+    for steps in range(chosen, 0, -1):  # the longest, fastest prefix first
+        candidate = data.judge(path[steps], original, original_score, on_test=True)
+        if candidate.over_budget is None:
+            judgement, kept = candidate, steps
+            break
+        broken = broken or candidate
+    if broken is not None:
+        instead = f"the best earlier model on its path that holds there ({kept} steps)" if kept else "the original"
+        notes.append(f"on the test split ({len(data.test)} samples the search never saw) the chosen "
+                     f"{chosen}-step model {broken.over_budget}; {instead} is returned instead")
+    low_high = accuracy.drop_interval(original_score, judgement.score)
+    return kept, {"split": "test", "n": len(data.test), "original": original_score.to_dict(),
+                  "optimized": judgement.score.to_dict(), "drop": judgement.drop,
+                  "drop_ci": list(low_high) if low_high else None, "allowed_drop": data.allowed_drop,
+                  "steps_kept": kept, "steps_chosen": chosen}
 
 
 def _why_nothing_helped(ctx: SearchContext) -> str:

@@ -74,6 +74,12 @@ def read_recipe(path: Path) -> Recipe:
 def replay(recipe: Recipe, model: Model, calibration: dict | None = None,
            calibration_fingerprint: str | None = None) -> Model:
     """Apply the recipe's steps to `model` in order; refuses a different model or data."""
+    return replay_each(recipe, model, calibration, calibration_fingerprint)[-1]
+
+
+def replay_each(recipe: Recipe, model: Model, calibration: dict | None = None,
+                calibration_fingerprint: str | None = None) -> list[Model]:
+    """`model` and the model after each of the recipe's steps, in order (see `replay`)."""
     if model.content_hash != recipe.source_hash:
         raise RecipeError(f"this recipe was made for another model (canonical hash {recipe.source_hash[:12]}, "
                           f"this model {model.content_hash[:12]}); it replays only on the model it was made for")
@@ -83,7 +89,7 @@ def replay(recipe: Recipe, model: Model, calibration: dict | None = None,
         if recipe.calibration_fingerprint and calibration_fingerprint != recipe.calibration_fingerprint:
             raise RecipeError("the calibration data differs from the data the recipe was made with "
                               "(same file, seed and split needed for an identical result)")
-    current = model
+    models = [model]
     for step in recipe.steps:
-        current = apply_step(current, step, calibration).model
-    return current
+        models.append(apply_step(models[-1], step, calibration).model)
+    return models

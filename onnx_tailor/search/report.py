@@ -1,7 +1,9 @@
 """What an optimize run tells its user: report.json, the terminal table, the Pareto plot.
 
-The report explains every decision: the chosen steps with their predicted
-latency, accuracy and memory; for every inverted-bottleneck block of the
+The report explains every decision: the accuracy of the result on the test
+split, which the search never saw (`test`; the `metric` and `drop` of each
+model and step are on the selection split the search chose with); the chosen
+steps with their predicted latency, accuracy and memory; for every inverted-bottleneck block of the
 original, what happened to it (rewritten by which pass, or left alone and
 why: predicted slower, accuracy over budget, local error too large, memory
 over budget, or never reached); and the search's statistics.
@@ -47,7 +49,8 @@ def block_decisions(ctx: SearchContext, chosen: Node) -> list[dict]:
     return decisions
 
 
-def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str], measured: dict | None) -> dict:
+def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str], measured: dict | None,
+                 test: dict | None = None) -> dict:
     original = ctx.root
     steps, path = [], []
     node = ctx.root
@@ -61,6 +64,7 @@ def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str]
         "original": node_summary(original),
         "optimized": node_summary(chosen),
         "speedup_predicted": original.latency_s / chosen.latency_s if chosen.latency_s else None,
+        "test": test,
         "steps": steps,
         "blocks": block_decisions(ctx, chosen),
         "statistics": ctx.stats.to_dict(),
@@ -82,11 +86,15 @@ def format_report(report: dict) -> str:
     lines = [f"target {report['target']}, search {report['search']}: "
              f"{o['predicted_latency_ms']:.4f} ms -> {b['predicted_latency_ms']:.4f} ms predicted "
              f"({report['speedup_predicted']:.2f}x)"]
-    if o["metric"]:
-        ci = b["metric"]
-        interval = f"; 95% CI [{ci['ci_low']:.2f}, {ci['ci_high']:.2f}]" if ci.get("ci_low") is not None else ""
-        lines.append(f"  {o['metric']['name']}: {o['metric']['value']:.2f} -> {b['metric']['value']:.2f} "
-                     f"(drop {b['drop']:.2f}{interval}, n={ci['n']})")
+    test = report.get("test")
+    if test:
+        ci = test["drop_ci"]
+        interval = f", 95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        lines.append(f"  {test['original']['name']} on the test split (n={test['n']}, never seen by the search): "
+                     f"{test['original']['value']:.2f} -> {test['optimized']['value']:.2f} "
+                     f"(drop {test['drop']:.2f}{interval}; budget {test['allowed_drop']:.2f})")
+        lines.append(f"  on the selection split the search chose with (n={b['metric']['n']}): "
+                     f"{o['metric']['value']:.2f} -> {b['metric']['value']:.2f} (drop {b['drop']:.2f})")
     lines.append(f"  parameters {o['param_bytes']:,} B -> {b['param_bytes']:,} B; "
                  f"peak activations {o['peak_activation_bytes']:,} B -> {b['peak_activation_bytes']:,} B")
     if report.get("simulated"):

@@ -51,3 +51,28 @@ def test_calibration_as_a_fraction_or_a_count(digits_data, calibration, expected
 def test_splits_that_leave_a_part_empty_are_refused(digits_data, calibration, message):
     with pytest.raises(DataError, match=message):
         accuracy.split_dataset(digits_data, calibration)
+
+
+def test_three_way_split_is_disjoint_complete_and_keeps_the_calibration_of_the_two_way_split(digits_data):
+    split = accuracy.split_three(digits_data, (0.3, 0.35, 0.35), seed=2)
+    assert (len(split.calibration), len(split.selection), len(split.test)) == (108, 126, 126)
+    rows = [{r.tobytes() for r in part.inputs["input"]} for part in (split.calibration, split.selection, split.test)]
+    assert not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
+    assert sum(map(len, rows)) == len({r.tobytes() for r in digits_data.inputs["input"]})
+    # A recipe's lossy steps replay on the calibration part alone: it depends on its own fraction only.
+    two_way = accuracy.split_dataset(digits_data, 0.3, seed=2)
+    assert split.calibration.fingerprint == two_way.calibration.fingerprint
+    assert split.test.fingerprint == accuracy.split_three(digits_data, (0.3, 0.35, 0.35), seed=2).test.fingerprint
+    assert "calibration 108, selection 126, test 126" in split.describe()
+
+
+@pytest.mark.parametrize("text", ["0.5,0.5", "0.5,0.6,0.1", "a,b,c", "0,0.5,0.5", "0.4,0.4,0.3"])
+def test_a_split_that_is_not_three_fractions_adding_to_one_is_refused(text):
+    with pytest.raises(DataError, match="is not three fractions"):
+        accuracy.parse_split(text)
+
+
+def test_a_split_that_leaves_a_judging_part_empty_is_refused(digits_data):
+    tiny = digits_data.subset([0, 1, 2], "3 digits")
+    with pytest.raises(DataError, match="leave the selection or the test part empty"):
+        accuracy.split_three(tiny, (0.6, 0.35, 0.05))

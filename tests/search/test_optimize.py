@@ -134,13 +134,14 @@ def test_cli_writes_model_report_recipe_and_replays_byte_identically(tmp_path):
     assert done.returncode == 4 and "no model meets the constraints" in done.stderr
 
 
-def test_passes_never_see_the_evaluation_split(tiny, monkeypatch):
-    """Every array a pass is handed comes from the calibration split, none from the evaluation split."""
+def test_passes_see_only_the_calibration_split_and_the_search_never_judges_on_test(tiny, monkeypatch):
+    """Every array a pass is handed comes from the calibration split; the test split is scored only
+    for the original and the final model, after the search."""
     from onnx_tailor import accuracy
     from onnx_tailor.passes import apply_step
     from onnx_tailor.search import context, recipe
 
-    seen = []
+    seen, judged_on_test = [], []
 
     def spy(model, step, calib=None, **options):
         if calib is not None:
@@ -149,13 +150,64 @@ def test_passes_never_see_the_evaluation_split(tiny, monkeypatch):
 
     for searching in (context, recipe):  # the search's candidates and the replay of its recipe
         monkeypatch.setattr(searching, "apply_step", spy)
-    dataset = accuracy.random_dataset(tiny, samples=40, seed=4)
-    split = accuracy.split_dataset(dataset, calibration=0.5, seed=0)
-    run(tiny, data=dataset)
-    assert seen
-    evaluation = {row.tobytes() for row in split.evaluation.inputs["input"]}
+    dataset = accuracy.random_dataset(tiny, samples=60, seed=4)
+    split = accuracy.split_three(dataset, accuracy.DEFAULT_SPLIT, seed=0)
+    real_score = accuracy.Evaluator.score
+
+    def scoring(self, model, data, metric, reference=None, output=None):
+        if data.fingerprint == split.test.fingerprint:
+            judged_on_test.append(model.content_hash)
+        return real_score(self, model, data, metric, reference, output)
+
+    monkeypatch.setattr(accuracy.Evaluator, "score", scoring)
+    result = run(tiny, data=dataset)
+    assert seen and result.recipe.steps
+    held_out = {row.tobytes() for part in (split.selection, split.test) for row in part.inputs["input"]}
     for batch in seen:
-        assert not evaluation & {row.tobytes() for row in batch}
+        assert not held_out & {row.tobytes() for row in batch}
+    assert judged_on_test == [tiny.content_hash, result.model.content_hash]
+    assert result.report["test"]["n"] == len(split.test) and result.report["test"]["steps_kept"] == len(
+        result.recipe.steps)
+
+
+def test_a_choice_that_breaks_the_budget_on_test_falls_back_along_its_path(tiny, monkeypatch):
+    """When the chosen model fails on the test split, the longest prefix of its path that holds is returned."""
+    from onnx_tailor.search import context
+
+    real_judge = context.SearchData.judge
+    verdicts = []
+
+    def strict_on_test(self, model, original, original_score=None, on_test=False):
+        judgement = real_judge(self, model, original, original_score, on_test)
+        if on_test and model.content_hash != original.content_hash and len(verdicts) < 2:
+            verdicts.append(model.content_hash)  # the chosen model and the next longest prefix fail
+            return context.Judgement(judgement.score, 1.0, "drops too much (forced by the test)")
+        return judgement
+
+    unforced = run(tiny)
+    chosen = len(unforced.recipe.steps)
+    assert chosen >= 3, "the tiny model needs a path of at least 3 steps for this test"
+    monkeypatch.setattr(context.SearchData, "judge", strict_on_test)
+    result = run(tiny)
+    assert len(result.recipe.steps) == chosen - 2
+    assert result.recipe.steps == unforced.recipe.steps[:chosen - 2]
+    assert result.report["test"]["steps_chosen"] == chosen and result.report["test"]["steps_kept"] == chosen - 2
+    assert any(f"the chosen {chosen}-step model drops too much" in note for note in result.notes)
+    import onnx_tailor as ot
+    assert ot.apply_recipe(tiny, result.recipe, data="random").content_hash == result.model.content_hash
+
+
+def test_too_little_data_for_the_budget_is_refused_for_lossy_passes(tiny, digits):
+    from onnx_tailor import accuracy
+    from onnx_tailor.errors import TailorError
+
+    model, split, _ = digits
+    few = split.evaluation.subset(list(range(40)), "40 digits")
+    with pytest.raises(TailorError, match=r"at least 100 samples in each of the selection and test splits \(286 in"):
+        optimize(model, "npu-p32", data=few, metric="top1", max_drop="1.0", passes=["fuse_ibn_expansion"])
+    exact = optimize(model, "npu-p32", data=few, metric="top1", max_drop="1.0", passes=["densify_depthwise"])
+    assert all(get_pass(s.pass_name).exactness is Exactness.EXACT for s in exact.recipe.steps)
+    assert isinstance(accuracy.parse_split("0.2,0.4,0.4"), tuple)
 
 
 def test_python_api_round_trip(tiny, tmp_path):
