@@ -32,7 +32,7 @@ class Recipe:
     steps: tuple[Step, ...]
     input_shapes: dict[str, tuple[int, ...]]
     calibration_fingerprint: str | None = None  # of the data lossy steps were fitted on
-    data: dict | None = None  # how the calibration split was made (path, seed, fraction)
+    data: dict | None = None  # how the data was split (path, seed, calibration fraction, all three fractions)
     target: str | None = None
 
     def to_dict(self) -> dict:
