@@ -10,7 +10,8 @@
 Modules: `data` (Dataset, .npz, random, validation against a model),
 `images` (image folders), `sources` (`load_data`), `split`, `score` (Score), `intervals` (Wilson,
 bootstrap, the budget warning), `metrics` (built-ins and plug-ins),
-`evaluate` (running models, caching the original's outputs, comparing two).
+`evaluate` (running models, caching the original's outputs, comparing two),
+`quantize` (the int8 QDQ model the device runs, by onnxruntime's static quantizer).
 """
 
 from .data import Dataset, load_npz, random_dataset, validate
@@ -18,6 +19,7 @@ from .evaluate import Evaluator, ModelComparison, compare, evaluate
 from .images import ImageSpec, load_image_folder, parse_image_spec
 from .intervals import bootstrap_interval, interval_warning, wilson_interval
 from .metrics import BUILTIN, FIDELITY, Metric, default_metric, get_metric, load_plugin
+from .quantize import quantize_qdq
 from .score import Score
 from .sources import RANDOM, load_data
 from .split import Split, split_dataset
@@ -25,6 +27,6 @@ from .split import Split, split_dataset
 __all__ = [
     "BUILTIN", "FIDELITY", "RANDOM", "Dataset", "Evaluator", "ImageSpec", "Metric", "ModelComparison", "Score",
     "Split", "bootstrap_interval", "compare", "default_metric", "evaluate", "get_metric", "interval_warning",
-    "load_data", "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "random_dataset",
-    "split_dataset", "validate", "wilson_interval",
+    "load_data", "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "quantize_qdq",
+    "random_dataset", "split_dataset", "validate", "wilson_interval",
 ]
