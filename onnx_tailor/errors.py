@@ -43,3 +43,7 @@ class VerificationError(TailorError):
     """
 
     exit_code = 3
+
+
+class QuantizationError(TailorError):
+    """A model onnxruntime's quantizer cannot turn into an int8 model, or whose int8 form it cannot run."""

@@ -10,7 +10,8 @@
 Modules: `data` (Dataset, .npz, random, validation against a model),
 `images` (image folders), `sources` (`load_data`), `split`, `score` (Score), `intervals` (Wilson,
 bootstrap, the budget warning), `metrics` (built-ins and plug-ins),
-`evaluate` (running models, caching the original's outputs, comparing two).
+`evaluate` (running models, caching the original's outputs, comparing two),
+`quantize` (the int8 QDQ model the device runs, by onnxruntime's static quantizer).
 """
 
 from .data import Dataset, load_npz, random_dataset, validate
@@ -18,6 +19,7 @@ from .evaluate import Evaluator, ModelComparison, compare, evaluate
 from .images import ImageSpec, load_image_folder, parse_image_spec
 from .intervals import bootstrap_interval, drop_interval, interval_warning, interval_warnings, wilson_interval
 from .metrics import BUILTIN, FIDELITY, Metric, default_metric, get_metric, load_plugin
+from .quantize import quantize_qdq
 from .score import Score
 from .sources import RANDOM, load_data
 from .split import DEFAULT_SPLIT, SearchSplit, Split, parse_split, split_dataset, split_three
@@ -26,6 +28,6 @@ __all__ = [
     "BUILTIN", "DEFAULT_SPLIT", "FIDELITY", "RANDOM", "Dataset", "Evaluator", "ImageSpec", "Metric",
     "ModelComparison", "Score", "SearchSplit", "Split", "bootstrap_interval", "compare", "default_metric",
     "drop_interval", "evaluate", "get_metric", "interval_warning", "interval_warnings", "load_data",
-    "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "parse_split", "random_dataset",
-    "split_dataset", "split_three", "validate", "wilson_interval",
+    "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "parse_split", "quantize_qdq",
+    "random_dataset", "split_dataset", "split_three", "validate", "wilson_interval",
 ]

@@ -128,10 +128,16 @@ class Dataset:
                        None if self.labels is None else self.labels[indices],
                        description or self.description, self.classes)
 
-    def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
-        """The inputs in consecutive slices of at most `size` samples."""
+    def batches(self, size: int, pad: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """The inputs in consecutive slices of at most `size` samples; with `pad`, of exactly `size`, a short
+        last slice filled up with copies of its last sample (for a model that fixes its batch size)."""
         for start in range(0, len(self), size):
-            yield {name: array[start:start + size] for name, array in self.inputs.items()}
+            batch = {name: array[start:start + size] for name, array in self.inputs.items()}
+            short = size - len(next(iter(batch.values())))
+            if pad and short:
+                batch = {name: np.concatenate([part, np.repeat(part[-1:], short, axis=0)])
+                         for name, part in batch.items()}
+            yield batch
 
 
 def _check_finite(where: str, name: str, array: np.ndarray) -> None:

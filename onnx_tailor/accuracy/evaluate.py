@@ -76,13 +76,12 @@ class Evaluator:
         sess = session(model, self.optimization, self.threads)
         names = [o.name for o in sess.get_outputs()]
         # A model with a fixed batch dimension takes exactly that many samples a run.
-        fixed = _fixed_batch(model)
+        fixed = fixed_batch(model)
         batch_size = fixed or self.batch_size
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        for feeds in data.batches(batch_size):
-            rows = len(next(iter(feeds.values())))
-            if fixed and rows < fixed:  # pad the last batch with copies of its last sample, dropped below
-                feeds = {k: np.concatenate([v, np.repeat(v[-1:], fixed - rows, axis=0)]) for k, v in feeds.items()}
+        # The padding of a short last batch to a fixed size is dropped below.
+        for start, feeds in zip(range(0, len(data), batch_size), data.batches(batch_size, pad=bool(fixed))):
+            rows = min(batch_size, len(data) - start)
             try:
                 results = sess.run(names, feeds)
             except Exception as exc:  # onnxruntime's own error types: shape errors inside the graph, etc.
@@ -119,7 +118,8 @@ class Evaluator:
         return next(iter(self.scores(model, dataset, [metric], reference, output).values()))
 
 
-def _fixed_batch(model: Model) -> int | None:
+def fixed_batch(model: Model) -> int | None:
+    """The leading (batch) dimension of the first input that fixes one, or None when all are dynamic."""
     for vi in model.graph_inputs:
         shape = model.declared_shape(vi.name)
         if shape and isinstance(shape[0], int) and shape[0] > 0:
