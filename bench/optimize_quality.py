@@ -142,7 +142,7 @@ def main():
                 truth = side_by_side_ms([model, result.model], target)
             o, b = report["original"], report["optimized"]
             used = sorted({s["pass"] for s in report["steps"]})
-            rows.append((name, target.name, o["predicted_latency_ms"], b["predicted_latency_ms"], truth[0], truth[1],
+            rows.append((f"{name} {report['test']['precision']}", target.name, o["predicted_latency_ms"], b["predicted_latency_ms"], truth[0], truth[1],
                          report["test"]["original"]["value"], report["test"]["optimized"]["value"],
                          f"{b['drop']:.2f}/{report['test']['drop']:.2f}", o["param_bytes"], b["param_bytes"],
                          o["peak_activation_bytes"], b["peak_activation_bytes"], seconds,
@@ -164,10 +164,10 @@ def main():
                     original_ms, tool_ms = side_by_side_ms([model, variant], target)
                     tools.append((name, target.name, tool, f"{tool_ms:.3f} ms measured vs original {original_ms:.3f}"))
 
-    print("\nmodel       target    predicted ms        truth ms (sim/meas)   speedup  test metric before->after  "
+    print("\nmodel, judged in  target    predicted ms        truth ms (sim/meas)   speedup  test metric before->after  "
           "drop sel/test  params B before->after   peak act B before->after   search s  evaluated  steps  rewrites")
     for r in rows:
-        print(f"{r[0]:<11} {r[1]:<8} {r[2]:>8.4f}->{r[3]:<8.4f} {r[4]:>9.4f}->{r[5]:<9.4f} {r[4] / r[5]:>7.2f}x "
+        print(f"{r[0]:<16} {r[1]:<8} {r[2]:>8.4f}->{r[3]:<8.4f} {r[4]:>9.4f}->{r[5]:<9.4f} {r[4] / r[5]:>7.2f}x "
               f"{r[6]:>12.2f}->{r[7]:<12.2f} {r[8]:>13} {r[9]:>11,}->{r[10]:<11,} {r[11]:>11,}->{r[12]:<11,} "
               f"{r[13]:>9.0f} {r[14]:>9} {r[15]:>6}  {r[16]}")
     print("\nthe usual tools on the same models:")

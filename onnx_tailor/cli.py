@@ -361,6 +361,10 @@ def passes(as_json):
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop searching after this long and keep the best so far.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split and the search.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]),
+              help="What accuracy is judged in: int8 quantizes every model with onnxruntime's static QDQ "
+                   "quantization, calibrated on the calibration split, as the device runs it. "
+                   "[default: the target's own: int8 for npu-*, fp32 for cpu-ort]")
 @click.option("--split", "split", default=",".join(f"{f:g}" for f in accuracy.DEFAULT_SPLIT), show_default=True,
               metavar="CALIB,SELECT,TEST",
               help="Fractions of --data that passes fit on, that the search judges candidates on, and that "
@@ -376,7 +380,7 @@ def passes(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @input_shape_option
 def optimize(model, target_name, data, metric, max_drop, max_params, max_activation, pass_list, search, beam_width,
-             time_budget, seed, split, output, report_path, recipe_path, plot_path, measure, overwrite_input, quiet,
+             time_budget, seed, precision, split, output, report_path, recipe_path, plot_path, measure, overwrite_input, quiet,
              as_json, input_shapes):
     """Find the fastest variant of MODEL on a target that keeps accuracy and memory in budget.
 
@@ -403,7 +407,7 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
                           max_activation=max_activation,
                           passes=[p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None,
                           search=search, beam_width=beam_width, time_budget=time_budget, seed=seed, split=split,
-                          measure=measure, progress=progress)
+                          precision=precision, measure=measure, progress=progress)
     api.save(result.model, output, input_path=model, overwrite_input=overwrite_input)
     if report_path:
         _write_json(report_path, result.report)

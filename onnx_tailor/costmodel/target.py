@@ -51,6 +51,11 @@ class Target:
     def simulated(self) -> bool:
         return self.kind == "npu"
 
+    @property
+    def precision(self) -> str:
+        """What the target computes in: int8 for one-byte elements (the npu-* targets), else fp32."""
+        return "int8" if self.element_bytes == 1 else "fp32"
+
     def measurements_path(self) -> Path | None:
         if not self.measurements:
             return None

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from .. import accuracy
 from ..analysis import memory_summary
 from ..costmodel import cost_model_for
 from ..costmodel.target import Target
@@ -40,7 +41,11 @@ class Judgement:
 @dataclass
 class SearchData:
     """The data side of a search: calibration inputs for passes, the selection split that the search
-    judges candidates on, and the test split that only the final model and the original see."""
+    judges candidates on, and the test split that only the final model and the original see.
+
+    With `precision` int8 every model is judged as the device runs it: quantized by onnxruntime's
+    static QDQ quantization (`accuracy.quantize_qdq`), calibrated on the calibration split, and
+    compared with the fp32 original (the user's ground truth) where a metric needs a reference."""
 
     calibration: dict
     selection: Any  # accuracy.Dataset
@@ -50,12 +55,27 @@ class SearchData:
     original_score: Any  # accuracy.Score of the original on the selection split
     allowed_drop: float
     calibration_fingerprint: str = ""
+    precision: str = "fp32"  # fp32 | int8
+    _quantized: dict = field(default_factory=dict, repr=False)  # content hash -> quantized model
+
+    def as_run(self, model: Model) -> Model:
+        """`model` as the target runs it: itself in fp32, its QDQ int8 quantization in int8."""
+        if self.precision == "fp32":
+            return model
+        if model.content_hash not in self._quantized:
+            self._quantized[model.content_hash] = accuracy.quantize_qdq(model, self.calibration)
+        return self._quantized[model.content_hash]
+
+    def score(self, model: Model, dataset, original: Model, precision: str | None = None):
+        """`model`'s metric on `dataset` in this search's precision (or the one given), against `original`."""
+        run = model if (precision or self.precision) == "fp32" else self.as_run(model)
+        return self.evaluator.score(run, dataset, self.metric, reference=original)
 
     def judge(self, model: Model, original: Model, original_score=None, on_test: bool = False) -> Judgement:
         """Score `model` against `original` on the selection split (or the test split, with the
         original's score there) and check the accuracy budget."""
         dataset, original_score = (self.test, original_score) if on_test else (self.selection, self.original_score)
-        score = self.evaluator.score(model, dataset, self.metric, reference=original)
+        score = self.score(model, dataset, original)
         drop = (original_score.value - score.value) * (1 if original_score.higher_is_better else -1)
         over = None
         if drop > self.allowed_drop + 1e-9:

@@ -39,6 +39,7 @@ from .recipe import Recipe, replay_each
 from .report import build_report
 
 STRATEGIES = ("greedy", "beam", "evolutionary")
+PRECISIONS = ("fp32", "int8")
 CLEANUP_PASSES = ("simplify", "fold_batchnorm")  # canonicalization already ran these
 
 
@@ -78,13 +79,14 @@ def split_data(model: Model, data, seed: int, calibration: float):
     return accuracy.split_dataset(dataset, calibration=calibration, seed=seed)
 
 
-def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: int, fractions,
+def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: int, fractions, precision: str,
                  lossy: bool, notes: list[str]) -> SearchData:
     dataset = data if isinstance(data, accuracy.Dataset) else accuracy.load_data(data, model)
     split = accuracy.split_three(dataset, accuracy.parse_split(fractions), seed)
     metric = metric or accuracy.default_metric(split.selection, True)
-    evaluator = accuracy.Evaluator()
-    original_score = evaluator.score(model, split.selection, metric, reference=model)
+    search_data = SearchData(split.calibration.inputs, split.selection, split.test, metric, accuracy.Evaluator(),
+                             None, 0.0, split.calibration.fingerprint, precision)
+    original_score = search_data.original_score = search_data.score(model, split.selection, model)
     budget = parse_max_drop(max_drop)
     allowed = budget.allowed_drop(original_score.value)
     if lossy:
@@ -97,8 +99,11 @@ def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: in
     notes.append(f"accuracy budget: {metric} may drop {allowed:.3g} ({shown}) against the original "
                  f"{original_score.value:.3g}; data split into {split.describe()}: passes fit on calibration, "
                  "the search judges on selection, the result is reported on test")
-    return SearchData(split.calibration.inputs, split.selection, split.test, metric, evaluator, original_score,
-                      allowed, split.calibration.fingerprint)
+    if precision == "int8":
+        notes.append("every model is judged in int8, as the target runs it: onnxruntime's static QDQ quantization "
+                     "(per-channel int8 weights, MinMax-calibrated int8 activations) on the calibration split")
+    search_data.allowed_drop = allowed
+    return search_data
 
 
 def _check_resolution(samples: int, split, original_score, metric: str, allowed: float) -> None:
@@ -132,18 +137,25 @@ def _measure_side_by_side(original: Model, optimized: Model, target: Target, rou
 def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: str | None = None,
              max_drop: str = "1.0", max_params: int | None = None, max_activation: int | None = None,
              passes: list[str] | None = None, search: str = "greedy", beam_width: int = 4,
-             time_budget: float | None = None, seed: int = 0, split=accuracy.DEFAULT_SPLIT, measure: bool = False,
+             time_budget: float | None = None, seed: int = 0, split=accuracy.DEFAULT_SPLIT,
+             precision: str | None = None, measure: bool = False,
              progress: Callable[[str], None] | None = None) -> OptimizeResult:
-    """Search for the fastest model that meets the constraints (see the module docstring)."""
+    """Search for the fastest model that meets the constraints (see the module docstring).
+
+    `precision` (fp32 | int8) is what accuracy is judged in; by default the target's own
+    (int8 for the npu-* targets)."""
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
     target = target if isinstance(target, Target) else load_target(target)
+    precision = precision or target.precision
+    if precision not in PRECISIONS:
+        raise TailorError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     notes: list[str] = []
     names = _passes(passes)
     search_data = None
     if data is not None:
         lossy = any(get_pass(name).exactness is Exactness.LOSSY for name in names)
-        search_data = _search_data(model, data, metric, max_drop, seed, split, lossy, notes)
+        search_data = _search_data(model, data, metric, max_drop, seed, split, precision, lossy, notes)
     else:
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
     constraints = Constraints(parse_max_drop(max_drop) if data is not None else None, max_params, max_activation)
@@ -202,7 +214,7 @@ def _holding_on_test(data: SearchData, path: list[Model], notes: list[str]) -> t
     """How many of the chosen steps to keep: the longest prefix of the path whose model holds the
     budget on the test split (the original always does), with its figures there for the report."""
     original, chosen = path[0], len(path) - 1
-    original_score = data.evaluator.score(original, data.test, data.metric, reference=original)
+    original_score = data.score(original, data.test, original)
     judgement, kept, broken = Judgement(original_score, 0.0, None), 0, None
     for steps in range(chosen, 0, -1):  # the longest, fastest prefix first
         candidate = data.judge(path[steps], original, original_score, on_test=True)
@@ -215,10 +227,14 @@ def _holding_on_test(data: SearchData, path: list[Model], notes: list[str]) -> t
         notes.append(f"on the test split ({len(data.test)} samples the search never saw) the chosen "
                      f"{chosen}-step model {broken.over_budget}; {instead} is returned instead")
     low_high = accuracy.drop_interval(original_score, judgement.score)
-    return kept, {"split": "test", "n": len(data.test), "original": original_score.to_dict(),
-                  "optimized": judgement.score.to_dict(), "drop": judgement.drop,
-                  "drop_ci": list(low_high) if low_high else None, "allowed_drop": data.allowed_drop,
-                  "steps_kept": kept, "steps_chosen": chosen}
+    figures = {"split": "test", "n": len(data.test), "precision": data.precision, "original": original_score.to_dict(),
+               "optimized": judgement.score.to_dict(), "drop": judgement.drop,
+               "drop_ci": list(low_high) if low_high else None, "allowed_drop": data.allowed_drop,
+               "steps_kept": kept, "steps_chosen": chosen, "fp32": None}
+    if data.precision != "fp32":  # the same two models unquantized, for comparison
+        figures["fp32"] = {"original": data.score(original, data.test, original, "fp32").to_dict(),
+                           "optimized": data.score(path[kept], data.test, original, "fp32").to_dict()}
+    return kept, figures
 
 
 def _why_nothing_helped(ctx: SearchContext) -> str:

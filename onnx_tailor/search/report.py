@@ -90,9 +90,12 @@ def format_report(report: dict) -> str:
     if test:
         ci = test["drop_ci"]
         interval = f", 95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
-        lines.append(f"  {test['original']['name']} on the test split (n={test['n']}, never seen by the search): "
-                     f"{test['original']['value']:.2f} -> {test['optimized']['value']:.2f} "
+        lines.append(f"  {test['original']['name']} in {test['precision']} on the test split (n={test['n']}, never seen "
+                     f"by the search): {test['original']['value']:.2f} -> {test['optimized']['value']:.2f} "
                      f"(drop {test['drop']:.2f}{interval}; budget {test['allowed_drop']:.2f})")
+        if test.get("fp32"):
+            lines.append(f"  the same in fp32: {test['fp32']['original']['value']:.2f} -> "
+                         f"{test['fp32']['optimized']['value']:.2f}")
         lines.append(f"  on the selection split the search chose with (n={b['metric']['n']}): "
                      f"{o['metric']['value']:.2f} -> {b['metric']['value']:.2f} (drop {b['drop']:.2f})")
     lines.append(f"  parameters {o['param_bytes']:,} B -> {b['param_bytes']:,} B; "

@@ -160,7 +160,7 @@ def test_passes_see_only_the_calibration_split_and_the_search_never_judges_on_te
         return real_score(self, model, data, metric, reference, output)
 
     monkeypatch.setattr(accuracy.Evaluator, "score", scoring)
-    result = run(tiny, data=dataset)
+    result = run(tiny, data=dataset, precision="fp32")  # int8 would judge quantized copies (tested below)
     assert seen and result.recipe.steps
     held_out = {row.tobytes() for part in (split.selection, split.test) for row in part.inputs["input"]}
     for batch in seen:
@@ -195,6 +195,29 @@ def test_a_choice_that_breaks_the_budget_on_test_falls_back_along_its_path(tiny,
     assert any(f"the chosen {chosen}-step model drops too much" in note for note in result.notes)
     import onnx_tailor as ot
     assert ot.apply_recipe(tiny, result.recipe, data="random").content_hash == result.model.content_hash
+
+
+def test_int8_judges_the_quantized_models_and_reports_fp32_beside(tiny, monkeypatch):
+    from onnx_tailor import accuracy
+    from onnx_tailor.costmodel import load_target
+
+    quantized = []
+    real = accuracy.quantize_qdq
+
+    def spy(model, calibration, **options):
+        quantized.append(model.content_hash)
+        return real(model, calibration, **options)
+
+    monkeypatch.setattr(accuracy, "quantize_qdq", spy)
+    result = run(tiny)  # npu-p32 computes in int8: its default
+    test = result.report["test"]
+    assert test["precision"] == "int8" and test["fp32"]["optimized"]["name"] == "cosine"
+    assert tiny.content_hash in quantized and result.model.content_hash in quantized
+    assert len(quantized) == len(set(quantized)), "a model is quantized once per search"
+    assert any("judged in int8" in note for note in result.notes)
+    assert (load_target("npu-p32").precision, load_target("cpu-ort").precision) == ("int8", "fp32")
+    quantized.clear()
+    assert not run(tiny, precision="fp32").report["test"]["fp32"] and not quantized
 
 
 def test_too_little_data_for_the_budget_is_refused_for_lossy_passes(tiny, digits):
