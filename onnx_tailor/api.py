@@ -16,9 +16,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import accuracy
 from .analysis import Analysis, analyze
 from .costmodel import CostReport, load_target
 from .costmodel import score as cost_score
+from .errors import TailorError
 from .ir import Model, Shape, save
 from .passes import PassApplied, apply_pass
 from .passes.canonicalize import load
@@ -64,17 +66,25 @@ def optimize(model: ModelLike, target: str = "npu-p32", data=None, *,
 
 
 def apply_recipe(model: ModelLike, recipe: Recipe | str | os.PathLike, data=None,
-                 input_shapes: Mapping[str, Shape] | None = None) -> Model:
-    """Replay a recipe (a `search.Recipe` or the path of recipe.json) on the model it was made for."""
+                 input_shapes: Mapping[str, Shape] | None = None, emit: str = "fp32") -> Model:
+    """Replay a recipe (a `search.Recipe` or the path of recipe.json) on the model it was made for.
+
+    `emit="qdq"` returns the replayed model quantized to int8 QDQ, calibrated on the same
+    calibration split: the bytes `optimize --emit qdq` wrote."""
+    if emit not in ("fp32", "qdq"):
+        raise TailorError(f"unknown --emit '{emit}'; choose fp32 or qdq")
     recipe = recipe if isinstance(recipe, Recipe) else read_recipe(Path(recipe))
     loaded = _as_model(model, {**recipe.input_shapes, **dict(input_shapes or {})})
     calibration = fingerprint = None
-    if recipe.needs_data:
+    if recipe.needs_data or emit == "qdq":
         made_with = recipe.data or {}
-        split = split_data(loaded, data if data is not None else made_with.get("source"), made_with.get("seed", 0),
-                           made_with.get("fraction", 0.5))
+        source = data if data is not None else made_with.get("source")
+        if source is None:
+            raise TailorError("the quantization calibrates on the data the recipe was made with: give --data")
+        split = split_data(loaded, source, made_with.get("seed", 0), made_with.get("fraction", 0.5))
         calibration, fingerprint = split.calibration.inputs, split.calibration.fingerprint
-    return replay(recipe, loaded, calibration, fingerprint)
+    replayed = replay(recipe, loaded, calibration if recipe.needs_data else None, fingerprint)
+    return replayed if emit == "fp32" else accuracy.quantize_qdq(replayed, calibration)
 
 
 __all__ = ["Model", "apply", "apply_recipe", "inspect", "load", "optimize", "save", "score"]

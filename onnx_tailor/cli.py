@@ -361,6 +361,9 @@ def passes(as_json):
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop searching after this long and keep the best so far.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split and the search.")
+@click.option("--emit", type=click.Choice(["fp32", "qdq"]), default="fp32", show_default=True,
+              help="Write the optimized fp32 model, or its int8 QDQ quantization (calibrated on the calibration "
+                   "split), the form NPU compilers take.")
 @click.option("--precision", type=click.Choice(["fp32", "int8"]),
               help="What accuracy is judged in: int8 quantizes every model with onnxruntime's static QDQ "
                    "quantization, calibrated on the calibration split, as the device runs it. "
@@ -380,7 +383,7 @@ def passes(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @input_shape_option
 def optimize(model, target_name, data, metric, max_drop, max_params, max_activation, pass_list, search, beam_width,
-             time_budget, seed, precision, split, output, report_path, recipe_path, plot_path, measure, overwrite_input, quiet,
+             time_budget, seed, emit, precision, split, output, report_path, recipe_path, plot_path, measure, overwrite_input, quiet,
              as_json, input_shapes):
     """Find the fastest variant of MODEL on a target that keeps accuracy and memory in budget.
 
@@ -408,7 +411,7 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
                           passes=[p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None,
                           search=search, beam_width=beam_width, time_budget=time_budget, seed=seed, split=split,
                           precision=precision, measure=measure, progress=progress)
-    api.save(result.model, output, input_path=model, overwrite_input=overwrite_input)
+    api.save(result.emitted(emit), output, input_path=model, overwrite_input=overwrite_input)
     if report_path:
         _write_json(report_path, result.report)
     if recipe_path:
@@ -418,13 +421,14 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
     click.echo(json.dumps(result.report, indent=2) if as_json else format_report(result.report))
 
 
-def _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes):
+def _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes, emit):
     if not output:
         raise click.UsageError("give -o/--output")
     recipe = read_recipe(Path(recipe_path))
-    if recipe.needs_data and not (data or (recipe.data or {}).get("source")):
-        raise TailorError("this recipe has lossy steps: give the --data they were fitted on")
-    result = api.apply_recipe(api.load(model, {**recipe.input_shapes, **input_shapes}), recipe, data)
+    if (recipe.needs_data or emit == "qdq") and not (data or (recipe.data or {}).get("source")):
+        why = "this recipe has lossy steps" if recipe.needs_data else "--emit qdq calibrates the quantization on it"
+        raise TailorError(f"{why}: give the --data the recipe was made with")
+    result = api.apply_recipe(api.load(model, {**recipe.input_shapes, **input_shapes}), recipe, data, emit=emit)
     api.save(result, output, input_path=model, overwrite_input=overwrite_input)
     click.echo(f"replayed {len(recipe.steps)} step(s) of {recipe_path}; wrote {output}", err=True)
 
@@ -444,10 +448,13 @@ def _write_json(path, payload) -> None:
 @click.option("--param", "params", multiple=True, callback=_parse_params, metavar="KEY=VALUE",
               help="A pass parameter, e.g. multiple=32 (repeatable).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
+@click.option("--emit", type=click.Choice(["fp32", "qdq"]), default="fp32", show_default=True,
+              help="With --recipe: the replayed fp32 model, or its int8 QDQ quantization as `optimize --emit qdq` "
+                   "wrote it.")
 @click.option("--list-sites", is_flag=True, help="List the sites (and the declined near-sites, with reasons); write nothing.")
 @click.option("--overwrite-input", is_flag=True, help="Allow OUTPUT to be the input file itself.")
 @input_shape_option
-def apply(model, pass_name, recipe_path, data, anchor, params, output, list_sites, overwrite_input, input_shapes):
+def apply(model, pass_name, recipe_path, data, anchor, params, output, emit, list_sites, overwrite_input, input_shapes):
     """Apply one pass to MODEL at one site or at all its sites, and write the result.
 
     Exact passes are verified against the input with onnxruntime (no graph
@@ -455,7 +462,9 @@ def apply(model, pass_name, recipe_path, data, anchor, params, output, list_site
     written atomically and the input file is never modified.
     """
     if recipe_path:
-        return _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes)
+        return _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes, emit)
+    if emit != "fp32":
+        raise click.UsageError("--emit qdq goes with --recipe (or with optimize)")
     if not pass_name:
         raise click.UsageError("give --pass NAME (see `onnx-tailor passes`) or --recipe RECIPE.json")
     rewrite = get_pass(pass_name)

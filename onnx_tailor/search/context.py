@@ -60,8 +60,10 @@ class SearchData:
 
     def as_run(self, model: Model) -> Model:
         """`model` as the target runs it: itself in fp32, its QDQ int8 quantization in int8."""
-        if self.precision == "fp32":
-            return model
+        return model if self.precision == "fp32" else self.quantized(model)
+
+    def quantized(self, model: Model) -> Model:
+        """`model`'s QDQ int8 quantization, calibrated on the calibration split (once per model)."""
         if model.content_hash not in self._quantized:
             self._quantized[model.content_hash] = accuracy.quantize_qdq(model, self.calibration)
         return self._quantized[model.content_hash]

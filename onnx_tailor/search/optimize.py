@@ -61,6 +61,17 @@ class OptimizeResult:
     def improved(self) -> bool:
         return bool(self.recipe.steps)
 
+    def emitted(self, emit: str = "fp32") -> Model:
+        """The model to write: fp32 as optimized, or `qdq`, its int8 QDQ quantization calibrated on the
+        calibration split (the form NPU compilers take; the same bytes the search judged in int8)."""
+        if emit == "fp32":
+            return self.model
+        if emit != "qdq":
+            raise TailorError(f"unknown --emit '{emit}'; choose fp32 or qdq")
+        if self.context is None or self.context.data is None:
+            raise TailorError("--emit qdq calibrates the quantization on --data; give --data")
+        return self.context.data.quantized(self.model)
+
 
 def _passes(requested: list[str] | None) -> list[str]:
     known = all_passes()

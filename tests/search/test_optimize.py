@@ -124,6 +124,16 @@ def test_cli_writes_model_report_recipe_and_replays_byte_identically(tmp_path):
                                  str(replayed)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert replayed.read_bytes() == out.read_bytes()
+    qdq, replayed_qdq = tmp_path / "qdq.onnx", tmp_path / "replayed_qdq.onnx"
+    done = subprocess.run(cli + ["optimize", str(source), "--data", str(data), "--metric", "cosine", "--max-drop",
+                                 "0.05", "--passes", ",".join(PASSES), "--emit", "qdq", "-o", str(qdq), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(qdq)).graph.node}
+    done = subprocess.run(cli + ["apply", str(source), "--recipe", str(recipe), "--data", str(data), "--emit", "qdq",
+                                 "-o", str(replayed_qdq)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert replayed_qdq.read_bytes() == qdq.read_bytes()
     other = tmp_path / "other.onnx"
     onnx.save(tiny_mobilenet(seed=5), str(other))
     done = subprocess.run(cli + ["apply", str(other), "--recipe", str(recipe), "--data", str(data), "-o",
