@@ -17,7 +17,8 @@ bootstrap, the budget warning), `metrics` (built-ins and plug-ins),
 from .data import Dataset, load_npz, random_dataset, validate
 from .evaluate import Evaluator, ModelComparison, compare, evaluate
 from .images import ImageSpec, load_image_folder, parse_image_spec
-from .intervals import bootstrap_interval, drop_interval, interval_warning, interval_warnings, wilson_interval
+from .intervals import (bootstrap_interval, drop_interval, drop_standard_error, interval_warning, interval_warnings,
+                        wilson_interval)
 from .metrics import BUILTIN, FIDELITY, Metric, default_metric, get_metric, load_plugin
 from .quantize import quantize_qdq
 from .score import Score
@@ -27,7 +28,7 @@ from .split import DEFAULT_SPLIT, SearchSplit, Split, parse_split, split_dataset
 __all__ = [
     "BUILTIN", "DEFAULT_SPLIT", "FIDELITY", "RANDOM", "Dataset", "Evaluator", "ImageSpec", "Metric",
     "ModelComparison", "Score", "SearchSplit", "Split", "bootstrap_interval", "compare", "default_metric",
-    "drop_interval", "evaluate", "get_metric", "interval_warning", "interval_warnings", "load_data",
+    "drop_interval", "drop_standard_error", "evaluate", "get_metric", "interval_warning", "interval_warnings", "load_data",
     "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "parse_split", "quantize_qdq",
     "random_dataset", "split_dataset", "split_three", "validate", "wilson_interval",
 ]

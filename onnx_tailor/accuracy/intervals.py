@@ -103,6 +103,14 @@ def drop_interval(original: Score, candidate: Score) -> tuple[float, float] | No
     return bootstrap_interval(sign * (original.per_sample - candidate.per_sample))
 
 
+def drop_standard_error(original: Score, candidate: Score) -> float:
+    """Standard error of the paired drop (see `drop_interval`); 0 without per-sample values."""
+    if original.per_sample is None or candidate.per_sample is None or original.n != candidate.n or original.n < 2:
+        return 0.0
+    differences = original.per_sample - candidate.per_sample
+    return float(np.std(differences, ddof=1) / np.sqrt(len(differences)))
+
+
 def interval_warning(score: Score, budget: float) -> str | None:
     """A warning when `score`'s interval is too wide to resolve a change of `budget`, else None.
 

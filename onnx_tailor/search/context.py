@@ -56,6 +56,10 @@ class SearchData:
     allowed_drop: float
     calibration_fingerprint: str = ""
     precision: str = "fp32"  # fp32 | int8
+    # point: a candidate holds when its selection drop is within the budget; margin: when its drop
+    # plus one standard error of the paired per-sample differences is (a flipped sample is charged
+    # for the uncertainty it brings, so that a walk along the budget on noise is not taken for free).
+    acceptance: str = "point"
     _quantized: dict = field(default_factory=dict, repr=False)  # content hash -> quantized model
 
     def as_run(self, model: Model) -> Model:
@@ -79,9 +83,12 @@ class SearchData:
         dataset, original_score = (self.test, original_score) if on_test else (self.selection, self.original_score)
         score = self.score(model, dataset, original)
         drop = (original_score.value - score.value) * (1 if original_score.higher_is_better else -1)
+        margin = 0.0 if on_test or self.acceptance == "point" else accuracy.drop_standard_error(original_score, score)
         over = None
-        if drop > self.allowed_drop + 1e-9:
-            over = f"{self.metric} drops {drop:.2f} against the original, over the budget of {self.allowed_drop:.2f}"
+        if drop + margin > self.allowed_drop + 1e-9:
+            charged = f" (+{margin:.2f} for its uncertainty)" if margin else ""
+            over = (f"{self.metric} drops {drop:.2f}{charged} against the original, "
+                    f"over the budget of {self.allowed_drop:.2f}")
         return Judgement(score, drop, over)
 
 

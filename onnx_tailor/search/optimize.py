@@ -40,6 +40,7 @@ from .report import build_report
 
 STRATEGIES = ("greedy", "beam", "evolutionary")
 PRECISIONS = ("fp32", "int8")
+ACCEPTANCES = ("point", "margin")  # see SearchData.acceptance
 CLEANUP_PASSES = ("simplify", "fold_batchnorm")  # canonicalization already ran these
 
 
@@ -149,7 +150,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
              max_drop: str = "1.0", max_params: int | None = None, max_activation: int | None = None,
              passes: list[str] | None = None, search: str = "greedy", beam_width: int = 4,
              time_budget: float | None = None, seed: int = 0, split=accuracy.DEFAULT_SPLIT,
-             precision: str | None = None, measure: bool = False,
+             precision: str | None = None, acceptance: str = "point", measure: bool = False,
              progress: Callable[[str], None] | None = None) -> OptimizeResult:
     """Search for the fastest model that meets the constraints (see the module docstring).
 
@@ -161,12 +162,15 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     precision = precision or target.precision
     if precision not in PRECISIONS:
         raise TailorError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    if acceptance not in ACCEPTANCES:
+        raise TailorError(f"unknown acceptance rule '{acceptance}'; choose one of {', '.join(ACCEPTANCES)}")
     notes: list[str] = []
     names = _passes(passes)
     search_data = None
     if data is not None:
         lossy = any(get_pass(name).exactness is Exactness.LOSSY for name in names)
         search_data = _search_data(model, data, metric, max_drop, seed, split, precision, lossy, notes)
+        search_data.acceptance = acceptance
     else:
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
     constraints = Constraints(parse_max_drop(max_drop) if data is not None else None, max_params, max_activation)
