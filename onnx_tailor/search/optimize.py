@@ -91,13 +91,15 @@ def split_data(model: Model, data, seed: int, calibration: float):
     return accuracy.split_dataset(dataset, calibration=calibration, seed=seed)
 
 
-def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: int, fractions, precision: str,
-                 lossy: bool, notes: list[str]) -> SearchData:
+def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: int, fractions,
+                 judging: tuple[str, str], lossy: bool, notes: list[str]) -> SearchData:
+    """The split data, the metric, the original's score and the budget; `judging` is (precision, acceptance)."""
+    precision, acceptance = judging
     dataset = data if isinstance(data, accuracy.Dataset) else accuracy.load_data(data, model)
     split = accuracy.split_three(dataset, accuracy.parse_split(fractions), seed)
     metric = metric or accuracy.default_metric(split.selection, True)
     search_data = SearchData(split.calibration.inputs, split.selection, split.test, metric, accuracy.Evaluator(),
-                             None, 0.0, split.calibration.fingerprint, precision)
+                             None, 0.0, split.calibration.fingerprint, precision, acceptance)
     original_score = search_data.original_score = search_data.score(model, split.selection, model)
     budget = parse_max_drop(max_drop)
     allowed = budget.allowed_drop(original_score.value)
@@ -169,8 +171,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     search_data = None
     if data is not None:
         lossy = any(get_pass(name).exactness is Exactness.LOSSY for name in names)
-        search_data = _search_data(model, data, metric, max_drop, seed, split, precision, lossy, notes)
-        search_data.acceptance = acceptance
+        search_data = _search_data(model, data, metric, max_drop, seed, split, (precision, acceptance), lossy, notes)
     else:
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
     constraints = Constraints(parse_max_drop(max_drop) if data is not None else None, max_params, max_activation)
