@@ -368,6 +368,10 @@ def passes(as_json):
               help="What accuracy is judged in: int8 quantizes every model with onnxruntime's static QDQ "
                    "quantization, calibrated on the calibration split, as the device runs it. "
                    "[default: the target's own: int8 for npu-*, fp32 for cpu-ort]")
+@click.option("--acceptance", type=click.Choice(["margin", "point"]), default="margin", show_default=True,
+              help="When a candidate holds the budget on the selection split: margin, when its drop plus one "
+                   "standard error of the per-sample differences from the original does (a step that flips "
+                   "samples pays for its uncertainty); point, when its drop alone does.")
 @click.option("--split", "split", default=",".join(f"{f:g}" for f in accuracy.DEFAULT_SPLIT), show_default=True,
               metavar="CALIB,SELECT,TEST",
               help="Fractions of --data that passes fit on, that the search judges candidates on, and that "
@@ -383,7 +387,7 @@ def passes(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @input_shape_option
 def optimize(model, target_name, data, metric, max_drop, max_params, max_activation, pass_list, search, beam_width,
-             time_budget, seed, emit, precision, split, output, report_path, recipe_path, plot_path, measure, overwrite_input, quiet,
+             time_budget, seed, emit, precision, acceptance, split, output, report_path, recipe_path, plot_path, measure, overwrite_input, quiet,
              as_json, input_shapes):
     """Find the fastest variant of MODEL on a target that keeps accuracy and memory in budget.
 
@@ -410,7 +414,7 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
                           max_activation=max_activation,
                           passes=[p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None,
                           search=search, beam_width=beam_width, time_budget=time_budget, seed=seed, split=split,
-                          precision=precision, measure=measure, progress=progress)
+                          precision=precision, acceptance=acceptance, measure=measure, progress=progress)
     api.save(result.emitted(emit), output, input_path=model, overwrite_input=overwrite_input)
     if report_path:
         _write_json(report_path, result.report)

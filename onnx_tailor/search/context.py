@@ -59,7 +59,7 @@ class SearchData:
     # point: a candidate holds when its selection drop is within the budget; margin: when its drop
     # plus one standard error of the paired per-sample differences is (a flipped sample is charged
     # for the uncertainty it brings, so that a walk along the budget on noise is not taken for free).
-    acceptance: str = "point"
+    acceptance: str = "margin"
     _quantized: dict = field(default_factory=dict, repr=False)  # content hash -> quantized model
 
     def as_run(self, model: Model) -> Model:

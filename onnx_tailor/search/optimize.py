@@ -40,7 +40,10 @@ from .report import build_report
 
 STRATEGIES = ("greedy", "beam", "evolutionary")
 PRECISIONS = ("fp32", "int8")
-ACCEPTANCES = ("point", "margin")  # see SearchData.acceptance
+# See SearchData.acceptance. margin is the default: on the PaddleOCR classifier over 3 split seeds
+# (bench/accuracy_trust.py) its results lost 0.70-1.10 points on fresh data, point's 0.80-1.70,
+# for about 9% less speed-up.
+ACCEPTANCES = ("margin", "point")
 CLEANUP_PASSES = ("simplify", "fold_batchnorm")  # canonicalization already ran these
 
 
@@ -152,7 +155,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
              max_drop: str = "1.0", max_params: int | None = None, max_activation: int | None = None,
              passes: list[str] | None = None, search: str = "greedy", beam_width: int = 4,
              time_budget: float | None = None, seed: int = 0, split=accuracy.DEFAULT_SPLIT,
-             precision: str | None = None, acceptance: str = "point", measure: bool = False,
+             precision: str | None = None, acceptance: str = "margin", measure: bool = False,
              progress: Callable[[str], None] | None = None) -> OptimizeResult:
     """Search for the fastest model that meets the constraints (see the module docstring).
 
