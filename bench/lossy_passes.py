@@ -6,8 +6,8 @@ Per site: the local error the pass reports (relative L2 change of the
 block/layer output on the calibration split), the top-1 change and the
 top-1 agreement with the original on the evaluation split (never seen by a
 pass), and the MACs and parameter change. fuse_ibn_expansion is shown with
-both inits (lsq: least-squares reconstruction, compose: the product of the
-kernels), and once more applied to every block in turn (sequential
+both inits (lsq: least-squares reconstruction refined by the default
+`refine` steps, compose: the product of the kernels), and once more applied to every block in turn (sequential
 calibration: each block fitted on the already-rewritten network).
 
 digits: the demo model and its held-out set; paddle_cls: the PaddleOCR
