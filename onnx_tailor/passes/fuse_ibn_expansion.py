@@ -64,6 +64,7 @@ model decides where; this pass only rewrites.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -82,6 +83,15 @@ from .refine import ConvPair, Elementwise, SqueezeExcitation
 
 DEFAULT_REFINE = 100  # chosen by bench/fusion_refinement.py: see the module docstring
 CHECKED_SAMPLES = 4  # calibration samples on which the numpy block is checked against onnxruntime
+
+
+@dataclass(frozen=True)
+class FusionMatch:
+    """A site's match: the block, and how numpy follows its activation and SE gate for refine (None
+    when refine is off, a reason in words when they cannot be followed)."""
+
+    block: IBNBlock
+    followed: tuple[Elementwise, SqueezeExcitation | None] | str | None
 
 
 class FuseIbnExpansion(Pass):
@@ -112,20 +122,20 @@ class FuseIbnExpansion(Pass):
             unrefined = f"; not refined: {followed}" if isinstance(followed, str) else ""
             yield self.site(block.expand, {block.expand, block.depthwise, *between},
                             {"init": params["init"], "refine": params["refine"]},
-                            match=block,
+                            match=FusionMatch(block, followed),
                             summary=f"{block.in_channels}->{block.expanded_channels} 1x1 + {block.kernel[0]}x"
                                     f"{block.kernel[1]} depthwise -> one {block.kernel[0]}x{block.kernel[1]} conv "
                                     f"({block.expand_activation} dropped{unrefined})")
 
     def preview(self, model: Model, site: Site) -> Model:
-        return _compose(model, site.match)[0]  # same graph as lsq, without the fitting
+        return _compose(model, site.match.block)[0]  # same graph as lsq, without the fitting
 
     def output_tensor(self, model: Model, site: Site) -> str:
         """The tensor whose change is the site's local error: the block's projection output."""
-        return model.node(site.match.project).output[0]
+        return model.node(site.match.block.project).output[0]
 
     def rewrite(self, model: Model, site: Site, calib=None) -> Model:
-        block: IBNBlock = site.match
+        block, followed = site.match.block, site.match.followed
         composed, fused = _compose(model, block)
         if site.param_dict["init"] == "compose":
             return composed
@@ -138,7 +148,6 @@ class FuseIbnExpansion(Pass):
         new_input = capture(fitted, [project.input[0]], calib)[project.input[0]]
         weight, bias = fit_conv(new_input, seen[project.output[0]], ConvGeometry.of(model, project))
         fitted = _replace_weights(fitted, block.project, weight, bias)
-        followed = _followed(model, block) if site.param_dict["refine"] else None
         if followed is None or isinstance(followed, str):
             return fitted
         # Stage 3: both convs refined together through the activation and the SE gate.
