@@ -125,10 +125,11 @@ def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: in
 
 def _check_resolution(samples: int, split, original_score, metric: str, allowed: float) -> None:
     """Refuse data too small to check the budget: when one sample of the selection or the test split
-    moves a proportion by more than the budget, a 'within budget' from it means nothing."""
+    moves a proportion by more than the budget, a 'within budget' from it means nothing. A zero budget
+    needs no resolution: it admits no drop at all."""
     smallest = min(len(split.selection), len(split.test))
-    step = original_score.resolution and 100.0 / smallest
-    if step and step > allowed:
+    step = 100.0 / smallest if original_score.resolution is not None else None  # proportions only
+    if step is not None and 0 < allowed < step:
         needed = math.ceil(100.0 / allowed)
         share = min(split.fractions[1:])
         raise TailorError(f"--data has {samples} samples, so one of the {smallest} in the smallest judging split moves "

@@ -238,6 +238,9 @@ def test_too_little_data_for_the_budget_is_refused_for_lossy_passes(tiny, digits
     few = split.evaluation.subset(list(range(40)), "40 digits")
     with pytest.raises(TailorError, match=r"at least 100 samples in each of the selection and test splits \(286 in"):
         optimize(model, "npu-p32", data=few, metric="top1", max_drop="1.0", passes=["fuse_ibn_expansion"])
+    strict = optimize(model, "npu-p32", data=few, metric="top1", max_drop="0", passes=["fuse_ibn_expansion"],
+                      time_budget=5)  # a zero budget needs no resolution: it admits no drop at all
+    assert strict.report["test"]["drop"] <= 0
     exact = optimize(model, "npu-p32", data=few, metric="top1", max_drop="1.0", passes=["densify_depthwise"])
     assert all(get_pass(s.pass_name).exactness is Exactness.EXACT for s in exact.recipe.steps)
     assert isinstance(accuracy.parse_split("0.2,0.4,0.4"), tuple)
