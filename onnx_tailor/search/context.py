@@ -31,7 +31,7 @@ MIN_GAIN = 5e-3
 
 @dataclass(frozen=True)
 class Judgement:
-    """A model's metric on the evaluation split, its drop against the original, and whether that is too much."""
+    """A model's metric on the split it was judged on, its drop against the original, and whether that is too much."""
 
     score: Any  # accuracy.Score
     drop: float  # in metric units; positive is worse
@@ -62,10 +62,6 @@ class SearchData:
     acceptance: str = "margin"
     _quantized: dict = field(default_factory=dict, repr=False)  # content hash -> quantized model
 
-    def as_run(self, model: Model) -> Model:
-        """`model` as the target runs it: itself in fp32, its QDQ int8 quantization in int8."""
-        return model if self.precision == "fp32" else self.quantized(model)
-
     def quantized(self, model: Model) -> Model:
         """`model`'s QDQ int8 quantization, calibrated on the calibration split (once per model)."""
         if model.content_hash not in self._quantized:
@@ -74,7 +70,7 @@ class SearchData:
 
     def score(self, model: Model, dataset, original: Model, precision: str | None = None):
         """`model`'s metric on `dataset` in this search's precision (or the one given), against `original`."""
-        run = model if (precision or self.precision) == "fp32" else self.as_run(model)
+        run = model if (precision or self.precision) == "fp32" else self.quantized(model)
         return self.evaluator.score(run, dataset, self.metric, reference=original)
 
     def judge(self, model: Model, original: Model, original_score=None, on_test: bool = False) -> Judgement:
