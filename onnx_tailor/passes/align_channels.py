@@ -83,10 +83,10 @@ class AlignChannels(Pass):
         """The narrowed graph without the data-aware choice and refit (same shapes, cheap)."""
         return remove_channels(model, site.match, self._keep(site), "first", "none")
 
-    def rewrite(self, model: Model, site: Site, calib=None) -> Model:
+    def rewrite(self, model: Model, site: Site, calib=None, reference: Model | None = None) -> Model:
         params = site.param_dict
         return remove_channels(model, site.match, self._keep(site), params["importance"], params["refit"],
-                               params["ridge"], calib)
+                               params["ridge"], calib, reference)
 
     @staticmethod
     def _keep(site: Site) -> int:

@@ -45,17 +45,18 @@ class PassApplied:
 
 
 def apply_step(model: Model, step: Step | Site, calib: Calibration | None = None, *,
-               verify: bool = True) -> Applied:
+               reference: Model | None = None, verify: bool = True) -> Applied:
     """Rewrite `model` at `step`; a `Site` must have been found on `model` itself.
 
-    `verify=False` skips the numerical check of an exact pass, for a caller that
-    verifies a whole sequence at once (`apply_pass`)."""
+    `reference` is the model a sequence of steps started from, whose tensors a lossy
+    fit aims at (default: `model` itself). `verify=False` skips the numerical check
+    of an exact pass, for a caller that verifies a whole sequence at once (`apply_pass`)."""
     rewrite = get_pass(step.pass_name)
     site = step if isinstance(step, Site) else find_site(model, step)
     if calib is None and rewrite.needs_calibration(site.param_dict):
         raise PassError(f"{rewrite.name} with {_shown(site.params)} fits to calibration data and none was given; "
                         "give --data, or choose parameters that need none (see `onnx-tailor passes`)")
-    rewritten = rewrite.rewrite(model, site, calib)
+    rewritten = rewrite.rewrite(model, site, calib, reference)
     if rewrite.exactness is Exactness.EXACT:
         if verify:
             verify_exact(rewrite.name, site.anchor, model, rewritten)
@@ -78,7 +79,7 @@ def apply_pass(model: Model, pass_name: str, anchor: str | None = None,
         pending = [s for s in rewrite.find(current, **resolved) if s.anchor not in done]
         if not pending:
             break
-        applied = apply_step(current, pending[0], calib, verify=False)
+        applied = apply_step(current, pending[0], calib, reference=model, verify=False)
         current = applied.model
         sites.append(applied.site)
         errors.append(applied.local_error)
@@ -112,7 +113,7 @@ def find_site(model: Model, step: Step) -> Site:
 def _replay_verified(model: Model, sites: list[Site], calib: Calibration | None) -> None:
     current = model
     for site in sites:
-        current = apply_step(current, site.step, calib).model
+        current = apply_step(current, site.step, calib, reference=model).model
 
 
 def _shown(params) -> str:

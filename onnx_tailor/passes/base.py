@@ -198,8 +198,11 @@ class Pass(ABC):
         return None
 
     @abstractmethod
-    def rewrite(self, model: Model, site: Site, calib=None) -> Model:
-        """The new model with `site` (found on `model`) rewritten. Must not modify `model`."""
+    def rewrite(self, model: Model, site: Site, calib=None, reference: Model | None = None) -> Model:
+        """The new model with `site` (found on `model`) rewritten. Must not modify `model`.
+
+        A data-aware pass fits on the calibration inputs `calib` and aims at the tensors of
+        `reference`, the model a sequence of rewrites started from (`capture.capture_targets`)."""
 
 
 def verify_exact(pass_name: str, anchor: str, original: Model, rewritten: Model) -> None:

@@ -30,3 +30,18 @@ def capture(model: Model, tensors: list[str], calib: Calibration | None) -> dict
     feeds = calib if calib is not None else seeded_inputs(model)
     outputs = run(exposing(model, tensors), feeds)
     return {t: outputs[t] for t in tensors}
+
+
+def capture_targets(model: Model, tensors: list[str], calib: Calibration | None,
+                    reference: Model | None) -> dict[str, np.ndarray]:
+    """What a lossy fit on `model` aims for: `tensors` as `reference` (the model a sequence of rewrites
+    started from) computes them, where it has them with the same shape; elsewhere as `model` does.
+
+    Aiming at the reference rather than at the already rewritten network lets a later step make up
+    for the error earlier steps left upstream, instead of preserving it."""
+    own = capture(model, tensors, calib)
+    if reference is None or reference is model:
+        return own
+    shared = [t for t in tensors if reference.producer(t) is not None]
+    theirs = capture(reference, shared, calib) if shared else {}
+    return {t: theirs[t] if t in theirs and theirs[t].shape == own[t].shape else own[t] for t in tensors}

@@ -25,7 +25,10 @@ unchanged: the naive variant). With lstsq each consumer V, b is refitted as
     V', b' = argmin_{V, b} ||conv(x_K, V) + b - y||^2 + lambda ||V - V[:, K]||^2
 
 on calibration inputs: x_K are the kept channels as the rewritten network
-computes them, y is the consumer's output in the original network; lambda =
+computes them, y is the consumer's output in the reference network (the model
+a sequence of rewrites started from: the original in `optimize`, recipe
+replay and `apply_pass`, so that a later removal makes up for the error of
+earlier steps instead of preserving it; the input model for one step); lambda =
 `ridge` x the mean diagonal of the centred Gram matrix (`least_squares.Moments`).
 Consumers refitted: Conv (2-D, any kernel, stride, padding and dilation, by
 im2col), Gemm and MatMul. A ConvTranspose consumer only drops its rows.
@@ -50,7 +53,7 @@ from ..analysis import upstream_nodes
 from ..errors import PassError
 from ..ir import Model, seeded_inputs
 from .base import Param
-from .capture import Calibration, capture
+from .capture import Calibration, capture, capture_targets
 from .channel_edit import Keep, edit_group
 from .channel_groups import ChannelGroup, source_weight_axis, weight_rows
 from .conv_geometry import ConvGeometry
@@ -73,18 +76,19 @@ def removal_summary(group: ChannelGroup, keep_count: int) -> str:
 
 
 def remove_channels(model: Model, group: ChannelGroup, keep_count: int, importance: str = "greedy",
-                    refit: str = "lstsq", ridge: float = 1e-3, calib: Calibration | None = None) -> Model:
+                    refit: str = "lstsq", ridge: float = 1e-3, calib: Calibration | None = None,
+                    reference: Model | None = None) -> Model:
     """`model` with the channels of `group` (planned on `model` with removing=True) cut to
-    `keep_count`, chosen by `importance` and with consumers refitted by `refit` (see the module
-    docstring)."""
+    `keep_count`, chosen by `importance` and with consumers refitted by `refit` towards their
+    outputs in `reference` (default `model`; see the module docstring)."""
     if not 0 < keep_count < group.channels:
         raise PassError(f"cannot keep {keep_count} of the {group.channels} channels of '{group.anchor}'")
     with single_threaded_blas():
-        return _remove_channels(model, group, keep_count, importance, refit, ridge, calib)
+        return _remove_channels(model, group, keep_count, importance, refit, ridge, calib, reference)
 
 
 def _remove_channels(model: Model, group: ChannelGroup, keep_count: int, importance: str, refit: str, ridge: float,
-                     calib: Calibration | None) -> Model:
+                     calib: Calibration | None, reference: Model | None) -> Model:
     data_aware = importance in ("greedy", "energy") or refit == "lstsq"
     calib = fallback_calibration(model) if calib is None and data_aware else calib
     sinks = [_Sink.read(model, group, name) for name in group.ordered_sinks(model)]
@@ -92,10 +96,11 @@ def _remove_channels(model: Model, group: ChannelGroup, keep_count: int, importa
     full: dict[str, Moments] = {}  # per consumer, on the original network: every channel, every output
     targets: dict[str, np.ndarray] = {}
     if data_aware and fitted:
-        original = capture(model, [t for s in fitted for t in (s.input, s.output)], calib)
+        inputs = capture(model, [s.input for s in fitted], calib)
+        aimed = capture_targets(model, [s.output for s in fitted], calib, reference)
         every = np.arange(group.channels)
-        full = {s.name: s.moments(original[s.input], original[s.output], s.out_keep(every)) for s in fitted}
-        targets = {s.name: original[s.output] for s in fitted}
+        full = {s.name: s.moments(inputs[s.input], aimed[s.output], s.out_keep(every)) for s in fitted}
+        targets = {s.name: aimed[s.output] for s in fitted}
     keep = _choose(model, group, fitted, full, keep_count, importance, ridge)
 
     refits: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}

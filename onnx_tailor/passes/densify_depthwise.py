@@ -40,7 +40,7 @@ class DensifyDepthwise(Pass):
             yield self.site(conv.name, {conv.name},
                             summary=f"group {groups} -> 1, weights {shape[1]} -> {shape[1] * groups} input channels")
 
-    def rewrite(self, model: Model, site: Site, calib=None) -> Model:
+    def rewrite(self, model: Model, site: Site, calib=None, reference: Model | None = None) -> Model:
         graph = model.to_graphsurgeon()
         conv = nodes_by_name(graph)[site.anchor]
         groups = int(conv.attrs["group"])

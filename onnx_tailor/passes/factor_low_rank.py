@@ -159,7 +159,8 @@ class FactorLowRank(Pass):
         """The factored graph with the plain SVD's factors: the same structure whatever the method."""
         return self._factored(model, site, None)
 
-    def rewrite(self, model: Model, site: Site, calib: Calibration | None = None) -> Model:
+    def rewrite(self, model: Model, site: Site, calib: Calibration | None = None,
+                reference: Model | None = None) -> Model:
         whitened = site.param_dict.get("method") == "whitened"
         gram = _input_gram(model, model.node(site.anchor), site.match, calib) if whitened else None
         return self._factored(model, site, gram)

@@ -57,7 +57,7 @@ class FoldBatchnorm(Pass):
             return f"'{missing[0]}' is computed at run time, not a constant"
         return None
 
-    def rewrite(self, model: Model, site: Site, calib=None) -> Model:
+    def rewrite(self, model: Model, site: Site, calib=None, reference: Model | None = None) -> Model:
         graph = model.to_graphsurgeon()
         bn = nodes_by_name(graph)[site.anchor]
         _fold(graph, bn.inputs[0].inputs[0], bn)

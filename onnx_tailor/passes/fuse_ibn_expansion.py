@@ -14,9 +14,9 @@ borders (the original zero-pads the *expanded* features, bias included); on
 trained networks it is unusable. `init=lsq` (the default) fits instead, on
 the calibration inputs, in two stages and, with `refine`, a third:
 1. Wf, bf: ridge least squares of the fused conv's output against the
-   original depthwise output, from the block's input (im2col rows);
+   reference's depthwise output, from the block's input (im2col rows);
 2. the projection conv: ridge least squares so that the block's output (the
-   projection) matches the original block's, from the projection's new input
+   projection) matches the reference block's, from the projection's new input
    (after the fused conv, the activation and any squeeze-excitation).
 3. `refine=N` (N > 0): each stage fitted a linear layer alone; the block is
    not linear. N gradient steps (Adam, mini-batches of calibration samples in
@@ -28,16 +28,20 @@ the calibration inputs, in two stages and, with `refine`, a third:
    conv keeps; every spelling `analysis.match_activation` knows, followed node
    by node) and the squeeze-excitation gate g = se(mean(act(...))), whose own
    weights stay fixed. x is the block input as the (partially rewritten)
-   network computes it, Y the original block's projection output on it: the
+   network computes it, Y the reference block's projection output: the
    target of stage 2. Before refining, the numpy block is checked against
    onnxruntime on a few samples; after, the refined weights are kept only if
    they lowered that error on all the calibration data. A block whose
    activation or SE numpy cannot follow (Elu, Gelu, PRelu, ...) keeps its
    stage-2 weights; its site's summary says so. `refine=0` is stages 1 and 2
    alone, byte for byte as before the parameter existed.
-Every stage reads the model being rewritten, so applying the pass block after
-block calibrates each block on the already-rewritten network (sequential
-calibration), which keeps errors from compounding.
+Every stage reads its inputs from the model being rewritten and aims at the
+tensors of the reference model (`capture.capture_targets`: the model the
+sequence of rewrites started from, in `optimize`, recipe replay and
+`apply_pass`), so that applying the pass block after block calibrates each
+block on the already-rewritten network towards the original's outputs
+(sequential calibration): a block makes up for its predecessors' error
+instead of compounding it.
 Every application reports its local error: the relative L2 error of the
 block's projection output on calibration inputs.
 
@@ -74,7 +78,7 @@ from ..analysis import IBNBlock, find_ibn_blocks, match_activation, upstream_nod
 from ..errors import VerificationError
 from ..ir import Model
 from .base import Declined, Exactness, Param, Pass, Site
-from .capture import capture
+from .capture import capture, capture_targets
 from .conv_geometry import ConvGeometry
 from .graph_edit import constant_input, fresh_name, nodes_by_name, set_constant_input
 from .least_squares import fit_conv
@@ -134,19 +138,21 @@ class FuseIbnExpansion(Pass):
         """The tensor whose change is the site's local error: the block's projection output."""
         return model.node(site.match.block.project).output[0]
 
-    def rewrite(self, model: Model, site: Site, calib=None) -> Model:
+    def rewrite(self, model: Model, site: Site, calib=None, reference: Model | None = None) -> Model:
         block, followed = site.match.block, site.match.followed
         composed, fused = _compose(model, block)
         if site.param_dict["init"] == "compose":
             return composed
         depthwise, project = model.node(block.depthwise), model.node(block.project)
-        # Stage 1: the fused conv reproduces the depthwise output from the block input.
-        seen = capture(model, [block.input, depthwise.output[0], project.output[0]], calib)
-        weight, bias = fit_conv(seen[block.input], seen[depthwise.output[0]], ConvGeometry.of(model, depthwise))
+        # Stage 1: the fused conv reproduces the depthwise output from the block input. Both stages
+        # aim at the reference's tensors, so they also make up for what earlier steps changed upstream.
+        block_input = capture(model, [block.input], calib)[block.input]
+        aimed = capture_targets(model, [depthwise.output[0], project.output[0]], calib, reference)
+        weight, bias = fit_conv(block_input, aimed[depthwise.output[0]], ConvGeometry.of(model, depthwise))
         fitted = _replace_weights(composed, fused, weight, bias)
         # Stage 2: the projection reproduces the original block output from its new input.
         new_input = capture(fitted, [project.input[0]], calib)[project.input[0]]
-        weight, bias = fit_conv(new_input, seen[project.output[0]], ConvGeometry.of(model, project))
+        weight, bias = fit_conv(new_input, aimed[project.output[0]], ConvGeometry.of(model, project))
         fitted = _replace_weights(fitted, block.project, weight, bias)
         if followed is None or isinstance(followed, str):
             return fitted
@@ -154,7 +160,7 @@ class FuseIbnExpansion(Pass):
         pair = ConvPair.of(ConvGeometry.of(model, depthwise), *followed, _weights(fitted, fused),
                            _weights(fitted, block.project))
         _check(pair, fitted, block, calib)
-        refined = pair.refine(seen[block.input], seen[project.output[0]], site.param_dict["refine"])
+        refined = pair.refine(block_input, aimed[project.output[0]], site.param_dict["refine"])
         if refined is pair:  # the steps did not lower the error: stage 2's model, bytes and all
             return fitted
         w1, b1, w2, b2 = refined.onnx_weights()

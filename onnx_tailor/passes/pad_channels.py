@@ -64,6 +64,6 @@ class PadChannels(Pass):
                             summary=f"{channels} -> {channels + pad} channels; widens {len(group.sources)} "
                                     f"conv(s), zero-pads {len(group.sinks)} consumer(s)")
 
-    def rewrite(self, model: Model, site: Site, calib=None) -> Model:
+    def rewrite(self, model: Model, site: Site, calib=None, reference: Model | None = None) -> Model:
         group = site.match
         return edit_group(model, group, Pad(-group.channels % site.param_dict["multiple"]))

@@ -97,10 +97,10 @@ class ScaleDepth(Pass):
         """The narrowed graph without the data-aware choice and refit (same shapes, cheap)."""
         return remove_channels(model, site.match.group, site.match.width, "first", "none")
 
-    def rewrite(self, model: Model, site: Site, calib=None) -> Model:
+    def rewrite(self, model: Model, site: Site, calib=None, reference: Model | None = None) -> Model:
         params = site.param_dict
         return remove_channels(model, site.match.group, site.match.width, params["importance"],
-                               params["refit"], params["ridge"], calib)
+                               params["refit"], params["ridge"], calib, reference)
 
 
 def _outside_block(group: ChannelGroup, block: IBNBlock) -> str:

@@ -41,6 +41,6 @@ class Simplify(Pass):
         inputs = [i for i in node.input if i]
         return bool(inputs) and all(model.is_constant(i) for i in inputs)
 
-    def rewrite(self, model: Model, site: Site, calib=None) -> Model:
+    def rewrite(self, model: Model, site: Site, calib=None, reference: Model | None = None) -> Model:
         cleaned = name_nodes(ort_basic_cleanup(lift_constants(model.proto)))
         return model.with_proto(infer_shapes(cleaned))

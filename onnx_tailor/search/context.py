@@ -234,7 +234,7 @@ class SearchContext:
         if key in self._children:
             return self._children[key]
         calib = self.data.calibration if self.data is not None else None
-        applied = apply_step(node.model, candidate.site, calib)
+        applied = apply_step(node.model, candidate.site, calib, reference=self.original)
         self.stats.applied += 1
         error = applied.local_error
         if error is not None and error > MAX_LOCAL_ERROR:

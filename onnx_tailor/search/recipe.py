@@ -91,5 +91,5 @@ def replay_each(recipe: Recipe, model: Model, calibration: dict | None = None,
                               "(same file, seed and split needed for an identical result)")
     models = [model]
     for step in recipe.steps:
-        models.append(apply_step(models[-1], step, calibration).model)
+        models.append(apply_step(models[-1], step, calibration, reference=model).model)
     return models

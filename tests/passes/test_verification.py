@@ -14,7 +14,7 @@ from tests.graphs import GraphBuilder
 class _OffByOne(DensifyDepthwise):
     """Densifies, then nudges one weight: exactly the kind of bug verification exists for."""
 
-    def rewrite(self, model, site, calib=None):
+    def rewrite(self, model, site, calib=None, reference=None):
         rewritten = super().rewrite(model, site)
         graph = rewritten.to_graphsurgeon()
         conv = nodes_by_name(graph)[site.anchor]
