@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_tailor.ir
@@ -16,6 +17,7 @@ from onnx_tailor.ir import Model, check_equivalence, read_proto
 from onnx_tailor.ir.cleanup import lift_constants, name_nodes, ort_basic_cleanup, strip_unused_domains
 from onnx_tailor.ir.shapes import infer_shapes
 from onnx_tailor.passes.canonicalize import CANONICAL_STEPS, EXPORTED_STEPS, canonicalize, load
+from onnx_tailor.passes.fold_affine import fold_all_affine
 from onnx_tailor.passes.fold_batchnorm import fold_all_batchnorms
 from tests.graphs import OPSET, GraphBuilder, tiny_mobilenet
 
@@ -48,8 +50,8 @@ def relu_chain(names: list[str], kinds: list[str] | None = None) -> onnx.ModelPr
 
 
 def test_the_canonical_steps_in_their_order():
-    assert CANONICAL_STEPS == (lift_constants, name_nodes, fold_all_batchnorms, ort_basic_cleanup, name_nodes,
-                               infer_shapes)
+    assert CANONICAL_STEPS == (lift_constants, name_nodes, fold_all_batchnorms, ort_basic_cleanup, fold_all_affine,
+                               name_nodes, infer_shapes)
     assert EXPORTED_STEPS == (lift_constants, name_nodes, infer_shapes)
 
 
@@ -130,6 +132,81 @@ def test_shapes_are_inferred_for_every_tensor_and_the_batch_stays_dynamic():
     shaped = {vi.name for vi in list(canonical.graph.value_info) + list(canonical.graph.output)}
     assert all(out in shaped for n in canonical.graph.node for out in n.output)
     assert canonical.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+# -- nothing changes type -----------------------------------------------------------------------
+
+
+def _model(nodes: list, initializers: list, x_shape: list, y_shape: list, elem=TensorProto.FLOAT) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "typed", [helper.make_tensor_value_info("x", elem, x_shape)],
+                              [helper.make_tensor_value_info("y", elem, y_shape)], initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def _int8_weight(name: str = "w") -> onnx.TensorProto:
+    return numpy_helper.from_array(np.random.default_rng(0).integers(-127, 128, (8, 4)).astype(np.int8), name)
+
+
+def _typed_weights(proto: onnx.ModelProto) -> dict[str, tuple[int, bytes]]:
+    return {t.name: (t.data_type, numpy_helper.to_array(t).tobytes()) for t in proto.graph.initializer}
+
+
+QUANTIZED = {
+    # DequantizeLinear(int8 weight) -> MatMul: the QDQ spelling
+    "dequantize": lambda: _model(
+        [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"]), helper.make_node("MatMul", ["x", "wf"], ["y"])],
+        [_int8_weight(), numpy_helper.from_array(np.float32(0.02), "s"), numpy_helper.from_array(np.int8(0), "z")],
+        [2, 8], [2, 4]),
+    # Cast(int8 weight) * scale -> MatMul: what onnxruntime constant-folded into a float32 weight
+    "cast": lambda: _model(
+        [helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["wf", "s"], ["wq"]),
+         helper.make_node("MatMul", ["x", "wq"], ["y"])],
+        [_int8_weight(), numpy_helper.from_array(np.float32(0.02), "s")], [2, 8], [2, 4]),
+    # DynamicQuantizeLinear -> MatMulInteger(int8 weight): onnxruntime's dynamic quantization
+    "dynamic": lambda: _model(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+         helper.make_node("MatMulInteger", ["xq", "w", "xz", "z"], ["acc"]),
+         helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["xs", "s"], ["scale"]), helper.make_node("Mul", ["accf", "scale"], ["y"])],
+        [_int8_weight(), numpy_helper.from_array(np.float32(0.02), "s"), numpy_helper.from_array(np.int8(0), "z")],
+        [2, 8], [2, 4]),
+}
+
+
+@pytest.mark.parametrize("spelling", list(QUANTIZED))
+def test_quantized_weights_stay_quantized(spelling):
+    proto = QUANTIZED[spelling]()
+    canonical = canonicalize(proto)
+    assert _typed_weights(canonical) == _typed_weights(proto), "weights keep their bytes and types"
+    assert op_types(canonical) == op_types(proto)
+    assert [i.name for i in canonical.graph.input] == ["x"], "no weight is left listed as a graph input"
+    assert check_equivalence(Model(proto), Model(canonical))
+
+
+def test_float16_models_stay_float16():
+    """onnxruntime's CPU provider would wrap every node in InsertedPrecisionFreeCast casts to float32 and
+    spell Softmax out as ReduceMax/Sub/Exp/ReduceSum/Div; canonical form keeps the model as it computes."""
+    rng = np.random.default_rng(1)
+    weights = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float16), "w"),
+               numpy_helper.from_array(rng.standard_normal(4).astype(np.float16), "b"),
+               numpy_helper.from_array(rng.uniform(0.5, 2, (1, 4, 1, 1)).astype(np.float16), "s")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Softmax", ["m"], ["y"], axis=1)]
+    proto = _model(nodes, weights, [1, 3, 6, 6], [1, 4, 6, 6], TensorProto.FLOAT16)
+    canonical = canonicalize(proto)
+    assert op_types(canonical) == ["Conv", "Softmax"], "the scale folds into the Conv, in float16"
+    assert {t.data_type for t in canonical.graph.initializer} == {TensorProto.FLOAT16}
+    assert all(v.type.tensor_type.elem_type == TensorProto.FLOAT16
+               for v in list(canonical.graph.input) + list(canonical.graph.output) + list(canonical.graph.value_info))
+    assert check_equivalence(Model(proto), Model(canonical), rtol=2 ** -9)  # float16 rounds to 11 bits
+
+
+def test_a_model_without_anything_to_canonicalize_keeps_its_graph():
+    proto = name_nodes(infer_shapes(QUANTIZED["dynamic"]()))
+    assert canonicalize(proto).graph == proto.graph
 
 
 # -- loading ------------------------------------------------------------------------------------
