@@ -36,6 +36,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir import Model
+from ..ir.shapes import infer_shapes
 from .graph_edit import constant_input, fresh_name, nodes_by_name, set_constant_input
 
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
@@ -94,8 +95,11 @@ def find_affine_runs(model: Model) -> list[AffineRun]:
 
 
 def fold_all_affine(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold every run (used by canonicalize). Runs that share a node fold in later rounds."""
-    model = Model(proto)
+    """Fold every run (used by canonicalize). Runs that share a node fold in later rounds.
+
+    Returns `proto` itself when nothing folds."""
+    model = Model(infer_shapes(proto))  # a MatMul's channel axis is its input's last: the rank must be known
+    folded = False
     while True:
         chosen, touched = [], set()
         for run in find_affine_runs(model):
@@ -104,12 +108,12 @@ def fold_all_affine(proto: onnx.ModelProto) -> onnx.ModelProto:
                 chosen.append(run)
                 touched |= members
         if not chosen:
-            return model.proto
+            return model.proto if folded else proto
         graph = model.to_graphsurgeon()
         by_name = nodes_by_name(graph)
         for run in chosen:
             _fold(graph, by_name, run)
-        model = model.from_graphsurgeon(graph)
+        model, folded = model.from_graphsurgeon(graph), True
 
 
 # -- finding runs ------------------------------------------------------------------------
