@@ -180,7 +180,7 @@ def _input_run(model: Model, layer: onnx.NodeProto) -> AffineRun | None:
     while (writer := model.producer(tensor)) is not None and model.sole_consumer(tensor) is not None:
         tensor = _activation_input(model, writer)
         step = _affine_of(model, writer, tensor, layout)
-        if step is None:
+        if step is None or not _has_every_channel(model, tensor, layout):
             break
         nodes.insert(0, writer.name)
         affine = step if affine is None else step.then(affine)  # walking backwards: earlier steps go first
@@ -190,6 +190,13 @@ def _input_run(model: Model, layer: onnx.NodeProto) -> AffineRun | None:
     if keep_shift and (not affine.has_scale or np.any(affine.scale == 0.0) or len(nodes) == 1):
         return None  # the shift cannot fold and nothing else would go
     return AffineRun(layer.name, "input", tuple(nodes), affine, keep_shift)
+
+
+def _has_every_channel(model: Model, tensor: str, layout: Layout) -> bool:
+    """Whether `tensor` already has the layer's input shape along the channels: x[1, 1, H, W] * s[1, C, 1, 1]
+    broadcasts x to C channels, and folding s away would leave the layer one channel."""
+    shape = model.declared_shape(tensor)
+    return shape is not None and len(shape) == layout.rank and shape[layout.axis] == layout.channels
 
 
 def _takes_input_shift(model: Model, layer: onnx.NodeProto) -> bool:

@@ -169,6 +169,13 @@ def test_an_affine_whose_output_has_other_readers_is_not_folded_into_the_conv_af
     assert fold_all_affine(proto) is proto
 
 
+def test_a_scale_that_broadcasts_the_tensor_to_more_channels_stays():
+    b = GraphBuilder(seed=20)
+    y = b.node("Mul", [b.node("Relu", ["x"]), channel_values(b, 4, (1, 4, 1, 1))])  # [1, 1, 5, 5] -> [1, 4, 5, 5]
+    proto = b.build({"x": (1, 1, 5, 5)}, [b.conv(y, 4, 2, 1)])
+    assert fold_all_affine(proto) is proto
+
+
 def test_a_division_of_a_constant_by_the_tensor_and_shared_weights_stay():
     b = GraphBuilder(seed=16)
     y = b.node("Div", [scalar(b, 1.0), b.conv("x", 3, 4, 1)])
