@@ -23,8 +23,10 @@ scalar; anything else (e.g. [C] on NCHW, which is per column) is not. Every
 tensor inside the run has one reader and is not a graph output; the layer's
 weights (and bias) are constants of the same float type, read by the layer
 only; a site is rewritten only when it removes nodes. Exact up to float
-rounding. Canonicalization folds every site (`fold_all_affine`); the
-BatchNormalization right after a Conv is `fold_batchnorm`'s.
+rounding. Canonicalization folds every site (`fold_all_affine`), after
+`fold_batchnorm` has taken each BatchNormalization that follows a Conv
+directly; a BatchNormalization here is one that did not (after an Add, a
+ConvTranspose, or before a layer).
 """
 
 from __future__ import annotations

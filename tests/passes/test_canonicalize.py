@@ -19,7 +19,8 @@ from onnx_tailor.ir.shapes import infer_shapes
 from onnx_tailor.passes.canonicalize import CANONICAL_STEPS, EXPORTED_STEPS, canonicalize, load
 from onnx_tailor.passes.fold_affine import fold_all_affine
 from onnx_tailor.passes.fold_batchnorm import fold_all_batchnorms
-from tests.graphs import OPSET, GraphBuilder, tiny_mobilenet
+from tests.graphs import (OPSET, QUANTIZED_SPELLINGS, GraphBuilder, float16_conv_scale_softmax, quantized_matmul,
+                          tiny_mobilenet)
 
 IR_FOLDER = Path(onnx_tailor.ir.__file__).parent
 
@@ -137,48 +138,13 @@ def test_shapes_are_inferred_for_every_tensor_and_the_batch_stays_dynamic():
 # -- nothing changes type -----------------------------------------------------------------------
 
 
-def _model(nodes: list, initializers: list, x_shape: list, y_shape: list, elem=TensorProto.FLOAT) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "typed", [helper.make_tensor_value_info("x", elem, x_shape)],
-                              [helper.make_tensor_value_info("y", elem, y_shape)], initializers)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    proto.ir_version = 8
-    onnx.checker.check_model(proto)
-    return proto
-
-
-def _int8_weight(name: str = "w") -> onnx.TensorProto:
-    return numpy_helper.from_array(np.random.default_rng(0).integers(-127, 128, (8, 4)).astype(np.int8), name)
-
-
 def _typed_weights(proto: onnx.ModelProto) -> dict[str, tuple[int, bytes]]:
     return {t.name: (t.data_type, numpy_helper.to_array(t).tobytes()) for t in proto.graph.initializer}
 
 
-QUANTIZED = {
-    # DequantizeLinear(int8 weight) -> MatMul: the QDQ spelling
-    "dequantize": lambda: _model(
-        [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"]), helper.make_node("MatMul", ["x", "wf"], ["y"])],
-        [_int8_weight(), numpy_helper.from_array(np.float32(0.02), "s"), numpy_helper.from_array(np.int8(0), "z")],
-        [2, 8], [2, 4]),
-    # Cast(int8 weight) * scale -> MatMul: what onnxruntime constant-folded into a float32 weight
-    "cast": lambda: _model(
-        [helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["wf", "s"], ["wq"]),
-         helper.make_node("MatMul", ["x", "wq"], ["y"])],
-        [_int8_weight(), numpy_helper.from_array(np.float32(0.02), "s")], [2, 8], [2, 4]),
-    # DynamicQuantizeLinear -> MatMulInteger(int8 weight): onnxruntime's dynamic quantization
-    "dynamic": lambda: _model(
-        [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
-         helper.make_node("MatMulInteger", ["xq", "w", "xz", "z"], ["acc"]),
-         helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
-         helper.make_node("Mul", ["xs", "s"], ["scale"]), helper.make_node("Mul", ["accf", "scale"], ["y"])],
-        [_int8_weight(), numpy_helper.from_array(np.float32(0.02), "s"), numpy_helper.from_array(np.int8(0), "z")],
-        [2, 8], [2, 4]),
-}
-
-
-@pytest.mark.parametrize("spelling", list(QUANTIZED))
+@pytest.mark.parametrize("spelling", QUANTIZED_SPELLINGS)
 def test_quantized_weights_stay_quantized(spelling):
-    proto = QUANTIZED[spelling]()
+    proto = quantized_matmul(spelling)
     canonical = canonicalize(proto)
     assert _typed_weights(canonical) == _typed_weights(proto), "weights keep their bytes and types"
     assert op_types(canonical) == op_types(proto)
@@ -189,13 +155,7 @@ def test_quantized_weights_stay_quantized(spelling):
 def test_float16_models_stay_float16():
     """onnxruntime's CPU provider would wrap every node in InsertedPrecisionFreeCast casts to float32 and
     spell Softmax out as ReduceMax/Sub/Exp/ReduceSum/Div; canonical form keeps the model as it computes."""
-    rng = np.random.default_rng(1)
-    weights = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float16), "w"),
-               numpy_helper.from_array(rng.standard_normal(4).astype(np.float16), "b"),
-               numpy_helper.from_array(rng.uniform(0.5, 2, (1, 4, 1, 1)).astype(np.float16), "s")]
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Softmax", ["m"], ["y"], axis=1)]
-    proto = _model(nodes, weights, [1, 3, 6, 6], [1, 4, 6, 6], TensorProto.FLOAT16)
+    proto = float16_conv_scale_softmax()
     canonical = canonicalize(proto)
     assert op_types(canonical) == ["Conv", "Softmax"], "the scale folds into the Conv, in float16"
     assert {t.data_type for t in canonical.graph.initializer} == {TensorProto.FLOAT16}
@@ -205,7 +165,7 @@ def test_float16_models_stay_float16():
 
 
 def test_a_model_without_anything_to_canonicalize_keeps_its_graph():
-    proto = name_nodes(infer_shapes(QUANTIZED["dynamic"]()))
+    proto = name_nodes(infer_shapes(quantized_matmul("dynamic")))
     assert canonicalize(proto).graph == proto.graph
 
 

@@ -225,6 +225,16 @@ def test_canonicalization_folds_the_affine_runs_onnxruntime_leaves():
     assert check_equivalence(Model(proto), Model(canonical), rtol=RTOL)
 
 
+def test_a_batchnorm_after_a_bias_add_folds_with_it():
+    """Conv -> Add(bias) -> BatchNormalization: fold_batchnorm sees no Conv before it; the affine fold takes both."""
+    b = GraphBuilder(seed=21)
+    y = b.batchnorm(b.node("Add", [b.conv("x", 3, 4, 3, bias=False), channel_values(b, 4, (1, 4, 1, 1), -1, 1)]), 4)
+    proto = b.build({"x": (1, 3, 6, 6)}, [b.node("Relu", [y])])
+    canonical = canonicalize(proto)
+    assert op_types(canonical) == ["Conv", "Relu"]
+    assert check_equivalence(Model(proto), Model(canonical), rtol=RTOL)
+
+
 def test_the_paddle_detector_loses_what_onnxsim_removes(paddle_models):
     """Its head spells ConvTranspose -> Add(bias) -> BatchNormalization and ConvTranspose -> Add(bias):
     the BatchNormalization and both Adds fold into the ConvTransposes (onnxsim removes the same three)."""
