@@ -16,8 +16,11 @@ import onnxruntime as ort
 
 from ..errors import ModelLoadError
 
-# ORT rule names, as its graph transformers register them.
-_ORT_REWRITES_WE_SKIP = ["ConvBNFusion", "MatMulAddFusion"]
+# ORT rule names, as its graph transformers register them. TransposeOptimizer
+# pushes a Transpose down through Slice/Squeeze, one copy per branch: on the
+# PaddleOCR recognizer's attention it leaves 11 Transposes where the export
+# (and onnxsim) has 9.
+_ORT_REWRITES_WE_SKIP = ["ConvBNFusion", "MatMulAddFusion", "TransposeOptimizer"]
 
 # Element types that hold quantized weights. ORT's constant folding would turn
 # Cast(int8 weight) * scale into a float32 initializer four times the size, so
@@ -96,8 +99,9 @@ def ort_basic_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:
 
     It folds constants, removes Identity/Dropout and folds a per-channel
     Add/Mul that follows a Conv into the Conv. Switched off: its Conv+BN
-    fusion (the `fold_batchnorm` pass owns that rule) and MatMul+Add -> Gemm
-    (it changes the model's vocabulary for no gain). The private operator
+    fusion (the `fold_batchnorm` pass owns that rule), MatMul+Add -> Gemm
+    (it changes the model's vocabulary for no gain) and its transpose
+    optimizer (it copies Transposes into branches). The private operator
     domains ORT lists in `opset_import` are stripped again, since other tools
     reject them.
 

@@ -7,9 +7,10 @@ Exported models come in many spellings of the same network. Canonical form is:
   `fold_batchnorm` pass, so the folding rule lives in one place);
 - onnxruntime's basic-level offline optimization for the generic clean-ups it
   already does well: constant folding, Identity/Dropout removal, and folding a
-  per-channel Add/Mul that follows a Conv into the Conv. Two of its rewrites
-  are switched off: its own Conv+BN fusion (ours runs) and MatMul+Add -> Gemm
-  (it changes the model's vocabulary for no gain); the private operator
+  per-channel Add/Mul that follows a Conv into the Conv. Three of its rewrites
+  are switched off: its own Conv+BN fusion (ours runs), MatMul+Add -> Gemm
+  (it changes the model's vocabulary for no gain) and its transpose
+  optimizer (it copies a Transpose into every branch below it); the private operator
   domains it lists in `opset_import` are stripped again, since other tools
   reject them. It never changes a type: quantized weights stay quantized and
   a float16 model is left to our own folds (see `ir.cleanup`);

@@ -120,6 +120,20 @@ def test_onnxruntime_cleanup_folds_constants_and_identities_but_not_batchnorm():
     assert check_equivalence(Model(proto), Model(cleaned))
 
 
+def test_onnxruntime_cleanup_keeps_one_transpose_above_its_branches():
+    """Attention in the PaddleOCR recognizer: Transpose -> Slice q, k, v; ORT's transpose optimizer
+    would push a copy of the Transpose into each branch."""
+    b = GraphBuilder(seed=4)
+    stacked = b.node("Transpose", ["x"], perm=[2, 0, 3, 1, 4])
+    q, k, v = (b.node("Squeeze", [b.node("Slice", [stacked, b.const(np.array([i])), b.const(np.array([i + 1])),
+                                                   b.const(np.array([0]))]), b.const(np.array([0]))])
+               for i in range(3))
+    proto = b.build({"x": (1, 5, 3, 2, 4)}, [b.node("Add", [b.node("Mul", [q, k]), v])])
+    cleaned = ort_basic_cleanup(proto)
+    assert sorted(op_types(cleaned)) == sorted(op_types(proto))  # one Transpose, as exported
+    assert check_equivalence(Model(proto), Model(cleaned))
+
+
 def test_strip_unused_domains_keeps_what_nodes_use_or_the_source_declared():
     proto = relu_chain(["a"])
     proto.opset_import.extend([helper.make_opsetid("com.microsoft", 1), helper.make_opsetid("ai.onnx.ml", 3)])
