@@ -138,6 +138,11 @@ def computes_in_reduced_float(proto: onnx.ModelProto) -> bool:
                    for a in n.attribute))
 
 
+def is_quantized(tensor: onnx.TensorProto) -> bool:
+    """Whether an initializer holds quantized values (int8, int4, float8, ...), which folding would widen."""
+    return tensor.data_type in _QUANTIZED_STORAGE
+
+
 def _hide_quantized_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy with every quantized initializer also listed as a graph input.
 
@@ -148,7 +153,7 @@ def _hide_quantized_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
     the listing.
     """
     listed = {i.name for i in proto.graph.input}
-    quantized = [t for t in proto.graph.initializer if t.data_type in _QUANTIZED_STORAGE and t.name not in listed]
+    quantized = [t for t in proto.graph.initializer if is_quantized(t) and t.name not in listed]
     if not quantized:
         return proto
     out = onnx.ModelProto()
