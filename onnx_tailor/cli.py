@@ -105,8 +105,8 @@ def main():
       onnx-tailor passes                        the rewrites available
       onnx-tailor apply model.onnx --pass pad_channels --list-sites
 
-    Every model is canonicalized on load (Constant nodes lifted, BatchNorm folded,
-    constants folded); exact rewrites are checked numerically before anything is written.
+    Every model is canonicalized on load (Constant nodes lifted, BatchNorm and constant
+    scale/shift ops folded, constants folded); exact rewrites are checked numerically before anything is written.
     """
 
 

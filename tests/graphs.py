@@ -120,6 +120,61 @@ def tiny_mobilenet(seed: int = 0, activation: str = "relu6", dynamic_batch: bool
     return b.build({"input": (1, 3, 16, 16)}, [x], dynamic_batch=dynamic_batch)
 
 
+# -- models whose types canonicalization must keep ------------------------------------------
+
+
+def _typed_model(nodes: list, initializers: list, x_shape: list, y_shape: list, elem=TensorProto.FLOAT) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "typed", [helper.make_tensor_value_info("x", elem, x_shape)],
+                              [helper.make_tensor_value_info("y", elem, y_shape)], initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def _int8_weight(name: str = "w") -> onnx.TensorProto:
+    return numpy_helper.from_array(np.random.default_rng(0).integers(-127, 128, (8, 4)).astype(np.int8), name)
+
+
+_QUANTIZED = {
+    # DequantizeLinear(int8 weight) -> MatMul: the QDQ spelling
+    "dequantize": lambda: _typed_model(
+        [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"]), helper.make_node("MatMul", ["x", "wf"], ["y"])],
+        [_int8_weight(), numpy_helper.from_array(np.float32(0.02), "s"), numpy_helper.from_array(np.int8(0), "z")],
+        [2, 8], [2, 4]),
+    # Cast(int8 weight) * scale -> MatMul: what onnxruntime constant-folded into a float32 weight
+    "cast": lambda: _typed_model(
+        [helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["wf", "s"], ["wq"]),
+         helper.make_node("MatMul", ["x", "wq"], ["y"])],
+        [_int8_weight(), numpy_helper.from_array(np.float32(0.02), "s")], [2, 8], [2, 4]),
+    # DynamicQuantizeLinear -> MatMulInteger(int8 weight): onnxruntime's dynamic quantization
+    "dynamic": lambda: _typed_model(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+         helper.make_node("MatMulInteger", ["xq", "w", "xz", "z"], ["acc"]),
+         helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["xs", "s"], ["scale"]), helper.make_node("Mul", ["accf", "scale"], ["y"])],
+        [_int8_weight(), numpy_helper.from_array(np.float32(0.02), "s"), numpy_helper.from_array(np.int8(0), "z")],
+        [2, 8], [2, 4]),
+}
+QUANTIZED_SPELLINGS = list(_QUANTIZED)
+
+
+def quantized_matmul(spelling: str) -> onnx.ModelProto:
+    """x[2, 8] @ an int8 weight [8, 4] -> y, in one of the spellings of `QUANTIZED_SPELLINGS`."""
+    return _QUANTIZED[spelling]()
+
+
+def float16_conv_scale_softmax() -> onnx.ModelProto:
+    """A float16 model: Conv 3x3 -> Mul(per-channel) -> Softmax, which onnxruntime's CPU provider lacks kernels for."""
+    rng = np.random.default_rng(1)
+    weights = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float16), "w"),
+               numpy_helper.from_array(rng.standard_normal(4).astype(np.float16), "b"),
+               numpy_helper.from_array(rng.uniform(0.5, 2, (1, 4, 1, 1)).astype(np.float16), "s")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Softmax", ["m"], ["y"], axis=1)]
+    return _typed_model(nodes, weights, [1, 3, 6, 6], [1, 4, 6, 6], TensorProto.FLOAT16)
+
+
 def tensor_value(model, name: str, feeds) -> np.ndarray:
     """`name` on `feeds`, computed with onnxruntime directly: an independent check of
     what the library's own capture/local_error report."""

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from onnx_tailor.cli import main
 from tests.conftest import DIGITS
-from tests.graphs import tiny_mobilenet
+from tests.graphs import quantized_matmul, tiny_mobilenet
 
 
 @pytest.fixture
@@ -52,6 +52,17 @@ def test_passes_lists_every_pass_with_exactness():
     for name in ("fold_batchnorm", "densify_depthwise", "pad_channels", "simplify"):
         assert name in result.output
     assert "exact" in result.output and "--param multiple=<int>" in result.output
+
+
+def test_apply_without_a_site_writes_a_quantized_model_still_quantized(tmp_path):
+    """'wrote it unchanged' means it: int8 weights are not written back as float32 ones."""
+    source, out = tmp_path / "int8.onnx", tmp_path / "out.onnx"
+    onnx.save(quantized_matmul("cast"), str(source))
+    result = invoke("apply", source, "--pass", "pad_channels", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "wrote it unchanged" in result.output
+    weights = {t.name: (t.data_type, t.raw_data) for t in onnx.load(str(out)).graph.initializer}
+    assert weights == {t.name: (t.data_type, t.raw_data) for t in onnx.load(str(source)).graph.initializer}
 
 
 def test_apply_all_sites_writes_a_verified_model(tiny_path, tmp_path):

@@ -7,11 +7,16 @@ Exported models come in many spellings of the same network. Canonical form is:
   `fold_batchnorm` pass, so the folding rule lives in one place);
 - onnxruntime's basic-level offline optimization for the generic clean-ups it
   already does well: constant folding, Identity/Dropout removal, and folding a
-  per-channel Add/Mul that follows a Conv into the Conv. Two of its rewrites
-  are switched off: its own Conv+BN fusion (ours runs) and MatMul+Add -> Gemm
-  (it changes the model's vocabulary for no gain); the private operator
+  per-channel Add/Mul that follows a Conv into the Conv. Three of its rewrites
+  are switched off: its own Conv+BN fusion (ours runs), MatMul+Add -> Gemm
+  (it changes the model's vocabulary for no gain) and its transpose
+  optimizer (it copies a Transpose into every branch below it); the private operator
   domains it lists in `opset_import` are stripped again, since other tools
-  reject them;
+  reject them. It never changes a type: quantized weights stay quantized and
+  a float16 model is left to our own folds (see `ir.cleanup`);
+- every run of constant scale/shift ops (Mul, Add, Sub, Div, a stray
+  BatchNormalization) folded into the Conv, ConvTranspose, Gemm or MatMul
+  beside it where that is exact (`fold_affine`);
 - unique, stable node names (the anchors that sites and recipes refer to);
 - shapes inferred, with the batch dimension left as the model declared it.
 
@@ -26,9 +31,13 @@ The order, and why each step is where it is:
    clean-up, so that an Add/Mul that followed a BatchNormalization then
    directly follows its Conv, where onnxruntime's Conv+Add/Mul folding takes it.
 4. `ort_basic_cleanup` (`ir.cleanup`, which also strips the private domains).
-5. `name_nodes` again: the nodes onnxruntime creates come out unnamed; names
+5. `fold_all_affine`: after onnxruntime's constant folding, so that a scale
+   spelled Reshape(constant, [1, C, 1, 1]) is a constant by then; it takes
+   the runs onnxruntime leaves: before a layer, after a ConvTranspose,
+   Gemm or MatMul, with Sub/Div or a BatchNormalization in them.
+6. `name_nodes` again: the nodes onnxruntime creates come out unnamed; names
    given in step 2 stay, so the same export always gets the same names.
-6. `infer_shapes` last: shapes for every tensor of the final graph.
+7. `infer_shapes` last: shapes for every tensor of the final graph.
 
 Adding a normalization is one line in `CANONICAL_STEPS`, and a test can run
 one step alone. `EXPORTED_STEPS` normalizes the representation only (what
@@ -51,6 +60,7 @@ from ..ir import Model, Shape, read_proto
 from ..ir.cleanup import lift_constants, name_nodes, ort_basic_cleanup
 from ..ir.io import check_opset
 from ..ir.shapes import infer_shapes
+from .fold_affine import fold_all_affine
 from .fold_batchnorm import fold_all_batchnorms
 
 Step = Callable[[onnx.ModelProto], onnx.ModelProto]
@@ -60,6 +70,7 @@ CANONICAL_STEPS: tuple[Step, ...] = (
     name_nodes,
     fold_all_batchnorms,
     ort_basic_cleanup,
+    fold_all_affine,
     name_nodes,
     infer_shapes,
 )

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..ir import Model
-from ..ir.cleanup import lift_constants, name_nodes, ort_basic_cleanup
+from ..ir.cleanup import computes_in_reduced_float, is_quantized, lift_constants, name_nodes, ort_basic_cleanup
 from ..ir.shapes import infer_shapes
 from .base import Declined, Exactness, Pass, Site
 
@@ -31,6 +31,10 @@ class Simplify(Pass):
     summary = "fold constant sub-graphs, drop Identity/Dropout, fold Conv+Add/Mul (onnxruntime basic level)"
 
     def survey(self, model: Model, params: dict[str, Any]) -> Iterable[Site | Declined]:
+        if computes_in_reduced_float(model.proto):  # ort_basic_cleanup leaves such a model as it is
+            yield self.decline(model.nodes[0].name, "the model computes in float16/bfloat16, which onnxruntime's "
+                                                    "clean-up would turn into float32")
+            return
         removable = [n.name for n in model.nodes if n.op_type in _REDUNDANT or self._all_constant(model, n)]
         if removable:
             yield self.site(removable[0], removable,
@@ -39,7 +43,9 @@ class Simplify(Pass):
     @staticmethod
     def _all_constant(model: Model, node) -> bool:
         inputs = [i for i in node.input if i]
-        return bool(inputs) and all(model.is_constant(i) for i in inputs)
+        if not inputs or not all(model.is_constant(i) for i in inputs):
+            return False
+        return not any(is_quantized(model.initializer(i)) for i in inputs)  # quantized weights are not folded
 
     def rewrite(self, model: Model, site: Site, calib=None, reference: Model | None = None) -> Model:
         cleaned = name_nodes(ort_basic_cleanup(lift_constants(model.proto)))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_tailor.ir
@@ -16,8 +17,10 @@ from onnx_tailor.ir import Model, check_equivalence, read_proto
 from onnx_tailor.ir.cleanup import lift_constants, name_nodes, ort_basic_cleanup, strip_unused_domains
 from onnx_tailor.ir.shapes import infer_shapes
 from onnx_tailor.passes.canonicalize import CANONICAL_STEPS, EXPORTED_STEPS, canonicalize, load
+from onnx_tailor.passes.fold_affine import fold_all_affine
 from onnx_tailor.passes.fold_batchnorm import fold_all_batchnorms
-from tests.graphs import OPSET, GraphBuilder, tiny_mobilenet
+from tests.graphs import (OPSET, QUANTIZED_SPELLINGS, GraphBuilder, float16_conv_scale_softmax, quantized_matmul,
+                          tiny_mobilenet)
 
 IR_FOLDER = Path(onnx_tailor.ir.__file__).parent
 
@@ -48,8 +51,8 @@ def relu_chain(names: list[str], kinds: list[str] | None = None) -> onnx.ModelPr
 
 
 def test_the_canonical_steps_in_their_order():
-    assert CANONICAL_STEPS == (lift_constants, name_nodes, fold_all_batchnorms, ort_basic_cleanup, name_nodes,
-                               infer_shapes)
+    assert CANONICAL_STEPS == (lift_constants, name_nodes, fold_all_batchnorms, ort_basic_cleanup, fold_all_affine,
+                               name_nodes, infer_shapes)
     assert EXPORTED_STEPS == (lift_constants, name_nodes, infer_shapes)
 
 
@@ -117,6 +120,20 @@ def test_onnxruntime_cleanup_folds_constants_and_identities_but_not_batchnorm():
     assert check_equivalence(Model(proto), Model(cleaned))
 
 
+def test_onnxruntime_cleanup_keeps_one_transpose_above_its_branches():
+    """Attention in the PaddleOCR recognizer: Transpose -> Slice q, k, v; ORT's transpose optimizer
+    would push a copy of the Transpose into each branch."""
+    b = GraphBuilder(seed=4)
+    stacked = b.node("Transpose", ["x"], perm=[2, 0, 3, 1, 4])
+    q, k, v = (b.node("Squeeze", [b.node("Slice", [stacked, b.const(np.array([i])), b.const(np.array([i + 1])),
+                                                   b.const(np.array([0]))]), b.const(np.array([0]))])
+               for i in range(3))
+    proto = b.build({"x": (1, 5, 3, 2, 4)}, [b.node("Add", [b.node("Mul", [q, k]), v])])
+    cleaned = ort_basic_cleanup(proto)
+    assert sorted(op_types(cleaned)) == sorted(op_types(proto))  # one Transpose, as exported
+    assert check_equivalence(Model(proto), Model(cleaned))
+
+
 def test_strip_unused_domains_keeps_what_nodes_use_or_the_source_declared():
     proto = relu_chain(["a"])
     proto.opset_import.extend([helper.make_opsetid("com.microsoft", 1), helper.make_opsetid("ai.onnx.ml", 3)])
@@ -130,6 +147,40 @@ def test_shapes_are_inferred_for_every_tensor_and_the_batch_stays_dynamic():
     shaped = {vi.name for vi in list(canonical.graph.value_info) + list(canonical.graph.output)}
     assert all(out in shaped for n in canonical.graph.node for out in n.output)
     assert canonical.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+# -- nothing changes type -----------------------------------------------------------------------
+
+
+def _typed_weights(proto: onnx.ModelProto) -> dict[str, tuple[int, bytes]]:
+    return {t.name: (t.data_type, numpy_helper.to_array(t).tobytes()) for t in proto.graph.initializer}
+
+
+@pytest.mark.parametrize("spelling", QUANTIZED_SPELLINGS)
+def test_quantized_weights_stay_quantized(spelling):
+    proto = quantized_matmul(spelling)
+    canonical = canonicalize(proto)
+    assert _typed_weights(canonical) == _typed_weights(proto), "weights keep their bytes and types"
+    assert op_types(canonical) == op_types(proto)
+    assert [i.name for i in canonical.graph.input] == ["x"], "no weight is left listed as a graph input"
+    assert check_equivalence(Model(proto), Model(canonical))
+
+
+def test_float16_models_stay_float16():
+    """onnxruntime's CPU provider would wrap every node in InsertedPrecisionFreeCast casts to float32 and
+    spell Softmax out as ReduceMax/Sub/Exp/ReduceSum/Div; canonical form keeps the model as it computes."""
+    proto = float16_conv_scale_softmax()
+    canonical = canonicalize(proto)
+    assert op_types(canonical) == ["Conv", "Softmax"], "the scale folds into the Conv, in float16"
+    assert {t.data_type for t in canonical.graph.initializer} == {TensorProto.FLOAT16}
+    assert all(v.type.tensor_type.elem_type == TensorProto.FLOAT16
+               for v in list(canonical.graph.input) + list(canonical.graph.output) + list(canonical.graph.value_info))
+    assert check_equivalence(Model(proto), Model(canonical), rtol=2 ** -9)  # float16 rounds to 11 bits
+
+
+def test_a_model_without_anything_to_canonicalize_keeps_its_graph():
+    proto = name_nodes(infer_shapes(quantized_matmul("dynamic")))
+    assert canonicalize(proto).graph == proto.graph
 
 
 # -- loading ------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@ import numpy as np
 
 from onnx_tailor.ir import Model, check_equivalence
 from onnx_tailor.passes import apply_pass, get_pass
-from tests.graphs import GraphBuilder
+from tests.graphs import GraphBuilder, float16_conv_scale_softmax, quantized_matmul
 
 
 def _model_with_clutter():
@@ -28,3 +28,11 @@ def test_a_clean_model_has_no_site():
     b = GraphBuilder()
     model = Model(b.build({"x": (1, 3, 5, 5)}, [b.node("Relu", [b.conv("x", 3, 4, 3)])]))
     assert get_pass("simplify").find(model) == []
+
+
+def test_quantized_weights_and_float16_models_are_not_sites():
+    """Canonicalization keeps their types, so simplify has nothing it may do to them."""
+    assert get_pass("simplify").find(Model(quantized_matmul("cast"))) == []
+    float16 = Model(float16_conv_scale_softmax())
+    assert get_pass("simplify").find(float16) == []
+    assert "float16" in get_pass("simplify").declined(float16)[0].reason
