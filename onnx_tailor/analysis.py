@@ -90,18 +90,27 @@ def match_activation(model: Model, tensor: str) -> Activation | None:
         kind = "gelu"
     elif gated and ops <= _HARD_GATE_STEPS:
         kind = "hardswish"
-        # Add(+3) -> Clip(0, 6) -> Mul(x) -> Div(6): the scale by 1/6 comes after the Mul.
-        after = model.sole_consumer(output)
-        if ("Clip" in ops and not ({"Div", "HardSigmoid"} & ops) and not _has_const_mul(model, nodes)
-                and after is not None and len(after.input) > 1 and not model.is_graph_output(output)):
-            scale = _scalar(model, after.input[1])
-            if (after.op_type == "Div" and scale == 6.0) or (after.op_type == "Mul" and scale
-                                                             and abs(scale - 1 / 6) < 1e-6):
-                nodes.append(after)
-                output = after.output[0]
     else:
         kind = "elementwise"
+    owed = _closing_scale(model, kind, nodes, ops)
+    after = model.sole_consumer(output)
+    if owed is not None and after is not None and len(after.input) > 1:
+        scale = _scalar(model, after.input[1])
+        if scale and ((after.op_type == "Div" and abs(1 / scale - owed) < 1e-6)
+                      or (after.op_type == "Mul" and abs(scale - owed) < 1e-6)):
+            nodes.append(after)
+            output = after.output[0]
     return Activation(kind, tuple(n.name for n in nodes), output)
+
+
+def _closing_scale(model: Model, kind: str, nodes: list[onnx.NodeProto], ops: set[str]) -> float | None:
+    """The scale a spelled-out activation still owes after the Mul that closes it, when the group has none:
+    Add(+3) -> Clip(0, 6) -> Mul(x) -> Div(6) for HardSwish, x * (1 + erf(x / sqrt 2)) -> Mul(0.5) for GELU."""
+    if _has_const_mul(model, nodes):
+        return None
+    if kind == "hardswish" and "Clip" in ops and not ({"Div", "HardSigmoid"} & ops):
+        return 1 / 6
+    return 0.5 if kind == "gelu" and "Erf" in ops else None
 
 
 def _single_kind(model: Model, node: onnx.NodeProto) -> str:
@@ -245,21 +254,20 @@ def pair_ending_at(model: Model, dw: onnx.NodeProto) -> ExpandDepthwisePair | Un
 
 
 def _elementwise_path(model: Model, tensor: str) -> tuple[list[onnx.NodeProto], onnx.NodeProto | None]:
-    """(the element-wise nodes `tensor` is computed by, walking back from it, and the 1x1 conv they
-    start from), walking no further than a non-element-wise node; the conv is None when that is not one."""
-    between, frontier, seen = [], [tensor], set()
+    """(the element-wise nodes `tensor` is computed by, walking back from it no further than other nodes, and
+    the 1x1 conv nearest `tensor` among those it stopped at, or None)."""
+    between, convs, frontier, seen = [], [], [tensor], set()
     while frontier and len(between) <= 2 * _LARGEST_SPELLING:
         node = model.producer(frontier.pop(0))
         if node is None or node.name in seen:
             continue
         seen.add(node.name)
         if _is_pointwise(model, node):
-            return between, node
-        if node.op_type not in ELEMENTWISE_MATH:
-            continue
-        between.append(node)
-        frontier.extend(i for i in node.input if i and not model.is_constant(i))
-    return between, None
+            convs.append(node)
+        elif node.op_type in ELEMENTWISE_MATH:
+            between.append(node)
+            frontier.extend(i for i in node.input if i and not model.is_constant(i))
+    return between, next(iter(convs), None)
 
 
 def _pair(model: Model, expand: onnx.NodeProto, chain: Activation | None, dw: onnx.NodeProto) -> ExpandDepthwisePair:
