@@ -11,7 +11,8 @@ every tensor between the two convs has no other reader (a pair with one is
 declined, naming the reader). The expand conv must read its input 1:1
 (stride 1, no padding) and neither conv be dilated. Most pairs sit in an
 IBN block (a 1x1 projection after the depthwise conv, its activation and
-any SE); some do not (a depthwise conv feeding a pooling, a concat, ...):
+any SE); some do not (a depthwise conv feeding a pooling, a concat, or in
+LCNet's dw -> pw -> dw chain a pw already fused with the dw after it):
 these bare pairs get stage 1 below alone.
 
 `init=compose` takes the product of the two kernels:

@@ -183,19 +183,28 @@ def test_a_pair_whose_intermediate_has_another_reader_is_declined():
 
 
 def test_the_pp_ocrv3_recognizer_pairs_fuse(paddle_rec):
-    """One pair of PP-OCRv3's recognizer (12 pairs: tests/test_analysis.py explains the count), fused on
-    seeded inputs: its local error is reported and the model still runs in onnxruntime."""
+    """Pairs of PP-OCRv3's recognizer (12: tests/test_analysis.py explains the count), fused on seeded
+    inputs: each reports its local error and the model still runs in onnxruntime. LCNet chains dw -> pw ->
+    dw: fusing the second pair (Conv_4 + Conv_5) turns the first pair's "projection" Conv_4 into a 3x3
+    conv, so the first pair is then a bare pair, fitted to its depthwise output."""
     model = load(paddle_rec, {"x": (1, 3, 48, 160)})
     sites = fuse.find(model)
     assert len(sites) == 12 and fuse.declined(model) == []
-    site = sites[0]
-    result = apply_pass(model, "fuse_ibn_expansion", site.anchor, {"refine": 0})
-    output = fuse.output_tensor(model, site)
-    assert result.local_errors[0] == pytest.approx(local_error(model, result.model, output), rel=1e-6)
-    assert 0 < result.local_errors[0] < 0.5
+    assert all(site.match.block is not None for site in sites)
+    second = apply_pass(model, "fuse_ibn_expansion", sites[1].anchor, {"refine": 0})
+    [first] = [s for s in fuse.find(second.model) if s.anchor == sites[0].anchor]
+    assert first.match.block is None
+    bare = apply_pass(second.model, "fuse_ibn_expansion", first.anchor)
+    naive = apply_pass(second.model, "fuse_ibn_expansion", first.anchor, {"init": "compose"})
+    for before, result, site in ((model, second, sites[1]), (second.model, bare, first)):
+        output = fuse.output_tensor(before, site)
+        assert result.local_errors[0] == pytest.approx(local_error(before, result.model, output), rel=1e-6)
+        assert 0 < result.local_errors[0] < 0.5
+    assert fuse.output_tensor(second.model, first) == first.match.pair.output
+    assert bare.local_errors[0] < 0.5 * naive.local_errors[0]
     feeds = seeded_inputs(model)
-    before, after = run(model, feeds), run(result.model, feeds)
-    assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
-    assert all(np.isfinite(v).all() for v in after.values())
-    convs = [n for n in result.model.nodes if n.op_type == "Conv"]
-    assert len(convs) == len([n for n in model.nodes if n.op_type == "Conv"]) - 1
+    original, fused = run(model, feeds), run(bare.model, feeds)
+    assert {k: v.shape for k, v in fused.items()} == {k: v.shape for k, v in original.items()}
+    assert all(np.isfinite(v).all() for v in fused.values())
+    convs = [n for n in bare.model.nodes if n.op_type == "Conv"]
+    assert len(convs) == len([n for n in model.nodes if n.op_type == "Conv"]) - 2
