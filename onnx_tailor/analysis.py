@@ -1,4 +1,4 @@
-"""What a model costs and how it is built: MACs, parameters, activation memory, IBN blocks.
+"""What a model costs and how it is built: MACs, parameters, activation memory, expand-depthwise pairs, IBN blocks.
 
 Everything here reads a canonical `Model` and never changes it. Sizes are
 for the model's concrete `input_shapes` (batch 1 unless the user says
@@ -7,10 +7,17 @@ topological order: while a node runs, its inputs and outputs are live, and a
 tensor dies after its last reader (graph outputs live to the end). Weights
 are not activations and are counted as parameters instead.
 
-Inverted-bottleneck (IBN) blocks are found by structure, whatever spelling
-the exporter chose for the activations:
-    x -> Conv 1x1 (expand) -> act -> depthwise Conv KxK -> act
+Structure is found whatever spelling the exporter chose for the activations.
+An activation is any run of element-wise ops with constant operands that
+nothing outside it reads (HardSwish as x * Clip(x + 3, 0, 6) / 6, swish as
+x * Sigmoid(x), GELU's erf form, a scale or shift BatchNorm folding left):
+`match_activation_chain`, which the simulator's fusion rule uses too. Then
+    expand-depthwise pair:  x -> Conv 1x1 (expand) -> act -> depthwise Conv KxK
+    inverted-bottleneck (IBN) block: a pair -> act
       -> [squeeze-excitation: GlobalAveragePool -> ... -> gate, Mul] -> Conv 1x1 (project) -> [Add x]
+A pair's intermediate tensors have no reader outside it; LCNet-style
+networks (PP-OCR's recognizer) chain dw -> pw -> dw -> pw, and each pw -> dw
+is a pair.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import onnx
 
@@ -28,14 +36,22 @@ from .ir.shapes import itemsize
 
 _SIMPLE_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "HardSwish": "hardswish", "HardSigmoid": "hardsigmoid",
                        "LeakyRelu": "leakyrelu", "Tanh": "tanh", "Elu": "elu", "Gelu": "gelu", "PRelu": "prelu"}
-# Single-input steps a decomposed gate (HardSigmoid or Sigmoid of x) is spelled with.
-_GATE_STEPS = {"Add", "Clip", "Div", "Mul", "Sigmoid", "HardSigmoid", "Relu"}
+# Ops that compute each output element from the same element of their inputs: an activation is
+# made of them, with constant operands (bounds, slopes, scales) besides the tensor it activates.
+ELEMENTWISE_MATH = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu",
+                    "PRelu", "Tanh", "Elu", "Selu", "Softplus", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Pow", "Neg",
+                    "Abs", "Max", "Min", "Reciprocal"}
+AFFINE = {"Add", "Sub", "Mul", "Div"}  # by a constant: a scale or shift
+# Single-input steps a decomposed hard gate (HardSigmoid of x) is spelled with.
+_HARD_GATE_STEPS = {"Add", "Sub", "Clip", "Div", "Mul", "HardSigmoid", "Relu", "Max", "Min"}
+_GELU_STEPS = {"Erf", "Tanh", "Add", "Sub", "Mul", "Div", "Pow"}  # x (1 + erf(x / sqrt 2)) / 2, or its tanh form
+_LARGEST_SPELLING = 12  # nodes; GELU's tanh form, the longest known, has 8
 
 
 @dataclass(frozen=True)
 class Activation:
-    kind: str  # relu, relu6, hardswish, swish, ...
-    nodes: tuple[str, ...]
+    kind: str  # relu, relu6, hardswish, swish, gelu, affine (scale/shift), ...; a chain joins them: affine+hardswish
+    nodes: tuple[str, ...]  # in topological order
     output: str  # the tensor the activation produces
 
 
@@ -55,57 +71,216 @@ def _clip_bounds(model: Model, node: onnx.NodeProto) -> tuple[float | None, floa
 
 
 def match_activation(model: Model, tensor: str) -> Activation | None:
-    """The activation applied to `tensor` if every reader of `tensor` belongs to it."""
-    readers = model.consumers(tensor)
-    if model.is_graph_output(tensor) or not readers:
+    """The activation applied to `tensor` if every reader of `tensor` belongs to it: the smallest group of
+    element-wise nodes with constant operands that reads `tensor` and hands on one tensor (x * gate(x), GELU's
+    x * (1 + erf(x / sqrt 2)) / 2, a scale or shift, or one activation op)."""
+    if model.is_graph_output(tensor) or not model.consumers(tensor):
         return None
-    if len(readers) == 1:
-        node = readers[0]
-        if node.op_type == "Clip":
-            low, high = _clip_bounds(model, node)
-            kind = "relu6" if (low, high) == (0.0, 6.0) else "clip"
-            return Activation(kind, (node.name,), node.output[0])
-        if node.op_type in _SIMPLE_ACTIVATIONS:
-            return Activation(_SIMPLE_ACTIVATIONS[node.op_type], (node.name,), node.output[0])
+    nodes = _closed_group(model, tensor)
+    if nodes is None:
         return None
-    if len(readers) == 2:
-        return _match_gated(model, tensor, readers)
-    return None
+    if len(nodes) == 1:
+        return Activation(_single_kind(model, nodes[0]), (nodes[0].name,), nodes[0].output[0])
+    ops = {n.op_type for n in nodes}
+    output = nodes[-1].output[0]
+    gated = any(n.op_type == "Mul" and not any(model.is_constant(i) for i in n.input) for n in nodes)  # x * f(x)
+    if gated and "Sigmoid" in ops and ops <= {"Sigmoid", "Mul"}:
+        kind = "swish"
+    elif gated and ops & {"Erf", "Tanh"} and ops <= _GELU_STEPS:
+        kind = "gelu"
+    elif gated and ops <= _HARD_GATE_STEPS:
+        kind = "hardswish"
+    else:
+        kind = "elementwise"
+    owed = _closing_scale(model, kind, nodes, ops)
+    after = model.sole_consumer(output)
+    if owed is not None and after is not None and len(after.input) > 1:
+        scale = _scalar(model, after.input[1])
+        if scale and ((after.op_type == "Div" and abs(1 / scale - owed) < 1e-6)
+                      or (after.op_type == "Mul" and abs(scale - owed) < 1e-6)):
+            nodes.append(after)
+            output = after.output[0]
+    return Activation(kind, tuple(n.name for n in nodes), output)
 
 
-def _match_gated(model: Model, tensor: str, readers: list[onnx.NodeProto]) -> Activation | None:
-    """x * gate(x): swish (Sigmoid gate) or hardswish (HardSigmoid or Add/Clip/Div gate)."""
-    for closing in readers:
-        if closing.op_type != "Mul":
-            continue
-        gate_start = next(r for r in readers if r.name != closing.name)
-        chain, node = [], gate_start
-        while node.name != closing.name:  # walk the gate: single-reader steps until it meets the Mul
-            if node.op_type not in _GATE_STEPS or len(chain) > 4:
-                return None
-            chain.append(node)
-            nxt = model.sole_consumer(node.output[0])
-            if nxt is None:
-                return None
-            node = nxt
-        ops = [n.op_type for n in chain]
-        kind = "swish" if "Sigmoid" in ops else "hardswish"
-        nodes = [n.name for n in chain] + [closing.name]
-        output = closing.output[0]
-        # Add(+3) -> Clip(0, 6) -> Mul(x) -> Div(6): the scale by 1/6 comes after the Mul.
-        if "Clip" in ops and not ({"Div", "HardSigmoid"} & set(ops)) and not _has_const_mul(model, chain):
-            after = model.sole_consumer(output)
-            scale = _scalar(model, after.input[1]) if after is not None and len(after.input) > 1 else None
-            if after is not None and ((after.op_type == "Div" and scale == 6.0)
-                                      or (after.op_type == "Mul" and scale and abs(scale - 1 / 6) < 1e-6)):
-                nodes.append(after.name)
-                output = after.output[0]
-        return Activation(kind, tuple(nodes), output)
+def _closing_scale(model: Model, kind: str, nodes: list[onnx.NodeProto], ops: set[str]) -> float | None:
+    """The scale a spelled-out activation still owes after the Mul that closes it, when the group has none:
+    Add(+3) -> Clip(0, 6) -> Mul(x) -> Div(6) for HardSwish, x * (1 + erf(x / sqrt 2)) -> Mul(0.5) for GELU."""
+    if _has_const_mul(model, nodes):
+        return None
+    if kind == "hardswish" and "Clip" in ops and not ({"Div", "HardSigmoid"} & ops):
+        return 1 / 6
+    return 0.5 if kind == "gelu" and "Erf" in ops else None
+
+
+def _single_kind(model: Model, node: onnx.NodeProto) -> str:
+    if node.op_type == "Clip":
+        return "relu6" if _clip_bounds(model, node) == (0.0, 6.0) else "clip"
+    if node.op_type in _SIMPLE_ACTIVATIONS:
+        return _SIMPLE_ACTIVATIONS[node.op_type]
+    scaled = node.op_type in AFFINE and any(model.is_constant(i) for i in node.input)
+    return "affine" if scaled else node.op_type.lower()
+
+
+def _closed_group(model: Model, tensor: str) -> list[onnx.NodeProto] | None:
+    """The element-wise nodes, in topological order, that take in every reader of `tensor` and of every tensor
+    they compute but one (the group's output), reading nothing else but constants; None when there is no such group.
+
+    Grown one node at a time: a reader of an open tensor (one read outside the group, or a graph output) joins
+    once all its run-time inputs are `tensor` or computed in the group, until a single open tensor is left."""
+    group: list[onnx.NodeProto] = []
+    members: set[str] = set()
+    known = {tensor}
+    while len(group) < _LARGEST_SPELLING:
+        open_tensors = [t for t in (tensor, *(n.output[0] for n in group))
+                        if model.is_graph_output(t) or any(r.name not in members for r in model.consumers(t))]
+        if group and open_tensors == [group[-1].output[0]]:
+            return group
+        joining = next((r for t in open_tensors for r in model.consumers(t)
+                        if r.name not in members and r.op_type in ELEMENTWISE_MATH and len(r.output) == 1
+                        and all(not i or i in known or model.is_constant(i) for i in r.input)), None)
+        if joining is None:
+            return None
+        group.append(joining)
+        members.add(joining.name)
+        known.add(joining.output[0])
     return None
 
 
 def _has_const_mul(model: Model, chain: list[onnx.NodeProto]) -> bool:
     return any(n.op_type == "Mul" and any(model.is_constant(i) for i in n.input) for n in chain)
+
+
+def match_activation_chain(model: Model, tensor: str,
+                           accept: Callable[[Activation], bool] | None = None) -> Activation | None:
+    """The run of activations (`match_activation`, each accepted by `accept`) applied to `tensor` one after
+    another, as one activation: what sits between two convs (e.g. a leftover scale, then HardSwish)."""
+    parts = []
+    current = tensor
+    while (found := match_activation(model, current)) is not None and (accept is None or accept(found)):
+        parts.append(found)
+        current = found.output
+    if not parts:
+        return None
+    kinds = [p.kind for i, p in enumerate(parts) if i == 0 or p.kind != parts[i - 1].kind]
+    return Activation("+".join(kinds), tuple(n for p in parts for n in p.nodes), current)
+
+
+# -- expand-depthwise pairs ---------------------------------------------------------------
+
+
+def _is_pointwise(model: Model, node: onnx.NodeProto | None) -> bool:
+    if node is None or node.op_type != "Conv" or model.attr(node, "group", 1) != 1:
+        return False
+    shape = model.declared_shape(node.input[1]) or ()
+    return len(shape) == 4 and shape[2:] == (1, 1)
+
+
+def is_depthwise(model: Model, node: onnx.NodeProto) -> bool:
+    """A Conv with one filter per input channel: group = C_out = C_in, weight [C, 1, *kernel]."""
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return False
+    shape = model.declared_shape(node.input[1]) or ()
+    groups = model.attr(node, "group", 1)
+    return groups > 1 and len(shape) >= 3 and shape[1] == 1 and shape[0] == groups
+
+
+def upstream_nodes(model: Model, tensor: str, stop_at: str | None = None) -> set[str]:
+    """Every node `tensor` is computed from through run-time tensors, walking back no further
+    than node `stop_at` (excluded): with it, the nodes on the paths from that node to `tensor`."""
+    found, frontier = set(), [tensor]
+    while frontier:
+        node = model.producer(frontier.pop())
+        if node is None or node.name == stop_at or node.name in found:
+            continue
+        found.add(node.name)
+        frontier.extend(i for i in node.input if i and not model.is_constant(i))
+    return found
+
+
+@dataclass(frozen=True)
+class ExpandDepthwisePair:
+    """A 1x1 conv whose output, through an activation chain nothing else reads, is a depthwise conv's input:
+    the two convs fuse_ibn_expansion replaces by one, whether or not an IBN block surrounds them."""
+
+    expand: str
+    depthwise: str
+    activation: str  # kind of the chain between them (`match_activation_chain`), or "none"
+    input: str  # the expand conv's input
+    output: str  # the depthwise conv's output
+    in_channels: int
+    expanded_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    resolution: tuple[int, int] | None = None  # input H x W, when shapes are concrete
+    nodes: frozenset[str] = field(default_factory=frozenset, compare=False)  # expand, the chain, depthwise
+
+
+@dataclass(frozen=True)
+class UnpairedExpand:
+    """A 1x1 conv that feeds a depthwise conv through element-wise ops only, and why the two are not a pair."""
+
+    expand: str
+    depthwise: str
+    reason: str
+
+
+def find_expand_depthwise_pairs(model: Model) -> list[ExpandDepthwisePair]:
+    """Every expand-depthwise pair, in graph order (of the depthwise convs)."""
+    return [found for dw in model.nodes if isinstance(found := pair_ending_at(model, dw), ExpandDepthwisePair)]
+
+
+def pair_ending_at(model: Model, dw: onnx.NodeProto) -> ExpandDepthwisePair | UnpairedExpand | None:
+    """The pair whose depthwise conv is `dw`; or why not, when a 1x1 conv feeds `dw` through element-wise
+    ops only but something else reads what lies between; None when no 1x1 conv feeds it so."""
+    if not is_depthwise(model, dw) or len(model.declared_shape(dw.input[1])) != 4:
+        return None
+    between, expand = _elementwise_path(model, dw.input[0])
+    if expand is None:
+        return None
+    chain = match_activation_chain(model, expand.output[0])
+    if expand.output[0] == dw.input[0] or (chain is not None and chain.output == dw.input[0]):
+        if getattr(model.sole_consumer(dw.input[0]), "name", None) == dw.name:  # not a graph output either
+            return _pair(model, expand, chain if expand.output[0] != dw.input[0] else None, dw)
+    inside = {dw.name, *(n.name for n in between)}
+    for tensor in (expand.output[0], *(n.output[0] for n in reversed(between))):
+        others = [r.name for r in model.consumers(tensor) if r.name not in inside]
+        if others or model.is_graph_output(tensor):
+            reader = others[0] if others else "the graph output"
+            return UnpairedExpand(expand.name, dw.name, f"{tensor}, between {expand.name} and {dw.name}, "
+                                                        f"is also read by {reader}")
+    return UnpairedExpand(expand.name, dw.name, f"the element-wise ops between {expand.name} and {dw.name} "
+                                                "read another run-time tensor")
+
+
+def _elementwise_path(model: Model, tensor: str) -> tuple[list[onnx.NodeProto], onnx.NodeProto | None]:
+    """(the element-wise nodes `tensor` is computed by, walking back from it no further than other nodes, and
+    the 1x1 conv nearest `tensor` among those it stopped at, or None)."""
+    between, convs, frontier, seen = [], [], [tensor], set()
+    while frontier and len(between) <= 2 * _LARGEST_SPELLING:
+        node = model.producer(frontier.pop(0))
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if _is_pointwise(model, node):
+            convs.append(node)
+        elif node.op_type in ELEMENTWISE_MATH:
+            between.append(node)
+            frontier.extend(i for i in node.input if i and not model.is_constant(i))
+    return between, next(iter(convs), None)
+
+
+def _pair(model: Model, expand: onnx.NodeProto, chain: Activation | None, dw: onnx.NodeProto) -> ExpandDepthwisePair:
+    expand_weight = model.declared_shape(expand.input[1])
+    info = _tensor_info_or_none(model)
+    shape = info[expand.input[0]].shape if info and expand.input[0] in info else ()
+    return ExpandDepthwisePair(
+        expand=expand.name, depthwise=dw.name, activation=chain.kind if chain else "none",
+        input=expand.input[0], output=dw.output[0], in_channels=expand_weight[1], expanded_channels=expand_weight[0],
+        kernel=tuple(model.declared_shape(dw.input[1])[2:]), stride=tuple(model.attr(dw, "strides", [1, 1])),
+        resolution=tuple(shape[2:]) if len(shape) == 4 else None,
+        nodes=frozenset({expand.name, dw.name, *(chain.nodes if chain else ())}),
+    )
 
 
 # -- IBN blocks ---------------------------------------------------------------------------
@@ -138,57 +313,6 @@ class IBNBlock:
         return [name for name, count in counts.items() if count % multiple]
 
 
-def _is_pointwise(model: Model, node: onnx.NodeProto | None) -> bool:
-    if node is None or node.op_type != "Conv" or model.attr(node, "group", 1) != 1:
-        return False
-    shape = model.declared_shape(node.input[1]) or ()
-    return len(shape) == 4 and shape[2:] == (1, 1)
-
-
-def is_depthwise(model: Model, node: onnx.NodeProto) -> bool:
-    """A Conv with one filter per input channel: group = C_out = C_in, weight [C, 1, *kernel]."""
-    if node.op_type != "Conv" or len(node.input) < 2:
-        return False
-    shape = model.declared_shape(node.input[1]) or ()
-    groups = model.attr(node, "group", 1)
-    return groups > 1 and len(shape) >= 3 and shape[1] == 1 and shape[0] == groups
-
-
-def upstream_nodes(model: Model, tensor: str, stop_at: str | None = None) -> set[str]:
-    """Every node `tensor` is computed from through run-time tensors, walking back no further
-    than node `stop_at` (excluded): with it, the nodes on the paths from that node to `tensor`."""
-    found, frontier = set(), [tensor]
-    while frontier:
-        node = model.producer(frontier.pop())
-        if node is None or node.name == stop_at or node.name in found:
-            continue
-        found.add(node.name)
-        frontier.extend(i for i in node.input if i and not model.is_constant(i))
-    return found
-
-
-def _find_expand(model: Model, tensor: str) -> tuple[onnx.NodeProto, Activation | None] | None:
-    """The 1x1 conv whose (activated) output is `tensor`, searching a few nodes upstream."""
-    frontier, seen = [tensor], set()
-    for _ in range(6):
-        upstream = []
-        for name in frontier:
-            node = model.producer(name)
-            if node is None or node.name in seen:
-                continue
-            seen.add(node.name)
-            if _is_pointwise(model, node):
-                if node.output[0] == tensor:
-                    return node, None
-                act = match_activation(model, node.output[0])
-                if act is not None and act.output == tensor:
-                    return node, act
-                continue
-            upstream.extend(i for i in node.input if i and not model.is_constant(i))
-        frontier = upstream
-    return None
-
-
 def _match_se(model: Model, tensor: str) -> tuple[tuple[str, ...], str] | None:
     """Squeeze-excitation on `tensor`: (its nodes, the gated output), if that is what reads it."""
     readers = model.consumers(tensor)
@@ -213,18 +337,11 @@ def _match_se(model: Model, tensor: str) -> tuple[tuple[str, ...], str] | None:
 
 
 def find_ibn_blocks(model: Model) -> list[IBNBlock]:
-    """Every inverted-bottleneck block, in graph order."""
+    """Every inverted-bottleneck block, in graph order: an expand-depthwise pair followed by a projection."""
     blocks = []
-    for dw in model.nodes:
-        reader = model.sole_consumer(dw.input[0])
-        two_d = is_depthwise(model, dw) and len(model.declared_shape(dw.input[1])) == 4
-        if not two_d or reader is None or reader.name != dw.name:
-            continue
-        found = _find_expand(model, dw.input[0])
-        if found is None:
-            continue
-        expand, expand_act = found
-        dw_act = match_activation(model, dw.output[0])
+    for pair in find_expand_depthwise_pairs(model):
+        dw = model.node(pair.depthwise)
+        dw_act = match_activation_chain(model, dw.output[0])
         tail = dw_act.output if dw_act else dw.output[0]
         se_nodes: tuple[str, ...] = ()
         se = _match_se(model, tail)
@@ -233,32 +350,21 @@ def find_ibn_blocks(model: Model) -> list[IBNBlock]:
         project = model.sole_consumer(tail)
         if not _is_pointwise(model, project):
             continue
-        block_input = expand.input[0]
         output = project.output[0]
         residual = next((r for r in model.consumers(output)
-                         if r.op_type == "Add" and set(r.input) == {output, block_input}), None)
+                         if r.op_type == "Add" and set(r.input) == {output, pair.input}), None)
         if residual is not None:
             output = residual.output[0]
-        kernel = tuple(model.declared_shape(dw.input[1])[2:])
-        stride = tuple(model.attr(dw, "strides", [1, 1]))
-        resolution = None
-        info = _tensor_info_or_none(model)
-        if info and block_input in info and len(info[block_input].shape) == 4:
-            resolution = tuple(info[block_input].shape[2:])
-        nodes = {expand.name, dw.name, project.name, *se_nodes}
-        nodes |= set(expand_act.nodes if expand_act else ()) | set(dw_act.nodes if dw_act else ())
+        nodes = {*pair.nodes, project.name, *se_nodes, *(dw_act.nodes if dw_act else ())}
         if residual is not None:
             nodes.add(residual.name)
         blocks.append(IBNBlock(
-            expand=expand.name, depthwise=dw.name, project=project.name,
-            expand_activation=expand_act.kind if expand_act else "none",
-            depthwise_activation=dw_act.kind if dw_act else "none",
+            expand=pair.expand, depthwise=pair.depthwise, project=project.name,
+            expand_activation=pair.activation, depthwise_activation=dw_act.kind if dw_act else "none",
             squeeze_excitation=se_nodes, residual=residual.name if residual else None,
-            input=block_input, output=output,
-            in_channels=model.declared_shape(expand.input[1])[1],
-            expanded_channels=model.declared_shape(expand.input[1])[0],
-            out_channels=model.declared_shape(project.input[1])[0],
-            kernel=kernel, stride=stride, resolution=resolution, nodes=frozenset(nodes),
+            input=pair.input, output=output, in_channels=pair.in_channels,
+            expanded_channels=pair.expanded_channels, out_channels=model.declared_shape(project.input[1])[0],
+            kernel=pair.kernel, stride=pair.stride, resolution=pair.resolution, nodes=frozenset(nodes),
         ))
     return blocks
 
@@ -294,6 +400,7 @@ class Analysis:
     peak_at: str  # the node running when activation memory peaks
     op_histogram: dict[str, int]
     blocks: list[IBNBlock]
+    pairs: list[ExpandDepthwisePair]  # every expand-depthwise pair, inside an IBN block or not
 
     def to_dict(self, multiple: int | None = None) -> dict:
         out = asdict(self)
@@ -301,6 +408,8 @@ class Analysis:
             raw["nodes"] = sorted(block.nodes)
             if multiple:
                 raw["misaligned"] = block.misaligned(multiple)
+        for pair, raw in zip(self.pairs, out["pairs"]):
+            raw["nodes"] = sorted(pair.nodes)
         return out
 
 
@@ -399,4 +508,5 @@ def analyze(model: Model) -> Analysis:
         peak_at=memory.peak_at,
         op_histogram=dict(Counter(n.op_type for n in model.nodes).most_common()),
         blocks=find_ibn_blocks(model),
+        pairs=find_expand_depthwise_pairs(model),
     )

@@ -2,7 +2,7 @@
 
     import onnx_tailor as ot
     model = ot.load("model.onnx", input_shapes={"x": (1, 3, 48, 192)})
-    report = ot.inspect(model)                      # MACs, params, peak activations, IBN blocks
+    report = ot.inspect(model)                      # MACs, params, peak activations, IBN blocks, pairs
     cost = ot.score(model, "npu-p32")               # predicted latency, memory, per-kernel table
     aligned = ot.apply(model, "pad_channels", params={"multiple": 32})   # .model, .sites, .local_errors
     result = ot.optimize(model, "npu-p32", data="eval.npz", max_drop="1.0")

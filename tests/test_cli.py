@@ -47,6 +47,18 @@ def test_inspect_paddle_models_with_input_shape(paddle_models):
     assert "Inverted-bottleneck blocks: 15" in result.output
 
 
+def test_inspect_lists_expand_depthwise_pairs(paddle_rec):
+    result = invoke("inspect", paddle_rec, "--input-shape", "x=1,3,48,320")
+    assert result.exit_code == 0, result.output
+    listing = result.output.split("Expand-depthwise pairs: 12\n", 1)[1].splitlines()
+    assert listing[0].split() == ["#", "expand", "depthwise", "in", "exp", "kernel", "stride", "input",
+                                  "activation", "IBN", "block"]
+    assert listing[1].split() == ["1", "Conv_2", "Conv_3", "16", "32", "3x3", "1x1", "24x160", "hardswish", "1"]
+    data = json.loads(invoke("inspect", paddle_rec, "--input-shape", "x=1,3,48,320", "--json").output)
+    assert [(p["expand"], p["depthwise"]) for p in data["pairs"]][:2] == [("Conv_2", "Conv_3"), ("Conv_4", "Conv_5")]
+    assert len(data["pairs"]) == 12 and data["pairs"][0]["nodes"] == sorted(data["pairs"][0]["nodes"])
+
+
 def test_passes_lists_every_pass_with_exactness():
     result = invoke("passes")
     for name in ("fold_batchnorm", "densify_depthwise", "pad_channels", "simplify"):

@@ -5,9 +5,13 @@ a per-channel scale/shift into the Conv, MatMul or Gemm before it when that
 op's output has no other reader: no dispatch of its own, and the
 intermediate tensor never exists. A chain of such ops fuses as a whole, and
 an activation spelled out in basic ops (HardSwish as Add/Clip/Mul/Div, or
-x * HardSigmoid(x), or swish x * Sigmoid(x)) counts as one activation when
-the producer's output has no reader outside it. Which activation kinds fuse
-is the target's `fusable_activations`.
+x * HardSigmoid(x), or swish x * Sigmoid(x), also x * Sigmoid(b * x))
+counts as one activation when the producer's output has no reader outside
+it: the chain is `analysis.match_activation_chain`, the same that block
+discovery reads, cut at the first activation the target cannot fuse. Which
+activation kinds fuse is the target's `fusable_activations`; a scale or
+shift (Add, Sub, Mul or Div by a constant: Sub and Div are Add and Mul by
+another constant) always does.
 
 Every other node is a kernel of its own. Both the simulator and the learned
 cost model score kernels, so they agree on what runs.
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..analysis import match_activation
+from ..analysis import match_activation_chain
 from ..ir import Model
 
 ANCHORS = {"Conv", "MatMul", "Gemm"}
@@ -77,21 +81,10 @@ def kernel_kind(model: Model, node) -> str:
 
 
 def _fused_chain(model: Model, anchor, fusable: frozenset[str]) -> list:
-    """The activation / scale-shift nodes that fuse into `anchor`, in order."""
-    members, tensor = [], anchor.output[0]
-    while True:
-        act = match_activation(model, tensor)
-        if act is not None and act.kind in fusable:
-            members.extend(model.node(n) for n in act.nodes)
-            tensor = act.output
-            continue
-        reader = model.sole_consumer(tensor)
-        if (reader is not None and reader.op_type in ("Mul", "Add")
-                and any(model.is_constant(i) for i in reader.input if i != tensor)):
-            members.append(reader)
-            tensor = reader.output[0]
-            continue
-        return members
+    """The activation / scale-shift nodes that fuse into `anchor`, in order: the run of activations after it
+    (`analysis.match_activation_chain`) as far as each is a fusable kind or a scale/shift by a constant."""
+    chain = match_activation_chain(model, anchor.output[0], lambda act: act.kind in fusable or act.kind == "affine")
+    return [model.node(n) for n in chain.nodes] if chain else []
 
 
 def group_kernels(model: Model, fusable_activations: tuple[str, ...] | frozenset[str]) -> list[Kernel]:

@@ -1,9 +1,19 @@
-"""fuse_ibn_expansion: expand 1x1 conv + depthwise KxK conv become one KxK conv.
+"""fuse_ibn_expansion: a 1x1 expand conv and the depthwise KxK conv it feeds become one KxK conv.
 
 Before:  x -> Conv 1x1 (We: [Ce, Ci], be) -> act -> Conv KxK depthwise, stride s (Wd: [Ce, 1, K, K], bd) -> y
 After:   x -> Conv KxK, stride s (Wf: [Ce, Ci, K, K], bf) -> y
 (the depthwise conv's own activation, the SE branch, projection and
 residual stay as they are)
+
+Sites are the expand-depthwise pairs of `analysis.find_expand_depthwise_pairs`:
+act is any activation chain (element-wise ops with constant operands), and
+every tensor between the two convs has no other reader (a pair with one is
+declined, naming the reader). The expand conv must read its input 1:1
+(stride 1, no padding) and neither conv be dilated. Most pairs sit in an
+IBN block (a 1x1 projection after the depthwise conv, its activation and
+any SE); some do not (a depthwise conv feeding a pooling, a concat, or in
+LCNet's dw -> pw -> dw chain a pw already fused with the dw after it):
+these bare pairs get stage 1 below alone.
 
 `init=compose` takes the product of the two kernels:
 
@@ -14,10 +24,15 @@ borders (the original zero-pads the *expanded* features, bias included); on
 trained networks it is unusable. `init=lsq` (the default) fits instead, on
 the calibration inputs, in two stages and, with `refine`, a third:
 1. Wf, bf: ridge least squares of the fused conv's output against the
-   reference's depthwise output, from the block's input (im2col rows);
-2. the projection conv: ridge least squares so that the block's output (the
-   projection) matches the reference block's, from the projection's new input
-   (after the fused conv, the activation and any squeeze-excitation).
+   reference's depthwise output (before its activation), from the expand
+   conv's input (im2col rows). For a bare pair this is the whole fit: there
+   is no projection to refit nor to refine towards, and `refine` is not
+   applied (a refinement through the activation alone would need
+   `passes.refine` to hold its second conv fixed; not done);
+2. in an IBN block, the projection conv: ridge least squares so that the
+   block's output (the projection) matches the reference block's, from the
+   projection's new input (after the fused conv, the activation and any
+   squeeze-excitation).
 3. `refine=N` (N > 0): each stage fitted a linear layer alone; the block is
    not linear. N gradient steps (Adam, mini-batches of calibration samples in
    a seeded order; `passes.refine`) then move Wf, bf, Wp, bp together to
@@ -25,8 +40,8 @@ the calibration inputs, in two stages and, with `refine`, a third:
        minimize ||Wp (g * act(Wf * x + bf)) + bp - Y||^2 / ||Y||^2
 
    through the real activation act (the depthwise conv's, which the fused
-   conv keeps; every spelling `analysis.match_activation` knows, followed node
-   by node) and the squeeze-excitation gate g = se(mean(act(...))), whose own
+   conv keeps; every chain `analysis.match_activation_chain` knows, followed
+   node by node) and the squeeze-excitation gate g = se(mean(act(...))), whose own
    weights stay fixed. x is the block input as the (partially rewritten)
    network computes it, Y the reference block's projection output: the
    target of stage 2. Before refining, the numpy block is checked against
@@ -43,7 +58,8 @@ block on the already-rewritten network towards the original's outputs
 (sequential calibration): a block makes up for its predecessors' error
 instead of compounding it.
 Every application reports its local error: the relative L2 error of the
-block's projection output on calibration inputs.
+block's projection output on calibration inputs (for a bare pair, of the
+depthwise conv's output, the tensor stage 1 fits).
 
 The default refine=100 comes from bench/fusion_refinement.py (all 11 blocks of
 the PaddleOCR text-direction classifier fused in turn; 500 calibration and
@@ -74,7 +90,8 @@ from typing import Any, Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..analysis import IBNBlock, find_ibn_blocks, match_activation, upstream_nodes
+from ..analysis import (ExpandDepthwisePair, IBNBlock, UnpairedExpand, find_ibn_blocks, match_activation_chain,
+                        pair_ending_at)
 from ..errors import VerificationError
 from ..ir import Model
 from .base import Declined, Exactness, Param, Pass, Site
@@ -91,65 +108,83 @@ CHECKED_SAMPLES = 4  # calibration samples on which the numpy block is checked a
 
 @dataclass(frozen=True)
 class FusionMatch:
-    """A site's match: the block, and how numpy follows its activation and SE gate for refine (None
-    when refine is off, a reason in words when they cannot be followed)."""
+    """A site's match: the pair, the IBN block around it (None for a bare pair), and how numpy follows the
+    block's activation and SE gate for refine (None when refine is off or the pair is bare, a reason in
+    words when they cannot be followed)."""
 
-    block: IBNBlock
+    pair: ExpandDepthwisePair
+    block: IBNBlock | None
     followed: tuple[Elementwise, SqueezeExcitation | None] | str | None
 
 
 class FuseIbnExpansion(Pass):
     name = "fuse_ibn_expansion"
     exactness = Exactness.LOSSY
-    summary = "fuse an IBN block's 1x1 expand conv and KxK depthwise conv into one KxK conv"
-    params = (Param("init", str, "lsq", "how the fused weights are made: lsq (two-stage least squares on "
-                                        "calibration data) or compose (product of the kernels)",
+    summary = "fuse a 1x1 expand conv and the KxK depthwise conv it feeds (in an IBN block or not) into one KxK conv"
+    params = (Param("init", str, "lsq", "how the fused weights are made: lsq (least squares on calibration "
+                                        "data) or compose (product of the kernels)",
                     choices=("lsq", "compose")),
               Param("refine", int, DEFAULT_REFINE, "gradient steps that refine the fitted fused conv and "
-                    "projection through the activation (0: least squares alone; lsq only)", at_least=0))
+                    "projection through the activation (0: least squares alone; lsq in an IBN block only)",
+                    at_least=0))
 
     def survey(self, model: Model, params: dict[str, Any]) -> Iterable[Site | Declined]:
-        for block in find_ibn_blocks(model):
-            expand, depthwise = model.node(block.expand), model.node(block.depthwise)
+        blocks = {block.expand: block for block in find_ibn_blocks(model)}
+        for node in model.nodes:
+            pair = pair_ending_at(model, node)
+            if pair is None:
+                continue
+            if isinstance(pair, UnpairedExpand):
+                yield self.decline(pair.expand, pair.reason)
+                continue
+            expand, depthwise = model.node(pair.expand), node
             if any(d != 1 for d in ConvGeometry.of(model, depthwise).dilations):
-                yield self.decline(block.expand, f"{block.depthwise} is dilated")
+                yield self.decline(pair.expand, f"{pair.depthwise} is dilated")
                 continue
             if not ConvGeometry.of(model, expand).is_identity_window:
-                # The fused conv reads the block input where the depthwise conv reads the expansion.
-                yield self.decline(block.expand, "the expand conv is strided or padded")
+                # The fused conv reads the expand conv's input where the depthwise conv reads the expansion.
+                yield self.decline(pair.expand, "the expand conv is strided or padded")
                 continue
             if not (model.is_constant(expand.input[1]) and model.is_constant(depthwise.input[1])):
-                yield self.decline(block.expand, "the conv weights are not constant")
+                yield self.decline(pair.expand, "the conv weights are not constant")
                 continue
-            between = upstream_nodes(model, depthwise.input[0], stop_at=block.expand)
-            followed = _followed(model, block) if params["refine"] and params["init"] == "lsq" else None
-            unrefined = f"; not refined: {followed}" if isinstance(followed, str) else ""
-            yield self.site(block.expand, {block.expand, block.depthwise, *between},
-                            {"init": params["init"], "refine": params["refine"]},
-                            match=FusionMatch(block, followed),
-                            summary=f"{block.in_channels}->{block.expanded_channels} 1x1 + {block.kernel[0]}x"
-                                    f"{block.kernel[1]} depthwise -> one {block.kernel[0]}x{block.kernel[1]} conv "
-                                    f"({block.expand_activation} dropped{unrefined})")
+            block = blocks.get(pair.expand)
+            refined = params["refine"] and params["init"] == "lsq"
+            followed = _followed(model, block) if refined and block is not None else None
+            if block is None:
+                fit = "; no projection: fitted to the depthwise output, not refined" if params["init"] == "lsq" else ""
+            else:
+                fit = f"; not refined: {followed}" if isinstance(followed, str) else ""
+            yield self.site(pair.expand, pair.nodes, {"init": params["init"], "refine": params["refine"]},
+                            match=FusionMatch(pair, block, followed),
+                            summary=f"{pair.in_channels}->{pair.expanded_channels} 1x1 + {pair.kernel[0]}x"
+                                    f"{pair.kernel[1]} depthwise -> one {pair.kernel[0]}x{pair.kernel[1]} conv "
+                                    f"({pair.activation} dropped{fit})")
 
     def preview(self, model: Model, site: Site) -> Model:
-        return _compose(model, site.match.block)[0]  # same graph as lsq, without the fitting
+        return _compose(model, site.match.pair)[0]  # same graph as lsq, without the fitting
 
     def output_tensor(self, model: Model, site: Site) -> str:
-        """The tensor whose change is the site's local error: the block's projection output."""
-        return model.node(site.match.block.project).output[0]
+        """The tensor whose change is the site's local error: the block's projection output, or for a bare
+        pair the depthwise conv's output (which the fused conv now writes)."""
+        block = site.match.block
+        return model.node(block.project).output[0] if block is not None else site.match.pair.output
 
     def rewrite(self, model: Model, site: Site, calib=None, reference: Model | None = None) -> Model:
-        block, followed = site.match.block, site.match.followed
-        composed, fused = _compose(model, block)
+        pair, block, followed = site.match.pair, site.match.block, site.match.followed
+        composed, fused = _compose(model, pair)
         if site.param_dict["init"] == "compose":
             return composed
-        depthwise, project = model.node(block.depthwise), model.node(block.project)
-        # Stage 1: the fused conv reproduces the depthwise output from the block input. Both stages
-        # aim at the reference's tensors, so they also make up for what earlier steps changed upstream.
-        block_input = capture(model, [block.input], calib)[block.input]
-        aimed = capture_targets(model, [depthwise.output[0], project.output[0]], calib, reference)
-        weight, bias = fit_conv(block_input, aimed[depthwise.output[0]], ConvGeometry.of(model, depthwise))
+        depthwise = model.node(pair.depthwise)
+        project = model.node(block.project) if block is not None else None
+        # Stage 1: the fused conv reproduces the depthwise output from the expand conv's input. Every
+        # stage aims at the reference's tensors, so it also makes up for what earlier steps changed upstream.
+        pair_input = capture(model, [pair.input], calib)[pair.input]
+        aimed = capture_targets(model, [pair.output, *([project.output[0]] if project else [])], calib, reference)
+        weight, bias = fit_conv(pair_input, aimed[pair.output], ConvGeometry.of(model, depthwise))
         fitted = _replace_weights(composed, fused, weight, bias)
+        if project is None:  # a bare pair: stage 1 is its whole fit
+            return fitted
         # Stage 2: the projection reproduces the original block output from its new input.
         new_input = capture(fitted, [project.input[0]], calib)[project.input[0]]
         weight, bias = fit_conv(new_input, aimed[project.output[0]], ConvGeometry.of(model, project))
@@ -157,11 +192,12 @@ class FuseIbnExpansion(Pass):
         if followed is None or isinstance(followed, str):
             return fitted
         # Stage 3: both convs refined together through the activation and the SE gate.
-        pair = ConvPair.of(ConvGeometry.of(model, depthwise), *followed, _weights(fitted, fused),
-                           _weights(fitted, block.project))
-        _check(pair, fitted, block, calib)
-        refined = pair.refine(block_input, aimed[project.output[0]], site.param_dict["refine"])
-        if refined is pair:  # the steps did not lower the error: stage 2's model, bytes and all
+        convs = ConvPair.of(ConvGeometry.of(model, depthwise), *followed, _weights(fitted, fused),
+                            _weights(fitted, block.project))
+        _check(convs, fitted, block, calib)
+        block_input = capture(model, [block.input], calib)[block.input]
+        refined = convs.refine(block_input, aimed[project.output[0]], site.param_dict["refine"])
+        if refined is convs:  # the steps did not lower the error: stage 2's model, bytes and all
             return fitted
         w1, b1, w2, b2 = refined.onnx_weights()
         return _replace_weights(_replace_weights(fitted, fused, w1, b1), block.project, w2, b2)
@@ -170,7 +206,7 @@ class FuseIbnExpansion(Pass):
 def _followed(model: Model, block: IBNBlock) -> tuple[Elementwise, SqueezeExcitation | None] | str:
     """The activation the fused conv keeps and the block's SE branch as numpy follows them, or why it cannot."""
     output = model.node(block.depthwise).output[0]
-    found = match_activation(model, output)
+    found = match_activation_chain(model, output)
     activation = Elementwise.of(model, output, *((found.nodes, found.output) if found else ()))
     gate = SqueezeExcitation.of(model, block.squeeze_excitation) if block.squeeze_excitation else None
     unfollowed = next((x for x in (activation, gate) if isinstance(x, str)), None)
@@ -195,11 +231,11 @@ def _weights(model: Model, conv_name: str) -> tuple[np.ndarray, np.ndarray]:
     return weight, np.zeros(weight.shape[0], weight.dtype) if bias is None else bias
 
 
-def _compose(model: Model, block: IBNBlock) -> tuple[Model, str]:
+def _compose(model: Model, pair: ExpandDepthwisePair) -> tuple[Model, str]:
     """The fused graph with the product of the kernels as weights, and the fused conv's name."""
     graph = model.to_graphsurgeon()
     nodes = nodes_by_name(graph)
-    expand, depthwise = nodes[block.expand], nodes[block.depthwise]
+    expand, depthwise = nodes[pair.expand], nodes[pair.depthwise]
     w_e, w_d = constant_input(expand, 1), constant_input(depthwise, 1)
     b_e = constant_input(expand, 2)
     b_d = constant_input(depthwise, 2)

@@ -29,11 +29,12 @@ that was already close (a few steps, or a block least squares fits almost
 exactly): the refined weights are kept only if L on all the data went down.
 
 Activations are evaluated by `Elementwise`: the ONNX nodes that spell them
-(`analysis.match_activation`), interpreted in numpy with their derivative
+(`analysis.match_activation_chain`), interpreted in numpy with their derivative
 (forward mode: every step carries a value and d value / d input), so each
 spelling of relu, relu6/clip, hardswish, swish, hardsigmoid gates and leaky
 relu is followed as onnxruntime computes it. Ops outside that set (Elu,
-Gelu, PRelu, ...) are named, and the caller leaves such a block unrefined.
+Gelu or its erf spelling, PRelu, ...) are named, and the caller leaves such a
+block unrefined.
 """
 
 from __future__ import annotations

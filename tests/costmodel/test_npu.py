@@ -113,6 +113,22 @@ def test_fusion_rules():
     assert sum(1 for k in kernels.values() if k.op_type == "Mul") == 1
 
 
+def test_an_activation_chain_fuses_as_one_activation():
+    b = GraphBuilder()
+    h = b.conv("x", 8, 8, 1, name="scaled")  # a scale and shift left over (Div and Add by constants), then HardSwish
+    h = b.hardswish_decomposed(b.node("Add", [b.node("Div", [h, b.const(np.float32(2.0))]), b.const(np.float32(0.5))]))
+    h = b.swish(b.conv(h, 8, 8, 1, name="swish"), beta=1.0)  # x * Sigmoid(1.0 * x), as Paddle exports swish
+    h = b.gelu_erf(b.conv(h, 8, 8, 1, name="gelu"))
+    model = Model(b.build({"x": (1, 8, 4, 4)}, [h]))  # as written: canonicalization could fold the scale away
+    kernels = {k.name: k for k in group_kernels(model, P32.fusable_activations)}
+    assert kernels["scaled"].fused == ("Div", "Add", "Add", "Clip", "Mul", "Div")
+    assert kernels["swish"].fused == ("Mul", "Sigmoid", "Mul")
+    # GELU is not one of npu-p32's fusable activations: its five ops run as kernels of their own
+    assert kernels["gelu"].fused == () and len(kernels) == 3 + 5
+    sim = simulate(model, P32)
+    assert [k.kernel.name for k in sim.kernels if k.unit == "mac"] == ["scaled", "swish", "gelu"]
+
+
 def test_reshape_is_free_and_unmodelled_ops_are_warned_about():
     b = GraphBuilder()
     y = b.node("Reshape", [b.conv("x", 4, 4, 1), b.const(np.array([1, -1]))])

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from onnx_tailor import accuracy
-from onnx_tailor.analysis import find_ibn_blocks
-from onnx_tailor.ir import Model, check_equivalence
+from onnx_tailor.analysis import find_expand_depthwise_pairs, find_ibn_blocks
+from onnx_tailor.errors import PassError
+from onnx_tailor.ir import Model, check_equivalence, run, seeded_inputs
 from onnx_tailor.passes import apply_pass, get_pass
 from onnx_tailor.passes.canonicalize import canonicalize, load
-from onnx_tailor.passes.local_error import local_error
+from onnx_tailor.passes.local_error import local_error, relative_error
 from tests.conftest import DIGITS
-from tests.graphs import GraphBuilder, tiny_mobilenet
+from tests.graphs import GraphBuilder, bare_pair, tensor_value, tiny_mobilenet
 
 fuse = get_pass("fuse_ibn_expansion")
 
@@ -128,3 +129,82 @@ def test_an_activation_refine_cannot_follow_is_fitted_and_said():
     plain = apply_pass(model, "fuse_ibn_expansion", site.anchor, {"refine": 0})
     refined = apply_pass(model, "fuse_ibn_expansion", site.anchor, {"refine": 10})
     assert refined.model.serialized == plain.model.serialized
+
+
+def test_textbook_blocks_keep_their_projection_fit():
+    """Every site of an IBN model is its block's pair, fitted and measured at the block's projection."""
+    model = Model(canonicalize(tiny_mobilenet()))
+    blocks = {blk.expand: blk for blk in find_ibn_blocks(model)}
+    sites = fuse.find(model)
+    assert [s.anchor for s in sites] == [p.expand for p in find_expand_depthwise_pairs(model)] == list(blocks)
+    for site in sites:
+        assert site.match.block == blocks[site.anchor] and site.nodes == site.match.pair.nodes
+        assert fuse.output_tensor(model, site) == model.node(blocks[site.anchor].project).output[0]
+
+
+@pytest.mark.parametrize("spelling", ["hardswish_decomposed", "scaled_hardswish", "swish", "gelu_erf"])
+def test_a_bare_pair_is_fused_and_fitted_to_the_depthwise_output(spelling):
+    model = Model(bare_pair(spelling))
+    before = model.serialized
+    [site] = fuse.find(model)
+    assert site.anchor == "expand" and site.match.block is None
+    assert "no projection: fitted to the depthwise output, not refined" in site.summary
+    naive = apply_pass(model, "fuse_ibn_expansion", "expand", {"init": "compose"})
+    fitted = apply_pass(model, "fuse_ibn_expansion", "expand")
+    # expand, the whole chain and the depthwise conv became one 3x3 conv, which writes the depthwise output
+    assert [n.op_type for n in fitted.model.nodes] == ["Conv", "Clip", "GlobalAveragePool"]
+    dw_output = model.node("dw").output[0]
+    assert fitted.model.nodes[0].output[0] == dw_output
+    # the reported error is the depthwise output's, recomputed with onnxruntime directly
+    feeds = seeded_inputs(model)
+    recomputed = relative_error(tensor_value(model, dw_output, feeds), tensor_value(fitted.model, dw_output, feeds))
+    assert fitted.local_errors[0] == pytest.approx(recomputed, rel=1e-5)
+    assert 0 < fitted.local_errors[0] < 0.5 * naive.local_errors[0]
+    outputs = run(fitted.model, feeds)
+    assert all(np.isfinite(v).all() for v in outputs.values())
+    # with no projection there is nothing to refine towards: refine changes no byte
+    unrefined = apply_pass(model, "fuse_ibn_expansion", "expand", {"refine": 0})
+    assert unrefined.model.serialized == fitted.model.serialized
+    assert model.serialized == before
+
+
+def test_a_pair_whose_intermediate_has_another_reader_is_declined():
+    b = GraphBuilder(seed=5)
+    expanded = b.conv("x", 4, 12, 1, name="expand")
+    y = b.conv(b.hardswish_decomposed(expanded), 12, 12, 3, group=12, name="dw")
+    other = b.node("Sigmoid", [expanded], name="other")
+    model = Model(b.build({"x": (2, 4, 8, 8)}, [y, other]))
+    assert fuse.find(model) == []
+    [declined] = fuse.declined(model)
+    assert declined.anchor == "expand"
+    assert declined.reason == f"{expanded}, between expand and dw, is also read by other"
+    with pytest.raises(PassError, match="does not apply at 'expand': .* is also read by other"):
+        apply_pass(model, "fuse_ibn_expansion", "expand")
+
+
+def test_the_pp_ocrv3_recognizer_pairs_fuse(paddle_rec):
+    """Pairs of PP-OCRv3's recognizer (12: tests/test_analysis.py explains the count), fused on seeded
+    inputs: each reports its local error and the model still runs in onnxruntime. LCNet chains dw -> pw ->
+    dw: fusing the second pair (Conv_4 + Conv_5) turns the first pair's "projection" Conv_4 into a 3x3
+    conv, so the first pair is then a bare pair, fitted to its depthwise output."""
+    model = load(paddle_rec, {"x": (1, 3, 48, 160)})
+    sites = fuse.find(model)
+    assert len(sites) == 12 and fuse.declined(model) == []
+    assert all(site.match.block is not None for site in sites)
+    second = apply_pass(model, "fuse_ibn_expansion", sites[1].anchor, {"refine": 0})
+    [first] = [s for s in fuse.find(second.model) if s.anchor == sites[0].anchor]
+    assert first.match.block is None
+    bare = apply_pass(second.model, "fuse_ibn_expansion", first.anchor)
+    naive = apply_pass(second.model, "fuse_ibn_expansion", first.anchor, {"init": "compose"})
+    for before, result, site in ((model, second, sites[1]), (second.model, bare, first)):
+        output = fuse.output_tensor(before, site)
+        assert result.local_errors[0] == pytest.approx(local_error(before, result.model, output), rel=1e-6)
+        assert 0 < result.local_errors[0] < 0.5
+    assert fuse.output_tensor(second.model, first) == first.match.pair.output
+    assert bare.local_errors[0] < 0.5 * naive.local_errors[0]
+    feeds = seeded_inputs(model)
+    original, fused = run(model, feeds), run(bare.model, feeds)
+    assert {k: v.shape for k, v in fused.items()} == {k: v.shape for k, v in original.items()}
+    assert all(np.isfinite(v).all() for v in fused.values())
+    convs = [n for n in bare.model.nodes if n.op_type == "Conv"]
+    assert len(convs) == len([n for n in model.nodes if n.op_type == "Conv"]) - 2
