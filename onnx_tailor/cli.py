@@ -127,6 +127,8 @@ def inspect(model, input_shapes, multiple, per_node, as_json):
             payload.pop("nodes")
         click.echo(json.dumps(payload, indent=2))
         return
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     shapes = ", ".join(f"{k}[{','.join(map(str, v))}]" for k, v in report.input_shapes.items())
     click.echo(f"{model}: {len(loaded.nodes)} nodes, inputs {shapes}")
     click.echo(f"  MACs              {_human_count(report.macs)}")

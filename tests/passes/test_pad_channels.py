@@ -4,7 +4,9 @@ import pytest
 from onnx_tailor.errors import PassError
 from onnx_tailor.ir import Model, check_equivalence
 from onnx_tailor.passes import apply_pass, get_pass
+from onnx_tailor.passes.canonicalize import canonicalize
 from tests.graphs import GraphBuilder, ibn_block, tiny_mobilenet
+from tests.graphs_beyond_float import if_model
 
 pad = get_pass("pad_channels")
 
@@ -81,3 +83,13 @@ def test_reshape_that_flattens_into_matmul_is_followed_and_its_shape_widened():
     assert list(new.constant(new.node("flat").input[1])) == [-1, 24]
     assert new.constant(new.node("fc").input[1]).shape == (24, 2)
     assert check_equivalence(model, result.model)
+
+
+def test_a_conv_output_read_inside_an_if_branch_is_declined_with_that_reason():
+    # t = conv(x) is read only inside the If's branches (an outer-scope reference, not an input of the If)
+    model = Model(canonicalize(if_model()))
+    assert [c.name for c in model.consumers("t")] == ["if"]
+    [declined] = pad.declined(model, multiple=32)
+    assert declined.anchor == "conv" and declined.reason == "if (If) reads the padded channels inside its subgraph"
+    with pytest.raises(PassError, match="inside its subgraph"):
+        apply_pass(model, "pad_channels", "conv", {"multiple": 32})
