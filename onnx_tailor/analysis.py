@@ -388,8 +388,9 @@ def subgraph_runs(model: Model, node: onnx.NodeProto) -> SubgraphRuns:
     return SubgraphRuns(bodies, 1)
 
 
-def node_macs(model: Model, node: onnx.NodeProto, info) -> int:
-    """MACs of one node at the model's input shapes; a control-flow node's are its subgraphs' (`subgraph_runs`)."""
+def node_macs(model: Model, node: onnx.NodeProto, info, warnings: list[str] | None = None) -> int:
+    """MACs of one node at the model's input shapes; a control-flow node's are its subgraphs' (`subgraph_runs`),
+    and what could not be counted there is added to `warnings`."""
     op = node.op_type
     if op in CONV_WEIGHT or op == "ConvTranspose":
         weight = tensor_shape(model, node.input[CONV_WEIGHT.get(op, 1)], info)
@@ -409,8 +410,32 @@ def node_macs(model: Model, node: onnx.NodeProto, info) -> int:
         shape = recurrent_shape(model, node, info)
         return shape.macs if shape else 0
     if op in CONTROL_FLOW:
-        return _control_flow_macs(model, node, [])
+        return _control_flow_macs(model, node, [] if warnings is None else warnings)
     return 0
+
+
+def body_info(body: Model):
+    """The concrete shapes inside a subgraph, or None when they cannot be found: a branch that
+    never runs at these shapes may be invalid for them (a Squeeze of an axis that is not 1)."""
+    try:
+        return body.tensor_info
+    except Exception:  # onnxruntime refuses the body: its nodes count nothing, and the caller warns
+        return None
+
+
+def _control_flow_macs(model: Model, node: onnx.NodeProto, warnings: list[str]) -> int:
+    runs = subgraph_runs(model, node)
+    if runs.warning:
+        warnings.append(runs.warning)
+    best = 0
+    for attribute, body in runs.alternatives:
+        info = body_info(body)
+        if info is None:
+            warnings.append(f"{node.name} ({node.op_type}): the shapes inside {attribute} are unknown; "
+                            "its nodes count no MACs")
+            continue
+        best = max(best, sum(node_macs(body, n, info, warnings) for n in body.nodes))
+    return runs.repeats * best
 
 
 # -- parameters -----------------------------------------------------------------------------
@@ -429,8 +454,8 @@ def graph_parameters(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
                       for a in n.attribute if a.name == "value"})
     biases = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     biases |= {n.input[8] for n in graph.node if n.op_type == "QLinearConv" and len(n.input) > 8}
-    return {name: t for name, t in constants.items()
-            if t.data_type in _FLOAT_TYPES | _QUANTIZED_TYPES or (t.data_type == onnx.TensorProto.INT32 and name in biases)}
+    return {name: t for name, t in constants.items() if t.data_type in _FLOAT_TYPES | _QUANTIZED_TYPES
+            or (t.data_type == onnx.TensorProto.INT32 and name in biases)}
 
 
 def subgraph_parameters(node: onnx.NodeProto) -> list[onnx.TensorProto]:
@@ -463,6 +488,8 @@ def peak_activation(model: Model, info) -> tuple[int, str]:
     live = {vi.name: info[vi.name].bytes for vi in model.graph_inputs if vi.name in info}
     peak, peak_at = sum(live.values()), order[0].name if order else ""
     for index, node in enumerate(order):
+        if node.op_type == "DequantizeLinear" and model.is_constant(node.input[0]):
+            continue  # a QDQ model's weights, spelled as their float view: parameters, not activations
         for name in node.output:
             if name and name in info:
                 live[name] = info[name].bytes
@@ -492,32 +519,6 @@ def memory_summary(model: Model) -> MemorySummary:
     return MemorySummary(params, param_bytes, peak, peak_at)
 
 
-def body_info(body: Model):
-    """The concrete shapes inside a subgraph, or None when they cannot be found: a branch that
-    never runs at these shapes may be invalid for them (a Squeeze of an axis that is not 1)."""
-    try:
-        return body.tensor_info
-    except Exception:  # onnxruntime refuses the body: its nodes count nothing, and the caller warns
-        return None
-
-
-def _control_flow_macs(model: Model, node: onnx.NodeProto, warnings: list[str]) -> int:
-    runs = subgraph_runs(model, node)
-    if runs.warning:
-        warnings.append(runs.warning)
-    best = 0
-    for attribute, body in runs.alternatives:
-        info = body_info(body)
-        if info is None:
-            warnings.append(f"{node.name} ({node.op_type}): the shapes inside {attribute} are unknown; "
-                            "its nodes count no MACs")
-            continue
-        macs = sum(_control_flow_macs(body, n, warnings) if n.op_type in CONTROL_FLOW else node_macs(body, n, info)
-                   for n in body.nodes)  # nested control flow keeps its warnings
-        best = max(best, macs)
-    return runs.repeats * best
-
-
 def _op_histogram(model: Model) -> dict[str, int]:
     """Op types of every node, those inside subgraphs included."""
     def walk(graph: onnx.GraphProto):
@@ -536,9 +537,9 @@ def analyze(model: Model) -> Analysis:
     for node in model.nodes:
         weights = [parameters[i] for i in dict.fromkeys(node.input) if i in parameters] + subgraph_parameters(node)
         params, param_bytes = _size(weights)
-        macs = _control_flow_macs(model, node, warnings) if node.op_type in CONTROL_FLOW else node_macs(model, node, info)
         costs.append(NodeCost(
-            name=node.name, op_type=node.op_type, macs=macs, params=params, param_bytes=param_bytes,
+            name=node.name, op_type=node.op_type, macs=node_macs(model, node, info, warnings),
+            params=params, param_bytes=param_bytes,
             output_bytes=sum(info[o].bytes for o in node.output if o in info),
         ))
     memory = memory_summary(model)

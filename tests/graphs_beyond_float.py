@@ -74,12 +74,18 @@ def _conv_node(rng, x: str, out: str, cin: int, cout: int, k: int, name: str) ->
     return const, helper.make_node("Conv", [x, f"{name}.w"], [out], name=name, kernel_shape=[k, k], pads=[k // 2] * 4)
 
 
-def if_model() -> onnx.ModelProto:
+def if_model(stem: bool = False) -> onnx.ModelProto:
     """x [1,8,8,8] -> Conv 3x3 8->16 ("conv", output t) -> If(cond): then Conv 3x3 16->32 of t,
-    else Conv 1x1 16->32 of t. The branches read t from the outer graph, without naming it an input."""
+    else Conv 1x1 16->32 of t. The branches read t from the outer graph, without naming it an input.
+    With `stem`, x first goes through Conv 3x3 8->12 ("stem") -> Relu -> Conv 1x1 12->8."""
     rng = np.random.default_rng(0)
-    outer_weight = numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.3, "conv.w")
-    conv = helper.make_node("Conv", ["x", "conv.w"], ["t"], name="conv", kernel_shape=[3, 3], pads=[1] * 4)
+    outer_weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+                     for name, shape in (("conv.w", (16, 8, 3, 3)), ("stem.w", (12, 8, 3, 3)), ("mix.w", (8, 12, 1, 1)))]
+    front = [helper.make_node("Conv", ["x", "stem.w"], ["s"], name="stem", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["s"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "mix.w"], ["m"], name="mix", kernel_shape=[1, 1])] if stem else []
+    conv = helper.make_node("Conv", ["m" if stem else "x", "conv.w"], ["t"], name="conv", kernel_shape=[3, 3],
+                            pads=[1] * 4)
 
     def branch(name: str, k: int) -> onnx.GraphProto:
         nodes = _conv_node(rng, "t", f"{name}.y", 16, 32, k, f"{name}.conv")
@@ -88,10 +94,11 @@ def if_model() -> onnx.ModelProto:
 
     choose = helper.make_node("If", ["cond"], ["y"], name="if", then_branch=branch("then", 3),
                               else_branch=branch("else", 1))
-    graph = helper.make_graph([conv, choose], "if_model",
+    graph = helper.make_graph([*front, conv, choose], "if_model",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8]),
                                helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 8, 8])], [outer_weight])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 8, 8])],
+                              outer_weights if stem else outer_weights[:1])
     return _checked(graph)
 
 
@@ -125,3 +132,49 @@ def _checked(graph: onnx.GraphProto) -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return onnx.shape_inference.infer_shapes(model)  # canonical models carry shapes; so do these
+
+
+def guarded_if_model() -> onnx.ModelProto:
+    """An exporter's guard, as in silero-vad: x [batch, k] -> If(k == 1): then Squeeze(x, 1) -> Unsqueeze
+    -> MatMul (1 x 8), else MatMul (k x 8). The then branch is invalid whenever k != 1 and never runs
+    then; x's dimensions are open, give them with input shapes."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w1", (1, 8)), ("w4", (4, 8)))]
+    axis = numpy_helper.from_array(np.array([1], np.int64), "axis")
+    then = helper.make_graph(
+        [helper.make_node("Squeeze", ["x", "axis"], ["s"], name="squeeze"),
+         helper.make_node("Unsqueeze", ["s", "axis"], ["u"], name="unsqueeze"),
+         helper.make_node("MatMul", ["u", "w1"], ["then.y"], name="then.fc")], "then", [],
+        [helper.make_tensor_value_info("then.y", TensorProto.FLOAT, ["batch", 8])])
+    otherwise = helper.make_graph([helper.make_node("MatMul", ["x", "w4"], ["else.y"], name="else.fc")], "else", [],
+                                  [helper.make_tensor_value_info("else.y", TensorProto.FLOAT, ["batch", 8])])
+    one = numpy_helper.from_array(np.array(1, np.int64), "one")
+    nodes = [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "one"], ["k"], name="k"),
+             helper.make_node("Equal", ["k", "one"], ["single"], name="single"),
+             helper.make_node("If", ["single"], ["y"], name="guard", then_branch=then, else_branch=otherwise)]
+    graph = helper.make_graph(nodes, "guarded", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "k"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+                              [*weights, axis, one])
+    return _checked(graph)
+
+
+def scan_model(steps: int = 6) -> onnx.ModelProto:
+    """Scan over X [steps, 1, 16]: each slice x goes through MatMul (16 -> 32) to Y, and is summed into a state."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w")
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "x_t"], ["s_out"], name="body.sum"),
+         helper.make_node("MatMul", ["x_t", "w"], ["y_t"], name="body.fc")], "body",
+        [helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1, 16]),
+         helper.make_tensor_value_info("x_t", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [1, 16]),
+         helper.make_tensor_value_info("y_t", TensorProto.FLOAT, [1, 32])])
+    scan = helper.make_node("Scan", ["s0", "X"], ["s", "Y"], name="scan", body=body, num_scan_inputs=1)
+    graph = helper.make_graph([scan], "scan_model",
+                              [helper.make_tensor_value_info("s0", TensorProto.FLOAT, [1, 16]),
+                               helper.make_tensor_value_info("X", TensorProto.FLOAT, [steps, 1, 16])],
+                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 16]),
+                               helper.make_tensor_value_info("Y", TensorProto.FLOAT, [steps, 1, 32])], [weight])
+    return _checked(graph)

@@ -7,7 +7,7 @@ import pytest
 from onnx_tailor.analysis import analyze, memory_summary
 from onnx_tailor.ir import Model
 from onnx_tailor.passes.canonicalize import canonicalize
-from tests.graphs_beyond_float import if_model, loop_model, recurrent
+from tests.graphs_beyond_float import guarded_if_model, if_model, loop_model, recurrent, scan_model
 
 
 @pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
@@ -50,3 +50,15 @@ def test_loop_with_a_run_time_trip_count_counts_once_and_says_so():
     report = analyze(Model(canonicalize(loop_model(trips=None))))
     assert report.macs == 8 * 8 * 16 * 16 * 9
     assert report.warnings == ["Loop loop: trip count not constant; costed as one iteration"]
+
+
+def test_a_branch_invalid_at_these_shapes_counts_nothing_and_says_so():
+    # k = 4: the then branch (Squeeze of axis 1) cannot run; the else branch is a 1x4 @ 4x8 MatMul
+    report = analyze(Model(canonicalize(guarded_if_model()), {"x": (1, 4)}))
+    assert report.macs == 4 * 8
+    assert report.warnings == ["guard (If): the shapes inside then_branch are unknown; its nodes count no MACs"]
+
+
+def test_scan_counts_its_body_once_per_slice():
+    report = analyze(Model(canonicalize(scan_model(steps=6))))
+    assert report.macs == 6 * 16 * 32 and report.params == 16 * 32 and report.warnings == []

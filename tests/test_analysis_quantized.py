@@ -84,3 +84,10 @@ def test_qlinearconv_parameters_by_hand():
     # 216 int8 weights + 6 int8 zero points + 2 uint8 zero points; 6 + 2 float scales; 6 int32 biases
     assert report.params == 216 + 6 + 2 + 6 + 2 + 6
     assert report.param_bytes == 216 + 6 + 2 + 4 * (6 + 2) + 4 * 6
+
+
+def test_dequantized_weights_are_not_activations(float_and_quantized):
+    # QDQ spells each weight as DequantizeLinear(int8 constant): a float view of a parameter, not a
+    # tensor the network computes; counting it would make the 512 x 10 classifier weight the peak.
+    float_model, forms = float_and_quantized
+    assert analyze(forms["qdq"]).peak_activation_bytes <= analyze(float_model).peak_activation_bytes

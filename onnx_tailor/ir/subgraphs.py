@@ -70,7 +70,7 @@ def standalone_body(graph: onnx.GraphProto, formal: list[TypedShape], outer: dic
     reads = outer_reads(graph)
     unknown = (None, onnx.TensorProto.FLOAT)  # an outer tensor nobody could type: still an input, untyped
     inputs += [value_info(name, outer.get(name, unknown)) for name in sorted(reads) if name not in outer_constants]
-    initializers = list(graph.initializer) + [outer_constants[name] for name in sorted(reads) if name in outer_constants]
+    initializers = [*graph.initializer, *(outer_constants[name] for name in sorted(reads) if name in outer_constants)]
     body = helper.make_graph(list(graph.node), graph.name or "body", inputs, list(graph.output), initializers)
     proto = helper.make_model(body, opset_imports=list(like.opset_import))
     proto.ir_version = like.ir_version

@@ -11,7 +11,7 @@ from onnx_tailor.costmodel import load_target, simulate
 from onnx_tailor.ir import Model
 from onnx_tailor.passes.canonicalize import canonicalize
 from tests.graphs import GraphBuilder
-from tests.graphs_beyond_float import conv_net, if_model, loop_model, quantized, recurrent
+from tests.graphs_beyond_float import conv_net, guarded_if_model, if_model, loop_model, quantized, recurrent, scan_model
 
 P32 = load_target("npu-p32")
 
@@ -28,7 +28,8 @@ def _mac_kernels(simulation):
 def float_and_quantized(tmp_path_factory):
     folder = tmp_path_factory.mktemp("quantized")
     float_model = conv_net()
-    return _sim(float_model), {how: _sim(quantized(float_model, how, folder)) for how in ("dynamic", "qdq", "qoperator")}
+    forms = ("dynamic", "qdq", "qoperator")
+    return _sim(float_model), {how: _sim(quantized(float_model, how, folder)) for how in forms}
 
 
 @pytest.mark.parametrize("how", ["qdq", "qoperator"])
@@ -102,3 +103,15 @@ def test_loop_costs_its_body_times_its_trip_count():
     once = _sim(loop_model(trips=None))
     assert once.total_cycles == body
     assert once.warnings == ["Loop loop: trip count not constant; costed as one iteration"]
+
+
+def test_a_branch_invalid_at_these_shapes_costs_nothing_and_says_so():
+    simulation = simulate(Model(canonicalize(guarded_if_model()), {"x": (1, 4)}), P32)
+    guard = next(k for k in simulation.kernels if k.kernel.name == "guard")
+    assert guard.macs == 4 * 8 and guard.compute_cycles == 1  # the else branch: 1 * ceil(4/P) * ceil(8/P)
+    assert "guard (If): the shapes inside then_branch are unknown; its nodes cost nothing" in simulation.warnings
+
+
+def test_scan_costs_its_body_once_per_slice():
+    one = _sim(scan_model(steps=1)).total_cycles
+    assert _sim(scan_model(steps=6)).total_cycles == 6 * one

@@ -93,3 +93,12 @@ def test_a_conv_output_read_inside_an_if_branch_is_declined_with_that_reason():
     assert declined.anchor == "conv" and declined.reason == "if (If) reads the padded channels inside its subgraph"
     with pytest.raises(PassError, match="inside its subgraph"):
         apply_pass(model, "pad_channels", "conv", {"multiple": 32})
+
+
+def test_a_site_elsewhere_in_a_model_with_an_if_is_padded_and_verified():
+    model = Model(canonicalize(if_model(stem=True)))
+    assert [s.anchor for s in pad.find(model, multiple=16)] == ["stem", "mix"]
+    result = apply_pass(model, "pad_channels", "stem", {"multiple": 16})  # verified numerically inside
+    assert result.model.constant(result.model.node("stem").input[1]).shape == (16, 8, 3, 3)
+    assert [n.op_type for n in result.model.nodes] == ["Conv", "Relu", "Conv", "Conv", "If"]
+    assert check_equivalence(model, result.model)
