@@ -24,3 +24,16 @@ def test_inspect_and_simulate_warn_about_a_run_time_trip_count(tmp_path):
     result = runner.invoke(main, ["simulate", str(path), "--per-op"], catch_exceptions=False)
     assert result.exit_code == 0 and warning in result.stderr
     assert "loop" in result.stdout and "Loop" in result.stdout
+
+
+def test_simulate_shows_the_kernels_a_loop_is_costed_by(tmp_path):
+    path = tmp_path / "loop.onnx"
+    onnx.save(loop_model(trips=3), path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["simulate", str(path), "--per-op"], catch_exceptions=False)
+    loop, body = [line.split() for line in result.stdout.splitlines()[1:3]]
+    assert loop[:3] == ["loop", "Loop", "x3"] and body[:2] == ["body.conv", "Conv+Relu"]
+    assert int(loop[3].replace(",", "")) == 3 * int(body[2].replace(",", ""))  # cycles: three runs of the body
+    data = json.loads(runner.invoke(main, ["simulate", str(path), "--json", "--per-op"]).stdout)
+    [kernel] = data["kernels"]
+    assert kernel["repeats"] == 3 and [k["kernel"] for k in kernel["body"]] == ["body.conv", "body.cond"]  # + Identity

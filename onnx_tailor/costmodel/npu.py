@@ -67,6 +67,8 @@ class KernelCost:
     macs: int  # useful MACs done on the MAC array
     spilled: tuple[str, ...]  # tensors it moves through DRAM because they do not fit on chip
     unmodelled: bool = False
+    body: tuple["KernelCost", ...] = ()  # a control-flow op's: the kernels of the subgraph it is costed by
+    repeats: int = 1  # ... and how many times that subgraph runs
 
     @property
     def bound(self) -> str:
@@ -80,11 +82,15 @@ class KernelCost:
         return self.macs / (self.cycles * parallelism * parallelism)
 
     def to_dict(self, parallelism: int) -> dict:
-        """JSON-ready: the kernel, its ops, unit, cycles (to 0.1), bound, traffic, MAC utilization at P, spills."""
-        return {"kernel": self.kernel.name, "ops": [self.kernel.op_type, *self.kernel.fused], "unit": self.unit,
-                "compute_cycles": self.compute_cycles, "memory_cycles": round(self.memory_cycles, 1),
-                "cycles": round(self.cycles, 1), "bound": self.bound, "dram_bytes": self.dram_bytes,
-                "mac_utilization": self.utilization(parallelism), "spilled": list(self.spilled)}
+        """JSON-ready: the kernel, its ops, unit, cycles (to 0.1), bound, traffic, MAC utilization at P, spills;
+        for a control-flow op also the kernels of its costed subgraph (`body`, one run) and `repeats`."""
+        row = {"kernel": self.kernel.name, "ops": [self.kernel.op_type, *self.kernel.fused], "unit": self.unit,
+               "compute_cycles": self.compute_cycles, "memory_cycles": round(self.memory_cycles, 1),
+               "cycles": round(self.cycles, 1), "bound": self.bound, "dram_bytes": self.dram_bytes,
+               "mac_utilization": self.utilization(parallelism), "spilled": list(self.spilled)}
+        if self.unit == "control":
+            row.update(repeats=self.repeats, body=[k.to_dict(parallelism) for k in self.body])
+        return row
 
 
 @dataclass
@@ -275,4 +281,4 @@ def _control_flow(kernel: Kernel, model: Model, target: Target, warnings: list[s
     return KernelCost(kernel, "control", n * sum(k.compute_cycles for k in inner),
                       n * sum(k.memory_cycles for k in inner), n * sum(k.cycles for k in inner),
                       n * sum(k.dram_bytes for k in inner), n * sum(k.macs for k in inner),
-                      tuple(dict.fromkeys(name for k in inner for name in k.spilled)))
+                      tuple(dict.fromkeys(name for k in inner for name in k.spilled)), body=tuple(inner), repeats=n)
