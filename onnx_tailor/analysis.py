@@ -367,15 +367,21 @@ class SubgraphRuns:
     warning: str | None = None
 
 
+# What exporters write as a Loop's trip count when only its condition ends it (torch: int64 max).
+_NO_LIMIT = {2**63 - 1, 2**31 - 1}
+
+
 def subgraph_runs(model: Model, node: onnx.NodeProto) -> SubgraphRuns:
     """If runs one branch once; Loop its body as often as its trip count says when that is a constant
     (the loop may stop earlier on its condition: the count is an upper bound), once with a warning
-    otherwise; Scan its body once per slice along the scanned axis."""
+    otherwise or when the count is an exporter's "no limit"; Scan its body once per slice along the scanned axis."""
     bodies = model.bodies(node)
     if node.op_type == "Loop":
         trips = model.constant(node.input[0]) if node.input and node.input[0] else None
         if trips is None or trips.size != 1:
             return SubgraphRuns(bodies, 1, f"Loop {node.name}: trip count not constant; costed as one iteration")
+        if int(trips.reshape(())) in _NO_LIMIT:
+            return SubgraphRuns(bodies, 1, f"Loop {node.name}: no trip count (a while loop); costed as one iteration")
         return SubgraphRuns(bodies, int(trips.reshape(())))
     if node.op_type == "Scan":
         scanned = model.attr(node, "num_scan_inputs")

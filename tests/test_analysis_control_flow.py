@@ -62,3 +62,10 @@ def test_a_branch_invalid_at_these_shapes_counts_nothing_and_says_so():
 def test_scan_counts_its_body_once_per_slice():
     report = analyze(Model(canonicalize(scan_model(steps=6))))
     assert report.macs == 6 * 16 * 32 and report.params == 16 * 32 and report.warnings == []
+
+
+def test_a_while_loop_counts_once_and_says_so():
+    # torch exports `while` as a Loop whose trip count is int64 max; only its condition ends it
+    report = analyze(Model(canonicalize(loop_model(trips=2**63 - 1))))
+    assert report.macs == 8 * 8 * 16 * 16 * 9
+    assert report.warnings == ["Loop loop: no trip count (a while loop); costed as one iteration"]

@@ -38,7 +38,8 @@ Quantized, recurrent and control-flow ops (the page's last section):
   inputs (read from DRAM: the control-flow op hands them over through memory)
   and what it returns its outputs (written to DRAM). If costs its costlier
   branch; Loop its body times the trip count when that is a constant (an
-  upper bound: the condition may end it earlier), else once with a warning;
+  upper bound: the condition may end it earlier), else once with a warning
+  (also when the count is int64 or int32 max, an exporter's while loop);
   Scan its body once per slice of the scanned axis. The control-flow op adds
   no dispatch of its own: its body's ops each pay theirs. A branch whose
   shapes cannot be found at these input shapes (one that would fail if it
