@@ -7,6 +7,15 @@ topological order: while a node runs, its inputs and outputs are live, and a
 tensor dies after its last reader (graph outputs live to the end). Weights
 are not activations and are counted as parameters instead.
 
+Quantized ops count the MACs of their float form (ConvInteger and QLinearConv
+as a Conv, MatMulInteger and QLinearMatMul as a MatMul; a QDQ-wrapped Conv is
+a Conv), and their int8 weights count as parameters at one byte each.
+LSTM/GRU/RNN count their gate MatMuls once per time step. If counts its
+costlier branch, Loop its body times a constant trip count (once, with a
+warning, when the count is only known at run time), Scan its body once per
+slice; the nodes inside subgraphs are counted like any other, each subgraph
+analysed as a model of its own (`Model.bodies`).
+
 Structure is found whatever spelling the exporter chose for the activations.
 An activation is any run of element-wise ops with constant operands that
 nothing outside it reads (HardSwish as x * Clip(x + 3, 0, 6) / 6, swish as
@@ -31,6 +40,7 @@ import onnx
 
 from .ir import Model
 from .ir.shapes import itemsize
+from .ir.subgraphs import subgraphs
 
 # -- activations ------------------------------------------------------------------------
 
@@ -384,7 +394,7 @@ class NodeCost:
     name: str
     op_type: str
     macs: int
-    params: int  # elements of the floating-point constants the node reads
+    params: int  # elements of the parameters (`graph_parameters`) the node reads, its subgraphs' included
     param_bytes: int
     output_bytes: int
 
@@ -401,6 +411,7 @@ class Analysis:
     op_histogram: dict[str, int]
     blocks: list[IBNBlock]
     pairs: list[ExpandDepthwisePair]  # every expand-depthwise pair, inside an IBN block or not
+    warnings: list[str] = field(default_factory=list)  # what could not be counted, and why
 
     def to_dict(self, multiple: int | None = None) -> dict:
         out = asdict(self)
@@ -413,35 +424,169 @@ class Analysis:
         return out
 
 
-def node_macs(model: Model, node: onnx.NodeProto, info) -> int:
+# Quantized ops compute a Conv or a MatMul in integers: the same MACs as their float form.
+# op -> the input that holds the weight (the second operand).
+CONV_WEIGHT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
+MATMUL_WEIGHT = {"MatMul": 1, "Gemm": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}  # gate matrices per direction
+CONTROL_FLOW = {"If", "Loop", "Scan"}
+
+
+def tensor_shape(model: Model, name: str, info) -> tuple | None:
+    """The concrete shape of `name` when known, else what the proto declares."""
+    return info[name].shape if name in info else model.declared_shape(name)
+
+
+@dataclass(frozen=True)
+class RecurrentShape:
+    """LSTM/GRU/RNN: per time step, each direction multiplies the input (batch x inputs) and the
+    hidden state (batch x hidden) by its gates' weights (inputs x gates*hidden, hidden x gates*hidden)."""
+
+    steps: int
+    directions: int
+    batch: int
+    gates: int
+    hidden: int
+    inputs: int
+
+    @property
+    def macs(self) -> int:
+        return self.steps * self.directions * self.batch * self.gates * self.hidden * (self.inputs + self.hidden)
+
+
+def recurrent_shape(model: Model, node: onnx.NodeProto, info) -> RecurrentShape | None:
+    x, w = tensor_shape(model, node.input[0], info), tensor_shape(model, node.input[1], info)
+    if not x or not w or len(x) != 3 or len(w) != 3 or not all(isinstance(d, int) for d in (*x, *w)):
+        return None
+    steps, batch = (x[1], x[0]) if model.attr(node, "layout", 0) else (x[0], x[1])
+    gates = RECURRENT_GATES[node.op_type]
+    if node.op_type == "DynamicQuantizeLSTM":  # onnxruntime's int8 LSTM: W is [directions, inputs, gates*hidden]
+        directions, inputs, rows = w
+    else:  # W is [directions, gates*hidden, inputs]
+        directions, rows, inputs = w
+    return RecurrentShape(steps, directions, batch, gates, rows // gates, inputs)
+
+
+@dataclass(frozen=True)
+class SubgraphRuns:
+    """How a control-flow node runs its subgraphs: one of `alternatives` (the costlier counts), `repeats` times."""
+
+    alternatives: list[tuple[str, Model]]  # (attribute, body): If's two branches, Loop's or Scan's one body
+    repeats: int
+    warning: str | None = None
+
+
+# What exporters write as a Loop's trip count when only its condition ends it (torch: int64 max).
+_NO_LIMIT = {2**63 - 1, 2**31 - 1}
+
+
+def subgraph_runs(model: Model, node: onnx.NodeProto) -> SubgraphRuns:
+    """If runs one branch once; Loop its body as often as its trip count says when that is a constant
+    (the loop may stop earlier on its condition: the count is an upper bound), once with a warning
+    otherwise or when the count is an exporter's "no limit"; Scan its body once per slice along the scanned axis."""
+    bodies = model.bodies(node)
+    if node.op_type == "Loop":
+        trips = model.constant(node.input[0]) if node.input and node.input[0] else None
+        if trips is None or trips.size != 1:
+            return SubgraphRuns(bodies, 1, f"Loop {node.name}: trip count not constant; costed as one iteration")
+        if int(trips.reshape(())) in _NO_LIMIT:
+            return SubgraphRuns(bodies, 1, f"Loop {node.name}: no trip count (a while loop); costed as one iteration")
+        return SubgraphRuns(bodies, int(trips.reshape(())))
+    if node.op_type == "Scan":
+        scanned = model.attr(node, "num_scan_inputs")
+        first = node.input[len(node.input) - scanned]
+        axis = (model.attr(node, "scan_input_axes") or [0])[0]
+        shape = tensor_shape(model, first, model.tensor_info)
+        if not shape or not isinstance(shape[axis], int):
+            return SubgraphRuns(bodies, 1, f"Scan {node.name}: scan length unknown; costed as one iteration")
+        return SubgraphRuns(bodies, shape[axis])
+    return SubgraphRuns(bodies, 1)
+
+
+def node_macs(model: Model, node: onnx.NodeProto, info, warnings: list[str] | None = None) -> int:
+    """MACs of one node at the model's input shapes; a control-flow node's are its subgraphs' (`subgraph_runs`),
+    and what could not be counted there is added to `warnings`."""
     op = node.op_type
-    if op in ("Conv", "ConvTranspose") and node.output[0] in info:
-        weight = model.declared_shape(node.input[1])
-        if weight is None or not all(isinstance(d, int) for d in weight):
+    if op in CONV_WEIGHT or op == "ConvTranspose":
+        weight = tensor_shape(model, node.input[CONV_WEIGHT.get(op, 1)], info)
+        if node.output[0] not in info or weight is None or not all(isinstance(d, int) for d in weight):
             return 0
-        if op == "Conv":  # every output element: (Ci/g) * Kh * Kw MACs
+        if op != "ConvTranspose":  # every output element: (Ci/g) * Kh * Kw MACs
             return info[node.output[0]].elements * math.prod(weight[1:])
         source = info.get(node.input[0])  # every input element scatters into (Co/g) * Kh * Kw outputs
         return source.elements * math.prod(weight[1:]) if source else 0
-    if op in ("MatMul", "Gemm") and node.output[0] in info:
-        a = info.get(node.input[0]).shape if node.input[0] in info else model.declared_shape(node.input[0])
+    if op in MATMUL_WEIGHT and node.output[0] in info:
+        a = tensor_shape(model, node.input[0], info)
         if not a:
             return 0
         k = a[0] if op == "Gemm" and model.attr(node, "transA", 0) else a[-1]
         return info[node.output[0]].elements * int(k)
+    if op in RECURRENT_GATES:
+        shape = recurrent_shape(model, node, info)
+        return shape.macs if shape else 0
+    if op in CONTROL_FLOW:
+        return _control_flow_macs(model, node, [] if warnings is None else warnings)
     return 0
 
 
-def _is_float_constant(model: Model, name: str) -> bool:
-    proto = model.initializer(name)
-    return proto is not None and proto.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                                                     onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+def body_info(body: Model):
+    """The concrete shapes inside a subgraph, or None when they cannot be found: a branch that
+    never runs at these shapes may be invalid for them (a Squeeze of an axis that is not 1)."""
+    try:
+        return body.tensor_info
+    except Exception:  # onnxruntime refuses the body: its nodes count nothing, and the caller warns
+        return None
 
 
-def _constant_size(model: Model, name: str) -> tuple[int, int]:
-    proto = model.initializer(name)
-    elements = math.prod(proto.dims)
-    return elements, elements * itemsize(proto.data_type)
+def _control_flow_macs(model: Model, node: onnx.NodeProto, warnings: list[str]) -> int:
+    runs = subgraph_runs(model, node)
+    if runs.warning:
+        warnings.append(runs.warning)
+    best = 0
+    for attribute, body in runs.alternatives:
+        info = body_info(body)
+        if info is None:
+            warnings.append(f"{node.name} ({node.op_type}): the shapes inside {attribute} are unknown; "
+                            "its nodes count no MACs")
+            continue
+        best = max(best, sum(node_macs(body, n, info, warnings) for n in body.nodes))
+    return runs.repeats * best
+
+
+# -- parameters -----------------------------------------------------------------------------
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+# Quantized weights and their zero points are 8-bit (or 4-bit) integers; a quantized bias is int32.
+_QUANTIZED_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+
+
+def graph_parameters(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """The constants of `graph` (initializers and Constant nodes, not those of its subgraphs) that are
+    parameters: floating point, 8-bit or 4-bit quantized, or a quantized int32 bias (what a
+    DequantizeLinear or QLinearConv's bias input reads). Shapes, axes and indices are not."""
+    constants = {t.name: t for t in graph.initializer}
+    constants.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant"
+                      for a in n.attribute if a.name == "value"})
+    biases = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    biases |= {n.input[8] for n in graph.node if n.op_type == "QLinearConv" and len(n.input) > 8}
+    return {name: t for name, t in constants.items() if t.data_type in _FLOAT_TYPES | _QUANTIZED_TYPES
+            or (t.data_type == onnx.TensorProto.INT32 and name in biases)}
+
+
+def subgraph_parameters(node: onnx.NodeProto) -> list[onnx.TensorProto]:
+    """The parameters held inside `node`'s subgraphs, however deeply nested."""
+    found = []
+    for _, graph in subgraphs(node):
+        found.extend(graph_parameters(graph).values())
+        for inner in graph.node:
+            found.extend(subgraph_parameters(inner))
+    return found
+
+
+def _size(tensors) -> tuple[int, int]:
+    """(elements, bytes) of constant tensors."""
+    elements = [(math.prod(t.dims), itemsize(t.data_type)) for t in tensors]
+    return sum(e for e, _ in elements), sum(e * size for e, size in elements)
 
 
 def peak_activation(model: Model, info) -> tuple[int, str]:
@@ -449,7 +594,7 @@ def peak_activation(model: Model, info) -> tuple[int, str]:
     order = model.nodes
     last_use: dict[str, int] = {}
     for index, node in enumerate(order):
-        for name in node.input:
+        for name in model.reads(node):  # a tensor read inside a subgraph lives until that node runs
             if name and not model.is_constant(name):
                 last_use[name] = index
     end = len(order)
@@ -458,6 +603,8 @@ def peak_activation(model: Model, info) -> tuple[int, str]:
     live = {vi.name: info[vi.name].bytes for vi in model.graph_inputs if vi.name in info}
     peak, peak_at = sum(live.values()), order[0].name if order else ""
     for index, node in enumerate(order):
+        if node.op_type == "DequantizeLinear" and model.is_constant(node.input[0]):
+            continue  # a QDQ model's weights, spelled as their float view: parameters, not activations
         for name in node.output:
             if name and name in info:
                 live[name] = info[name].bytes
@@ -479,22 +626,35 @@ class MemorySummary:
 
 def memory_summary(model: Model) -> MemorySummary:
     """Parameters and peak activation memory alone: cheap enough to run on every search candidate."""
-    float_constants = [t.name for t in model.graph.initializer if _is_float_constant(model, t.name)]
-    totals = [_constant_size(model, name) for name in float_constants]
+    weights = list(graph_parameters(model.graph).values())
+    for node in model.nodes:
+        weights.extend(subgraph_parameters(node))
+    params, param_bytes = _size(weights)
     peak, peak_at = peak_activation(model, model.tensor_info)
-    return MemorySummary(sum(t[0] for t in totals), sum(t[1] for t in totals), peak, peak_at)
+    return MemorySummary(params, param_bytes, peak, peak_at)
+
+
+def _op_histogram(model: Model) -> dict[str, int]:
+    """Op types of every node, those inside subgraphs included."""
+    def walk(graph: onnx.GraphProto):
+        for node in graph.node:
+            yield node.op_type
+            for _, sub in subgraphs(node):
+                yield from walk(sub)
+    return dict(Counter(walk(model.graph)).most_common())
 
 
 def analyze(model: Model) -> Analysis:
     """The full cost and structure summary of `model` at its input shapes."""
     info = model.tensor_info
-    costs = []
+    parameters = graph_parameters(model.graph)
+    costs, warnings = [], []
     for node in model.nodes:
-        weights = [i for i in dict.fromkeys(node.input) if i and _is_float_constant(model, i)]
-        sizes = [_constant_size(model, w) for w in weights]
+        weights = [parameters[i] for i in dict.fromkeys(node.input) if i in parameters] + subgraph_parameters(node)
+        params, param_bytes = _size(weights)
         costs.append(NodeCost(
-            name=node.name, op_type=node.op_type, macs=node_macs(model, node, info),
-            params=sum(s[0] for s in sizes), param_bytes=sum(s[1] for s in sizes),
+            name=node.name, op_type=node.op_type, macs=node_macs(model, node, info, warnings),
+            params=params, param_bytes=param_bytes,
             output_bytes=sum(info[o].bytes for o in node.output if o in info),
         ))
     memory = memory_summary(model)
@@ -506,7 +666,8 @@ def analyze(model: Model) -> Analysis:
         param_bytes=memory.param_bytes,
         peak_activation_bytes=memory.peak_activation_bytes,
         peak_at=memory.peak_at,
-        op_histogram=dict(Counter(n.op_type for n in model.nodes).most_common()),
+        op_histogram=_op_histogram(model),
         blocks=find_ibn_blocks(model),
         pairs=find_expand_depthwise_pairs(model),
+        warnings=warnings,
     )

@@ -127,6 +127,8 @@ def inspect(model, input_shapes, multiple, per_node, as_json):
             payload.pop("nodes")
         click.echo(json.dumps(payload, indent=2))
         return
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     shapes = ", ".join(f"{k}[{','.join(map(str, v))}]" for k, v in report.input_shapes.items())
     click.echo(f"{model}: {len(loaded.nodes)} nodes, inputs {shapes}")
     click.echo(f"  MACs              {_human_count(report.macs)}")
@@ -218,20 +220,29 @@ def simulate(model, target_name, per_op, as_json, input_shapes):
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if per_op:
-        w = max(24, *(len(r["kernel"]) for r in rows))
+        shown = list(_executed_rows(rows))
+        w = max(24, *(2 * depth + len(r["kernel"]) for depth, r in shown))
         click.echo(f"{'kernel':<{w}} {'ops':<28} {'cycles':>10} {'compute':>10} {'memory':>10} {'bound':<8} "
                    f"{'MAC util':>8}  spilled")
-        for r in rows:
-            if r["unit"] == "free":
-                continue
+        for depth, r in shown:
             util = f"{r['mac_utilization']:.0%}" if r["mac_utilization"] is not None else "-"
-            ops = "+".join(r["ops"])
-            click.echo(f"{r['kernel']:<{w}} {ops[:28]:<28} {r['cycles']:>10,.0f} {r['compute_cycles']:>10,} "
+            ops = "+".join(r["ops"]) + (f" x{r['repeats']}" if r.get("repeats", 1) != 1 else "")
+            name = "  " * depth + r["kernel"]
+            click.echo(f"{name:<{w}} {ops[:28]:<28} {r['cycles']:>10,.0f} {r['compute_cycles']:>10,} "
                        f"{r['memory_cycles']:>10,.0f} {r['bound']:<8} {util:>8}  {', '.join(r['spilled'])}")
         click.echo("")
     executed = sum(1 for r in rows if r["unit"] != "free")
     click.echo(f"{model} on {target.name}: {result.total_cycles:,.0f} cycles = {result.latency_s * 1e3:.3f} ms "
                f"({executed} kernels)")
+
+
+def _executed_rows(rows: list[dict], depth: int = 0):
+    """(depth, row) of every kernel that runs; a control-flow op's subgraph kernels follow it, one level deeper."""
+    for row in rows:
+        if row["unit"] == "free":
+            continue
+        yield depth, row
+        yield from _executed_rows(row.get("body", []), depth + 1)
 
 
 target_option = click.option(

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analysis import node_macs
+from ..analysis import CONV_WEIGHT, node_macs, tensor_shape
 from ..ir import Model
 from .kernels import Kernel, group_kernels
 from .target import Target
 
-MAC_ARRAY_KINDS = ("conv", "grouped_conv", "matmul", "deconv")
+MAC_ARRAY_KINDS = ("conv", "grouped_conv", "matmul", "deconv", "recurrent", "control")
 FEATURE_NAMES = ("log_prior", "fold_work_vs_prior", "traffic_vs_prior", "log_ideal_compute", "log_fold_work", "log_traffic", "log_macs", "log_in_bytes",
                  "log_out_bytes", "log_weight_bytes", "in_over_sram", "out_over_sram", "reads_graph_input",
                  "writes_graph_output", "log_in_channels", "log_out_channels", "window", "stride", "fused")
@@ -51,7 +51,7 @@ def _fold_work(model: Model, kernel: Kernel, node, info, target: Target, element
     P, V = target.parallelism, target.vector_lanes
     out = info.get(node.output[0])
     if kernel.kind in ("conv", "grouped_conv", "depthwise") and out is not None:
-        weight = model.declared_shape(node.input[1])
+        weight = tensor_shape(model, node.input[CONV_WEIGHT[node.op_type]], info)
         groups = model.attr(node, "group", 1)
         spatial = out.shape[0] * math.prod(out.shape[2:]) * math.prod(weight[2:])
         if kernel.kind == "depthwise":

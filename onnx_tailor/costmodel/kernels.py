@@ -21,16 +21,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..analysis import match_activation_chain
+from ..analysis import CONTROL_FLOW, CONV_WEIGHT, MATMUL_WEIGHT, RECURRENT_GATES, match_activation_chain
 from ..ir import Model
 
 ANCHORS = {"Conv", "MatMul", "Gemm"}
-FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}  # layout only: no work, no dispatch
+FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity",  # layout only: no work, no dispatch
+        "QuantizeLinear", "DequantizeLinear"}  # the NPU runs int8: (de)quantizing is its format, not work
 ELEMENTWISE = {
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu",
     "Tanh", "Elu", "Selu", "Softplus", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Pow", "Neg", "Abs", "Max", "Min",
     "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast", "Where", "Equal", "Less", "Greater", "Not", "And", "Or",
     "BatchNormalization",  # inference BatchNorm is a per-channel scale and shift
+    "DynamicQuantizeLinear",  # a standalone quantization computes its scale at run time
 }
 POOLING = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"}
 NORMALIZATION = {"Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
@@ -39,13 +41,21 @@ MEMORY = {"Transpose", "Concat", "Slice", "Pad", "Resize", "Upsample", "Split", 
           "DepthToSpace", "SpaceToDepth"}
 
 
+# The scale and zero-point inputs of quantized ops: like the Quantize/DequantizeLinear ops around a
+# QDQ conv, they are the int8 format itself, not data the kernel moves, so every spelling of a
+# quantized conv costs what its float form does.
+QUANTIZATION_PARAMETERS = {"QLinearConv": {1, 2, 4, 5, 6, 7}, "QLinearMatMul": {1, 2, 4, 5, 6, 7},
+                           "ConvInteger": {2, 3}, "MatMulInteger": {2, 3}, "DynamicQuantizeLSTM": {8, 9, 10, 11}}
+
+
 @dataclass(frozen=True)
 class Kernel:
     """One executed unit: an anchor node and the nodes fused into it."""
 
     name: str  # the anchor node's name
     op_type: str
-    kind: str  # conv, grouped_conv, depthwise, matmul, deconv, gather, elementwise, pool, norm, memory, free, other
+    kind: str  # conv, grouped_conv, depthwise, matmul, deconv, recurrent, control, gather, elementwise, pool, norm,
+    #            memory, free, other
     nodes: tuple[str, ...]  # anchor first
     fused: tuple[str, ...]  # op types fused into the anchor
     inputs: tuple[str, ...]  # activation tensors it reads
@@ -55,14 +65,18 @@ class Kernel:
 
 def kernel_kind(model: Model, node) -> str:
     op = node.op_type
-    if op == "Conv":
+    if op in CONV_WEIGHT:  # quantized convs too: the NPU computes every conv in int8
         groups = model.attr(node, "group", 1)
         if groups == 1:
             return "conv"
         in_channels = model.channels(node.input[0])
         return "depthwise" if in_channels is not None and groups == in_channels else "grouped_conv"
-    if op in ("MatMul", "Gemm"):
+    if op in MATMUL_WEIGHT:
         return "matmul"
+    if op in RECURRENT_GATES:
+        return "recurrent"
+    if op in CONTROL_FLOW:
+        return "control"
     if op == "ConvTranspose":
         return "deconv"
     if op == "Gather" and model.is_constant(node.input[0]):
@@ -108,10 +122,14 @@ def _make_kernel(model: Model, members: list) -> Kernel:
     produced = {o for m in members for o in m.output if o}
     inputs, weights = [], []
     for m in members:
-        for name in m.input:
-            if not name or name in produced:
+        for index, name in enumerate(m.input):
+            if not name or name in produced or index in QUANTIZATION_PARAMETERS.get(m.op_type, ()):
                 continue
-            (weights if model.is_constant(name) else inputs).append(name)
+            constant = _constant_source(model, name)
+            if constant is not None:
+                weights.append(constant)
+            else:
+                inputs.append(name)
     outputs = [o for m in members for o in m.output
                if o and (model.is_graph_output(o) or any(r.name not in names for r in model.consumers(o)))]
     anchor = members[0]
@@ -120,3 +138,13 @@ def _make_kernel(model: Model, members: list) -> Kernel:
         nodes=tuple(m.name for m in members), fused=tuple(m.op_type for m in members[1:]),
         inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs), weights=tuple(dict.fromkeys(weights)),
     )
+
+
+def _constant_source(model: Model, tensor: str) -> str | None:
+    """The constant `tensor` is, possibly through free ops (a DequantizeLinear of int8 weights):
+    what a kernel reading it reads from DRAM as its weights."""
+    producer = model.producer(tensor)
+    while producer is not None and producer.op_type in FREE and producer.input:
+        tensor = producer.input[0]
+        producer = model.producer(tensor)
+    return tensor if model.is_constant(tensor) else None

@@ -17,6 +17,33 @@ Implemented as written there; the choices it leaves open are these:
 - ConvTranspose is not on the page, so it is "anything else" (and warned about).
 - Utilization is useful MACs / (cycles x P x P) for kernels on the MAC array;
   depthwise convs run on the vector unit and have none.
+
+Quantized, recurrent and control-flow ops (the page's last section):
+- ConvInteger and QLinearConv are convs, MatMulInteger and QLinearMatMul are
+  MatMuls, at the same rate as their float forms (the NPU's native type is
+  int8). QuantizeLinear and DequantizeLinear are free aliases, so a
+  DequantizeLinear -> Conv -> QuantizeLinear group costs one conv, and the
+  int8 weights behind a DequantizeLinear are the conv's weights. Every
+  constant, int32 biases and quantization scales included, moves at the
+  element size like any weight.
+- LSTM, GRU and RNN with G gates (4, 3, 1), hidden size H, I inputs, batch N,
+  per time step and direction: the input and the recurrent MatMul on the MAC
+  array, `N * (ceil(I/P) + ceil(H/P)) * ceil(G*H/P)`, then the gate
+  arithmetic on the vector unit, `ceil(N*G*H / V)` (each gate pre-activation
+  is activated and combined into the state once); the two do not overlap, as
+  each step's gates need its MatMuls. Times the sequence length and the
+  number of directions. Weights are read once per op.
+- If, Loop and Scan are costed from their subgraphs, each simulated as a model
+  of its own (`Model.bodies`): what it reads from the outer graph are its
+  inputs (read from DRAM: the control-flow op hands them over through memory)
+  and what it returns its outputs (written to DRAM). If costs its costlier
+  branch; Loop its body times the trip count when that is a constant (an
+  upper bound: the condition may end it earlier), else once with a warning
+  (also when the count is int64 or int32 max, an exporter's while loop);
+  Scan its body once per slice of the scanned axis. The control-flow op adds
+  no dispatch of its own: its body's ops each pay theirs. A branch whose
+  shapes cannot be found at these input shapes (one that would fail if it
+  ran) costs nothing, with a warning.
 """
 
 from __future__ import annotations
@@ -24,6 +51,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..analysis import CONV_WEIGHT, body_info, recurrent_shape, subgraph_runs, tensor_shape
 from ..ir import Model
 from .kernels import FREE, Kernel, group_kernels
 from .target import Target
@@ -40,6 +68,8 @@ class KernelCost:
     macs: int  # useful MACs done on the MAC array
     spilled: tuple[str, ...]  # tensors it moves through DRAM because they do not fit on chip
     unmodelled: bool = False
+    body: tuple["KernelCost", ...] = ()  # a control-flow op's: the kernels of the subgraph it is costed by
+    repeats: int = 1  # ... and how many times that subgraph runs
 
     @property
     def bound(self) -> str:
@@ -48,16 +78,20 @@ class KernelCost:
         return "compute" if self.compute_cycles >= self.memory_cycles else "memory"
 
     def utilization(self, parallelism: int) -> float | None:
-        if self.unit != "mac" or self.cycles <= 0:
+        if self.unit not in ("mac", "control") or self.cycles <= 0:
             return None
         return self.macs / (self.cycles * parallelism * parallelism)
 
     def to_dict(self, parallelism: int) -> dict:
-        """JSON-ready: the kernel, its ops, unit, cycles (to 0.1), bound, traffic, MAC utilization at P, spills."""
-        return {"kernel": self.kernel.name, "ops": [self.kernel.op_type, *self.kernel.fused], "unit": self.unit,
-                "compute_cycles": self.compute_cycles, "memory_cycles": round(self.memory_cycles, 1),
-                "cycles": round(self.cycles, 1), "bound": self.bound, "dram_bytes": self.dram_bytes,
-                "mac_utilization": self.utilization(parallelism), "spilled": list(self.spilled)}
+        """JSON-ready: the kernel, its ops, unit, cycles (to 0.1), bound, traffic, MAC utilization at P, spills;
+        for a control-flow op also the kernels of its costed subgraph (`body`, one run) and `repeats`."""
+        row = {"kernel": self.kernel.name, "ops": [self.kernel.op_type, *self.kernel.fused], "unit": self.unit,
+               "compute_cycles": self.compute_cycles, "memory_cycles": round(self.memory_cycles, 1),
+               "cycles": round(self.cycles, 1), "bound": self.bound, "dram_bytes": self.dram_bytes,
+               "mac_utilization": self.utilization(parallelism), "spilled": list(self.spilled)}
+        if self.unit == "control":
+            row.update(repeats=self.repeats, body=[k.to_dict(parallelism) for k in self.body])
+        return row
 
 
 @dataclass
@@ -104,6 +138,9 @@ class _Tensors:
             return math.prod(shape) if known else 0  # a scalar, shape (), is one element
         return info.elements
 
+    def shape(self, name: str) -> tuple | None:
+        return tensor_shape(self.model, name, self.info)
+
     def bytes(self, name: str) -> int:
         return self.elements(name) * self.element_bytes
 
@@ -137,7 +174,7 @@ def _compute(kernel: Kernel, model: Model, tensors: _Tensors, target: Target) ->
     out_shape = tensors.info[out].shape if out in tensors.info else ()
     kind = kernel.kind
     if kind in ("conv", "grouped_conv", "depthwise"):
-        weight = model.declared_shape(node.input[1])
+        weight = tensors.shape(node.input[CONV_WEIGHT[node.op_type]])
         groups = model.attr(node, "group", 1)
         batch, out_channels, spatial = out_shape[0], out_shape[1], math.prod(out_shape[2:])
         in_channels = tensors.info[node.input[0]].shape[1]
@@ -152,6 +189,14 @@ def _compute(kernel: Kernel, model: Model, tensors: _Tensors, target: Target) ->
         k = a[0] if node.op_type == "Gemm" and model.attr(node, "transA", 0) else a[-1]
         rows, n = math.prod(out_shape[:-1]), out_shape[-1]
         return "mac", rows * math.ceil(k / P) * math.ceil(n / P), rows * k * n, False
+    if kind == "recurrent":
+        shape = recurrent_shape(model, node, tensors.info)
+        if shape is None:
+            return "vector", math.ceil(tensors.elements(out) / V), 0, True
+        gate_rows = shape.gates * shape.hidden
+        matmuls = shape.batch * (math.ceil(shape.inputs / P) + math.ceil(shape.hidden / P)) * math.ceil(gate_rows / P)
+        gate_arithmetic = math.ceil(shape.batch * gate_rows / V)
+        return "mac", shape.steps * shape.directions * (matmuls + gate_arithmetic), shape.macs, False
     if kind == "free":
         return "free", 0, 0, False
     if kind in ("memory", "gather"):
@@ -197,8 +242,11 @@ def simulate(model: Model, target: Target) -> Simulation:
     if not target.simulated:
         raise ValueError(f"target {target.name} is measured, not simulated")
     tensors = _Tensors(model, target)
-    costs, unmodelled = [], set()
+    costs, unmodelled, warnings = [], set(), []
     for kernel in group_kernels(model, target.fusable_activations):
+        if kernel.kind == "control":
+            costs.append(_control_flow(kernel, model, target, warnings))
+            continue
         unit, compute, macs, is_unmodelled = _compute(kernel, model, tensors, target)
         if is_unmodelled:
             unmodelled.add(kernel.op_type)
@@ -207,6 +255,31 @@ def simulate(model: Model, target: Target) -> Simulation:
         dispatch = 0 if unit == "free" else target.dispatch_cycles
         costs.append(KernelCost(kernel, unit, compute, memory, max(compute, memory) + dispatch, dram, macs,
                                 tuple(spilled), is_unmodelled))
-    warnings = [f"op {op} is not modelled by {target.name}: costed as ceil(output elements / V) on the vector unit"
-                for op in sorted(unmodelled)]
-    return Simulation(target, costs, warnings)
+    warnings += [f"op {op} is not modelled by {target.name}: costed as ceil(output elements / V) on the vector unit"
+                 for op in sorted(unmodelled)]
+    return Simulation(target, costs, list(dict.fromkeys(warnings)))
+
+
+def _control_flow(kernel: Kernel, model: Model, target: Target, warnings: list[str]) -> KernelCost:
+    """If, Loop, Scan: their subgraphs simulated as models of their own, the costlier
+    alternative counted, as many times as the body runs (`analysis.subgraph_runs`)."""
+    node = model.node(kernel.name)
+    runs = subgraph_runs(model, node)
+    if runs.warning:
+        warnings.append(runs.warning)
+    chosen: Simulation | None = None
+    for attribute, body in runs.alternatives:
+        if body_info(body) is None:
+            warnings.append(f"{node.name} ({node.op_type}): the shapes inside {attribute} are unknown; "
+                            "its nodes cost nothing")
+            continue
+        simulated = simulate(body, target)
+        warnings.extend(simulated.warnings)
+        if chosen is None or simulated.total_cycles > chosen.total_cycles:
+            chosen = simulated
+    inner = chosen.kernels if chosen is not None else []
+    n = runs.repeats
+    return KernelCost(kernel, "control", n * sum(k.compute_cycles for k in inner),
+                      n * sum(k.memory_cycles for k in inner), n * sum(k.cycles for k in inner),
+                      n * sum(k.dram_bytes for k in inner), n * sum(k.macs for k in inner),
+                      tuple(dict.fromkeys(name for k in inner for name in k.spilled)), body=tuple(inner), repeats=n)

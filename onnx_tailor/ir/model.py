@@ -25,6 +25,7 @@ from onnx import numpy_helper
 
 from ..errors import InputShapeError
 from .shapes import TensorInfo, concrete_tensor_info, infer_shapes
+from .subgraphs import TypedShape, implicit_reads, standalone_body, subgraphs
 
 # onnx-graphsurgeon logs every cleanup at INFO; that noise is not the user's.
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.WARNING)
@@ -105,10 +106,20 @@ class Model:
         return {out: n for n in self.graph.node for out in n.output if out}
 
     @cached_property
+    def _implicit_reads(self) -> dict[str, list[str]]:
+        return {n.name: implicit_reads(n) for n in self.graph.node if subgraphs(n)}
+
+    def reads(self, node: onnx.NodeProto) -> list[str]:
+        """Every tensor `node` reads: its inputs, and what its subgraphs read from this graph."""
+        return [*node.input, *self._implicit_reads.get(node.name, ())]
+
+    @cached_property
     def _consumers(self) -> dict[str, list[onnx.NodeProto]]:
+        # A tensor read inside an If/Loop/Scan body is read by that node: a rewrite that
+        # changes the tensor must see the subgraph as one of its readers.
         consumers: dict[str, list[onnx.NodeProto]] = {}
         for n in self.graph.node:
-            for name in dict.fromkeys(n.input):  # a node reading x twice consumes it once
+            for name in dict.fromkeys(self.reads(n)):  # a node reading x twice consumes it once
                 if name:
                     consumers.setdefault(name, []).append(n)
         return consumers
@@ -227,6 +238,34 @@ class Model:
     def shape_overrides(self) -> dict[str, Shape]:
         return dict(self._shape_overrides)
 
+    # -- subgraphs ----------------------------------------------------------------------
+
+    def bodies(self, node: onnx.NodeProto) -> list[tuple[str, "Model"]]:
+        """(attribute, model) for every subgraph of `node`, each lifted into a model of its own whose
+        inputs have this model's concrete shapes (see `ir.subgraphs`); empty for ordinary nodes."""
+        owned = subgraphs(node)
+        if not owned:
+            return []
+        outer = {name: self._typed(name) for name in self._implicit_reads[node.name] if not self.is_constant(name)}
+        constants = {name: self._initializers[name] for name in self._implicit_reads[node.name]
+                     if self.is_constant(name)}
+        found = []
+        for attribute, graph in owned:
+            formal = _formal_inputs(self, node, graph)
+            found.append((attribute, Model(standalone_body(graph, formal, outer, constants, self._proto))))
+        return found
+
+    def _typed(self, tensor: str) -> TypedShape:
+        known = self.tensor_info.get(tensor)
+        if known is not None:
+            return known.shape, known.elem_type
+        return None, self._elem_types.get(tensor, onnx.TensorProto.FLOAT)
+
+    @cached_property
+    def _elem_types(self) -> dict[str, int]:
+        return {vi.name: vi.type.tensor_type.elem_type
+                for vi in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output)}
+
     # -- onnx-graphsurgeon round trip -------------------------------------------------
 
     def to_graphsurgeon(self) -> gs.Graph:
@@ -255,3 +294,23 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<Model {self.graph.name or '?'}: {len(self.graph.node)} nodes, {self.content_hash[:12]}>"
+
+
+def _formal_inputs(model: Model, node: onnx.NodeProto, graph: onnx.GraphProto) -> list[TypedShape]:
+    """Types of a subgraph's own inputs, from the node's inputs: Loop's body takes (iteration
+    number, condition, carried values...); Scan's takes (states..., one slice of each scanned input)."""
+    def typed(name: str, drop_axis: int | None = None) -> TypedShape:
+        shape, elem_type = model._typed(name)
+        if shape is not None and drop_axis is not None:
+            shape = shape[:drop_axis % len(shape)] + shape[drop_axis % len(shape) + 1:]
+        return shape, elem_type
+
+    if node.op_type == "Loop":
+        return [((), onnx.TensorProto.INT64), ((), onnx.TensorProto.BOOL), *(typed(i) for i in node.input[2:])]
+    if node.op_type == "Scan":
+        scanned = model.attr(node, "num_scan_inputs")
+        states = len(node.input) - scanned
+        axes = model.attr(node, "scan_input_axes") or [0] * scanned
+        return [*(typed(i) for i in node.input[:states]),
+                *(typed(i, axes[k]) for k, i in enumerate(node.input[states:]))]
+    return [(None, vi.type.tensor_type.elem_type) for vi in graph.input]  # If has none

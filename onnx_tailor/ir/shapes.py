@@ -77,8 +77,7 @@ def concrete_tensor_info(model: Model) -> dict[str, TensorInfo]:
     info = _collect(proto)
     wanted = [o for n in proto.graph.node for o in n.output if o and o not in info]
     if wanted:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(proto)
+        probe = _open_probe(model)
         known = {o.name for o in probe.graph.output}
         probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted if name not in known)
         outputs = run(model.with_proto(probe), seeded_inputs(model))
@@ -87,3 +86,19 @@ def concrete_tensor_info(model: Model) -> dict[str, TensorInfo]:
             if value is not None:
                 info[name] = TensorInfo(tuple(value.shape), onnx.helper.np_dtype_to_tensor_dtype(value.dtype))
     return info
+
+
+def _open_probe(model: Model) -> onnx.ModelProto:
+    """`model` with its inputs' dimensions left open, to run on concrete inputs: onnxruntime checks
+    every branch of an If against fixed input shapes when it loads a model, and a branch that never
+    runs at those shapes may be invalid for them (an exporter's guard around a Squeeze)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model.proto)
+    del probe.graph.value_info[:]
+    for vi in probe.graph.input:
+        shape = vi.type.tensor_type.shape
+        rank = len(shape.dim)
+        del shape.dim[:]
+        for _ in range(rank):
+            shape.dim.add()
+    return probe

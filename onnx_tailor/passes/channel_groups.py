@@ -186,6 +186,8 @@ class _Walk:
         model, group, word = self.model, self.group, self.word
         group.nodes.add(node.name)
         op = node.op_type
+        if tensor not in node.input:  # `Model.consumers` counts readers inside subgraphs as their node
+            raise Decline(f"{node.name} ({op}) reads the {word} channels inside its subgraph")
         if op == "Conv" and model.attr(node, "group", 1) == 1 and node.input[0] == tensor:
             self.add_sink(node, 1)
         elif op == "Conv" and node.input[0] == tensor and is_depthwise(model, node):

@@ -4,7 +4,9 @@ import pytest
 from onnx_tailor.errors import PassError
 from onnx_tailor.ir import Model, check_equivalence
 from onnx_tailor.passes import apply_pass, get_pass
+from onnx_tailor.passes.canonicalize import canonicalize
 from tests.graphs import GraphBuilder, ibn_block, tiny_mobilenet
+from tests.graphs_beyond_float import if_model
 
 pad = get_pass("pad_channels")
 
@@ -80,4 +82,23 @@ def test_reshape_that_flattens_into_matmul_is_followed_and_its_shape_widened():
     new = result.model
     assert list(new.constant(new.node("flat").input[1])) == [-1, 24]
     assert new.constant(new.node("fc").input[1]).shape == (24, 2)
+    assert check_equivalence(model, result.model)
+
+
+def test_a_conv_output_read_inside_an_if_branch_is_declined_with_that_reason():
+    # t = conv(x) is read only inside the If's branches (an outer-scope reference, not an input of the If)
+    model = Model(canonicalize(if_model()))
+    assert [c.name for c in model.consumers("t")] == ["if"]
+    [declined] = pad.declined(model, multiple=32)
+    assert declined.anchor == "conv" and declined.reason == "if (If) reads the padded channels inside its subgraph"
+    with pytest.raises(PassError, match="inside its subgraph"):
+        apply_pass(model, "pad_channels", "conv", {"multiple": 32})
+
+
+def test_a_site_elsewhere_in_a_model_with_an_if_is_padded_and_verified():
+    model = Model(canonicalize(if_model(stem=True)))
+    assert [s.anchor for s in pad.find(model, multiple=16)] == ["stem", "mix"]
+    result = apply_pass(model, "pad_channels", "stem", {"multiple": 16})  # verified numerically inside
+    assert result.model.constant(result.model.node("stem").input[1]).shape == (16, 8, 3, 3)
+    assert [n.op_type for n in result.model.nodes] == ["Conv", "Relu", "Conv", "Conv", "If"]
     assert check_equivalence(model, result.model)
