@@ -593,8 +593,9 @@ _COMPARED_COSTS = ("macs", "params", "param_bytes", "peak_activation_bytes")  # 
 def compare_command(model_a, model_b, metric, data, image_spec, samples, seed, output_name, max_drop, batch_size,
                     input_shapes, as_json):
     a, b = api.load(model_a, input_shapes), api.load(model_b, input_shapes)
-    costs = [api.inspect(a), api.inspect(b)]  # first: a model that needs --input-shape fails before any run
     dataset = accuracy.load_data(data, a, image_spec=image_spec, samples=samples, seed=seed)
+    a, b = api.with_data(a, dataset), api.with_data(b, dataset)  # shapes that depend on values: probed on it
+    costs = [api.inspect(a), api.inspect(b)]  # before any run: a model that needs --input-shape fails here
     result = accuracy.compare(a, b, dataset, metric, output=output_name, evaluator=accuracy.Evaluator(batch_size))
     if as_json:
         shown = [{figure: getattr(c, figure) for figure in _COMPARED_COSTS} for c in costs]
