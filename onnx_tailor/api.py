@@ -93,8 +93,11 @@ def apply_recipe(model: ModelLike, recipe: Recipe | str | os.PathLike, data=None
         source = data if data is not None else made_with.get("source")
         if source is None:
             raise TailorError("the quantization calibrates on the data the recipe was made with: give --data")
+        loaded = with_data(loaded, source)
         split = split_data(loaded, source, made_with.get("seed", 0), made_with.get("fraction", 0.5))
         calibration, fingerprint = split.calibration.inputs, split.calibration.fingerprint
+    else:
+        loaded = with_data(loaded, data)
     replayed = replay(recipe, loaded, calibration if recipe.needs_data else None, fingerprint)
     return replayed if emit == "fp32" else accuracy.quantize_qdq(replayed, calibration)
 

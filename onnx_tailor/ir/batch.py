@@ -23,11 +23,11 @@ How the axes are found (`batch_layout`), from the declared shapes alone:
 An output (or a captured intermediate tensor) has its batch on the axis that
 onnx shape inference carries the inputs' batch dimension to (`output_axes`);
 where inference loses it (a fixed batch, a Reshape to constants, control
-flow), on the first axis whose length is the number of samples fed,
-preferring axes the model leaves dynamic. That last rule is a guess that a
-dimension equal to the batch by chance can fool, so it is used only where
-the graph says nothing; probing two batch sizes instead would cost two extra
-runs per model and is impossible for a fixed batch.
+flow), on the axis whose length is the number of samples fed, preferring
+axes the model leaves dynamic. Where several axes have that length (a state
+[2, N, 128] run on 2 samples), the first sample is run alone once more and
+the axis that shrinks to 1 is the batch: one extra run, and only then. A
+fixed batch cannot be varied; there the first such axis is taken.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 
 from ..errors import TailorError
-from .runtime import input_numpy_type, integer_limits, random_array, session
+from .runtime import control_inputs, input_numpy_type, integer_limits, random_array, session
 from .shapes import infer_shapes
 
 if TYPE_CHECKING:  # annotations only: model imports shapes, which imports runtime
@@ -135,12 +135,28 @@ def output_axes(model: Model, layout: BatchLayout, outputs: list[str]) -> dict[s
     return {name: found.get(name) for name in outputs}
 
 
-def axis_by_length(value: np.ndarray, fed: int, declared: tuple | None) -> int | None:
-    """The first axis of `value` as long as the samples fed, preferring axes the model leaves dynamic."""
+def length_axes(value: np.ndarray, fed: int, declared: tuple | None) -> list[int]:
+    """The axes of `value` as long as the samples fed, those the model leaves dynamic first."""
     candidates = [axis for axis, length in enumerate(value.shape) if length == fed]
     dynamic = [axis for axis in candidates
                if declared is None or axis >= len(declared) or not _fixed(declared[axis])]
-    return (dynamic or candidates or [None])[0]
+    return dynamic + [axis for axis in candidates if axis not in dynamic]
+
+
+def _found_axes(model: Model, layout: BatchLayout, results: dict[str, np.ndarray], fed: int,
+                run_one: Callable[[], dict[str, np.ndarray]]) -> dict[str, int | None]:
+    """Each output's batch axis: where inference carries it, else the one axis as long as the batch; where
+    several are (a state [2, N, 128] fed 2 samples), the one that shrinks to 1 when one sample runs alone."""
+    axes = output_axes(model, layout, list(results))
+    candidates = {name: length_axes(results[name], fed, model.declared_shape(name))
+                  for name, axis in axes.items() if axis is None}
+    ambiguous = [name for name, found in candidates.items() if len(found) > 1]
+    if ambiguous and fed > 1 and layout.fixed is None:
+        alone = run_one()
+        for name in ambiguous:
+            shrunk = [axis for axis in candidates[name] if alone[name].shape[axis] == 1]
+            candidates[name] = shrunk or candidates[name]
+    return {name: axis if axis is not None else (candidates[name] or [None])[0] for name, axis in axes.items()}
 
 
 def chunks(samples: Mapping[str, np.ndarray], size: int, pad: bool) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
@@ -189,13 +205,14 @@ def run_samples(model: Model, samples: Mapping[str, np.ndarray], batch_size: int
         except TailorError:
             raise
         except Exception as exc:  # onnxruntime's own error types: shape errors inside the graph, etc.
-            raise TailorError(f"onnxruntime cannot run the model on {what}: {_first_line(exc)}") from None
+            deciding = control_inputs(model)
+            hint = (f"; its control flow decides on {', '.join(repr(n) for n in deciding)}: "
+                    "give real values for them (--data)" if deciding else "")
+            raise TailorError(f"onnxruntime cannot run the model on {what}: {_first_line(exc)[:300]}{hint}") from None
         fed = len(next(iter(chunk.values())))
         if axes is None:
-            axes = output_axes(model, layout, list(results))
-            axes = {name: axis if axis is not None else axis_by_length(results[name], fed,
-                                                                         model.declared_shape(name))
-                    for name, axis in axes.items()}
+            first = {name: array[:1] for name, array in chunk.items()}
+            axes = _found_axes(model, layout, results, fed, lambda: runner(layout.feeds(first)))
         for name, value in results.items():
             axis = axes[name]
             parts.setdefault(name, []).append(value if axis is None else np.take(value, range(rows), axis=axis))

@@ -226,8 +226,8 @@ class Model:
             shown = "; ".join(f"'{name}' [{_shown(dims)}]" for name, dims, _ in missing)
             example = " ".join(f"--input-shape {name}=" + ",".join("N" if d is None else str(d) for d in concrete)
                                for name, _, concrete in missing)
-            raise InputShapeError(f"{len(missing)} input(s) have unknown dimensions besides the batch: {shown}; "
-                                  f"give a concrete shape for each, e.g. {example}")
+            raise InputShapeError(f"{len(missing)} input(s) with unknown dimensions besides the batch: {shown}; "
+                                  f"give a concrete shape, e.g. {example}")
         return shapes
 
     def _check_overrides(self) -> None:
