@@ -7,12 +7,12 @@ Every joined result is checked against the model run on each sample alone, with 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
 from onnx_tailor import accuracy, zoo
+from onnx_tailor.errors import InputShapeError
 from onnx_tailor.ir import Model, batch_layout, run_samples, seeded_samples
 from onnx_tailor.ir.batch import length_axes
 from onnx_tailor.passes.capture import capture
@@ -48,8 +48,18 @@ def test_inputs_batch_axes():
     assert named.name == "n" and named.inputs == {"x": 1, "mask": 0, "h": 1}
     # 'seq' never comes first (the batch is unnamed): it is not the batch.
     assert batch_layout(_graph({"a": [None, "seq"], "b": [None, "seq"]})).inputs == {"a": 0, "b": 0}
+    # A batch fixed at 1 before dynamic sizes; but a leading 1 where another input shows the batch free is not it.
+    detector = batch_layout(_graph({"x": [1, 3, None, None]}))
+    assert detector.inputs == {"x": 0} and detector.fixed == 1
+    assert batch_layout(_graph({"x": [None, 5, 6], "h": [1, None, 4]})).inputs == {"x": 0, "h": 1}
     # Every input fixed: the leading dimension of the first is the batch; an input without it has none.
     assert batch_layout(_graph({"x": [4, 3], "table": [7, 5]})).inputs == {"x": 0, "table": None}
+
+
+def test_input_shapes_ask_for_every_dimension_but_the_batch():
+    with pytest.raises(InputShapeError, match=r"'x' \[1,3,\?,\?\]; .*--input-shape x=1,3,N,N"):
+        _graph({"x": [1, 3, None, None]}).input_shapes
+    assert _graph({"x": [None, 5, 6], "h": [2, None, 4]}).input_shapes == {"x": (1, 5, 6), "h": (2, 1, 4)}
 
 
 def test_length_axes_prefer_dynamic_axes():
@@ -85,7 +95,7 @@ def test_a_time_major_output_is_joined_on_axis_1_and_evaluated_samples_first():
 
 
 def test_capture_feeds_a_fixed_batch_model_one_run_at_a_time():
-    model = load_fixed()
+    model = Model(fixed_batch_convnet())
     calib = accuracy.random_dataset(model, samples=5, seed=2).inputs
     conv = model.node("wide").output[0]
     seen = capture(model, [conv], calib)[conv]
@@ -93,10 +103,6 @@ def test_capture_feeds_a_fixed_batch_model_one_run_at_a_time():
     for i in range(5):
         expected = capture(model, [conv], {"x": calib["x"][i:i + 1]})[conv]
         np.testing.assert_allclose(seen[i:i + 1], expected, rtol=1e-6)
-
-
-def load_fixed() -> Model:
-    return Model(fixed_batch_convnet())
 
 
 def test_random_integers_stay_inside_their_tables_through_evaluation():

@@ -15,7 +15,9 @@ How the axes are found (`batch_layout`), from the declared shapes alone:
   the one on the earlier axis);
 - an input has its batch where it carries that name; without it, at its
   first dynamic dimension (exports often leave dimensions unnamed:
-  silero-vad's state is [2, ?, 128]); a rank-0 input has none;
+  silero-vad's state is [2, ?, 128]), except that a leading dimension fixed at
+  1 is the batch when no input shows the batch free (a detector's
+  [1, 3, ?, ?]); a rank-0 input has none;
 - an input with every dimension fixed: in a model whose batch is free
   elsewhere, none (it cannot grow with the batch); in a model that fixes
   every input, its first axis as long as the fixed batch, which is the
@@ -74,12 +76,16 @@ def batch_layout(model: Model) -> BatchLayout:
     """Where each input of `model` has its batch (see the module docstring)."""
     declared = {vi.name: model.declared_shape(vi.name) for vi in model.graph_inputs}
     name = _batch_name(declared.values())
+    # Some input with a dynamic leading dimension (or a named batch) shows that the batch is free.
+    free = name is not None or any(shape and not _fixed(shape[0]) for shape in declared.values())
     axes: dict[str, int | None] = {}
     for input_name, shape in declared.items():
         if shape is None:  # the model does not say: the usual place
             axes[input_name] = 0
         elif name is not None and name in shape:
             axes[input_name] = shape.index(name)
+        elif not free and shape and shape[0] == 1:  # a batch fixed at 1 before dynamic sizes: 1x3xHxW detectors
+            axes[input_name] = 0
         else:
             axes[input_name] = next((a for a, d in enumerate(shape) if not _fixed(d)), None)
     if all(axis is None for axis in axes.values()):  # every input fixed: the batch is fixed too
