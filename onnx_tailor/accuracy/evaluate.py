@@ -1,6 +1,8 @@
 """Running models over datasets and scoring them, with the original model's outputs run once.
 
-`Evaluator` runs a `Model` with onnxruntime in batches and keeps the
+`Evaluator` runs a `Model` with onnxruntime in batches (`ir.run_samples`: the
+model's own batch size when it fixes one, each output joined along its own
+batch axis and returned samples first, as metrics read it) and keeps the
 outputs of reference (original) models in a small cache keyed by the
 model's content hash and the dataset's fingerprint: a search that scores
 hundreds of variants against one original runs the original once. Variants'
