@@ -36,6 +36,18 @@ def _as_model(model: ModelLike, input_shapes: Mapping[str, Shape] | None) -> Mod
     return load(model, input_shapes)
 
 
+def with_data(model: Model, data) -> Model:
+    """`model` with the shapes that depend on input values probed on `data` (an .npz path, an image
+    folder, an `accuracy.Dataset`, or calibration inputs as a dict) instead of seeded random inputs.
+    'random' and None change nothing: seeded inputs are what probing uses anyway."""
+    if data is None or (isinstance(data, (str, os.PathLike)) and str(data) == accuracy.RANDOM):
+        return model
+    if isinstance(data, dict):
+        data = accuracy.Dataset(data, description="calibration inputs")
+    dataset = data if isinstance(data, accuracy.Dataset) else accuracy.load_data(data, model)
+    return accuracy.probed_on(model, dataset)
+
+
 def inspect(model: ModelLike, input_shapes: Mapping[str, Shape] | None = None) -> Analysis:
     """Costs and structure of a model (a path is loaded and canonicalized first)."""
     return analyze(_as_model(model, input_shapes))
@@ -49,7 +61,7 @@ def apply(model: ModelLike, pass_name: str, site: str | None = None, params: Map
     name to a batch), or a dataset (an .npz path, an image folder, 'random', an
     `accuracy.Dataset`) whose calibration half (split as `optimize` splits it,
     with `seed`) is used. Without it, lossy passes fit on seeded random inputs."""
-    loaded = _as_model(model, input_shapes)
+    loaded = with_data(_as_model(model, input_shapes), data)
     calib = data if data is None or isinstance(data, dict) else split_data(loaded, data, seed, 0.5).calibration.inputs
     return apply_pass(loaded, pass_name, site, params, calib)
 
@@ -62,7 +74,7 @@ def score(model: ModelLike, target: str = "npu-p32", input_shapes: Mapping[str, 
 def optimize(model: ModelLike, target: str = "npu-p32", data=None, *,
              input_shapes: Mapping[str, Shape] | None = None, **options) -> OptimizeResult:
     """The fastest variant within the constraints: see `onnx_tailor.search.optimize` for the options."""
-    return run_optimize(_as_model(model, input_shapes), target, data=data, **options)
+    return run_optimize(with_data(_as_model(model, input_shapes), data), target, data=data, **options)
 
 
 def apply_recipe(model: ModelLike, recipe: Recipe | str | os.PathLike, data=None,
@@ -81,10 +93,13 @@ def apply_recipe(model: ModelLike, recipe: Recipe | str | os.PathLike, data=None
         source = data if data is not None else made_with.get("source")
         if source is None:
             raise TailorError("the quantization calibrates on the data the recipe was made with: give --data")
+        loaded = with_data(loaded, source)
         split = split_data(loaded, source, made_with.get("seed", 0), made_with.get("fraction", 0.5))
         calibration, fingerprint = split.calibration.inputs, split.calibration.fingerprint
+    else:
+        loaded = with_data(loaded, data)
     replayed = replay(recipe, loaded, calibration if recipe.needs_data else None, fingerprint)
     return replayed if emit == "fp32" else accuracy.quantize_qdq(replayed, calibration)
 
 
-__all__ = ["Model", "apply", "apply_recipe", "inspect", "load", "optimize", "save", "score"]
+__all__ = ["Model", "apply", "apply_recipe", "inspect", "load", "optimize", "save", "score", "with_data"]

@@ -76,6 +76,11 @@ input_shape_option = click.option(
          "A dynamic batch dimension alone defaults to 1.")
 
 
+probe_data_option = click.option(
+    "--data", metavar="D", help="Real inputs (an .npz or a folder of images) for a model whose shapes depend on "
+                                "input values (the error says when); its first sample also gives the input shapes.")
+
+
 def _human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -117,9 +122,10 @@ def main():
               help="Parallelism factor P: channel counts that are not a multiple of it are flagged.")
 @click.option("--per-node", is_flag=True, help="Also print MACs, parameters and output size of every node.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
-def inspect(model, input_shapes, multiple, per_node, as_json):
+@probe_data_option
+def inspect(model, input_shapes, multiple, per_node, as_json, data):
     """Report MACs, parameters, peak activation memory, op counts, IBN blocks and expand-depthwise pairs of MODEL."""
-    loaded = api.load(model, input_shapes)
+    loaded = api.with_data(api.load(model, input_shapes), data)
     report = api.inspect(loaded)
     if as_json:
         payload = {"model": model, "multiple": multiple, **report.to_dict(multiple)}
@@ -201,7 +207,8 @@ def _print_nodes(model: Model, report, multiple: int) -> None:
 @click.option("--per-op", is_flag=True, help="Print every executed kernel: cycles, bound, MAC utilization, spills.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @input_shape_option
-def simulate(model, target_name, per_op, as_json, input_shapes):
+@probe_data_option
+def simulate(model, target_name, per_op, as_json, input_shapes, data):
     """Cycle-level latency of MODEL on a simulated NPU (the ground truth of npu-* targets).
 
     Ops are grouped into the kernels the NPU compiler would run (activations and
@@ -211,7 +218,7 @@ def simulate(model, target_name, per_op, as_json, input_shapes):
     target = load_target(target_name)
     if not target.simulated:
         raise TailorError(f"target {target.name} is measured, not simulated; use `onnx-tailor cost`")
-    loaded = api.load(model, input_shapes)
+    loaded = api.with_data(api.load(model, input_shapes), data)
     result = npu_simulate(loaded, target)
     if as_json:
         click.echo(json.dumps({"model": model, **result.to_dict(per_kernel=per_op)}, indent=2))
@@ -256,7 +263,8 @@ target_option = click.option(
 @click.option("--per-op", is_flag=True, help="Print every executed kernel's predicted latency.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @input_shape_option
-def cost(model, target_name, per_op, as_json, input_shapes):
+@probe_data_option
+def cost(model, target_name, per_op, as_json, input_shapes, data):
     """Predicted latency and memory of MODEL on a target (the learned cost model).
 
     For simulated targets the simulator's ground truth is shown beside the
@@ -264,7 +272,7 @@ def cost(model, target_name, per_op, as_json, input_shapes):
     measurements (seconds; cached afterwards).
     """
     target = load_target(target_name)
-    loaded = api.load(model, input_shapes)
+    loaded = api.with_data(api.load(model, input_shapes), data)
     result = score(loaded, target)
     if as_json:
         payload = {k: v for k, v in asdict(result).items() if per_op or k != "kernels"}
@@ -533,7 +541,8 @@ def apply(model, pass_name, recipe_path, data, anchor, params, output, emit, lis
 _DATA_HELP = """
     \b
     --data is one of:
-      FILE.npz   arrays keyed by model input name, and optional 'labels' (integers, [N])
+      FILE.npz   arrays keyed by model input name, samples first (a state [2,N,H] as [N,2,H], a
+                 scalar input as [N]), and optional 'labels' (integers, [N])
       FOLDER     images, in one sub-folder per class for labels (sorted names -> 0..K-1);
                  needs Pillow: pip install 'onnx-tailor[images]'
       random     seeded inputs of the model's shape (--samples, --seed); no labels, so
@@ -622,8 +631,9 @@ _COMPARED_COSTS = ("macs", "params", "param_bytes", "peak_activation_bytes")  # 
 def compare_command(model_a, model_b, metric, data, image_spec, samples, seed, output_name, max_drop, batch_size,
                     input_shapes, as_json):
     a, b = api.load(model_a, input_shapes), api.load(model_b, input_shapes)
-    costs = [api.inspect(a), api.inspect(b)]  # first: a model that needs --input-shape fails before any run
     dataset = accuracy.load_data(data, a, image_spec=image_spec, samples=samples, seed=seed)
+    a, b = api.with_data(a, dataset), api.with_data(b, dataset)  # shapes that depend on values: probed on it
+    costs = [api.inspect(a), api.inspect(b)]  # before any run: a model that needs --input-shape fails here
     result = accuracy.compare(a, b, dataset, metric, output=output_name, evaluator=accuracy.Evaluator(batch_size))
     if as_json:
         shown = [{figure: getattr(c, figure) for figure in _COMPARED_COSTS} for c in costs]

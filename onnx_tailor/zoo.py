@@ -31,11 +31,13 @@ class Wheel:
 
 
 RAPIDOCR = Wheel("rapidocr-onnxruntime==1.2.13", "rapidocr-1.2.13")
+SILERO = Wheel("silero-vad==6.2.3", "silero-vad-6.2.3")
 
 MODELS: dict[str, tuple[Wheel, str]] = {
     "paddle_cls": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     "paddle_det": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv3_det_infer.onnx"),
     "paddle_rec": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx"),
+    "silero_vad": (SILERO, "silero_vad/data/silero_vad.onnx"),
 }
 
 

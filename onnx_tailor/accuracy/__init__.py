@@ -14,7 +14,7 @@ bootstrap, the budget warning), `metrics` (built-ins and plug-ins),
 `quantize` (the int8 QDQ model the device runs, by onnxruntime's static quantizer).
 """
 
-from .data import Dataset, load_npz, random_dataset, validate
+from .data import Dataset, load_npz, probed_on, random_dataset, validate
 from .evaluate import Evaluator, ModelComparison, compare, evaluate
 from .images import ImageSpec, load_image_folder, parse_image_spec
 from .intervals import (bootstrap_interval, drop_interval, drop_standard_error, interval_warning, interval_warnings,
@@ -29,6 +29,6 @@ __all__ = [
     "BUILTIN", "DEFAULT_SPLIT", "FIDELITY", "RANDOM", "Dataset", "Evaluator", "ImageSpec", "Metric",
     "ModelComparison", "Score", "SearchSplit", "Split", "bootstrap_interval", "compare", "default_metric",
     "drop_interval", "drop_standard_error", "evaluate", "get_metric", "interval_warning", "interval_warnings", "load_data",
-    "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "parse_split", "quantize_qdq",
+    "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "parse_split", "probed_on", "quantize_qdq",
     "random_dataset", "split_dataset", "split_three", "validate", "wilson_interval",
 ]

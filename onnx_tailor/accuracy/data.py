@@ -1,14 +1,18 @@
 """Datasets: the samples a model is judged (and calibrated) on, and whether they fit the model.
 
 A `Dataset` holds N samples: one array per model input, each with the samples
-along its first axis, and optionally one integer class label per sample. It
+along its first axis, and optionally one integer class label per sample.
+Where the model has its batch on another axis (a recurrent state
+[layers, N, hidden]) the data still holds it first ([N, layers, hidden]); an
+input without a batch axis (a sample rate) holds one value per sample, the
+same for all. `ir.batch` moves each to where the model takes it. It
 comes from one of three sources, picked by `load_data` (in `sources.py`):
 
 - an `.npz` file: arrays keyed by model input name, plus an optional `labels`
   array (integers, shape [N]);
 - a folder of images with a preprocessing spec (see `images.py`);
-- the word `random`: seeded, shape-correct inputs (the generator
-  `ir.runtime.seeded_inputs` uses) and no labels, so only fidelity metrics
+- the word `random`: seeded, shape-correct inputs (`ir.batch.seeded_samples`)
+  and no labels, so only fidelity metrics
   against an original model make sense on it.
 
 A `Dataset` checks itself when built (same N everywhere, at least one sample,
@@ -27,12 +31,13 @@ import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..errors import DataError
-from ..ir import Model, seeded_inputs
+from ..ir import BatchLayout, Model, batch_layout, seeded_samples
+from ..ir.batch import chunks
 
 DEFAULT_RANDOM_SAMPLES = 64
 
@@ -128,17 +133,6 @@ class Dataset:
                        None if self.labels is None else self.labels[indices],
                        description or self.description, self.classes)
 
-    def batches(self, size: int, pad: bool = False) -> Iterator[dict[str, np.ndarray]]:
-        """The inputs in consecutive slices of at most `size` samples; with `pad`, of exactly `size`, a short
-        last slice filled up with copies of its last sample (for a model that fixes its batch size)."""
-        for start in range(0, len(self), size):
-            batch = {name: array[start:start + size] for name, array in self.inputs.items()}
-            short = size - len(next(iter(batch.values())))
-            if pad and short:
-                batch = {name: np.concatenate([part, np.repeat(part[-1:], short, axis=0)])
-                         for name, part in batch.items()}
-            yield batch
-
 
 def _check_finite(where: str, name: str, array: np.ndarray) -> None:
     if not np.issubdtype(array.dtype, np.floating):
@@ -188,27 +182,34 @@ def validate(dataset: Dataset, model: Model) -> Dataset:
         raise DataError(f"{where}: " + " and ".join(problems) + "; the model's inputs are: "
                         + "; ".join(describe_input(model, name) for name in expected))
     cast = {}
+    layout = batch_layout(model)
     for name in expected:
         array = dataset.inputs[name]
-        _check_shape(where, model, name, array)
+        _check_shape(where, model, layout, name, array)
         cast[name] = _cast(where, model, name, array)
     if all(cast[name] is dataset.inputs[name] for name in expected):
         return dataset
     return Dataset(cast, dataset.labels, dataset.description, dataset.classes)
 
 
-def _check_shape(where: str, model: Model, name: str, array: np.ndarray) -> None:
+def _check_shape(where: str, model: Model, layout: BatchLayout, name: str, array: np.ndarray) -> None:
     declared = model.declared_shape(name)
     if declared is None:  # the model does not say; onnxruntime will
         return
-    fixed = [d if isinstance(d, int) and d > 0 else None for d in declared[1:]]
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in layout.per_sample(name, declared)]
     per_sample = array.shape[1:]
     fits = len(per_sample) == len(fixed) and all(f is None or f == d for f, d in zip(fixed, per_sample))
     if not fits:
         wanted = ",".join("?" if f is None else str(f) for f in fixed)
+        axis = layout.inputs[name]
+        where_batch = "it has no batch axis: one value per sample" if axis is None else \
+            f"its batch axis is {axis}, given first in the data"
         raise DataError(f"{where}: input '{name}' has samples of shape [{','.join(map(str, per_sample))}], "
-                        f"the model takes [{wanted}] per sample (? = any); the model's input is "
+                        f"the model takes [{wanted}] per sample (? = any; {where_batch}); the model's input is "
                         f"{describe_input(model, name)}")
+    if layout.inputs[name] is None and len(array) > 1 and not (array == array[:1]).all():
+        raise DataError(f"{where}: input '{name}' has no batch axis (the model takes one value per run), and its "
+                        f"samples differ; give every sample the same value")
 
 
 def _cast(where: str, model: Model, name: str, array: np.ndarray) -> np.ndarray:
@@ -233,6 +234,16 @@ def _cast(where: str, model: Model, name: str, array: np.ndarray) -> np.ndarray:
                     f"floating-point data are not converted (is this the right array, and is it preprocessed?)")
 
 
+def probed_on(model: Model, dataset: Dataset) -> Model:
+    """`model` with its shapes probed on the first run's worth of `dataset` rather than on seeded random
+    inputs, and its input shapes taken from it (`Model.with_probe_inputs`): for a model whose shapes
+    depend on input values (an If on a sample rate, or on a length)."""
+    data = validate(dataset, model)
+    layout = batch_layout(model)
+    _, first = next(chunks(data.inputs, layout.fixed or 1, pad=True))
+    return model.with_probe_inputs(layout.feeds(first))
+
+
 # -- sources ------------------------------------------------------------------------------
 
 
@@ -255,14 +266,12 @@ def load_npz(path: str | os.PathLike) -> Dataset:
 
 
 def random_dataset(model: Model, samples: int = DEFAULT_RANDOM_SAMPLES, seed: int = 0) -> Dataset:
-    """`samples` seeded inputs of the model's concrete input shapes (standard normal floats,
-    small non-negative integers), without labels."""
+    """`samples` seeded inputs of the model's concrete input shapes (standard normal floats, integers
+    inside the tables they index: `ir.batch.seeded_samples`), without labels."""
     if samples < 1:
         raise DataError(f"random data needs at least one sample, not {samples}")
-    shapes = model.input_shapes  # asks for --input-shape when a non-batch dimension is dynamic
-    sized = model.with_input_shapes({name: (samples, *shape[1:]) for name, shape in shapes.items()})
     try:
-        inputs = seeded_inputs(sized, seed)
+        inputs = seeded_samples(model, samples, seed)  # asks for --input-shape when a dimension is dynamic
     except NotImplementedError as exc:
         raise DataError(f"random data: {exc}") from None
     return Dataset(inputs, None, f"random (seed {seed})")

@@ -1,6 +1,8 @@
 """Running models over datasets and scoring them, with the original model's outputs run once.
 
-`Evaluator` runs a `Model` with onnxruntime in batches and keeps the
+`Evaluator` runs a `Model` with onnxruntime in batches (`ir.run_samples`: the
+model's own batch size when it fixes one, each output joined along its own
+batch axis and returned samples first, as metrics read it) and keeps the
 outputs of reference (original) models in a small cache keyed by the
 model's content hash and the dataset's fingerprint: a search that scores
 hundreds of variants against one original runs the original once. Variants'
@@ -24,8 +26,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import MetricError, TailorError
-from ..ir import Model, session
+from ..errors import MetricError
+from ..ir import Model, batch_layout, run_samples, session
 from .data import Dataset, validate
 from .intervals import interval_warnings
 from .metrics import FIDELITY, Metric, Outputs, get_metric, is_class_scores
@@ -75,27 +77,20 @@ class Evaluator:
         data = validate(dataset, model)
         sess = session(model, self.optimization, self.threads)
         names = [o.name for o in sess.get_outputs()]
-        # A model with a fixed batch dimension takes exactly that many samples a run.
-        fixed = fixed_batch(model)
-        batch_size = fixed or self.batch_size
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        # The padding of a short last batch to a fixed size is dropped below.
-        for start, feeds in zip(range(0, len(data), batch_size), data.batches(batch_size, pad=bool(fixed))):
-            rows = min(batch_size, len(data) - start)
-            try:
-                results = sess.run(names, feeds)
-            except Exception as exc:  # onnxruntime's own error types: shape errors inside the graph, etc.
-                text = str(exc).strip()
-                raise TailorError(f"onnxruntime cannot run the model on {data.description}: "
-                                  f"{text.splitlines()[0] if text else type(exc).__name__}") from None
-            fed = len(next(iter(feeds.values())))
-            for name, value in zip(names, results):
-                if value.ndim == 0 or value.shape[0] != fed:
-                    raise MetricError(f"output '{name}' has shape {list(value.shape)} for a batch of {fed}: "
-                                      f"metrics need one row per sample (a leading batch dimension)")
-                parts[name].append(value[:rows])
+
+        def runner(feeds):
+            return dict(zip(names, sess.run(names, feeds)))
+
+        # run_samples feeds batches the model accepts (its fixed batch, if it has one) and joins each
+        # output along its own batch axis; metrics read one row per sample, so that axis comes first.
+        outputs, axes = run_samples(model, data.inputs, self.batch_size, runner, data.description)
+        for name, axis in axes.items():
+            if axis is None:
+                fed = batch_layout(model).fixed or min(self.batch_size, len(data))
+                raise MetricError(f"output '{name}' has shape {list(outputs[name].shape)} for a batch of {fed}: "
+                                  f"metrics need one row per sample (an axis as long as the batch)")
         self.runs += 1
-        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+        return {name: np.moveaxis(outputs[name], axes[name], 0) for name in names}
 
     # -- scoring -----------------------------------------------------------------------
 
@@ -116,15 +111,6 @@ class Evaluator:
               reference: Model | None = None, output: str | None = None) -> Score:
         """One metric of `model` on `dataset` (against `reference`, for the fidelity metrics)."""
         return next(iter(self.scores(model, dataset, [metric], reference, output).values()))
-
-
-def fixed_batch(model: Model) -> int | None:
-    """The leading (batch) dimension of the first input that fixes one, or None when all are dynamic."""
-    for vi in model.graph_inputs:
-        shape = model.declared_shape(vi.name)
-        if shape and isinstance(shape[0], int) and shape[0] > 0:
-            return shape[0]
-    return None
 
 
 # One evaluator behind the functions below, so that calling `evaluate` in a loop

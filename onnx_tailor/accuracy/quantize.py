@@ -100,11 +100,12 @@ import onnxruntime.quantization as ortq
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
 
 from ..errors import QuantizationError
-from ..ir import Model, session
+from ..ir import Model, batch_layout, session
+from ..ir.batch import chunks
 from ..ir.io import opset_of
 from ..ir.shapes import infer_shapes
 from .data import Dataset, _first_line, validate
-from .evaluate import DEFAULT_BATCH_SIZE, fixed_batch
+from .evaluate import DEFAULT_BATCH_SIZE
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
 # DequantizeLinear takes a per-channel `axis` from opset 13 on.
@@ -128,7 +129,8 @@ def quantize_qdq(model: Model, calibration: Mapping[str, np.ndarray], *, method:
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, not {batch_size}")
     data = validate(Dataset(calibration, description="calibration data"), model)
-    fixed = fixed_batch(model)
+    layout = batch_layout(model)
+    fixed = layout.fixed
     size = fixed or (batch_size if method == "minmax" else _even_batch_size(len(data), batch_size))
     source = _at_least_qdq_opset(model.proto)
     with tempfile.TemporaryDirectory(prefix="onnx-tailor-quantize-") as folder:
@@ -137,7 +139,7 @@ def quantize_qdq(model: Model, calibration: Mapping[str, np.ndarray], *, method:
         try:
             with _quiet():
                 ortq.quantize_static(
-                    str(original), str(quantized), _Batches(data.batches(size, pad=bool(fixed))),
+                    str(original), str(quantized), _Batches(layout.feeds(chunk) for _, chunk in chunks(data.inputs, size, pad=bool(fixed))),
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=METHODS[method],

@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from ..errors import InputShapeError
+from .batch import batch_layout
 from .shapes import TensorInfo, concrete_tensor_info, infer_shapes
 from .subgraphs import TypedShape, implicit_reads, standalone_body, subgraphs
 
@@ -41,8 +42,10 @@ def parse_input_shapes(specs: Mapping[str, Shape] | None) -> dict[str, Shape]:
 class Model:
     """A canonical ONNX model (see `passes.canonicalize`) with lazily derived graph facts."""
 
-    def __init__(self, proto: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None):
+    def __init__(self, proto: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None,
+                 probe_inputs: Mapping[str, np.ndarray] | None = None):
         self._proto = proto
+        self._probe_inputs = dict(probe_inputs) if probe_inputs else None
         self._shape_overrides = parse_input_shapes(input_shapes)
         unknown = set(self._shape_overrides) - {i.name for i in self.graph_inputs}
         if unknown:
@@ -50,6 +53,7 @@ class Model:
                 f"--input-shape names {', '.join(sorted(unknown))}, which the model has no input called; "
                 f"its inputs are: {', '.join(i.name for i in self.graph_inputs)}"
             )
+        self._check_overrides()
 
     # -- the proto and its identity -------------------------------------------------
 
@@ -69,10 +73,20 @@ class Model:
 
     def with_proto(self, proto: onnx.ModelProto) -> "Model":
         """A new model with the same input shapes around another proto."""
-        return Model(proto, self._shape_overrides)
+        return Model(proto, self._shape_overrides, self._probe_inputs)
 
     def with_input_shapes(self, input_shapes: Mapping[str, Shape]) -> "Model":
         return Model(self._proto, {**self._shape_overrides, **parse_input_shapes(input_shapes)})
+
+    def with_probe_inputs(self, feeds: Mapping[str, np.ndarray]) -> "Model":
+        """The same model, whose shapes are probed on `feeds` (one run's inputs of real data) instead of
+        seeded random inputs, at their shapes: for models whose shapes depend on input values."""
+        return Model(self._proto, {**self._shape_overrides, **{k: v.shape for k, v in feeds.items()}}, feeds)
+
+    @property
+    def probe_inputs(self) -> dict[str, np.ndarray] | None:
+        """The inputs shapes are probed on when onnx's inference cannot tell them, when given."""
+        return self._probe_inputs
 
     # -- graph structure ------------------------------------------------------------
 
@@ -203,31 +217,40 @@ class Model:
     def input_shapes(self) -> dict[str, Shape]:
         """Concrete shapes for every graph input, for analysis and verification.
 
-        Overrides given at load win; otherwise a symbolic leading (batch)
-        dimension becomes 1. Any other symbolic dimension needs an override.
+        Overrides given at load win; otherwise a dynamic batch dimension (on the
+        input's batch axis, `batch.batch_layout`) becomes 1. Any other dynamic
+        dimension needs an override: one error names every input that needs one.
         """
-        shapes = {}
+        layout = batch_layout(self)
+        shapes, missing = {}, []
         for vi in self.graph_inputs:
             if vi.name in self._shape_overrides:
                 shapes[vi.name] = self._shape_overrides[vi.name]
                 continue
             dims = self.declared_shape(vi.name) or ()
-            concrete = []
-            for axis, d in enumerate(dims):
-                if isinstance(d, int) and d > 0:
-                    concrete.append(d)
-                elif axis == 0:
-                    concrete.append(1)
-                else:
-                    shown = ",".join(str(x) if isinstance(x, int) and x > 0 else "?" for x in dims)
-                    raise InputShapeError(
-                        f"input '{vi.name}' has shape [{shown}] with unknown dimensions; "
-                        f"give a concrete shape, e.g. --input-shape {vi.name}="
-                        + ",".join(str(x) if isinstance(x, int) and x > 0 else ("1" if i == 0 else "N")
-                                   for i, x in enumerate(dims))
-                    )
+            batch = layout.inputs.get(vi.name)
+            concrete = [d if _fixed(d) else (1 if axis == batch else None) for axis, d in enumerate(dims)]
+            if None in concrete:
+                missing.append((vi.name, dims, concrete))
             shapes[vi.name] = tuple(concrete)
+        if missing:
+            shown = "; ".join(f"'{name}' [{_shown(dims)}]" for name, dims, _ in missing)
+            example = " ".join(f"--input-shape {name}=" + ",".join("N" if d is None else str(d) for d in concrete)
+                               for name, _, concrete in missing)
+            raise InputShapeError(f"{len(missing)} input(s) with unknown dimensions besides the batch: {shown}; "
+                                  f"give a concrete shape, e.g. {example}")
         return shapes
+
+    def _check_overrides(self) -> None:
+        """A given shape must keep the rank and every fixed dimension the model declares."""
+        for name, given in self._shape_overrides.items():
+            declared = self.declared_shape(name)
+            if declared is None:
+                continue
+            clash = len(given) != len(declared) or any(_fixed(d) and d != g for d, g in zip(declared, given))
+            if clash:
+                raise InputShapeError(f"--input-shape {name}={','.join(map(str, given))} contradicts the model, "
+                                      f"which declares '{name}' as [{_shown(declared)}] (? = free)")
 
     @cached_property
     def tensor_info(self) -> dict[str, TensorInfo]:
@@ -314,3 +337,12 @@ def _formal_inputs(model: Model, node: onnx.NodeProto, graph: onnx.GraphProto) -
         return [*(typed(i) for i in node.input[:states]),
                 *(typed(i, axes[k]) for k, i in enumerate(node.input[states:]))]
     return [(None, vi.type.tensor_type.elem_type) for vi in graph.input]  # If has none
+
+
+def _fixed(dim) -> bool:
+    return isinstance(dim, int) and dim > 0
+
+
+def _shown(dims) -> str:
+    """`2,?,128`: a declared shape as errors show it."""
+    return ",".join(str(d) if _fixed(d) else "?" for d in dims)

@@ -15,6 +15,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..errors import InputShapeError
+from .indices import index_limits
+
 if TYPE_CHECKING:  # annotations only: model imports shapes, which runs models with this module
     from .model import Model
 
@@ -29,6 +32,10 @@ _NUMPY_DTYPE = {
     onnx.TensorProto.UINT8: np.uint8,
     onnx.TensorProto.BOOL: np.bool_,
 }
+# Integers for an input that indexes no table we can see (a mask, a flag, or an index behind an op the
+# walk does not follow): 0 and 1 are a valid mask and a valid index into any table of two or more rows.
+# A larger range would break the hidden tables; a value that must be specific (a sample rate) needs --data.
+FALLBACK_INTEGER_LIMIT = 2
 
 
 def session(model: Model, optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -38,28 +45,80 @@ def session(model: Model, optimization: ort.GraphOptimizationLevel = ort.GraphOp
     options.graph_optimization_level = optimization
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: its errors reach the user as our one-line message
     return ort.InferenceSession(model.serialized, options, providers=["CPUExecutionProvider"])
 
 
 def seeded_inputs(model: Model, seed: int = 0) -> dict[str, np.ndarray]:
-    """Shape-correct random inputs: standard normal for floats, small non-negative ints
-    (valid as indices into any table) for integers."""
+    """Shape-correct random inputs at `model.input_shapes`: standard normal for floats, and for integers
+    values below `integer_limits` (inside every table the input indexes)."""
     rng = np.random.default_rng(seed)
-    feeds = {}
-    for vi in model.graph_inputs:
-        elem = vi.type.tensor_type.elem_type
-        dtype = _NUMPY_DTYPE.get(elem)
-        if dtype is None:
-            raise NotImplementedError(f"no random input generator for element type {elem} of '{vi.name}'")
-        shape = model.input_shapes[vi.name]
-        if np.issubdtype(dtype, np.floating):
-            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype is np.bool_:
-            feeds[vi.name] = rng.integers(0, 2, shape).astype(dtype)
-        else:
-            feeds[vi.name] = rng.integers(0, 8, shape).astype(dtype)
-    return feeds
+    limits = integer_limits(model)
+    return {vi.name: random_array(rng, input_numpy_type(vi), model.input_shapes[vi.name], limits.get(vi.name))
+            for vi in model.graph_inputs}
+
+
+def representative_inputs(model: Model, seed: int = 0) -> dict[str, np.ndarray]:
+    """What to run a model on when no data is at hand: its probe inputs (one run of real data, see
+    `Model.with_probe_inputs`) when it carries them, else seeded random inputs."""
+    return model.probe_inputs or seeded_inputs(model, seed)
+
+
+def cannot_run(model: Model, exc: BaseException, why: str) -> InputShapeError:
+    """The one-line error for a model onnxruntime cannot run on its representative inputs: the values
+    (not only the shapes) matter, and the inputs that decide are those its control flow reads."""
+    deciding = control_inputs(model) or [vi.name for vi in model.graph_inputs]
+    what = "its data" if model.probe_inputs else "seeded random inputs"
+    text = str(exc).strip().splitlines()
+    reason = text[0] if text else type(exc).__name__
+    return InputShapeError(f"{why}, and onnxruntime fails on {what} ({reason[:300]}); the model depends on the "
+                           "values of " + ", ".join(f"'{name}' {list(model.input_shapes[name])}" for name in deciding)
+                           + ": give real inputs with --data")
+
+
+def control_inputs(model: Model) -> list[str]:
+    """The graph inputs that a top-level If or Loop decides on (its condition, its trip count)."""
+    inputs = {vi.name for vi in model.graph_inputs}
+    pending = [t for n in model.nodes if n.op_type in ("If", "Loop")
+               for t in n.input[:2 if n.op_type == "Loop" else 1] if t]
+    found, seen = set(), set()
+    while pending:
+        tensor = pending.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in inputs:
+            found.add(tensor)
+        producer = model.producer(tensor)
+        if producer is not None:
+            pending.extend(t for t in producer.input if t)
+    return sorted(found)
+
+
+def integer_limits(model: Model) -> dict[str, int]:
+    """Per integer input, the bound random values stay below: the rows of the smallest table it indexes,
+    else FALLBACK_INTEGER_LIMIT."""
+    limits = index_limits(model)
+    return {vi.name: limits.get(vi.name, FALLBACK_INTEGER_LIMIT) for vi in model.graph_inputs
+            if np.issubdtype(input_numpy_type(vi), np.integer)}
+
+
+def input_numpy_type(vi: onnx.ValueInfoProto) -> type:
+    """The numpy type of a graph input that seeded inputs can be made for."""
+    elem = vi.type.tensor_type.elem_type
+    dtype = _NUMPY_DTYPE.get(elem)
+    if dtype is None:
+        raise NotImplementedError(f"no random input generator for element type {elem} of '{vi.name}'")
+    return dtype
+
+
+def random_array(rng: np.random.Generator, dtype: type, shape: tuple[int, ...], limit: int | None) -> np.ndarray:
+    """Standard normal floats, booleans, or integers in [0, limit)."""
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype is np.bool_:
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.integers(0, limit or FALLBACK_INTEGER_LIMIT, shape).astype(dtype)
 
 
 def run(model: Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -121,6 +180,10 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
 
 def check_equivalence(original: Model, rewritten: Model, rtol: float = 1e-4, seed: int = 0,
                       atol: float = 1e-6) -> Comparison:
-    """Run both models on the same seeded inputs (the original's input shapes) and compare."""
-    feeds = seeded_inputs(original, seed)
-    return compare_outputs(run(original, feeds), run(rewritten, feeds), rtol, atol)
+    """Run both models on the same inputs (the original's representative inputs) and compare."""
+    feeds = representative_inputs(original, seed)
+    try:
+        reference = run(original, feeds)
+    except Exception as exc:  # onnxruntime's own error types: the original itself does not run on these
+        raise cannot_run(original, exc, "checking a rewrite runs the model") from None
+    return compare_outputs(reference, run(rewritten, feeds), rtol, atol)

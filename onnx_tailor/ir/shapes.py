@@ -2,8 +2,11 @@
 
 onnx's shape inference (with data propagation) answers for most models; for
 the tensors it leaves open (e.g. a Resize whose scales are computed at run
-time), the model is run once on seeded inputs with those tensors exposed as
-outputs, which is exact by construction.
+time), the model is run once with those tensors exposed as outputs, which is
+exact by construction: on its probe inputs (real data, when the user gave
+some) or on seeded ones. That run uses the model as declared, with its
+dynamic dimensions, and a model that fails on it (an If whose branches need
+a particular sample rate or length) is a one-line error asking for --data.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from .runtime import run, seeded_inputs
+from .runtime import cannot_run, representative_inputs, run
 
 if TYPE_CHECKING:
     from .model import Model
@@ -77,10 +80,14 @@ def concrete_tensor_info(model: Model) -> dict[str, TensorInfo]:
     info = _collect(proto)
     wanted = [o for n in proto.graph.node for o in n.output if o and o not in info]
     if wanted:
-        probe = _open_probe(model)
+        # The probe runs the model as declared, dynamic dimensions and all: with the concrete shapes
+        # written in, onnxruntime type-checks every branch of an If against them, and the branch
+        # that a real input never takes may not fit (silero-vad's 8 kHz branch at 16 kHz lengths).
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model.proto)
         known = {o.name for o in probe.graph.output}
         probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted if name not in known)
-        outputs = run(model.with_proto(probe), seeded_inputs(model))
+        outputs = _probe(model, probe)
         for name in wanted:
             value = outputs.get(name)
             if value is not None:
@@ -88,17 +95,9 @@ def concrete_tensor_info(model: Model) -> dict[str, TensorInfo]:
     return info
 
 
-def _open_probe(model: Model) -> onnx.ModelProto:
-    """`model` with its inputs' dimensions left open, to run on concrete inputs: onnxruntime checks
-    every branch of an If against fixed input shapes when it loads a model, and a branch that never
-    runs at those shapes may be invalid for them (an exporter's guard around a Squeeze)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model.proto)
-    del probe.graph.value_info[:]
-    for vi in probe.graph.input:
-        shape = vi.type.tensor_type.shape
-        rank = len(shape.dim)
-        del shape.dim[:]
-        for _ in range(rank):
-            shape.dim.add()
-    return probe
+def _probe(model: Model, probe: onnx.ModelProto) -> dict[str, np.ndarray]:
+    feeds = representative_inputs(model)
+    try:
+        return run(model.with_proto(probe), feeds)
+    except Exception as exc:  # onnxruntime's own error types
+        raise cannot_run(model, exc, "some shapes of this model are known only by running it") from None

@@ -2,8 +2,11 @@
 
 Data-aware passes fit weights to what a layer actually sees: they run the
 model once with the tensors they need exposed as extra outputs. `calib` is
-always the calibration split's inputs (a dict from model input name to a
-batch); never the evaluation split, which only judges.
+always the calibration split's inputs (a dict from model input name to its
+samples, `[N, ...]`, the layout of `accuracy.Dataset`); never the evaluation
+split, which only judges. The samples run as `ir.run_samples` feeds them: in
+batches of the model's fixed size when it fixes one, with each tensor joined
+along its own batch axis.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..ir import Model, run, seeded_inputs
+from ..ir import Model, run, run_samples
+from ..ir.runtime import representative_inputs
 
 Calibration = dict[str, np.ndarray]
 
@@ -26,9 +30,12 @@ def exposing(model: Model, tensors: list[str]) -> Model:
 
 
 def capture(model: Model, tensors: list[str], calib: Calibration | None) -> dict[str, np.ndarray]:
-    """Values of `tensors` on the calibration inputs (seeded random inputs when there are none)."""
-    feeds = calib if calib is not None else seeded_inputs(model)
-    outputs = run(exposing(model, tensors), feeds)
+    """Values of `tensors` on the calibration inputs (`representative_inputs` when there are none)."""
+    exposed = exposing(model, tensors)
+    if calib is None:  # one batch at the model's own input shapes, already as the model takes it
+        outputs = run(exposed, representative_inputs(model))
+    else:
+        outputs, _ = run_samples(exposed, calib, what="the calibration data")
     return {t: outputs[t] for t in tensors}
 
 

@@ -51,7 +51,7 @@ import numpy as np
 
 from ..analysis import upstream_nodes
 from ..errors import PassError
-from ..ir import Model, seeded_inputs
+from ..ir import Model, seeded_samples
 from .base import Param
 from .capture import Calibration, capture, capture_targets
 from .channel_edit import Keep, edit_group
@@ -127,13 +127,9 @@ def _remove_channels(model: Model, group: ChannelGroup, keep_count: int, importa
 
 
 def fallback_calibration(model: Model) -> Calibration:
-    """Seeded random inputs when no calibration data is given: a batch of FALLBACK_SAMPLES when every
-    input's batch dimension is free, else the model's own fixed batch."""
-    free = all(not isinstance((model.declared_shape(vi.name) or (None,))[0], int) for vi in model.graph_inputs)
-    if not free:
-        return seeded_inputs(model)
-    samples = [seeded_inputs(model, seed) for seed in range(FALLBACK_SAMPLES)]
-    return {name: np.concatenate([s[name] for s in samples]) for name in samples[0]}
+    """FALLBACK_SAMPLES seeded random samples when no calibration data is given (`ir.seeded_samples`:
+    each input's batch where the model has it; `capture` feeds a fixed-batch model run by run)."""
+    return seeded_samples(model, FALLBACK_SAMPLES)
 
 
 def _narrow(model: Model, group: ChannelGroup, keep: np.ndarray,
