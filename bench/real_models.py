@@ -15,7 +15,9 @@ Prints one markdown table: each command's exit code (`TB` when its stderr
 holds a Python traceback, which must never happen: a user mistake or an
 unsupported model is one line and exit 1), the inverted-bottleneck blocks and
 expand-depthwise pairs `inspect` found ('-' where it does not report pairs),
-the simulated latency before and after `optimize`, and the wall time. Below
+the simulated latency before and after `optimize`, MACs and parameters, how
+much larger than its input the model an exact pass "wrote unchanged" (no site
+found) came out, and the wall time. Below
 it, every command that failed with the last line of its stderr (the cause),
 and why `optimize` kept the original where it did.
 """
@@ -40,13 +42,14 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET = "npu-p32"
 COMMAND_TIMEOUT_S = 1800  # one command past this is recorded as a failure, not waited for
 MAX_CAUSE = 300  # characters of an error's last line kept in the table's notes
+NO_SITE = ": no site in "  # what apply says when it writes the (canonicalized) model unchanged
+GROWTH_SHOWN = 1.05  # an "unchanged" model this much larger than its input names its pass in the table
 
 
 @dataclass
 class Outcome:
     """One CLI command's exit code, whether it crashed with a traceback, its stdout and its last stderr line."""
 
-    command: str
     returncode: int
     traceback: bool
     stdout: str
@@ -61,6 +64,9 @@ class Outcome:
 class Row:
     model: str
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    macs: str = "-"
+    params: str = "-"
+    unchanged: str = "-"  # the largest output/input file size of the exact passes that found no site
     blocks: str = "-"
     pairs: str = "-"
     before_ms: str = "-"
@@ -76,7 +82,7 @@ def run_cli(args: list[str]) -> Outcome:
         done = subprocess.run([sys.executable, "-m", "onnx_tailor", *args], capture_output=True, text=True,
                               env=env, cwd=REPO, timeout=COMMAND_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return Outcome(args[0], -1, False, "", f"timed out after {COMMAND_TIMEOUT_S} s")
+        return Outcome(-1, False, "", f"timed out after {COMMAND_TIMEOUT_S} s")
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
     cause = lines[-1] if lines else ""
     crashed = "Traceback (most recent call last)" in done.stderr
@@ -84,7 +90,7 @@ def run_cli(args: list[str]) -> Outcome:
     if crashed and ours:  # where in our code it broke, for whoever fixes it
         where = ours[-1].split("/onnx_tailor/", 1)[1].replace('", line ', ":").replace(", in ", " in ")
         cause = f"{cause[:MAX_CAUSE]} (at onnx_tailor/{where})"
-    return Outcome(args[0], done.returncode, crashed, done.stdout, cause)
+    return Outcome(done.returncode, crashed, done.stdout, cause)
 
 
 def exact_passes() -> list[str]:
@@ -109,47 +115,58 @@ def bench_model(name: str, path: Path, passes: list[str], optimize: bool, time_b
     inspected = row.outcomes["inspect"] = run_cli(["inspect", model, *shapes, "--json"])
     if inspected.returncode == 0:
         report = json.loads(inspected.stdout)
+        row.macs, row.params = f"{report['macs'] / 1e9:.3f}", f"{report['params'] / 1e6:.2f}"
         row.blocks = str(len(report.get("blocks", [])))
         pairs = report.get("pairs", report.get("expand_depthwise_pairs"))  # reported by newer versions only
         row.pairs = str(len(pairs)) if isinstance(pairs, list) else "-"
     simulated = row.outcomes["simulate"] = run_cli(["simulate", model, "--target", TARGET, "--json", *shapes])
     row.before_ms = simulated_ms(simulated)
     row.outcomes["cost"] = run_cli(["cost", model, "--target", TARGET, "--json", *shapes])
+    sizes = {}
     for pass_name in passes:
-        row.outcomes[pass_name] = run_cli(["apply", model, "--pass", pass_name, *shapes,
-                                           "-o", str(work / f"{name}.{pass_name}.onnx")])
+        output = work / f"{name}.{pass_name}.onnx"
+        row.outcomes[pass_name] = run_cli(["apply", model, "--pass", pass_name, *shapes, "-o", str(output)])
+        if row.outcomes[pass_name].returncode == 0 and NO_SITE in row.outcomes[pass_name].cause:
+            sizes[pass_name] = output.stat().st_size / path.stat().st_size
+    if sizes:  # "wrote it unchanged" may shrink a model (canonical folding) but never blow it up
+        largest = max(sizes, key=sizes.get)
+        row.unchanged = f"{sizes[largest]:.2f}" + (f" {largest}" if sizes[largest] > GROWTH_SHOWN else "")
     if optimize:
         output, report_path = work / f"{name}.{TARGET}.onnx", work / f"{name}.report.json"
         row.outcomes["optimize"] = run_cli(
             ["optimize", model, "--target", TARGET, "--data", "random", "--metric", "cosine", "--max-drop", "1%",
              "--time-budget", str(time_budget), "--quiet", "-o", str(output), "--report", str(report_path), *shapes])
         if row.outcomes["optimize"].returncode == 0:
-            row.after_ms = simulated_ms(run_cli(["simulate", str(output), "--target", TARGET, "--json", *shapes]))
+            after = row.outcomes["simulate optimized"] = run_cli(
+                ["simulate", str(output), "--target", TARGET, "--json", *shapes])
+            row.after_ms = simulated_ms(after)
             report = json.loads(report_path.read_text())
-            if not report["steps"]:
-                row.optimize_note = "; ".join(report["notes"]) or "no step chosen, and the report says nothing why"
+            if not report["steps"]:  # the report's notes also describe the budget and the split: keep the why
+                why = [note for note in report["notes"] if "nothing" in note] or report["notes"][-1:]
+                row.optimize_note = "; ".join(why) or "no step chosen, and the report does not say why"
     row.seconds = time.perf_counter() - started
     return row
 
 
 def print_table(rows: list[Row], commands: list[str]) -> None:
-    header = ["model", *commands, "tracebacks", "IBN blocks", "exp-dw pairs", f"{TARGET} ms before", "after",
-              "wall s"]
+    header = ["model", *commands, "tracebacks", "GMACs", "M params", "unchanged size x", "IBN blocks",
+              "exp-dw pairs", f"{TARGET} ms before", "after", "wall s"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
         cells = [row.outcomes[c].cell if c in row.outcomes else "-" for c in commands]
         crashes = sum(o.traceback for o in row.outcomes.values())
-        print("| " + " | ".join([row.model, *cells, str(crashes), row.blocks, row.pairs, row.before_ms,
-                                 row.after_ms, f"{row.seconds:.0f}"]) + " |")
-    print(f"\nExit codes: 0 ok, 1 a one-line error, 3 an exact rewrite failed its check, 4 no model met the "
-          f"budget, -1 timed out; TB: a Python traceback. Latency: `simulate --target {TARGET}` on the "
-          "original and on optimize's output.")
-    failures = [(row.model, o) for row in rows for o in row.outcomes.values() if o.returncode != 0]
+        print("| " + " | ".join([row.model, *cells, str(crashes), row.macs, row.params, row.unchanged, row.blocks,
+                                 row.pairs, row.before_ms, row.after_ms, f"{row.seconds:.0f}"]) + " |")
+    print("\nExit codes: 0 ok, 1 a one-line error, 3 an exact rewrite failed its check, 4 no model met the "
+          "budget, -1 timed out; TB: a Python traceback. GMACs and parameters: `inspect`; unchanged size x: the "
+          "largest file size an exact pass that found no site wrote, over the input's. Latency: "
+          f"`simulate --target {TARGET}` on the original and on optimize's output.")
+    failures = [(row.model, command, o) for row in rows for command, o in row.outcomes.items() if o.returncode != 0]
     if failures:
         print("\nFailures (model, command: exit code, last line of stderr):")
-        for model, outcome in failures:
-            print(f"- {model}, {outcome.command}: {outcome.cell}: {outcome.cause}")
+        for model, command, outcome in failures:
+            print(f"- {model}, {command}: {outcome.cell}: {outcome.cause}")
     kept = [row for row in rows if row.optimize_note]
     if kept:
         print("\nWhere optimize kept the original:")
