@@ -84,13 +84,23 @@ def run_cli(args: list[str]) -> Outcome:
     except subprocess.TimeoutExpired:
         return Outcome(-1, False, "", f"timed out after {COMMAND_TIMEOUT_S} s")
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-    cause = lines[-1] if lines else ""
     crashed = "Traceback (most recent call last)" in done.stderr
-    ours = [line for line in lines if line.startswith("File ") and "/onnx_tailor/" in line]
-    if crashed and ours:  # where in our code it broke, for whoever fixes it
-        where = ours[-1].split("/onnx_tailor/", 1)[1].replace('", line ', ":").replace(", in ", " in ")
-        cause = f"{cause[:MAX_CAUSE]} (at onnx_tailor/{where})"
-    return Outcome(done.returncode, crashed, done.stdout, cause)
+    return Outcome(done.returncode, crashed, done.stdout, _traceback_cause(lines) if crashed else
+                   (lines[-1] if lines else ""))
+
+
+def _traceback_cause(lines: list[str]) -> str:
+    """The exception a traceback ends with (its message may span lines), and where in our code it was raised."""
+    frames = [i for i, line in enumerate(lines) if line.startswith("File ")]
+    if not frames:
+        return lines[-1]
+    message = [line for line in lines[frames[-1] + 2:] if line.strip("^~ ")]  # past the frame's source line
+    cause = " ".join(message)[:MAX_CAUSE]
+    ours = [lines[i].split("/onnx_tailor/", 1)[1].replace('", line ', ":").replace(", in ", " in ")
+            for i in frames if "/onnx_tailor/" in lines[i]]
+    if ours:  # where in our code it broke, and what called that, for whoever fixes it
+        cause += " (at " + ", from ".join(ours[:-3:-1]) + ")"
+    return cause
 
 
 def exact_passes() -> list[str]:
