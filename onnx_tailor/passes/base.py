@@ -202,7 +202,7 @@ class Pass(ABC):
         """The new model with `site` (found on `model`) rewritten. Must not modify `model`.
 
         A data-aware pass fits on the calibration inputs `calib` and aims at the tensors of
-        `reference`, the model a sequence of rewrites started from (`capture.capture_targets`)."""
+        `reference`, the model a sequence of rewrites started from (`capture.capture_fit`)."""
 
 
 def verify_exact(pass_name: str, anchor: str, original: Model, rewritten: Model) -> None:

@@ -39,16 +39,17 @@ def capture(model: Model, tensors: list[str], calib: Calibration | None) -> dict
     return {t: outputs[t] for t in tensors}
 
 
-def capture_targets(model: Model, tensors: list[str], calib: Calibration | None,
-                    reference: Model | None) -> dict[str, np.ndarray]:
-    """What a lossy fit on `model` aims for: `tensors` as `reference` (the model a sequence of rewrites
-    started from) computes them, where it has them with the same shape; elsewhere as `model` does.
+def capture_fit(model: Model, inputs: list[str], targets: list[str], calib: Calibration | None,
+                reference: Model | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """What a lossy fit on `model` reads and aims for, with one run of each model: `inputs` as `model`
+    computes them, and `targets` as `reference` (the model a sequence of rewrites started from) does
+    where it has them with the same shape, elsewhere as `model` does.
 
     Aiming at the reference rather than at the already rewritten network lets a later step make up
     for the error earlier steps left upstream, instead of preserving it."""
-    own = capture(model, tensors, calib)
-    if reference is None or reference is model:
-        return own
-    shared = [t for t in tensors if reference.producer(t) is not None]
+    own = capture(model, [*inputs, *targets], calib)
+    shared = [t for t in targets if reference is not None and reference is not model
+              and reference.producer(t) is not None]
     theirs = capture(reference, shared, calib) if shared else {}
-    return {t: theirs[t] if t in theirs and theirs[t].shape == own[t].shape else own[t] for t in tensors}
+    aimed = {t: theirs[t] if t in theirs and theirs[t].shape == own[t].shape else own[t] for t in targets}
+    return {t: own[t] for t in inputs}, aimed

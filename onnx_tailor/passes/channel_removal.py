@@ -53,7 +53,7 @@ from ..analysis import upstream_nodes
 from ..errors import PassError
 from ..ir import Model, seeded_samples
 from .base import Param
-from .capture import Calibration, capture, capture_targets
+from .capture import Calibration, capture, capture_fit
 from .channel_edit import Keep, edit_group
 from .channel_groups import ChannelGroup, source_weight_axis, weight_rows
 from .conv_geometry import ConvGeometry
@@ -96,8 +96,7 @@ def _remove_channels(model: Model, group: ChannelGroup, keep_count: int, importa
     full: dict[str, Moments] = {}  # per consumer, on the original network: every channel, every output
     targets: dict[str, np.ndarray] = {}
     if data_aware and fitted:
-        inputs = capture(model, [s.input for s in fitted], calib)
-        aimed = capture_targets(model, [s.output for s in fitted], calib, reference)
+        inputs, aimed = capture_fit(model, [s.input for s in fitted], [s.output for s in fitted], calib, reference)
         every = np.arange(group.channels)
         full = {s.name: s.moments(inputs[s.input], aimed[s.output], s.out_keep(every)) for s in fitted}
         targets = {s.name: aimed[s.output] for s in fitted}

@@ -51,7 +51,7 @@ the calibration inputs, in two stages and, with `refine`, a third:
    stage-2 weights; its site's summary says so. `refine=0` is stages 1 and 2
    alone, byte for byte as before the parameter existed.
 Every stage reads its inputs from the model being rewritten and aims at the
-tensors of the reference model (`capture.capture_targets`: the model the
+tensors of the reference model (`capture.capture_fit`: the model the
 sequence of rewrites started from, in `optimize`, recipe replay and
 `apply_pass`), so that applying the pass block after block calibrates each
 block on the already-rewritten network towards the original's outputs
@@ -95,7 +95,7 @@ from ..analysis import (ExpandDepthwisePair, IBNBlock, UnpairedExpand, find_ibn_
 from ..errors import VerificationError
 from ..ir import Model
 from .base import Declined, Exactness, Param, Pass, Site
-from .capture import capture, capture_targets
+from .capture import capture, capture_fit
 from .conv_geometry import ConvGeometry
 from .graph_edit import constant_input, fresh_name, nodes_by_name, set_constant_input
 from .least_squares import fit_conv
@@ -179,9 +179,9 @@ class FuseIbnExpansion(Pass):
         project = model.node(block.project) if block is not None else None
         # Stage 1: the fused conv reproduces the depthwise output from the expand conv's input. Every
         # stage aims at the reference's tensors, so it also makes up for what earlier steps changed upstream.
-        pair_input = capture(model, [pair.input], calib)[pair.input]
-        aimed = capture_targets(model, [pair.output, *([project.output[0]] if project else [])], calib, reference)
-        weight, bias = fit_conv(pair_input, aimed[pair.output], ConvGeometry.of(model, depthwise))
+        seen, aimed = capture_fit(model, [pair.input], [pair.output, *([project.output[0]] if project else [])],
+                                  calib, reference)
+        weight, bias = fit_conv(seen[pair.input], aimed[pair.output], ConvGeometry.of(model, depthwise))
         fitted = _replace_weights(composed, fused, weight, bias)
         if project is None:  # a bare pair: stage 1 is its whole fit
             return fitted
@@ -195,8 +195,7 @@ class FuseIbnExpansion(Pass):
         convs = ConvPair.of(ConvGeometry.of(model, depthwise), *followed, _weights(fitted, fused),
                             _weights(fitted, block.project))
         _check(convs, fitted, block, calib)
-        block_input = capture(model, [block.input], calib)[block.input]
-        refined = convs.refine(block_input, aimed[project.output[0]], site.param_dict["refine"])
+        refined = convs.refine(seen[pair.input], aimed[project.output[0]], site.param_dict["refine"])
         if refined is convs:  # the steps did not lower the error: stage 2's model, bytes and all
             return fitted
         w1, b1, w2, b2 = refined.onnx_weights()
