@@ -133,8 +133,9 @@ class Stats:
 class SearchContext:
     def __init__(self, original: Model, target: Target, passes: list[str], constraints: Constraints,
                  data: SearchData | None, time_budget_s: float | None = None,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, pass_params: dict[str, dict] | None = None):
         self.target = target
+        self.pass_params = pass_params or {}
         self.cost_model = cost_model_for(target)
         self.passes = [get_pass(name) for name in passes]
         self.constraints = constraints
@@ -187,8 +188,10 @@ class SearchContext:
     # -- candidates -------------------------------------------------------------------
 
     def params_for(self, rewrite) -> dict:
-        """Pass parameters for this target: the parallelism factor wherever a pass takes one."""
-        return {"multiple": self.target.parallelism} if any(p.name == "multiple" for p in rewrite.params) else {}
+        """Pass parameters: the target's parallelism factor wherever a pass takes one, overlaid with
+        what the caller fixed for this pass."""
+        params = {"multiple": self.target.parallelism} if any(p.name == "multiple" for p in rewrite.params) else {}
+        return {**params, **self.pass_params.get(rewrite.name, {})}
 
     def candidates(self, node: Node) -> list[Candidate]:
         """Every applicable step on `node`, previewed, fastest predicted first (ties by name)."""

@@ -86,6 +86,16 @@ def _passes(requested: list[str] | None) -> list[str]:
     return names
 
 
+def _pass_params(given: dict[str, dict], names: list[str]) -> dict[str, dict]:
+    """`given` checked against the passes: each must be one the search runs, each key one it declares."""
+    for name, params in given.items():
+        if name not in names:
+            raise TailorError(f"parameters given for pass '{name}', which this search does not run "
+                              f"(it runs {', '.join(names)})")
+        get_pass(name).resolve_params(params)  # unknown keys and bad values fail here, before the search
+    return given
+
+
 def split_data(model: Model, data, seed: int, calibration: float):
     """The deterministic calibration/evaluation split of `data` (a path, 'random' or a Dataset)."""
     dataset = data if isinstance(data, accuracy.Dataset) else accuracy.load_data(data, model)
@@ -157,11 +167,13 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
              passes: list[str] | None = None, search: str = "greedy", beam_width: int = 4,
              time_budget: float | None = None, seed: int = 0, split=accuracy.DEFAULT_SPLIT,
              precision: str | None = None, acceptance: str = "margin", measure: bool = False,
-             progress: Callable[[str], None] | None = None) -> OptimizeResult:
+             progress: Callable[[str], None] | None = None,
+             pass_params: dict[str, dict] | None = None) -> OptimizeResult:
     """Search for the fastest model that meets the constraints (see the module docstring).
 
     `precision` (fp32 | int8) is what accuracy is judged in; by default the target's own
-    (int8 for the npu-* targets)."""
+    (int8 for the npu-* targets). `pass_params` fixes parameters of named passes for every site
+    the search tries, e.g. {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them."""
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
     target = target if isinstance(target, Target) else load_target(target)
@@ -172,6 +184,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
         raise TailorError(f"unknown acceptance rule '{acceptance}'; choose one of {', '.join(ACCEPTANCES)}")
     notes: list[str] = []
     names = _passes(passes)
+    pass_params = _pass_params(pass_params or {}, names)
     search_data = None
     if data is not None:
         lossy = any(get_pass(name).exactness is Exactness.LOSSY for name in names)
@@ -179,7 +192,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     else:
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
     constraints = Constraints(parse_max_drop(max_drop) if data is not None else None, max_params, max_activation)
-    ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress)
+    ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params)
     try:
         if search == "greedy":
             greedy(ctx)

@@ -15,6 +15,7 @@ import sys
 import onnx
 import pytest
 
+from onnx_tailor.errors import TailorError
 from onnx_tailor.ir import Model
 from onnx_tailor.passes import Exactness, get_pass
 from onnx_tailor.passes.canonicalize import canonicalize
@@ -50,6 +51,21 @@ def test_a_zero_budget_admits_only_exact_rewrites(tiny):
     assert all(get_pass(s.pass_name).exactness is Exactness.EXACT for s in result.recipe.steps)
     fused = [e for e in result.context.log if e["step"]["pass"] == "fuse_ibn_expansion" and e["outcome"] != "feasible"]
     assert fused and all("over the budget" in e["outcome"] or "predicted" in e["outcome"] for e in fused)
+
+
+def test_pass_params_fix_a_parameter_for_every_site_and_the_recipe_keeps_it(tiny):
+    result = run(tiny, pass_params={"fuse_ibn_expansion": {"refine": 0}})
+    fused = [s for s in result.recipe.steps if s.pass_name == "fuse_ibn_expansion"]
+    assert fused and all(s.param_dict["refine"] == 0 for s in fused)
+    default = run(tiny)
+    assert all(s.param_dict["refine"] > 0 for s in default.recipe.steps if s.pass_name == "fuse_ibn_expansion")
+
+
+@pytest.mark.parametrize("given, message", [({"fold_batchnorm": {}}, "does not run"),
+                                            ({"fuse_ibn_expansion": {"refin": 0}}, "unknown parameter 'refin'")])
+def test_pass_params_for_a_pass_not_run_or_an_unknown_key_fail_before_the_search(tiny, given, message):
+    with pytest.raises(TailorError, match=message):
+        run(tiny, pass_params=given)
 
 
 def test_memory_budgets_are_respected(tiny):
