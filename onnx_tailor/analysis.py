@@ -397,6 +397,7 @@ class NodeCost:
     params: int  # elements of the parameters (`graph_parameters`) the node reads, its subgraphs' included
     param_bytes: int
     output_bytes: int
+    body: str = ""  # for a node inside a control-flow body, the path to it ("If_0/then_branch"); else ""
 
 
 @dataclass
@@ -644,24 +645,35 @@ def _op_histogram(model: Model) -> dict[str, int]:
     return dict(Counter(walk(model.graph)).most_common())
 
 
-def analyze(model: Model) -> Analysis:
-    """The full cost and structure summary of `model` at its input shapes."""
+def _node_costs(model: Model, body: str, warnings: list[str]) -> list[NodeCost]:
+    """The cost of every node, each control-flow node followed by the nodes of its bodies (`body` says
+    where they are); a body whose shapes cannot be found lists nothing (node_macs warned about it)."""
     info = model.tensor_info
     parameters = graph_parameters(model.graph)
-    costs, warnings = [], []
+    costs = []
     for node in model.nodes:
         weights = [parameters[i] for i in dict.fromkeys(node.input) if i in parameters] + subgraph_parameters(node)
         params, param_bytes = _size(weights)
         costs.append(NodeCost(
             name=node.name, op_type=node.op_type, macs=node_macs(model, node, info, warnings),
             params=params, param_bytes=param_bytes,
-            output_bytes=sum(info[o].bytes for o in node.output if o in info),
+            output_bytes=sum(info[o].bytes for o in node.output if o in info), body=body,
         ))
+        for attribute, inner in model.bodies(node):
+            if body_info(inner) is not None:
+                costs.extend(_node_costs(inner, f"{body}/{node.name}/{attribute}".lstrip("/"), []))
+    return costs
+
+
+def analyze(model: Model) -> Analysis:
+    """The full cost and structure summary of `model` at its input shapes."""
+    warnings: list[str] = []
+    costs = _node_costs(model, "", warnings)
     memory = memory_summary(model)
     return Analysis(
         input_shapes=dict(model.input_shapes),
         nodes=costs,
-        macs=sum(c.macs for c in costs),
+        macs=sum(c.macs for c in costs if not c.body),  # a control-flow node's MACs already hold its bodies' MACs
         params=memory.params,
         param_bytes=memory.param_bytes,
         peak_activation_bytes=memory.peak_activation_bytes,

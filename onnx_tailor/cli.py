@@ -187,15 +187,17 @@ def _print_pairs(report) -> None:
 
 
 def _print_nodes(model: Model, report, multiple: int) -> None:
-    w = max(24, *(len(c.name) for c in report.nodes))
+    """Every node; the nodes of a control-flow body follow their If/Loop/Scan, named by their path
+    (their MACs are one run of the body; the If/Loop/Scan's own row counts the runs)."""
+    names = [f"{c.body}/{c.name}" if c.body else c.name for c in report.nodes]
+    w = min(72, max(24, *(len(n) for n in names)))  # a longer name runs into its row rather than widen all
     click.echo(f"\n  {'node':<{w}} {'op':<18} {'MACs':>10} {'params':>9} {'output':>10}")
-    for cost in report.nodes:
+    for name, cost in zip(names, report.nodes):
         flag = ""
-        node = model.node(cost.name)
-        if node.op_type == "Conv":
-            out_ch = (model.declared_shape(node.input[1]) or (0,))[0]
+        if cost.op_type == "Conv" and not cost.body:
+            out_ch = (model.declared_shape(model.node(cost.name).input[1]) or (0,))[0]
             flag = f"  {out_ch} channels, not a multiple of {multiple}" if out_ch % multiple else ""
-        click.echo(f"  {cost.name:<{w}} {cost.op_type:<18} {_human_count(cost.macs):>10} {cost.params:>9,} "
+        click.echo(f"  {name:<{w}} {cost.op_type:<18} {_human_count(cost.macs):>10} {cost.params:>9,} "
                    f"{_human_bytes(cost.output_bytes):>10}{flag}")
 
 
