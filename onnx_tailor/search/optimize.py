@@ -126,7 +126,10 @@ def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: in
     notes.append(f"accuracy budget: {metric} may drop {allowed:.3g} ({shown}) against the original "
                  f"{original_score.value:.3g}; data split into {split.describe()}: passes fit on calibration, "
                  "the search judges on selection, the result is reported on test")
-    if precision == "int8":
+    if precision == "int8" and accuracy.is_quantized_model(model):
+        notes.append("the model is already quantized: it and every rewrite of it are judged as they are, "
+                     "without quantizing them again")
+    elif precision == "int8":
         notes.append("every model is judged in int8, as the target runs it: onnxruntime's static QDQ quantization "
                      "(per-channel int8 weights, MinMax-calibrated int8 activations) on the calibration split")
     search_data.allowed_drop = allowed
