@@ -27,7 +27,7 @@ from .. import accuracy
 from ..costmodel import load_target
 from ..costmodel.measure import session_for, time_session
 from ..costmodel.target import Target
-from ..errors import TailorError
+from ..errors import QuantizationError, TailorError
 from ..ir import Model, seeded_inputs, session
 from ..passes import Exactness, all_passes, get_pass
 from .beam import beam
@@ -180,7 +180,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
     target = target if isinstance(target, Target) else load_target(target)
-    precision = precision or target.precision
+    chosen_precision, precision = precision, precision or target.precision
     if precision not in PRECISIONS:
         raise TailorError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if acceptance not in ACCEPTANCES:
@@ -191,7 +191,16 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     search_data = None
     if data is not None:
         lossy = any(get_pass(name).exactness is Exactness.LOSSY for name in names)
-        search_data = _search_data(model, data, metric, max_drop, seed, split, (precision, acceptance), lossy, notes)
+        try:
+            search_data = _search_data(model, data, metric, max_drop, seed, split, (precision, acceptance), lossy,
+                                       notes)
+        except QuantizationError as exc:
+            if chosen_precision is not None or precision == "fp32":
+                raise
+            # The target's int8 was only a default: judging in fp32 with a note beats refusing the model.
+            notes.append(f"judged in fp32, not in {target.name}'s int8: {exc}; the int8 model may lose more")
+            search_data = _search_data(model, data, metric, max_drop, seed, split, ("fp32", acceptance), lossy,
+                                       notes)
     else:
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
     constraints = Constraints(parse_max_drop(max_drop) if data is not None else None, max_params, max_activation)
