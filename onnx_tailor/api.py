@@ -2,7 +2,7 @@
 
     import onnx_tailor as ot
     model = ot.load("model.onnx", input_shapes={"x": (1, 3, 48, 192)})
-    report = ot.inspect("model.onnx")               # MACs, params, peak activations, IBN blocks, pairs
+    report = ot.inspect("model.onnx", {"x": (1, 3, 48, 192)})   # MACs, params, peak memory, ops, blocks
     cost = ot.score(model, "npu-p32")               # predicted latency, memory, per-kernel table
     aligned = ot.apply(model, "pad_channels", params={"multiple": 32})   # .model, .sites, .local_errors
     result = ot.optimize(model, "npu-p32", data="eval.npz", max_drop="1.0")
@@ -15,8 +15,8 @@ Every result has `to_dict()` (JSON-ready; latencies in milliseconds).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import accuracy
@@ -75,8 +75,12 @@ def inspect(model: ModelLike, input_shapes: Mapping[str, Shape] | None = None, *
     report = analyze(with_data(Model(canonicalize(proto, str(model)), input_shapes), data))
     if canonical:
         return report
-    given = with_data(Model(canonicalize(proto, str(model), EXPORTED_STEPS), input_shapes), data)
-    return in_given_terms(report, given, {node.name for node in proto.graph.node if node.name})
+    try:
+        given = with_data(Model(canonicalize(proto, str(model), EXPORTED_STEPS), input_shapes), data)
+        return in_given_terms(report, given, {node.name for node in proto.graph.node if node.name})
+    except TailorError as error:  # shapes only canonicalization makes known: the canonical figures still hold
+        report.warnings.append(f"op counts and peak memory are of the canonical form: as given, {error}")
+        return report
 
 
 def apply(model: ModelLike, pass_name: str, site: str | None = None, params: Mapping[str, Any] | None = None,
@@ -86,7 +90,8 @@ def apply(model: ModelLike, pass_name: str, site: str | None = None, params: Map
     `data` is what lossy passes fit on: calibration inputs (a dict from model input
     name to a batch), or a dataset (an .npz path, an image folder, 'random', an
     `accuracy.Dataset`) whose calibration half (split as `optimize` splits it,
-    with `seed`) is used. Without it, lossy passes fit on seeded random inputs."""
+    with `seed`) is used. Without it, lossy passes fit on seeded random inputs.
+    The new model keeps the input's doc_string and metadata_props and records the tool version."""
     loaded = with_data(_as_model(model, input_shapes), data)
     calib = data if data is None or isinstance(data, dict) else split_data(loaded, data, seed, 0.5).calibration.inputs
     applied = apply_pass(loaded, pass_name, site, params, calib)
@@ -94,7 +99,8 @@ def apply(model: ModelLike, pass_name: str, site: str | None = None, params: Map
 
 
 def score(model: ModelLike, target: str = "npu-p32", input_shapes: Mapping[str, Shape] | None = None) -> CostReport:
-    """Predicted latency (and, for simulated targets, the simulator's), memory and per-kernel costs."""
+    """Predicted latency (and, for simulated targets, the simulator's), memory and per-kernel costs;
+    `.to_dict()` gives them in milliseconds."""
     return cost_score(_as_model(model, input_shapes), load_target(target))
 
 
@@ -153,6 +159,9 @@ def optimize(model: ModelLike, target: str = "npu-p32", data=None, *, metric: st
 def apply_recipe(model: ModelLike, recipe: Recipe | str | os.PathLike, data=None,
                  input_shapes: Mapping[str, Shape] | None = None, emit: str = "fp32") -> Model:
     """Replay a recipe (a `search.Recipe` or the path of recipe.json) on the model it was made for.
+
+    Without `data`, lossy steps refit on the data the recipe was made with (its path is kept relative
+    to the recipe file); the model returned carries the metadata `optimize` gave it, byte for byte.
 
     `emit="qdq"` returns the replayed model quantized to int8 QDQ, calibrated on the same
     calibration split: the bytes `optimize --emit qdq` wrote."""

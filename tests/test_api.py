@@ -225,3 +225,16 @@ def test_inspect_names_an_unnamed_node_by_what_it_writes(tmp_path):
     assert match, given.peak_at
     assert any(n.op_type == match[1] and n.output[0] == match[2] for n in proto.graph.node)
     assert re.fullmatch(r"\w+_\d+", canonical.peak_at)  # canonical form names the node itself
+
+
+def test_inspect_falls_back_to_canonical_figures_when_the_model_as_given_has_unknown_shapes(monkeypatch):
+    from onnx_tailor import api
+    from onnx_tailor.errors import InputShapeError
+
+    def unknown(*args):
+        raise InputShapeError("input 'x' needs a shape")
+
+    monkeypatch.setattr(api, "in_given_terms", unknown)
+    report = ot.inspect(DIGITS.path)
+    assert report.form == "canonical" and report.op_histogram == ot.inspect(DIGITS.path, canonical=True).op_histogram
+    assert any("as given, input 'x' needs a shape" in w for w in report.warnings)

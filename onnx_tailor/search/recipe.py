@@ -73,7 +73,10 @@ class Recipe:
         source = content["calibration"].get("source")
         if source not in (None, IN_MEMORY) and Path(source).exists():
             folder = Path(path).resolve().parent
-            content["calibration"]["source"] = Path(os.path.relpath(Path(source).resolve(), folder)).as_posix()
+            try:
+                content["calibration"]["source"] = Path(os.path.relpath(Path(source).resolve(), folder)).as_posix()
+            except ValueError:  # on another drive (Windows): no relative path exists, the absolute one stays
+                content["calibration"]["source"] = str(Path(source).resolve())
         write_text_atomic(path, json.dumps(content, indent=2) + "\n")
 
     @property
