@@ -76,6 +76,11 @@ def python_snippet() -> str:
     return snippet
 
 
+def _shape(line: str) -> str:
+    """A printed line with its numbers (and the run-dependent padding around them) taken out."""
+    return re.sub(r"\s+", " ", re.sub(r"-?\d[\d.,]*", "N", line)).strip()
+
+
 def written_paths(command: str) -> list[str]:
     args = shlex.split(command)
     return [args[i + 1] for i, arg in enumerate(args[:-1]) if arg in OUTPUT_OPTIONS]
@@ -105,16 +110,23 @@ def test_readme_and_help_examples_run_as_written(workdir):
     commands = readme_commands()
     commands += [c for c in help_examples() if c not in commands]
     assert len(commands) >= 15 and commands[0].startswith("onnx-tailor optimize")
+    printed = {}
     for command in commands:
         args = shlex.split(command)[1:]
         if args[0] == "optimize":
             args += QUICK_SEARCH
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, f"{command}\n{result.output}"
+        printed[command] = result.stdout
         for path in written_paths(command):
             assert (workdir / path).is_file(), f"{command} did not write {path}"
     # The README says so: the recipe replays to the bytes optimize wrote.
     assert (workdir / "digits.replayed.onnx").read_bytes() == (workdir / "digits.npu-p32.onnx").read_bytes()
+    # The README's sample output is what the main job prints today, up to its numbers.
+    shown = {_shape(line) for line in printed[commands[0]].splitlines()}
+    sample = [line for line in fenced(README, "text")[0].splitlines() if line.strip() and line.strip() != "..."]
+    for line in (sample[0], sample[-1], *(l for l in sample if "decisions" in l)):  # a 1 s search takes no step
+        assert _shape(line) in shown, f"the README's sample shows a line optimize no longer prints:\n{line}"
 
 
 def test_readme_python_snippet_runs_as_written(workdir, capsys):
