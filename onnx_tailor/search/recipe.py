@@ -62,8 +62,9 @@ class Recipe:
 
     @property
     def data_source(self) -> str | None:
-        """The data the recipe was made with: a path (as read: relative to the recipe file), 'random',
-        or None when it was made without data or with data held in memory."""
+        """The data the recipe was made with: a path (for a recipe read from a file, joined to the
+        recipe's folder, so that it holds from any working folder), 'random', or None when it was made
+        without data or with data held in memory."""
         source = (self.data or {}).get("source")
         return None if source in (None, IN_MEMORY) else source
 
