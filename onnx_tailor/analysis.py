@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import onnx
@@ -413,6 +413,9 @@ class Analysis:
     blocks: list[IBNBlock]
     pairs: list[ExpandDepthwisePair]  # every expand-depthwise pair, inside an IBN block or not
     warnings: list[str] = field(default_factory=list)  # what could not be counted, and why
+    # Which form of the model op_histogram, peak_activation_bytes and peak_at describe: "canonical",
+    # or "as given" (`in_given_terms`); everything else is always the canonical model's.
+    form: str = "canonical"
 
     def to_dict(self, multiple: int | None = None) -> dict:
         out = asdict(self)
@@ -643,6 +646,22 @@ def _op_histogram(model: Model) -> dict[str, int]:
             for _, sub in subgraphs(node):
                 yield from walk(sub)
     return dict(Counter(walk(model.graph)).most_common())
+
+
+def in_given_terms(analysis: Analysis, given: Model, named: set[str]) -> Analysis:
+    """`analysis` of a canonical model with the op counts and the peak activation memory of the model
+    as given instead: `given` is it with only its representation normalized (Constant nodes lifted,
+    shapes inferred), `named` the node names its file holds. The user's graph may spell HardSwish as
+    one op where canonical form has other ops, and canonicalization names the nodes it creates and the
+    ones a file leaves unnamed: a node without a name of its own is shown by its op and the tensor it
+    writes."""
+    memory = memory_summary(given)
+    peak_at = memory.peak_at
+    if peak_at and peak_at not in named:
+        node = given.node(peak_at)
+        peak_at = f"{node.op_type} writing '{node.output[0]}'"
+    return replace(analysis, op_histogram=_op_histogram(given), peak_activation_bytes=memory.peak_activation_bytes,
+                   peak_at=peak_at, form="as given")
 
 
 def _node_costs(model: Model, body: str, warnings: list[str]) -> list[NodeCost]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
-from importlib.metadata import PackageNotFoundError, version
 
 import click
 
@@ -26,11 +24,7 @@ from .ir import Model
 from .ir.io import write_text_atomic
 from .passes import Declined, Exactness, Site, all_passes, get_pass
 from .search import check_plotting_available, format_report, plot_pareto, read_recipe
-
-try:
-    __version__ = version("onnx-tailor")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0+unknown"
+from .version import __version__
 
 
 class _Group(click.Group):
@@ -102,13 +96,16 @@ def main():
     """Fit a trained ONNX model to the accelerator it will run on.
 
     \b
-    Start with:
-      onnx-tailor optimize model.onnx --target npu-p32 --data eval.npz -o out.onnx
-                                                the fastest variant within a 1-point accuracy budget
-      onnx-tailor inspect model.onnx            what the model costs, its IBN blocks and expand-depthwise pairs
-      onnx-tailor cost model.onnx --target cpu-ort      predicted latency on a target
+    Start with (from the repository root, on the bundled model):
+      onnx-tailor optimize models/digits_mbv2.onnx --target npu-p32 --data models/digits_eval.npz -o digits.npu-p32.onnx
+                         the fastest variant within a 1-point accuracy budget
+      onnx-tailor inspect models/digits_mbv2.onnx
+                         what the model costs, its IBN blocks and expand-depthwise pairs
+      onnx-tailor cost models/digits_mbv2.onnx --target cpu-ort
+                         predicted latency on a target
+      onnx-tailor targets                       the targets and their parameters (docs/npu-target.md)
       onnx-tailor passes                        the rewrites available
-      onnx-tailor apply model.onnx --pass pad_channels --list-sites
+      onnx-tailor apply models/digits_mbv2.onnx --pass pad_channels --list-sites
 
     Every model is canonicalized on load (Constant nodes lifted, BatchNorm and constant
     scale/shift ops folded, constants folded); exact rewrites are checked numerically before anything is written.
@@ -122,11 +119,25 @@ def main():
               help="Parallelism factor P: channel counts that are not a multiple of it are flagged.")
 @click.option("--per-node", is_flag=True, help="Also print MACs, parameters and output size of every node.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
+@click.option("--canonical", is_flag=True,
+              help="Count ops and find the peak-memory node in the canonical form that passes and recipes see, "
+                   "instead of in MODEL as given.")
 @probe_data_option
-def inspect(model, input_shapes, multiple, per_node, as_json, data):
-    """Report MACs, parameters, peak activation memory, op counts, IBN blocks and expand-depthwise pairs of MODEL."""
-    loaded = api.with_data(api.load(model, input_shapes), data)
-    report = api.inspect(loaded)
+def inspect(model, input_shapes, multiple, per_node, as_json, canonical, data):
+    """Report MACs, parameters, peak activation memory, op counts, IBN blocks and expand-depthwise pairs of MODEL.
+
+    Op counts and the node at peak activation memory are those of MODEL as given (a node
+    without a name is shown by its op and the tensor it writes); --canonical shows them in
+    the canonical form (BatchNorm and constant scale/shift folded, HardSwish as the ops
+    passes see). MACs, parameters, blocks and pairs are always counted on the canonical form,
+    whose node names `apply --site` and recipes use.
+
+    \b
+    Examples:
+      onnx-tailor inspect models/digits_mbv2.onnx
+      onnx-tailor inspect models/digits_mbv2.onnx --canonical --json
+    """
+    report = api.inspect(model, input_shapes, data=data, canonical=canonical)
     if as_json:
         payload = {"model": model, "multiple": multiple, **report.to_dict(multiple)}
         if not per_node:
@@ -136,7 +147,7 @@ def inspect(model, input_shapes, multiple, per_node, as_json, data):
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     shapes = ", ".join(f"{k}[{','.join(map(str, v))}]" for k, v in report.input_shapes.items())
-    click.echo(f"{model}: {len(loaded.nodes)} nodes, inputs {shapes}")
+    click.echo(f"{model}: {sum(report.op_histogram.values())} nodes {report.form}, inputs {shapes}")
     click.echo(f"  MACs              {_human_count(report.macs)}")
     click.echo(f"  parameters        {report.params:,} ({_human_bytes(report.param_bytes)})")
     click.echo(f"  peak activations  {_human_bytes(report.peak_activation_bytes)} (while {report.peak_at} runs)")
@@ -144,7 +155,7 @@ def inspect(model, input_shapes, multiple, per_node, as_json, data):
     _print_blocks(report, multiple)
     _print_pairs(report)
     if per_node:
-        _print_nodes(loaded, report, multiple)
+        _print_nodes(api.with_data(api.load(model, input_shapes), data), report, multiple)
 
 
 def _print_blocks(report, multiple: int) -> None:
@@ -215,7 +226,13 @@ def simulate(model, target_name, per_op, as_json, input_shapes, data):
 
     Ops are grouped into the kernels the NPU compiler would run (activations and
     constant scale/shift fused into the Conv/MatMul before them); each kernel costs
-    max(compute, DRAM traffic) + dispatch. See shared/design/npu-target.md.
+    max(compute, DRAM traffic) + dispatch. docs/npu-target.md in the repository
+    describes the machine and every formula; `onnx-tailor targets` lists the parameters.
+
+    \b
+    Examples:
+      onnx-tailor simulate models/digits_mbv2.onnx --target npu-p32
+      onnx-tailor simulate models/digits_mbv2.onnx --target npu-p16 --per-op
     """
     target = load_target(target_name)
     if not target.simulated:
@@ -271,14 +288,18 @@ def cost(model, target_name, per_op, as_json, input_shapes, data):
 
     For simulated targets the simulator's ground truth is shown beside the
     prediction. The first use of a target fits its cost model from its
-    measurements (seconds; cached afterwards).
+    measurements (seconds; cached afterwards). --json gives latencies in ms.
+
+    \b
+    Examples:
+      onnx-tailor cost models/digits_mbv2.onnx --target npu-p32 --per-op
+      onnx-tailor cost models/digits_mbv2.onnx --target cpu-ort --json
     """
     target = load_target(target_name)
     loaded = api.with_data(api.load(model, input_shapes), data)
     result = score(loaded, target)
     if as_json:
-        payload = {k: v for k, v in asdict(result).items() if per_op or k != "kernels"}
-        click.echo(json.dumps({"model": model, **payload}, indent=2))
+        click.echo(json.dumps({"model": model, **result.to_dict(per_kernel=per_op)}, indent=2))
         return
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -365,7 +386,12 @@ def costmodel_fit(target_name, measurements, name, output):
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def passes(as_json):
-    """List every rewrite pass: its name, whether it is exact or lossy, and what it does."""
+    """List every rewrite pass: its name, whether it is exact or lossy, what it does, and its parameters.
+
+    \b
+    Examples:
+      onnx-tailor passes --json
+    """
     rows = [{"name": p.name, "exactness": p.exactness.value, "summary": p.summary,
              "params": {q.name: {"type": q.type.__name__, "default": q.default, "help": q.help, "allowed": q.allowed}
                         for q in p.params}}
@@ -380,6 +406,45 @@ def passes(as_json):
             bounds = "" if spec["allowed"].startswith("one of") else f", {spec['allowed']}"  # choices are in the help
             click.echo(f"{'':<{width}}         --param {name}=<{spec['type']}>  {spec['help']} "
                        f"(default {spec['default']}{bounds})")
+
+
+def _target_parameters(row: dict) -> list[tuple[str, str]]:
+    """(label, value) of a target's parameters as `targets` prints them: those its kind uses."""
+    shown = [("parallelism P", str(row["parallelism"])), ("vector lanes V", str(row["vector_lanes"]))]
+    if row["kind"] == "ort":
+        shown = [("execution provider", row["execution_provider"]), ("threads", str(row["threads"])),
+                 ("roofline hints", f"P={row['parallelism']}, V={row['vector_lanes']}")]
+    shown += [("clock", f"{row['clock_hz'] / 1e9:g} GHz"),
+              ("on-chip memory", _human_bytes(row["sram_bytes"])),
+              ("DRAM bandwidth", f"{row['dram_bytes_per_cycle']:g} B/cycle"),
+              ("dispatch", f"{row['dispatch_cycles']} cycles per kernel"),
+              ("element size", f"{row['element_bytes']} B: accuracy judged in {row['precision']}"),
+              ("fused activations", ", ".join(row["fusable_activations"]) or "-"),
+              ("measurements", row["measurements"] or "-")]
+    return shown
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print every profile field as JSON.")
+def targets(as_json):
+    """List every built-in target with its parameters.
+
+    \b
+    npu-*    the simulated NPU (docs/npu-target.md): `simulate` is its ground truth
+    cpu-ort  onnxruntime on this machine's CPU, timed
+    Any of them, or the path of a profile .json, is a --target. Example:
+      onnx-tailor targets --json
+    """
+    rows = [load_target(name).to_dict() for name in builtin_targets()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for index, row in enumerate(rows):
+        kind = {"npu": "simulated", "ort": "measured with onnxruntime", "import": "imported measurements"}
+        click.echo(("\n" if index else "") + f"{row['name']}  ({kind.get(row['kind'], row['kind'])})")
+        click.echo(f"  {row['description']}")
+        for label, value in _target_parameters(row):
+            click.echo(f"  {label:<19} {value}")
 
 
 @main.command()
@@ -468,7 +533,7 @@ def _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shape
     if not output:
         raise click.UsageError("give -o/--output")
     recipe = read_recipe(Path(recipe_path))
-    if (recipe.needs_data or emit == "qdq") and not (data or (recipe.data or {}).get("source")):
+    if (recipe.needs_data or emit == "qdq") and not (data or recipe.data_source):
         why = "this recipe has lossy steps" if recipe.needs_data else "--emit qdq calibrates the quantization on it"
         raise TailorError(f"{why}: give the --data the recipe was made with")
     result = api.apply_recipe(api.load(model, {**recipe.input_shapes, **input_shapes}), recipe, data, emit=emit)
@@ -502,7 +567,15 @@ def apply(model, pass_name, recipe_path, data, anchor, params, output, emit, lis
 
     Exact passes are verified against the input with onnxruntime (no graph
     optimizations, seeded inputs) before the model is written; the output is
-    written atomically and the input file is never modified.
+    written atomically and the input file is never modified. The output keeps
+    MODEL's doc_string and metadata_props and records the tool version in them
+    (with --recipe also onnx_tailor.recipe_hash and onnx_tailor.target).
+
+    \b
+    Examples:
+      onnx-tailor apply models/digits_mbv2.onnx --pass pad_channels --list-sites
+      onnx-tailor apply models/digits_mbv2.onnx --pass fold_batchnorm -o digits.folded.onnx
+      onnx-tailor apply models/digits_mbv2.onnx --pass fuse_ibn_expansion --site /blocks/blocks.0/body/body.0/Conv --data models/digits_eval.npz -o digits.fused.onnx
     """
     if recipe_path:
         return _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes, emit)

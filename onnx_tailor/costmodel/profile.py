@@ -36,7 +36,7 @@ def measure_sweep(entries: Iterable[SweepEntry], target: Target,
     start = time.perf_counter()
     if target.simulated:
         rows = simulate_entries(entries, target)
-        machine = f"simulated {target.name} (shared/design/npu-target.md)"
+        machine = f"simulated {target.name} (docs/npu-target.md)"
     elif target.kind == "ort":
         rows = measure_entries(entries, target, progress)
         machine = machine_description(target)

@@ -35,7 +35,8 @@ from .constraints import Constraints, parse_max_drop
 from .context import Judgement, SearchContext, SearchData
 from .evolutionary import evolutionary
 from .greedy import greedy
-from .recipe import Recipe, replay_each
+from .provenance import stamped
+from .recipe import IN_MEMORY, Recipe, replay_each
 from .report import build_report
 
 STRATEGIES = ("greedy", "beam", "evolutionary")
@@ -65,6 +66,12 @@ class OptimizeResult:
     def improved(self) -> bool:
         return bool(self.recipe.steps)
 
+    def to_dict(self) -> dict:
+        """JSON-ready: whether it improved, the notes, the report (what report.json holds; latencies in
+        ms) and the recipe (what recipe.json holds, the data path as given)."""
+        return {"improved": self.improved, "model_hash": self.model.content_hash, "notes": list(self.notes),
+                "report": self.report, "recipe": self.recipe.to_dict()}
+
     def emitted(self, emit: str = "fp32") -> Model:
         """The model to write: fp32 as optimized, or `qdq`, its int8 QDQ quantization calibrated on the
         calibration split (the form NPU compilers take; the same bytes the search judged in int8)."""
@@ -74,7 +81,7 @@ class OptimizeResult:
             raise TailorError(f"unknown --emit '{emit}'; choose fp32 or qdq")
         if self.context is None or self.context.data is None:
             raise TailorError("--emit qdq calibrates the quantization on --data; give --data")
-        return self.context.data.quantized(self.model)
+        return stamped(self.context.data.quantized(self.model), self.model, self.recipe)
 
 
 def _passes(requested: list[str] | None) -> list[str]:
@@ -228,7 +235,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     fingerprint = search_data.calibration_fingerprint if search_data else None
     if search_data is not None:
         fractions = accuracy.parse_split(split)
-        data_info = {"source": str(data) if not isinstance(data, accuracy.Dataset) else "in-memory",
+        data_info = {"source": str(data) if not isinstance(data, accuracy.Dataset) else IN_MEMORY,
                      "seed": seed, "fraction": fractions[0], "split": list(fractions)}
     recipe = Recipe(model.content_hash, chosen.steps, dict(model.input_shapes), fingerprint, data_info, target.name)
     path = replay_each(recipe, model, calib, fingerprint)  # the original, then the model after each step
@@ -252,7 +259,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     if measure and target.kind != "ort":
         notes.append(f"--measure times models with onnxruntime; {target.name} is {target.kind}, so nothing was timed")
     report = build_report(ctx, final_node, search, notes, measured, test)
-    return OptimizeResult(final, report, recipe, notes, ctx)
+    return OptimizeResult(stamped(final, model, recipe), report, recipe, notes, ctx)
 
 
 def _holding_on_test(data: SearchData, path: list[Model], notes: list[str]) -> tuple[int, dict]:

@@ -33,7 +33,7 @@ def test_simulated_targets_are_measured_by_the_simulator():
     assert result.rows == simulate_entries(entries, P16)
     assert calls == []  # simulating reports no progress
     assert result.comments["target"] == "npu-p16" and result.comments["entries"] == "12"
-    assert result.comments["machine"] == "simulated npu-p16 (shared/design/npu-target.md)"
+    assert result.comments["machine"] == "simulated npu-p16 (docs/npu-target.md)"
     assert int(result.comments["took_s"]) >= 0
 
 
