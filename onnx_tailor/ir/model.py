@@ -23,7 +23,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from ..errors import InputShapeError
+from ..errors import InputShapeError, ModelTooLargeError
+from . import large
 from .batch import batch_layout
 from .shapes import TensorInfo, concrete_tensor_info, infer_shapes
 from .subgraphs import TypedShape, implicit_reads, standalone_body, subgraphs
@@ -63,13 +64,23 @@ class Model:
         return self._proto
 
     @cached_property
+    def fits(self) -> bool:
+        """Whether protobuf can serialize the model whole (under 2 GiB); see `ir.large` for one that cannot."""
+        return large.fits(self._proto)
+
+    @cached_property
     def serialized(self) -> bytes:
+        """The deterministic serialization; only for a model that `fits` (`large.inference_session` takes any)."""
+        if not self.fits:
+            raise ModelTooLargeError("this model is over protobuf's 2 GiB limit and cannot be serialized whole; "
+                                     "save it to a file (its weights go to external data)")
         return self._proto.SerializeToString(deterministic=True)
 
     @cached_property
     def content_hash(self) -> str:
-        """sha256 of the deterministic serialization: equal graphs hash equal."""
-        return hashlib.sha256(self.serialized).hexdigest()
+        """sha256 of the deterministic serialization: equal graphs hash equal. A model past 2 GiB
+        hashes its light form and its held weights instead (`large.content_hash`)."""
+        return hashlib.sha256(self.serialized).hexdigest() if self.fits else large.content_hash(self._proto)
 
     def with_proto(self, proto: onnx.ModelProto) -> "Model":
         """A new model with the same input shapes around another proto."""

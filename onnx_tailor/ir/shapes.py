@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from . import large
 from .runtime import cannot_run, representative_inputs, run
 
 if TYPE_CHECKING:
@@ -38,11 +39,16 @@ class TensorInfo:
 
 
 def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx shape inference with data propagation (resolves Shape->Reshape chains)."""
+    """onnx shape inference with data propagation (resolves Shape->Reshape chains).
+
+    A model past 2 GiB is inferred in its light form (`ir.large`) and gets its weights back."""
+    light = None if large.fits(proto) else large.lighten(proto)
     try:
-        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light.proto if light else proto, strict_mode=False,
+                                                     data_prop=True)
     except Exception:  # inference is best effort: analysis falls back to running the model
         return proto
+    return large.restore(inferred, light.held) if light else inferred
 
 
 def itemsize(elem_type: int) -> int:

@@ -41,8 +41,11 @@ class Recipe:
                 "calibration": {"fingerprint": self.calibration_fingerprint, **(self.data or {})},
                 "steps": [s.to_dict() for s in self.steps]}
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def write(self, path: Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text_atomic(path, self.to_json())
 
     @property
     def needs_data(self) -> bool:
