@@ -470,6 +470,7 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
 def _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes, emit):
     if not output:
         raise click.UsageError("give -o/--output")
+    check_outputs(output)
     recipe = read_recipe(Path(recipe_path))
     if (recipe.needs_data or emit == "qdq") and not (data or (recipe.data or {}).get("source")):
         why = "this recipe has lossy steps" if recipe.needs_data else "--emit qdq calibrates the quantization on it"
@@ -513,6 +514,8 @@ def apply(model, pass_name, recipe_path, data, anchor, params, output, emit, lis
     resolved = rewrite.resolve_params(params)  # unknown or malformed parameters fail before the model loads
     if not list_sites and not output:
         raise click.UsageError("give -o/--output, or --list-sites to only look")
+    if output and not list_sites:
+        check_outputs(output)  # before the rewrite and its verification, not after
     loaded = api.load(model, input_shapes)
     if list_sites:
         surveyed = list(rewrite.survey(loaded, resolved))

@@ -260,6 +260,13 @@ def test_optimize_refuses_a_missing_report_folder_before_searching(tiny_path, tm
     assert listing(tmp_path) == ["tiny.onnx"]
 
 
+def test_apply_refuses_a_missing_output_folder_in_one_line(tiny_path, tmp_path):
+    done = cli("apply", tiny_path, "--pass", "pad_channels", "-o", tmp_path / "absent" / "out.onnx")
+    assert done.returncode == 1
+    assert "absent" in one_line_error(done.stderr) and "verified" not in done.stderr  # refused before the work
+    assert listing(tmp_path) == ["tiny.onnx"]
+
+
 def test_optimize_refuses_two_outputs_with_one_name(tiny_path, tmp_path):
     done = cli("optimize", tiny_path, *OPTIMIZE, "-o", tmp_path / "out.onnx", "--report", tmp_path / "x.json",
                "--recipe", tmp_path / "x.json")
@@ -396,9 +403,9 @@ LARGE = pytest.mark.skipif(
 @pytest.mark.large
 @LARGE
 def test_a_model_past_2_gib_inspects_applies_exactly_and_factors(tmp_path):
-    """Four 537 MB MatMul weights in external data (2.15 GB, past protobuf's 2 GiB): inspect it, pad
+    """Four 554 MB MatMul weights in external data (2.2 GB, past protobuf's 2 GiB): inspect it, pad
     its small conv (exact: verified with onnxruntime on both 2 GiB models) and factor one weight."""
-    k, n = 1 << 23, 16  # a thin weight keeps factor_low_rank's linear algebra cheap; the bytes are what count
+    k, n = (1 << 23) + (1 << 18), 16  # 554 MB each: thin, so that factoring is cheap; the bytes are what count
     source = tmp_path / "big.onnx"
     onnx.save(matmul_model(k, n, data_file=tmp_path / "big.onnx.data"), str(source))
     assert (tmp_path / "big.onnx.data").stat().st_size > 1 << 31

@@ -274,7 +274,10 @@ class Outputs:
         mine = re.compile(re.escape(path.name) + r"(\.[0-9a-f]{8})?\.data")
         for name in candidates - _weights_read_by(path):
             if mine.fullmatch(name):
-                (path.parent / name).unlink(missing_ok=True)
+                try:
+                    (path.parent / name).unlink(missing_ok=True)
+                except OSError:  # the new pair is written; an old file we may not remove only costs space
+                    pass
 
 
 def remove_stale_temporaries(folder: Path) -> None:

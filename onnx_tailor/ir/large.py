@@ -11,7 +11,7 @@ their bytes, and the held tensors beside it (`lighten`). Then
   initializers (`SessionOptions.add_external_initializers`), which it uses in
   place of the references without reading any file;
 - shape inference runs on the light proto (it never needs the values of
-  tensors that large) and the held tensors are put back (`restore`);
+  tensors that large; `ir.shapes.infer_shapes`, `copy_for_shapes`);
 - the content hash covers the light bytes and every held tensor's bytes;
 - saving writes the held tensors to the weights file and the light proto,
   with its references pointing there, as the graph (`ir.io.save`).
@@ -109,12 +109,14 @@ def lighten(proto: onnx.ModelProto, from_bytes: int = HOLD_FROM_BYTES, location:
     return Light(light, held)
 
 
-def restore(proto: onnx.ModelProto, held: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
-    """Put the held tensors back into `proto` (a light proto, or one made from it), in place."""
-    for tensor in proto.graph.initializer:
-        if tensor.name in held and tensor.data_location == onnx.TensorProto.EXTERNAL:
-            tensor.CopyFrom(held[tensor.name])
-    return proto
+def copy_for_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` to change and infer shapes on: whole when it fits, else its light form, at no
+    copy of gigabytes (shapes never depend on the values of tensors that large)."""
+    if not fits(proto):
+        return lighten(proto).proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
 
 
 def content_hash(proto: onnx.ModelProto) -> str:
