@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 bad input (missing or invalid model, unknown pass or
 site, bad parameter, an output that cannot be written: a missing folder, a full
-disk; checked before any search starts where it can be); 2 bad usage (unknown option, missing argument);
+disk, checked before the work starts where it can be); 2 bad usage (unknown
+option, missing argument);
 3 an exact rewrite failed its numerical check (a bug: please report it).
 """
 
@@ -330,6 +331,7 @@ def costmodel_sweep(output, models, size):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The measurements CSV to write.")
 def costmodel_measure(target_name, sweep_dir, models, size, output):
     """Measure the sweep on a target: timed with onnxruntime, or simulated for npu targets."""
+    check_outputs(output)  # before minutes of measuring
     target = load_target(target_name)
     entries = read_manifest(sweep_dir) if sweep_dir else sweep_entries(size, [api.load(m) for m in models])
     start = time.perf_counter()

@@ -432,3 +432,19 @@ def test_a_model_past_2_gib_inspects_applies_exactly_and_factors(tmp_path):
     graph = onnx.load(str(factored), load_external_data=False).graph
     assert {"mm0/low_rank_u", "mm0/low_rank_v"} <= {node.name for node in graph.node}
     assert (source.read_bytes(), (tmp_path / "big.onnx.data").stat().st_mtime_ns) == before  # input untouched
+
+
+def test_external_data_missing_or_outside_the_folder_is_one_line(tmp_path):
+    """The checker is given the path, so it checks the weights files too (no ValidationError escapes)."""
+    source = external_model(tmp_path, "m.onnx", "m.onnx.data")
+    evil = onnx.load(str(source), load_external_data=False)
+    for tensor in evil.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../outside.data"
+    onnx.save(evil, str(tmp_path / "evil.onnx"))
+    (tmp_path / "m.onnx.data").rename(tmp_path / "moved.data")
+    done = cli("inspect", source)
+    assert done.returncode == 1 and "m.onnx.data" in one_line_error(done.stderr)
+    done = cli("inspect", tmp_path / "evil.onnx")
+    assert done.returncode == 1 and "points outside the directory" in one_line_error(done.stderr)
