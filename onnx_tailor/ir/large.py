@@ -13,10 +13,15 @@ their bytes, and the held tensors beside it (`lighten`). Then
 - shape inference runs on the light proto (it never needs the values of
   tensors that large; `ir.shapes.infer_shapes`, `copy_for_shapes`);
 - the content hash covers the light bytes and every held tensor's bytes;
+- onnxruntime's clean-up at load sees the held tensors as graph inputs and
+  never needs their values (`ir.cleanup.ort_basic_cleanup`);
 - saving writes the held tensors to the weights file and the light proto,
-  with its references pointing there, as the graph (`ir.io.save`).
+  with its references pointing there, as the graph (`ir.io.save`);
+- loading checks the model by its path (`ir.io.read_proto`).
 
-A model that fits is serialized whole, as before: nothing changes for it.
+A model that fits is serialized whole: nothing here applies to it. The weights
+themselves stay in memory (one copy per model, and one more while onnxruntime
+runs it), so a model past 2 GiB needs several times its size in memory.
 """
 
 from __future__ import annotations
