@@ -1,7 +1,9 @@
 """The `onnx-tailor` command line. Thin: it parses, calls the library, prints.
 
 Exit codes: 0 success; 1 bad input (missing or invalid model, unknown pass or
-site, bad parameter); 2 bad usage (unknown option, missing argument);
+site, bad parameter, an output that cannot be written: a missing folder, a full
+disk, checked before the work starts where it can be); 2 bad usage (unknown
+option, missing argument);
 3 an exact rewrite failed its numerical check (a bug: please report it).
 """
 
@@ -21,7 +23,7 @@ from .costmodel.regressor import write_measurements
 from .costmodel.sweep import read_manifest, sweep_entries, write_sweep
 from .errors import TailorError
 from .ir import Model
-from .ir.io import write_text_atomic
+from .ir.io import Outputs, check_outputs, ensure_not_input
 from .passes import Declined, Exactness, Site, all_passes, get_pass
 from .search import check_plotting_available, format_report, plot_pareto, read_recipe
 from .version import __version__
@@ -352,6 +354,7 @@ def costmodel_sweep(output, models, size):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The measurements CSV to write.")
 def costmodel_measure(target_name, sweep_dir, models, size, output):
     """Measure the sweep on a target: timed with onnxruntime, or simulated for npu targets."""
+    check_outputs(output)  # before minutes of measuring
     target = load_target(target_name)
     entries = read_manifest(sweep_dir) if sweep_dir else sweep_entries(size, [api.load(m) for m in models])
     start = time.perf_counter()
@@ -512,6 +515,8 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
     """
     if plot_path:
         check_plotting_available()  # before minutes of search, not after
+    check_outputs(output, report_path, recipe_path, plot_path)  # likewise: a typo in a folder fails now
+    ensure_not_input(output, model, overwrite_input)
     loaded = api.load(model, input_shapes)
     progress = None if quiet else (lambda message: click.echo(f"[optimize] {message}", err=True))
     result = api.optimize(loaded, target_name, data=data, metric=metric, max_drop=max_drop, max_params=max_params,
@@ -519,19 +524,22 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
                           passes=[p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None,
                           search=search, beam_width=beam_width, time_budget=time_budget, seed=seed, split=split,
                           precision=precision, acceptance=acceptance, measure=measure, progress=progress)
-    api.save(result.emitted(emit), output, input_path=model, overwrite_input=overwrite_input)
-    if report_path:
-        _write_json(report_path, result.report)
-    if recipe_path:
-        result.recipe.write(Path(recipe_path))
-    if plot_path:
-        plot_pareto(result.context, result.context.best, plot_path)
+    with Outputs() as written:  # all of them or none: a failure on one leaves none written
+        written.write_model(result.emitted(emit), output, input_path=model, overwrite_input=overwrite_input)
+        if report_path:
+            written.write_text(report_path, json.dumps(result.report, indent=2) + "\n")
+        if recipe_path:
+            written.write_text(recipe_path, result.recipe.to_json(recipe_path))
+        if plot_path:
+            plot_pareto(result.context, result.context.best, written.reserve(plot_path, suffix=".png"))
+        written.commit()
     click.echo(json.dumps(result.report, indent=2) if as_json else format_report(result.report))
 
 
 def _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes, emit):
     if not output:
         raise click.UsageError("give -o/--output")
+    check_outputs(output)
     recipe = read_recipe(Path(recipe_path))
     if (recipe.needs_data or emit == "qdq") and not (data or recipe.data_source):
         why = "this recipe has lossy steps" if recipe.needs_data else "--emit qdq calibrates the quantization on it"
@@ -539,10 +547,6 @@ def _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shape
     result = api.apply_recipe(api.load(model, {**recipe.input_shapes, **input_shapes}), recipe, data, emit=emit)
     api.save(result, output, input_path=model, overwrite_input=overwrite_input)
     click.echo(f"replayed {len(recipe.steps)} step(s) of {recipe_path}; wrote {output}", err=True)
-
-
-def _write_json(path, payload) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 @main.command()
@@ -587,6 +591,8 @@ def apply(model, pass_name, recipe_path, data, anchor, params, output, emit, lis
     resolved = rewrite.resolve_params(params)  # unknown or malformed parameters fail before the model loads
     if not list_sites and not output:
         raise click.UsageError("give -o/--output, or --list-sites to only look")
+    if output and not list_sites:
+        check_outputs(output)  # before the rewrite and its verification, not after
     loaded = api.load(model, input_shapes)
     if list_sites:
         surveyed = list(rewrite.survey(loaded, resolved))

@@ -139,6 +139,9 @@ def quantize_qdq(model: Model, calibration: Mapping[str, np.ndarray], *, method:
         raise QuantizationError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, not {batch_size}")
+    if not model.fits:  # it is handed the model as one file, which protobuf cannot write past 2 GiB
+        raise QuantizationError("the model is past protobuf's 2 GiB limit, which this int8 quantization does not "
+                                "take; judge and emit it in fp32 (--precision fp32, --emit fp32)")
     if is_quantized_model(model):
         return model
     data = validate(Dataset(calibration, description="calibration data"), model)

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..ir import Model, seeded_inputs
+from ..ir.runtime import open_session
 from .sweep import SweepEntry
 from .target import Target
 
@@ -47,7 +48,7 @@ def session_for(model: Model, target: Target) -> ort.InferenceSession:
     options.intra_op_num_threads = target.threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(model.serialized, options, providers=[target.execution_provider])
+    return open_session(model, options, [target.execution_provider])
 
 
 def time_session(session: ort.InferenceSession, feeds: dict, warmup: int = 5, runs: int = 30,

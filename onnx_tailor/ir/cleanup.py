@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import ModelLoadError
+from . import large
 
 # ORT rule names, as its graph transformers register them. TransposeOptimizer
 # pushes a Transpose down through Slice/Squeeze, one copy per branch: on the
@@ -111,6 +112,11 @@ def ort_basic_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:
     """
     if computes_in_reduced_float(proto):
         return proto
+    held = {} if large.fits(proto) else large.lighten(proto).held
+    if held:
+        cleaned = _run_basic(_hide_large_weights(proto, held))
+        cleaned.graph.initializer.extend(held.values())
+        return strip_unused_domains(_restore_graph_inputs(cleaned, proto), keep_from=proto)
     cleaned = _run_basic(_hide_initializers(proto, is_quantized))
     if weight_bytes(cleaned.graph) > weight_bytes(proto.graph):
         # Folding a layout op (Unsqueeze, Transpose) of a weight that another node also reads gives that
@@ -244,6 +250,22 @@ def _hide_initializers(proto: onnx.ModelProto, hide) -> onnx.ModelProto:
     out.CopyFrom(proto)
     out.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in hidden)
     return out
+
+
+def _hide_large_weights(proto: onnx.ModelProto, held: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """The light form of a model past 2 GiB (`ir.large`) with its held weights turned into graph inputs.
+
+    onnxruntime then never needs their values (nor folds through them, as for `_hide_initializers`),
+    so its clean-up costs no copy of gigabytes; `ort_basic_cleanup` puts them back. What is lost is
+    folding a constant expression of such a weight, or a Conv+Add/Mul into such a weight: the
+    `fold_affine` step after this one takes the latter."""
+    light = large.lighten(proto)
+    kept = [t for t in light.proto.graph.initializer if t.name not in held]
+    del light.proto.graph.initializer[:]
+    light.proto.graph.initializer.extend(kept)
+    light.proto.graph.input.extend(onnx.helper.make_tensor_value_info(name, t.data_type, t.dims)
+                                   for name, t in held.items())
+    return light.proto
 
 
 def _restore_graph_inputs(cleaned: onnx.ModelProto, source: onnx.ModelProto) -> onnx.ModelProto:

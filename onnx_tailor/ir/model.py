@@ -23,7 +23,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from ..errors import InputShapeError
+from ..errors import InputShapeError, ModelTooLargeError
+from . import large
 from .batch import batch_layout
 from .shapes import TensorInfo, concrete_tensor_info, infer_shapes
 from .subgraphs import TypedShape, implicit_reads, standalone_body, subgraphs
@@ -74,13 +75,24 @@ class Model:
         return self._proto
 
     @cached_property
+    def fits(self) -> bool:
+        """Whether protobuf can serialize the model whole (under 2 GiB); see `ir.large` for one that cannot."""
+        return large.fits(self._proto)
+
+    @cached_property
     def serialized(self) -> bytes:
+        """The deterministic serialization; only for a model that `fits` (`large.inference_session` takes any)."""
+        if not self.fits:
+            raise ModelTooLargeError("this model is over protobuf's 2 GiB limit and cannot be serialized whole; "
+                                     "save it to a file (its weights go to external data)")
         return self._proto.SerializeToString(deterministic=True)
 
     @cached_property
     def content_hash(self) -> str:
         """sha256 of the deterministic serialization without the model's description and metadata:
         equal graphs hash equal, whatever the file says about where it came from."""
+        if not self.fits:  # past 2 GiB: its light form and its held weights (`large.content_hash`)
+            return large.content_hash(self._proto)
         if not self._proto.doc_string and not self._proto.metadata_props:
             return hashlib.sha256(self.serialized).hexdigest()
         bare = with_metadata(self._proto, "", {})

@@ -68,8 +68,9 @@ class Recipe:
         source = (self.data or {}).get("source")
         return None if source in (None, IN_MEMORY) else source
 
-    def write(self, path: Path) -> None:
-        """Write recipe.json atomically; a data path is stored relative to the recipe's folder."""
+    def to_json(self, path: Path) -> str:
+        """recipe.json's text for a recipe to be written at `path`: a data path is stored relative to
+        the recipe's folder."""
         content = self.to_dict()
         source = content["calibration"].get("source")
         if source not in (None, IN_MEMORY) and Path(source).exists():
@@ -78,7 +79,10 @@ class Recipe:
                 content["calibration"]["source"] = Path(os.path.relpath(Path(source).resolve(), folder)).as_posix()
             except ValueError:  # on another drive (Windows): no relative path exists, the absolute one stays
                 content["calibration"]["source"] = str(Path(source).resolve())
-        write_text_atomic(path, json.dumps(content, indent=2) + "\n")
+        return json.dumps(content, indent=2) + "\n"
+
+    def write(self, path: Path) -> None:
+        write_text_atomic(path, self.to_json(path))
 
     @property
     def needs_data(self) -> bool:
