@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.text_lines import FONT_PATHS, available, text_line_dataset  # noqa: E402
 from onnx_tailor import accuracy, zoo  # noqa: E402
 from onnx_tailor.costmodel import load_target, simulate  # noqa: E402
-from onnx_tailor.costmodel.measure import measure_model, session_for, time_session  # noqa: E402
+from onnx_tailor.costmodel.measure import measure_model, run_clock, session_for, time_session  # noqa: E402
 from onnx_tailor.ir import Model, seeded_inputs  # noqa: E402
 from onnx_tailor.ir.shapes import infer_shapes  # noqa: E402
 from onnx_tailor.passes.canonicalize import load  # noqa: E402
@@ -91,13 +91,14 @@ def ground_truth_ms(model: Model, target) -> float:
 
 
 def side_by_side_ms(models: list[Model], target, rounds: int = 5) -> list[float]:
-    """Measured medians of several models, timed in alternation (noise hits all alike)."""
+    """Measured medians of several models, timed in alternation (noise hits all alike), on the target's
+    run clock (`measure.run_clock`: a one-thread run's CPU time, which a shared machine cannot lengthen)."""
     sessions = [session_for(m, target) for m in models]
     feeds = seeded_inputs(models[0])
     runs = [[] for _ in models]
     for _ in range(rounds):
         for index, sess in enumerate(sessions):
-            runs[index].append(time_session(sess, feeds, warmup=3, runs=15).median_s)
+            runs[index].append(time_session(sess, feeds, warmup=3, runs=15, clock=run_clock(target)).median_s)
     return [float(np.median(r)) * 1e3 for r in runs]
 
 
@@ -146,7 +147,8 @@ def main():
                          report["test"]["original"]["value"], report["test"]["optimized"]["value"],
                          f"{b['drop']:.2f}/{report['test']['drop']:.2f}", o["param_bytes"], b["param_bytes"],
                          o["peak_activation_bytes"], b["peak_activation_bytes"], seconds,
-                         report["statistics"]["candidates_evaluated"], len(report["steps"]), ",".join(used) or "-"))
+                         report["statistics"]["candidates_evaluated"], len(report["steps"]), ",".join(used) or "-",
+                         sum(s["accepted_on"] == "measurement" for s in report["steps"])))
             print(f"done {name} on {target.name} in {seconds:.0f} s", file=sys.stderr, flush=True)
             for tool, variant in usual_tools(model).items():
                 if isinstance(variant, str):
@@ -169,7 +171,8 @@ def main():
     for r in rows:
         print(f"{r[0]:<16} {r[1]:<8} {r[2]:>8.4f}->{r[3]:<8.4f} {r[4]:>9.4f}->{r[5]:<9.4f} {r[4] / r[5]:>7.2f}x "
               f"{r[6]:>12.2f}->{r[7]:<12.2f} {r[8]:>13} {r[9]:>11,}->{r[10]:<11,} {r[11]:>11,}->{r[12]:<11,} "
-              f"{r[13]:>9.0f} {r[14]:>9} {r[15]:>6}  {r[16]}")
+              f"{r[13]:>9.0f} {r[14]:>9} {r[15]:>6}  {r[16]}"
+              + (f"  ({r[17]} accepted on measurement)" if r[17] else ""))
     print("\nthe usual tools on the same models:")
     for name, target, tool, text in tools:
         print(f"  {name:<11} {target:<8} {tool:<15} {text}")
