@@ -9,9 +9,11 @@ from pathlib import Path
 
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from onnx_tailor.costmodel import load_target
+from onnx_tailor.cli import main
+from onnx_tailor.costmodel import load_target, read_measurements
 from onnx_tailor.costmodel import profile_on_device
 from onnx_tailor.costmodel.measure import (OVERHEAD_ID, PROFILE_RUNS, PROFILE_WARMUP, measure_entries,
                                            session_options)
@@ -197,6 +199,14 @@ def test_a_sweep_profiled_on_a_device_reads_back_into_the_same_measurements(tmp_
     assert all(latency > 0 for _, latency in measurements.rows)
     assert "CPUExecutionProvider" in measurements.comments["machine"]
     assert float(measurements.comments["profiler_bias_us"]) >= 0
+    # the same through the command line, which writes the CSV that `costmodel fit` takes
+    out = tmp_path / "mydev.csv"
+    result = CliRunner().invoke(main, ["costmodel", "measure", "--sweep", str(sweep), "--profiles",
+                                       str(sweep / "profiles"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert read_measurements(out).rows == [(i, float(f"{v:.6g}")) for i, v in measurements.rows]
+    result = CliRunner().invoke(main, ["costmodel", "measure", "--profiles", str(sweep / "profiles"), "-o", str(out)])
+    assert result.exit_code == 2 and "--profiles reads the profiles of a sweep folder: give --sweep too" in result.output
 
 
 def test_profiles_without_their_timings_are_named(tmp_path):
