@@ -215,7 +215,7 @@ class SearchContext:
 
     def worth_applying(self, node: Node, candidate: Candidate) -> bool:
         gain = node.latency_s - candidate.predicted_s
-        if gain <= MIN_GAIN * node.latency_s:
+        if gain <= self.measured.min_gain(MIN_GAIN) * node.latency_s:
             self._note(node, candidate, f"predicted slower or no faster ({-gain * 1e6:+.1f} us)")
             return False
         return True

@@ -34,6 +34,11 @@ def test_a_step_is_accepted_when_measurably_faster(parent_ms, child_ms, faster, 
     assert comparison.to_dict()["speedup"] == pytest.approx(parent_ms / child_ms)
 
 
+def test_a_measured_target_tries_every_candidate_predicted_faster():
+    assert MeasuredSteps(CPU).min_gain(5e-3) == 0  # the measurement decides, not the cost model's noise margin
+    assert MeasuredSteps(load_target("npu-p32")).min_gain(5e-3) == 5e-3
+
+
 def test_side_by_side_timing_tells_a_much_faster_model_from_a_much_slower_one():
     big = SweepEntry.make("conv", ci=64, co=64, k=3, s=1, hw=56, act="none", ctx=0).model()
     small = SweepEntry.make("conv", ci=8, co=8, k=1, s=1, hw=56, act="none", ctx=0).model()
