@@ -19,6 +19,7 @@ import click
 from . import accuracy, api
 from .costmodel import DEFAULT_TARGET, builtin_targets, fit_profile, load_target, measure_sweep, score
 from .costmodel import simulate as npu_simulate
+from .costmodel.profile import measurements_from_profiles
 from .costmodel.regressor import write_measurements
 from .costmodel.sweep import read_manifest, sweep_entries, write_sweep
 from .errors import TailorError
@@ -328,8 +329,14 @@ def costmodel():
     \b
     A new device in three steps:
       onnx-tailor costmodel sweep -o sweep/ [--model m.onnx ...]    write the microbenchmarks
-      (run them on the device; or here: onnx-tailor costmodel measure --target cpu-ort --sweep sweep/ -o m.csv)
+      measure them: here, on a target this machine runs:
+        onnx-tailor costmodel measure --target cpu-ort --sweep sweep/ -o m.csv
+      or on the device (it needs only onnxruntime), then read its profiles here:
+        python sweep/profile_on_device.py --provider XYZExecutionProvider --threads 1
+        onnx-tailor costmodel measure --sweep sweep/ --profiles sweep/profiles -o m.csv
       onnx-tailor costmodel fit --target cpu-ort --measurements m.csv --name mydev -o mydev.json
+    Either way each kernel is timed inside a small network by onnxruntime's
+    profiler (its own nodes' times), not alone.
     """
 
 
@@ -351,10 +358,21 @@ def costmodel_sweep(output, models, size):
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
               help="Add entries around this model's kernels (repeatable).")
 @click.option("--size", type=click.IntRange(min=10), default=600, show_default=True, help="Base sweep size.")
+@click.option("--profiles", "profiles_dir", type=click.Path(file_okay=False),
+              help="Read the sweep's kernel times from the profiles profile_on_device.py wrote on a device "
+                   "(with --sweep; nothing is run here).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The measurements CSV to write.")
-def costmodel_measure(target_name, sweep_dir, models, size, output):
-    """Measure the sweep on a target: timed with onnxruntime, or simulated for npu targets."""
+def costmodel_measure(target_name, sweep_dir, models, size, profiles_dir, output):
+    """Measure the sweep on a target: each kernel profiled inside a small network with onnxruntime, or
+    simulated for npu targets; or read the profiles a device wrote (--profiles)."""
     check_outputs(output)  # before minutes of measuring
+    if profiles_dir:
+        if not sweep_dir:
+            raise click.UsageError("--profiles reads the profiles of a sweep folder: give --sweep too")
+        measurements = measurements_from_profiles(sweep_dir, profiles_dir)
+        write_measurements(Path(output), measurements)
+        click.echo(f"wrote {len(measurements.rows)} measurements to {output}", err=True)
+        return
     target = load_target(target_name)
     entries = read_manifest(sweep_dir) if sweep_dir else sweep_entries(size, [api.load(m) for m in models])
     start = time.perf_counter()

@@ -25,10 +25,9 @@ import onnx
 
 from .. import accuracy
 from ..costmodel import load_target
-from ..costmodel.measure import session_for, time_session
 from ..costmodel.target import Target
 from ..errors import QuantizationError, TailorError
-from ..ir import Model, seeded_inputs, session
+from ..ir import Model, session
 from ..passes import Exactness, all_passes, get_pass
 from .beam import beam
 from .constraints import Constraints, parse_max_drop
@@ -159,19 +158,6 @@ def _check_resolution(samples: int, split, original_score, metric: str, allowed:
                           "--data or with --passes naming only exact ones")
 
 
-def _measure_side_by_side(original: Model, optimized: Model, target: Target, rounds: int = 5) -> dict:
-    """Median latency of both models, timed in alternation so that machine noise hits both alike."""
-    sessions = [session_for(m, target) for m in (original, optimized)]
-    feeds = seeded_inputs(original)
-    medians = [[], []]
-    for _ in range(rounds):
-        for index, sess in enumerate(sessions):
-            medians[index].append(time_session(sess, feeds, warmup=3, runs=15).median_s)
-    original_s, optimized_s = (sorted(m)[len(m) // 2] for m in medians)
-    return {"target": target.name, "original_ms": original_s * 1e3, "optimized_ms": optimized_s * 1e3,
-            "rounds": rounds}
-
-
 def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: str | None = None,
              max_drop: str = "1.0", max_params: int | None = None, max_activation: int | None = None,
              passes: list[str] | None = None, search: str = "greedy", beam_width: int = 4,
@@ -255,7 +241,9 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
         if judgement.over_budget:
             raise RuntimeError(f"the final model breaks the budget on re-evaluation ({judgement.over_budget}); "
                                "nothing was written (a bug: please report it)")
-    measured = _measure_side_by_side(model, final, target) if measure and target.kind == "ort" else None
+    measured = ctx.measured.along(path[:len(recipe.steps) + 1])  # what the search already timed, if it did
+    if measured is None and measure and target.kind == "ort":
+        measured = ctx.measured.side_by_side(model, final)
     if measure and target.kind != "ort":
         notes.append(f"--measure times models with onnxruntime; {target.name} is {target.kind}, so nothing was timed")
     report = build_report(ctx, final_node, search, notes, measured, test)
@@ -296,8 +284,10 @@ def _why_nothing_helped(ctx: SearchContext) -> str:
     slower = sum("predicted slower" in o for o in outcomes)
     budget = sum("over the budget" in o for o in outcomes)
     error = sum("too large" in o for o in outcomes)
+    timed = sum("not measurably faster" in o for o in outcomes)
+    measured = f", {timed} not measurably faster" if timed else ""
     return (f"nothing beat the original ({len(outcomes)} candidates: {slower} predicted no faster, {budget} over "
-            f"a budget, {error} with too large a local error); the original is returned unchanged")
+            f"a budget, {error} with too large a local error{measured}); the original is returned unchanged")
 
 
 def _check_loadable(model: Model) -> None:
