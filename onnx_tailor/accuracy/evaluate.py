@@ -84,6 +84,8 @@ class Evaluator:
 
         # run_samples feeds batches the model accepts (its fixed batch, if it has one) and joins each
         # output along its own batch axis; metrics read one row per sample, so that axis comes first.
+        if len(data) > 1 and not self._batches(model, data, runner):
+            return self._one_by_one(model, data, runner, names)
         outputs, axes = run_samples(model, data.inputs, self.batch_size, runner, data.description)
         # An output with no batch axis (a recurrent model's final state [layers, 1, hidden]) holds no row
         # per sample: metrics read the others; only a model with nothing else cannot be judged.
@@ -96,6 +98,20 @@ class Evaluator:
         self.unbatched.update(name for name in names if axes[name] is None)
         self.runs += 1
         return {name: np.moveaxis(outputs[name], axes[name], 0) for name in batched}
+
+    def _batches(self, model: Model, data: Dataset, runner) -> bool:
+        """Whether some output of `model` grows with the samples fed in one run (two, to find out)."""
+        two = {name: array[:2] for name, array in data.inputs.items()}
+        _, axes = run_samples(model, two, None, runner, data.description)
+        return any(axis is not None for axis in axes.values())
+
+    def _one_by_one(self, model: Model, data: Dataset, runner, names: list[str]) -> dict[str, np.ndarray]:
+        """Every output, one run per sample, stacked: for a model that declares a batch axis but whose
+        outputs do not grow with it (ddddocr's quantized CRNN gives [3, 1, 8210] for any batch)."""
+        rows = [run_samples(model, {k: v[i:i + 1] for k, v in data.inputs.items()}, 1, runner, data.description)[0]
+                for i in range(len(data))]
+        self.runs += 1
+        return {name: np.stack([row[name] for row in rows]) for name in names}
 
     # -- scoring -----------------------------------------------------------------------
 

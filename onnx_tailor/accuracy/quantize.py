@@ -165,9 +165,17 @@ def quantize_qdq(model: Model, calibration: Mapping[str, np.ndarray], *, method:
         proto = onnx.load(str(quantized))
     result = model.with_proto(infer_shapes(proto))
     try:
-        session(result)
+        sess = session(result)
     except Exception as exc:  # onnxruntime's own error types
         raise QuantizationError(f"onnxruntime quantized the model but cannot load the int8 model: "
+                                f"{_first_line(exc)}") from exc
+    # Loading is not running: on a weight-only int8 encoder the quantizer wrote a QuantizeLinear whose
+    # scale onnxruntime refuses at run time. One calibration batch shows it here, as a quantization error.
+    _, first = next(chunks(data.inputs, size, pad=bool(fixed)))
+    try:
+        sess.run(None, layout.feeds(first))
+    except Exception as exc:  # onnxruntime's own error types
+        raise QuantizationError(f"onnxruntime quantized the model but cannot run the int8 model: "
                                 f"{_first_line(exc)}") from exc
     return result
 

@@ -78,15 +78,18 @@ def test_a_fixed_batch_model_gets_full_batches_and_the_last_one_padded():
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_outputs_without_a_batch_dimension_are_refused():
+def test_a_model_whose_outputs_ignore_the_batch_runs_one_sample_at_a_time():
+    """It declares a batch axis, but its output does not grow with it: each sample gets a run of its own."""
     node = helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
                               [helper.make_tensor_value_info("m", TensorProto.FLOAT, [])])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
-    data = accuracy.Dataset({"x": np.ones((5, 4), np.float32)})
-    with pytest.raises(MetricError, match=r"output 'm' has shape \[\] for a batch of 5: metrics need one row"):
-        accuracy.Evaluator().run(Model(proto), data)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    outputs = accuracy.Evaluator().run(Model(proto), accuracy.Dataset({"x": x}))
+    np.testing.assert_allclose(outputs["m"], x.mean(axis=1), rtol=1e-6)
+    with pytest.raises(MetricError, match=r"output 'm' has shape \[\] for a batch of 1: metrics need one row"):
+        accuracy.Evaluator().run(Model(proto), accuracy.Dataset({"x": x[:1]}))
 
 
 def test_an_output_without_a_batch_axis_beside_batched_ones_is_left_to_the_others():
