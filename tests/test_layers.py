@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "onnx_tailor"
 ALLOWED = {
     "errors": set(),
     "zoo": set(),
+    "schemas": set(),
     "ir": {"errors"},
     "analysis": {"ir", "errors"},
     "accuracy": {"ir", "errors"},
