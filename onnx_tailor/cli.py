@@ -5,10 +5,10 @@ site, bad parameter); 2 bad usage (unknown option, missing argument, a value
 that does not parse, e.g. `--max-drop abc`); 3 an exact rewrite failed its
 numerical check (a bug: please report it); 4 `optimize`: no model meets the
 constraints; 5 `compare --fail-over X`: B is worse than A by more than X;
-130 interrupted (Ctrl-C; `optimize` first writes the best model found so far
-and its report, which says `"interrupted": true`).
+130 interrupted (Ctrl-C; during `optimize`'s search it first writes the best
+model found so far and its report, which says `"interrupted": true`).
 
-Every long command (optimize, evaluate, compare) reports progress on stderr,
+Every long command (optimize, evaluate, compare, costmodel measure) reports progress on stderr,
 each line prefixed with the seconds elapsed: `--quiet` silences it, `-v`
 adds every candidate's fate, `--log-file F` keeps all of it (with -v's
 detail and timestamps) in F whatever the terminal shows.
@@ -421,15 +421,16 @@ def costmodel_sweep(output, models, size):
               help="Add entries around this model's kernels (repeatable).")
 @click.option("--size", type=click.IntRange(min=10), default=600, show_default=True, help="Base sweep size.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The measurements CSV to write.")
-def costmodel_measure(target_name, sweep_dir, models, size, output):
+@_log_options
+def costmodel_measure(target_name, sweep_dir, models, size, output, verbose, quiet, log_file):
     """Measure the sweep on a target: timed with onnxruntime, or simulated for npu targets."""
+    log = _start_logging("measure", verbose, quiet, log_file)
     target = load_target(target_name)
     entries = read_manifest(sweep_dir) if sweep_dir else sweep_entries(size, [api.load(m) for m in models])
-    start = time.perf_counter()
 
     def progress(done, total):
-        if done % 50 == 0 or done == total:
-            click.echo(f"  measured {done}/{total} ({time.perf_counter() - start:.0f} s)", err=True)
+        if done % 50 == 0 or done == total or verbose:
+            log(f"measured {done}/{total}")
 
     measurements = measure_sweep(entries, target, progress)
     write_measurements(Path(output), measurements)
@@ -520,8 +521,8 @@ def passes(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @input_shape_option
 def optimize(model, target_name, data, metric, max_drop, max_params, max_activation, pass_list, search, beam_width,
-             time_budget, seed, emit, precision, acceptance, split, output, report_path, recipe_path, plot_path, measure,
-             overwrite_input, verbose, quiet, log_file, as_json, input_shapes):
+             time_budget, seed, emit, precision, acceptance, split, output, report_path, recipe_path, plot_path,
+             measure, overwrite_input, verbose, quiet, log_file, as_json, input_shapes):
     """Find the fastest variant of MODEL on a target that keeps accuracy and memory in budget.
 
     \b

@@ -316,13 +316,15 @@ def test_the_step_table_shows_whole_names_and_parameters(run):
     for step in report["steps"]:
         assert f"{step['pass']} at {step['anchor']}" in flat
         assert " ".join(f"{k}={v}" for k, v in step["params"].items()) in flat
+        assert step["change"] and step["change"] in flat  # what the step did there
 
 
 def test_long_names_wrap_instead_of_being_cut():
     anchor = "/blocks/blocks.8/body/body.0/Conv"
     steps = [{"pass": "scale_depth", "anchor": anchor, "params": {"alpha": a, "importance": "greedy", "multiple": 32,
                                                                    "refit": "lstsq", "ridge": 0.001},
-              "predicted_latency_ms": 0.08, "metric": None, "local_error": 0.1} for a in (0.5, 0.75)]
+              "predicted_latency_ms": 0.08, "metric": None, "local_error": 0.1,
+              "change": f"expansion {w} -> {w - 32} channels"} for a, w in ((0.5, 176), (0.75, 176), (0.75, 144))]
     report = {"target": "npu-p32", "search": "greedy", "speedup_predicted": 2.0, "steps": steps, "blocks": [],
               "original": {"predicted_latency_ms": 0.2, "param_bytes": 100, "peak_activation_bytes": 10, "macs": 10},
               "optimized": {"predicted_latency_ms": 0.1, "param_bytes": 320, "peak_activation_bytes": 10, "macs": 36},
@@ -332,7 +334,8 @@ def test_long_names_wrap_instead_of_being_cut():
     assert all(len(line) <= 80 for line in text.splitlines())
     flat = " ".join(text.split())
     assert anchor in text  # never cut
-    assert f"scale_depth at {anchor} [alpha=0.5" in flat and "alpha=0.75" in flat  # the two steps differ
+    assert f"scale_depth at {anchor} [alpha=0.5" in flat and "alpha=0.75" in flat
+    assert "expansion 176 -> 144 channels" in text and "expansion 144 -> 112 channels" in text  # the same step twice
     assert "faster but larger: parameters 3.20x, MACs 3.60x, for 2.00x the predicted speed" in text
     assert faster_but_larger({**report, "optimized": {**report["optimized"], "param_bytes": 90, "macs": 9}}) is None
 

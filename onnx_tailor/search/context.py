@@ -105,6 +105,7 @@ class Node:
     local_error: float | None = None  # of the last step, when it was lossy
     feasible: bool = True
     reason: str | None = None  # why it is infeasible
+    change: str = ""  # what its last step did, for people (the site's summary: "expansion 176 -> 128 channels")
 
     @property
     def key(self) -> str:
@@ -254,6 +255,7 @@ class SearchContext:
             self._children[key] = None
             return None
         child = self.node(applied.model, node.steps + (candidate.step,), error)
+        child.change = child.change or candidate.site.summary
         self._note(node, candidate, "feasible" if child.feasible else child.reason, child)
         self._children[key] = child
         return child

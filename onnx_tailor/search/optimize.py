@@ -142,7 +142,8 @@ def _search_data(model: Model, data, metric: str | None, max_drop: str | None, s
 
 
 def describe_budget(budget: dict) -> str:
-    """One line: `top1 may drop at most 1 point from the original's 98.41 (--max-drop 1, top1's default), judged in int8`."""
+    """One line, e.g. `top1 may drop at most 1 point from the original's 98.41 (--max-drop 1, top1's default),
+    judged in int8`."""
     units = budget["units"]
     amount = f"{budget['allowed_drop']:.3g}" + (f" {units}" if units else "")
     if units == "points" and f"{budget['allowed_drop']:.3g}" == "1":
@@ -160,10 +161,11 @@ def budget_lines(budget: dict) -> list[str]:
     """The budgets of a run in words, one per line, as the user is told them before the search."""
     lines = [f"budget: {describe_budget(budget['accuracy'])}" if budget["accuracy"] else
              "budget: no accuracy budget (no --data): only exact passes run"]
-    memory = [f"parameters at most {budget['max_param_bytes']:,} B" if budget["max_param_bytes"] else "",
-              f"peak activations at most {budget['max_activation_bytes']:,} B" if budget["max_activation_bytes"] else ""]
-    if any(memory):
-        lines.append("budget: " + "; ".join(m for m in memory if m))
+    memory = [f"{what} at most {budget[key]:,} B" for what, key in (("parameters", "max_param_bytes"),
+                                                                   ("peak activations", "max_activation_bytes"))
+              if budget[key]]
+    if memory:
+        lines.append("budget: " + "; ".join(memory))
     if budget["time_budget_s"]:
         lines.append(f"budget: the search stops after {budget['time_budget_s']:g} s with the best model so far")
     return lines

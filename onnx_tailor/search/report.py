@@ -49,10 +49,12 @@ def node_summary(node: Node) -> dict:
 
 
 def block_name(node_names) -> str:
-    """The model's own name of a block: the longest '/'-separated prefix its nodes' names share
-    (`/blocks/blocks.8`, as PyTorch's exporter names module paths), or '' when they share none."""
+    """The model's own name of a block: the longest '/'-separated prefix the names of its nodes
+    share (`/blocks/blocks.8`, as PyTorch's exporter names module paths), or '' when they share none.
+    Give the nodes the user's exporter named (expand, project, residual): a node that canonicalization
+    made has a name of its own."""
     parts = [n.split("/")[:-1] for n in node_names]  # the last part names the op, not the module
-    common = os.path.commonprefix(parts) if parts else []
+    common = os.path.commonprefix(parts) if len(parts) > 1 else []
     return "/".join(common) if any(common) else ""
 
 
@@ -68,7 +70,7 @@ def block_decisions(ctx: SearchContext, chosen: Node) -> list[dict]:
     order = [code for code, _ in REASONS] + ["over_memory_budget", "other"]
     decisions = []
     blocks = find_ibn_blocks(ctx.original)
-    names = [block_name(b.nodes) for b in blocks]
+    names = [block_name([b.expand, b.project] + ([b.residual] if b.residual else [])) for b in blocks]
     # A prefix two blocks share (a flat exporter's '/model') names neither: the expand conv's name does.
     names = [n if n and names.count(n) == 1 else b.expand for n, b in zip(names, blocks)]
     for index, (block, name) in enumerate(zip(blocks, names), 1):
@@ -104,7 +106,7 @@ def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str]
     for step in chosen.steps:  # re-walk the chosen path through the cache for per-step figures
         path.append(step)
         node = next((n for n in ctx.evaluated if n.steps == tuple(path)), None)
-        steps.append({**step.to_dict(), **(node_summary(node) if node else {})})
+        steps.append({**step.to_dict(), "change": node.change if node else "", **(node_summary(node) if node else {})})
     run = run or {}
     summaries = []
     for node in (original, chosen):
@@ -191,6 +193,8 @@ def _step_rows(report: dict, width: int) -> list[str]:
         wrapped = textwrap.wrap(f"{s['pass']} at {s['anchor']}", wrap, break_long_words=False,
                                 break_on_hyphens=False, subsequent_indent="  ")
         wrapped += textwrap.wrap(f"[{params}]", wrap, initial_indent="  ", subsequent_indent="   ") if params else []
+        # What this step did: what tells apart the same pass at the same site taken twice.
+        wrapped += textwrap.wrap(s.get("change") or "", wrap, initial_indent="  ", subsequent_indent="  ")
         lines.append(f"  {i:>4}  {latency:>12}  {value:>{max(8, len(metric_head))}}  {err:>9}  {wrapped[0]}")
         lines += [indent + more for more in wrapped[1:]]
     return lines
