@@ -806,8 +806,8 @@ def compare_command(model_a, model_b, metric, target_name, fail_over, data, reci
     else:
         _print_comparison(model_a, model_b, dataset, result, costs, latencies, target)
         units = " points" if gate_metric in ("top1", "agreement") else ""
-        click.echo(f"B is worse than A by {drop:.4g}{units} of {gate_metric}"
-                   + (f" (--fail-over {fail_over:g})" if fail_over is not None else ""))
+        click.echo(f"B's drop against A: {drop:.4g}{units} of {gate_metric}" + (" (B is better)" if drop < 0 else "")
+                   + (f"; --fail-over {fail_over:g}" if fail_over is not None else ""))
         for warning in result.interval_warnings(ci_width):
             click.echo(f"warning: {warning}", err=True)
     if failed:
@@ -833,11 +833,11 @@ def _print_comparison(model_a, model_b, dataset, result, costs, latencies, targe
     for label, left, right in rows:
         click.echo(f"  {label:<{widths[0]}}  {left:<{widths[1]}}  {right}".rstrip())
     if latencies and latencies[1].latency_s < latencies[0].latency_s:
-        grown = [what for what, x, y in (("parameters", costs[0].param_bytes, costs[1].param_bytes),
-                                         ("MACs", costs[0].macs, costs[1].macs)) if y > x]
+        grown = [f"{what} {y / x:.2f}x" for what, x, y in (("parameters", costs[0].param_bytes, costs[1].param_bytes),
+                                                           ("MACs", costs[0].macs, costs[1].macs)) if x and y > x]
         if grown:
-            click.echo(f"  B is faster but larger: {', '.join(grown)} grew, predicted latency fell "
-                       f"{latencies[0].latency_s / latencies[1].latency_s:.2f}x")
+            click.echo(f"  B is faster but larger: {', '.join(grown)}, for "
+                       f"{latencies[0].latency_s / latencies[1].latency_s:.2f}x the predicted speed")
     click.echo(f"B against A (n={result.n}):")
     for figure in result.fidelity.values():
         click.echo(f"  {figure}")

@@ -254,7 +254,7 @@ def test_compare_fails_over_its_threshold_with_exit_code_5(run, tmp_path):
     onnx.save(tiny_mobilenet(seed=1), str(other))  # other weights: predictions disagree
     same = invoke("compare", run["source"], run["source"], "--data", "random", "--samples", "16", "--fail-over", "0")
     assert same.exit_code == 0, same.output
-    assert "worse than A by 0 points of agreement (--fail-over 0)" in same.stdout
+    assert "B's drop against A: 0 points of agreement; --fail-over 0" in same.stdout
     proc = subprocess.run([sys.executable, "-m", "onnx_tailor", "compare", str(run["source"]), str(other), "--data",
                            "random", "--samples", "16", "--fail-over", "1", "--json"], capture_output=True, text=True)
     assert proc.returncode == 5, proc.stderr
@@ -276,7 +276,7 @@ def test_compare_shows_predicted_latency_and_says_faster_but_larger(run):
                    "--target", "npu-p32").stdout
     assert "predicted latency on npu-p32" in table and "simulated latency on npu-p32" in table
     grew = report["optimized"]["param_bytes"] > report["original"]["param_bytes"]
-    assert ("B is faster but larger" in table) == grew
+    assert ("B is faster but larger: parameters" in table) == grew
 
 
 def test_the_reports_test_split_scores_the_same_in_compare_and_evaluate(run):
