@@ -764,7 +764,7 @@ _COMPARED_COSTS = ("macs", "params", "param_bytes", "peak_activation_bytes")  # 
     of predictions, cosine similarity and SQNR of outputs), and each model's MACs,
     parameters and peak activation memory; with --target, each one's predicted
     latency there (and the simulated one on npu-* targets).
-    \b
+
     --fail-over X gates a pipeline, as Polygraphy's `run --atol` does: exit code 5
     when B is worse than A by more than X, in the task metric's units (top1: points),
     or without a task metric in agreement (100 - agreement, points) or else cosine
