@@ -133,8 +133,8 @@ def check_report(report: dict) -> list[str]:
 
 
 def test_the_report_follows_its_schema_and_is_versioned(run):
-    report = run["report"]
-    assert check_report(report) == []
+    report, schema = run["report"], report_schema()
+    assert check_report(report) == [] and schema_errors(report, schema, schema) == []
     assert report["format"] == "onnx-tailor-report/1" and report["tool_version"]
     invocation = report["invocation"]
     assert invocation["model"] == str(run["source"]) and invocation["data"] == str(run["data"])
@@ -146,10 +146,10 @@ def test_the_report_follows_its_schema_and_is_versioned(run):
 
 def test_the_schema_rejects_what_a_pipeline_could_not_rely_on(run):
     """The checker and the schema can fail: a wrong format, a missing boolean, steps as a count."""
-    report = run["report"]
+    report, schema = run["report"], report_schema()
     for broken in ({**report, "format": "onnx-tailor-report/0"}, {k: v for k, v in report.items() if k != "improved"},
                    {**report, "steps": 3}, {**report, "original": {**report["original"], "step_count": "0"}}):
-        assert check_report(broken), broken.keys()
+        assert check_report(broken) and schema_errors(broken, schema, schema), broken.keys()
 
 
 def test_steps_is_a_list_everywhere_and_counts_are_step_count(run):
