@@ -23,6 +23,7 @@ from ..costmodel.target import Target
 from ..ir import Model
 from ..passes import Exactness, Site, Step, apply_step, get_pass
 from .constraints import Constraints
+from .measured import MeasuredSteps
 
 _log = logging.getLogger(__name__)  # every candidate's fate, at DEBUG: what `optimize -v` shows
 
@@ -141,6 +142,7 @@ class SearchContext:
         self.target = target
         self.pass_params = pass_params or {}
         self.cost_model = cost_model_for(target)
+        self.measured = MeasuredSteps(target)  # times each step against its parent on targets measured here
         self.passes = [get_pass(name) for name in passes]
         self.constraints = constraints
         self.data = data
@@ -185,6 +187,7 @@ class SearchContext:
             self.stats.evaluated += 1
         elif self.data is not None:
             node.score = self.data.original_score
+        node.reason = node.reason or self.measured.verdict(self, node)
         node.feasible = node.reason is None
         self._nodes[model.content_hash] = node
         self.evaluated.append(node)
@@ -222,7 +225,7 @@ class SearchContext:
 
     def worth_applying(self, node: Node, candidate: Candidate) -> bool:
         gain = node.latency_s - candidate.predicted_s
-        if gain <= MIN_GAIN * node.latency_s:
+        if gain <= self.measured.min_gain(MIN_GAIN) * node.latency_s:
             self._note(node, candidate, f"predicted slower or no faster ({-gain * 1e6:+.1f} us)")
             return False
         return True

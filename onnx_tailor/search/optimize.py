@@ -25,17 +25,17 @@ import onnx
 
 from .. import accuracy
 from ..costmodel import load_target
-from ..costmodel.measure import session_for, time_session
 from ..costmodel.target import Target
-from ..errors import TailorError
-from ..ir import Model, seeded_inputs, session
+from ..errors import QuantizationError, TailorError
+from ..ir import Model, session
 from ..passes import Exactness, all_passes, get_pass
 from .beam import beam
 from .constraints import Constraints, check_binds, default_max_drop, drop_units, parse_max_drop
 from .context import Judgement, SearchContext, SearchData
 from .evolutionary import evolutionary
 from .greedy import greedy
-from .recipe import Recipe, replay_each
+from .provenance import stamped
+from .recipe import IN_MEMORY, Recipe, replay_each
 from .report import build_report
 
 STRATEGIES = ("greedy", "beam", "evolutionary")
@@ -65,6 +65,12 @@ class OptimizeResult:
     def improved(self) -> bool:
         return bool(self.recipe.steps)
 
+    def to_dict(self) -> dict:
+        """JSON-ready: whether it improved, the notes, the report (what report.json holds; latencies in
+        ms) and the recipe (what recipe.json holds, the data path as given)."""
+        return {"improved": self.improved, "model_hash": self.model.content_hash, "notes": list(self.notes),
+                "report": self.report, "recipe": self.recipe.to_dict()}
+
     def emitted(self, emit: str = "fp32") -> Model:
         """The model to write: fp32 as optimized, or `qdq`, its int8 QDQ quantization calibrated on the
         calibration split (the form NPU compilers take; the same bytes the search judged in int8)."""
@@ -74,7 +80,7 @@ class OptimizeResult:
             raise TailorError(f"unknown --emit '{emit}'; choose fp32 or qdq")
         if self.context is None or self.context.data is None:
             raise TailorError("--emit qdq calibrates the quantization on --data; give --data")
-        return self.context.data.quantized(self.model)
+        return stamped(self.context.data.quantized(self.model), self.model, self.recipe)
 
 
 def _passes(requested: list[str] | None) -> list[str]:
@@ -134,7 +140,10 @@ def _search_data(model: Model, data, metric: str | None, max_drop: str | None, s
                   "precision": precision, "split": split.describe()}
     notes.append(f"accuracy budget: {describe_budget(understood)}; data split into {split.describe()}: passes fit "
                  "on calibration, the search judges on selection, the result is reported on test")
-    if precision == "int8":
+    if precision == "int8" and accuracy.is_quantized_model(model):
+        notes.append("the model is already quantized: it and every rewrite of it are judged as they are, "
+                     "without quantizing them again")
+    elif precision == "int8":
         notes.append("every model is judged in int8, as the target runs it: onnxruntime's static QDQ quantization "
                      "(per-channel int8 weights, MinMax-calibrated int8 activations) on the calibration split")
     search_data.allowed_drop = allowed
@@ -187,19 +196,6 @@ def _check_resolution(samples: int, split, original_score, metric: str, allowed:
                           "--data or with --passes naming only exact ones")
 
 
-def _measure_side_by_side(original: Model, optimized: Model, target: Target, rounds: int = 5) -> dict:
-    """Median latency of both models, timed in alternation so that machine noise hits both alike."""
-    sessions = [session_for(m, target) for m in (original, optimized)]
-    feeds = seeded_inputs(original)
-    medians = [[], []]
-    for _ in range(rounds):
-        for index, sess in enumerate(sessions):
-            medians[index].append(time_session(sess, feeds, warmup=3, runs=15).median_s)
-    original_s, optimized_s = (sorted(m)[len(m) // 2] for m in medians)
-    return {"target": target.name, "original_ms": original_s * 1e3, "optimized_ms": optimized_s * 1e3,
-            "rounds": rounds}
-
-
 def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: str | None = None,
              max_drop: str | None = None, max_params: int | None = None, max_activation: int | None = None,
              passes: list[str] | None = None, search: str = "greedy", beam_width: int = 4,
@@ -218,7 +214,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
     target = target if isinstance(target, Target) else load_target(target)
-    precision = precision or target.precision
+    chosen_precision, precision = precision, precision or target.precision
     if precision not in PRECISIONS:
         raise TailorError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if acceptance not in ACCEPTANCES:
@@ -229,8 +225,16 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     search_data, accuracy_budget = None, None
     if data is not None:
         lossy = any(get_pass(name).exactness is Exactness.LOSSY for name in names)
-        search_data, accuracy_budget = _search_data(model, data, metric, max_drop, seed, split,
-                                                    (precision, acceptance), lossy, notes)
+        try:
+            search_data, accuracy_budget = _search_data(model, data, metric, max_drop, seed, split,
+                                                        (precision, acceptance), lossy, notes)
+        except QuantizationError as exc:
+            if chosen_precision is not None or precision == "fp32":
+                raise
+            # The target's int8 was only a default: judging in fp32 with a note beats refusing the model.
+            notes.append(f"judged in fp32, not in {target.name}'s int8: {exc}; the int8 model may lose more")
+            search_data, accuracy_budget = _search_data(model, data, metric, max_drop, seed, split,
+                                                        ("fp32", acceptance), lossy, notes)
     else:
         if max_drop is not None:
             parse_max_drop(max_drop)  # malformed is an error even where there is nothing to judge
@@ -269,7 +273,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     fingerprint = search_data.calibration_fingerprint if search_data else None
     if search_data is not None:
         fractions = accuracy.parse_split(split)
-        data_info = {"source": str(data) if not isinstance(data, accuracy.Dataset) else "in-memory",
+        data_info = {"source": str(data) if not isinstance(data, accuracy.Dataset) else IN_MEMORY,
                      "seed": seed, "fraction": fractions[0], "split": list(fractions)}
     recipe = Recipe(model.content_hash, chosen.steps, dict(model.input_shapes), fingerprint, data_info, target.name)
     path = replay_each(recipe, model, calib, fingerprint)  # the original, then the model after each step
@@ -289,13 +293,16 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
         if judgement.over_budget:
             raise RuntimeError(f"the final model breaks the budget on re-evaluation ({judgement.over_budget}); "
                                "nothing was written (a bug: please report it)")
-    measured = _measure_side_by_side(model, final, target) if measure and target.kind == "ort" else None
+    measured = ctx.measured.along(path[:len(recipe.steps) + 1])  # what the search already timed, if it did
+    if measured is None and measure and target.kind == "ort":
+        measured = ctx.measured.side_by_side(model, final)
     if measure and target.kind != "ort":
         notes.append(f"--measure times models with onnxruntime; {target.name} is {target.kind}, so nothing was timed")
     invocation = {"model": None, "data": data_info["source"] if data_info else None, "target": target.name,
                   "metric": search_data.metric if search_data else None, "max_drop": max_drop, "passes": names,
                   "pass_params": pass_params, "search": search, "beam_width": beam_width, "seed": seed,
-                  "split": data_info["split"] if data_info else None, "precision": precision,
+                  "split": data_info["split"] if data_info else None,
+                  "precision": search_data.precision if search_data else precision,
                   "acceptance": acceptance, "time_budget_s": time_budget, "measure": measure,
                   "output": None, "report": None, "recipe": None}
     within = final_node.feasible and (test is None or test["drop"] <= test["allowed_drop"] + 1e-9)
@@ -303,7 +310,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
                "time_budget_exhausted": exhausted}
     report = build_report(ctx, final_node, search, notes, measured, test,
                           run={"invocation": invocation, "budget": budget, **outcome})
-    return OptimizeResult(final, report, recipe, notes, ctx)
+    return OptimizeResult(stamped(final, model, recipe), report, recipe, notes, ctx)
 
 
 def _holding_on_test(data: SearchData, path: list[Model], notes: list[str]) -> tuple[int, dict]:
@@ -340,14 +347,17 @@ def _why_nothing_helped(ctx: SearchContext) -> str:
     slower = sum("predicted slower" in o for o in outcomes)
     budget = sum("over the budget" in o for o in outcomes)
     error = sum("too large" in o for o in outcomes)
+    timed = sum("not measurably faster" in o for o in outcomes)
+    measured = f", {timed} not measurably faster" if timed else ""
     return (f"nothing beat the original ({len(outcomes)} candidates: {slower} predicted no faster, {budget} over "
-            f"a budget, {error} with too large a local error); the original is returned unchanged")
+            f"a budget, {error} with too large a local error{measured}); the original is returned unchanged")
 
 
 def _check_loadable(model: Model) -> None:
     """The written model must pass the onnx checker and load in onnxruntime."""
     try:
-        onnx.checker.check_model(model.proto)
+        if model.fits:  # past 2 GiB the checker cannot take it; onnxruntime's own checks still run
+            onnx.checker.check_model(model.proto)
         session(model)
     except Exception as exc:  # a bug, not a user error: keep the cause
         raise RuntimeError(f"the optimized model failed its final check: {exc}") from exc

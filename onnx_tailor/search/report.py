@@ -3,7 +3,9 @@
 The report explains every decision: the accuracy of the result on the test
 split, which the search never saw (`test`; the `metric` and `drop` of each
 model and step are on the selection split the search chose with); the chosen
-steps with their predicted latency, accuracy and memory; for every inverted-bottleneck block of the
+steps with their predicted latency, accuracy and memory, and whether each was
+accepted on measurement (timed against its parent, on targets measured here)
+or on the cost model alone; for every inverted-bottleneck block of the
 original, what happened to it (rewritten by which pass, or left alone and
 why: predicted slower, accuracy over budget, local error too large, memory
 over budget, or never reached); and the search's statistics.
@@ -19,26 +21,19 @@ from __future__ import annotations
 import os
 import shutil
 import textwrap
-from importlib.metadata import PackageNotFoundError, version
 
 from ..analysis import analyze, find_ibn_blocks
 from ..costmodel import simulate
 from ..errors import TailorError
+from ..version import __version__
 from .context import Node, SearchContext
 
 REPORT_FORMAT = "onnx-tailor-report/1"
 # Why a block was left alone, as a code a pipeline can match, with the words of the outcome it comes from;
 # when a block's candidates met several fates, the first code in this order is the one given.
 REASONS = (("over_accuracy_budget", "over the budget"), ("local_error_too_large", "too large"),
-           ("predicted_slower", "predicted slower"))
+           ("not_measurably_faster", "not measurably faster"), ("predicted_slower", "predicted slower"))
 _MEMORY = ("parameters ", "peak activations ")  # how memory_violation's outcomes begin
-
-
-def tool_version() -> str:
-    try:
-        return version("onnx-tailor")
-    except PackageNotFoundError:  # running from a source tree
-        return "0+unknown"
 
 
 def node_summary(node: Node) -> dict:
@@ -106,7 +101,10 @@ def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str]
     for step in chosen.steps:  # re-walk the chosen path through the cache for per-step figures
         path.append(step)
         node = next((n for n in ctx.evaluated if n.steps == tuple(path)), None)
-        steps.append({**step.to_dict(), "change": node.change if node else "", **(node_summary(node) if node else {})})
+        comparison = ctx.measured.comparisons.get(node.key) if node else None
+        steps.append({**step.to_dict(), "change": node.change if node else "", **(node_summary(node) if node else {}),
+                      "accepted_on": "measurement" if comparison else "cost model",
+                      "measured": comparison.to_dict() if comparison else None})
     run = run or {}
     summaries = []
     for node in (original, chosen):
@@ -115,7 +113,7 @@ def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str]
         summaries.append(summary)
     return {
         "format": REPORT_FORMAT,
-        "tool_version": tool_version(),
+        "tool_version": __version__,
         "invocation": run.get("invocation"),
         "within_budget": run.get("within_budget", chosen.feasible),
         "improved": run.get("improved", bool(chosen.steps)),
@@ -180,7 +178,10 @@ def _step_rows(report: dict, width: int) -> list[str]:
     metric_head = f"{metric['name']}{' %' if metric['unit'] == '%' else ' dB' if metric['unit'] == 'dB' else ''}" \
         if metric else "metric"
     metric_head += " (sel.)" if metric else ""
-    head = f"  {'step':>4}  {'predicted ms':>12}  {metric_head:>{max(8, len(metric_head))}}  {'local err':>9}  "
+    on_measurement = any(s.get("measured") for s in steps)
+    timed_head = f"{'measured':>9}  " if on_measurement else ""
+    head = (f"  {'step':>4}  {'predicted ms':>12}  {metric_head:>{max(8, len(metric_head))}}  {'local err':>9}  "
+            + timed_head)
     indent = " " * len(head)
     lines = ["", head + "rewrite: pass at site [parameters]"]
     wrap = max(30, width - len(head))
@@ -195,8 +196,13 @@ def _step_rows(report: dict, width: int) -> list[str]:
         wrapped += textwrap.wrap(f"[{params}]", wrap, initial_indent="  ", subsequent_indent="   ") if params else []
         # What this step did: what tells apart the same pass at the same site taken twice.
         wrapped += textwrap.wrap(s.get("change") or "", wrap, initial_indent="  ", subsequent_indent="  ")
-        lines.append(f"  {i:>4}  {latency:>12}  {value:>{max(8, len(metric_head))}}  {err:>9}  {wrapped[0]}")
+        timed = (f"{s['measured']['speedup']:>8.3f}x  " if s.get("measured") else f"{'-':>9}  ") \
+            if on_measurement else ""
+        lines.append(f"  {i:>4}  {latency:>12}  {value:>{max(8, len(metric_head))}}  {err:>9}  {timed}{wrapped[0]}")
         lines += [indent + more for more in wrapped[1:]]
+    if on_measurement:
+        lines.append("  every step was accepted on measurement: timed side by side with its parent "
+                     "(the measured column) and kept only when measurably faster")
     return lines
 
 
@@ -252,8 +258,10 @@ def format_report(report: dict, width: int | None = None) -> str:
                      f"({sim['original_ms'] / sim['optimized_ms']:.2f}x)")
     if report.get("measured"):
         m = report["measured"]
+        speedup = m.get("speedup") or m["original_ms"] / m["optimized_ms"]
+        chained = " (each step against its parent, as the search timed them)" if m.get("source") else ""
         lines.append(f"  measured on {m['target']}: {m['original_ms']:.3f} ms -> {m['optimized_ms']:.3f} ms "
-                     f"({m['original_ms'] / m['optimized_ms']:.2f}x)")
+                     f"({speedup:.2f}x){chained}")
     lines += _step_rows(report, width)
     lines += _block_rows(report, width)
     s = report["statistics"]
