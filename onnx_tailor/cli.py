@@ -3,13 +3,23 @@
 Exit codes: 0 success; 1 bad input (missing or invalid model, unknown pass or
 site, bad parameter, an output that cannot be written: a missing folder, a full
 disk, checked before the work starts where it can be); 2 bad usage (unknown
-option, missing argument);
-3 an exact rewrite failed its numerical check (a bug: please report it).
+option, missing argument, a value that does not parse, e.g. `--max-drop abc`);
+3 an exact rewrite failed its numerical check (a bug: please report it);
+4 `optimize`: no model meets the constraints; 5 `compare --fail-over X`: B is
+worse than A by more than X; 130 interrupted (Ctrl-C; during `optimize`'s
+search it first writes the best model found so far and its report, which says
+`"interrupted": true`).
+
+Every long command (optimize, evaluate, compare, costmodel measure) reports progress on stderr,
+each line prefixed with the seconds elapsed: `--quiet` silences it, `-v`
+adds every candidate's fate, `--log-file F` keeps all of it (with -v's
+detail and timestamps) in F whatever the terminal shows.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -26,7 +36,8 @@ from .errors import TailorError
 from .ir import Model
 from .ir.io import Outputs, check_outputs, ensure_not_input
 from .passes import Declined, Exactness, Site, all_passes, get_pass
-from .search import check_plotting_available, format_report, plot_pareto, read_recipe
+from .search import (SPLIT_PARTS, check_plotting_available, format_report, parse_max_drop, plot_pareto,
+                     read_recipe, split_part)
 from .version import __version__
 
 
@@ -39,6 +50,13 @@ class _Group(click.Group):
         except TailorError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(error.exit_code)
+        except KeyboardInterrupt:  # the shell's convention, 128 + SIGINT; optimize handles its own first
+            click.echo("interrupted", err=True)
+            sys.exit(INTERRUPTED)
+
+
+INTERRUPTED = 130  # exit code after Ctrl-C
+COMPARE_FAILED = 5  # exit code of `compare --fail-over` when B is worse than A by more than allowed
 
 
 def _parse_shape(ctx, param, values) -> dict[str, tuple[int, ...]]:
@@ -91,6 +109,71 @@ def _human_count(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.2f} {unit}"
     return str(n)
+
+
+def _log_options(command):
+    """-v/--verbose, --quiet and --log-file, for every command that runs long."""
+    options = [
+        click.option("-v", "--verbose", is_flag=True, help="More progress: every candidate's fate."),
+        click.option("--quiet", is_flag=True, help="No progress on stderr."),
+        click.option("--log-file", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Write all progress, with -v's detail and timestamps, to FILE."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+class _Elapsed(logging.Formatter):
+    def __init__(self, command: str, start: float):
+        super().__init__()
+        self.command, self.start = command, start
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"[{self.command} {record.created - self.start:6.1f} s] {record.getMessage()}"
+
+
+def _start_logging(command: str, verbose: bool, quiet: bool, log_file: str | None):
+    """Route the library's log (logger `onnx_tailor`) to stderr and --log-file; returns a progress
+    callback that logs at INFO. The handlers go when the command ends (tests run many in one process)."""
+    logger = logging.getLogger("onnx_tailor")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handlers: list[logging.Handler] = []
+    if not quiet:
+        terminal = logging.StreamHandler(sys.stderr)
+        terminal.setLevel(logging.DEBUG if verbose else logging.INFO)
+        terminal.setFormatter(_Elapsed(command, time.time()))
+        handlers.append(terminal)
+    if log_file:
+        try:
+            kept = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+        except OSError as exc:
+            raise TailorError(f"--log-file {log_file}: {exc.strerror}") from None
+        kept.setLevel(logging.DEBUG)
+        kept.setFormatter(logging.Formatter(f"%(asctime)s {command} %(levelname)s %(message)s"))
+        handlers.append(kept)
+    for handler in handlers:
+        logger.addHandler(handler)
+
+    def close():
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+
+    click.get_current_context().call_on_close(close)
+    return logger.info
+
+
+def _check_max_drop(ctx, param, value):
+    """A budget that does not parse is a usage error (2), found before any model loads."""
+    if value is None:
+        return None
+    try:
+        parse_max_drop(value)
+    except TailorError as error:
+        raise click.BadParameter(str(error).removeprefix("--max-drop ")) from None
+    return value
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -362,10 +445,12 @@ def costmodel_sweep(output, models, size):
               help="Read the sweep's kernel times from the profiles profile_on_device.py wrote on a device "
                    "(with --sweep; nothing is run here).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The measurements CSV to write.")
-def costmodel_measure(target_name, sweep_dir, models, size, profiles_dir, output):
+@_log_options
+def costmodel_measure(target_name, sweep_dir, models, size, profiles_dir, output, verbose, quiet, log_file):
     """Measure the sweep on a target: each kernel profiled inside a small network with onnxruntime, or
     simulated for npu targets; or read the profiles a device wrote (--profiles)."""
     check_outputs(output)  # before minutes of measuring
+    log = _start_logging("measure", verbose, quiet, log_file)
     if profiles_dir:
         if not sweep_dir:
             raise click.UsageError("--profiles reads the profiles of a sweep folder: give --sweep too")
@@ -375,11 +460,10 @@ def costmodel_measure(target_name, sweep_dir, models, size, profiles_dir, output
         return
     target = load_target(target_name)
     entries = read_manifest(sweep_dir) if sweep_dir else sweep_entries(size, [api.load(m) for m in models])
-    start = time.perf_counter()
 
     def progress(done, total):
-        if done % 50 == 0 or done == total:
-            click.echo(f"  measured {done}/{total} ({time.perf_counter() - start:.0f} s)", err=True)
+        if done % 50 == 0 or done == total or verbose:
+            log(f"measured {done}/{total}")
 
     measurements = measure_sweep(entries, target, progress)
     write_measurements(Path(output), measurements)
@@ -475,8 +559,10 @@ def targets(as_json):
                                           "Without it only exact passes run.")
 @click.option("--metric", metavar="NAME", help="top1 | agreement | cosine | sqnr | module:function "
                                                "[default: top1 with labels, else agreement]")
-@click.option("--max-drop", default="1.0", show_default=True, metavar="POINTS|PCT%",
-              help="Largest allowed drop of the metric against the original: points (1.0) or relative (1%).")
+@click.option("--max-drop", callback=_check_max_drop, metavar="DROP|PCT%",
+              help="Largest allowed drop of the metric against the original, in the metric's units (points of "
+                   "100 for top1 and agreement, a fraction of 1 for cosine, dB for sqnr) or relative to the "
+                   "original's score (1%). [default: top1, agreement 1; cosine 0.01; sqnr 3 (dB)]")
 @click.option("--max-params", type=click.IntRange(min=1), metavar="BYTES", help="Budget for parameter bytes.")
 @click.option("--max-activation", type=click.IntRange(min=1), metavar="BYTES", help="Budget for peak activation bytes.")
 @click.option("--passes", "pass_list", metavar="A,B,C", help="Passes the search may use [default: all rewrites].")
@@ -508,12 +594,12 @@ def targets(as_json):
               help="Write the Pareto front (latency vs metric) as a PNG (needs the 'plot' extra).")
 @click.option("--measure", is_flag=True, help="For measured targets: time original and optimized side by side.")
 @click.option("--overwrite-input", is_flag=True, help="Allow OUTPUT to be the input file itself.")
-@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_log_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @input_shape_option
 def optimize(model, target_name, data, metric, max_drop, max_params, max_activation, pass_list, search, beam_width,
-             time_budget, seed, emit, precision, acceptance, split, output, report_path, recipe_path, plot_path, measure, overwrite_input, quiet,
-             as_json, input_shapes):
+             time_budget, seed, emit, precision, acceptance, split, output, report_path, recipe_path, plot_path,
+             measure, overwrite_input, verbose, quiet, log_file, as_json, input_shapes):
     """Find the fastest variant of MODEL on a target that keeps accuracy and memory in budget.
 
     \b
@@ -525,23 +611,29 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
     budget there, the best earlier model on its path that holds is written
     instead. The model, its report and its recipe are written; `apply MODEL
     --recipe R` replays the recipe to the same bytes. Ctrl-C or --time-budget
-    stops the search with the best model so far.
+    stops the search with the best model so far. The budget as understood is
+    printed before the search starts.
     \b
     Exit codes: 0 written (improved, or the original unchanged when nothing
     helped: the report says why); 1 bad input; 2 bad usage; 3 a rewrite failed
-    its numerical check (a bug); 4 no model meets the constraints.
+    its numerical check (a bug); 4 no model meets the constraints; 130
+    interrupted by Ctrl-C, after writing the best model so far, its report and
+    recipe. report.json follows onnx_tailor/schemas/report.schema.json.
     """
     if plot_path:
         check_plotting_available()  # before minutes of search, not after
     check_outputs(output, report_path, recipe_path, plot_path)  # likewise: a typo in a folder fails now
     ensure_not_input(output, model, overwrite_input)
+    progress = _start_logging("optimize", verbose, quiet, log_file)
     loaded = api.load(model, input_shapes)
-    progress = None if quiet else (lambda message: click.echo(f"[optimize] {message}", err=True))
     result = api.optimize(loaded, target_name, data=data, metric=metric, max_drop=max_drop, max_params=max_params,
                           max_activation=max_activation,
                           passes=[p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None,
                           search=search, beam_width=beam_width, time_budget=time_budget, seed=seed, split=split,
                           precision=precision, acceptance=acceptance, measure=measure, progress=progress)
+    result.report["invocation"].update(model=str(model), output=str(output), emit=emit,
+                                       report=str(report_path) if report_path else None,
+                                       recipe=str(recipe_path) if recipe_path else None)
     with Outputs() as written:  # all of them or none: a failure on one leaves none written
         written.write_model(result.emitted(emit), output, input_path=model, overwrite_input=overwrite_input)
         if report_path:
@@ -552,6 +644,8 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
             plot_pareto(result.context, result.context.best, written.reserve(plot_path, suffix=".png"))
         written.commit()
     click.echo(json.dumps(result.report, indent=2) if as_json else format_report(result.report))
+    if result.report["interrupted"]:
+        sys.exit(INTERRUPTED)
 
 
 def _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes, emit):
@@ -652,29 +746,62 @@ _DATA_HELP = """
        "order": "rgb" | "bgr", "layout": "nchw" | "nhwc"}
     Pixels are scaled to [0, 1], then (x - mean) / std per channel. Defaults: size
     and layout from the model's input shape, mean 0, std 1, rgb.
+    \b
+    To reproduce an optimize report's figures, score the part of its data it
+    quotes: --recipe R.json --split test (the same data, seed and fractions;
+    --data defaults to the recipe's). The report's test figures are in its
+    precision: for int8 compare the `--emit qdq` models, or read its fp32 line.
 """
+
+
+def _renamed_max_drop(ctx, param, value):
+    if value is not None:
+        raise click.UsageError("--max-drop is optimize's budget; here the interval warning is --ci-width, "
+                               "and `compare --fail-over X` fails when B is worse than A by more than X")
 
 
 def _data_options(command):
     options = [
-        click.option("--data", required=True, metavar="D", help="An .npz file, a folder of images, or 'random'."),
+        click.option("--data", metavar="D", help="An .npz file, a folder of images, or 'random' "
+                                                 "[required unless --recipe names the data]."),
+        click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), metavar="R.json",
+                     help="The recipe of an optimize run: its data, seed and split fractions (with --split)."),
+        click.option("--split", "part", type=click.Choice(SPLIT_PARTS),
+                     help="Score only this part of the recipe's split (test: the drop the report quotes)."),
         click.option("--image-spec", metavar="JSON|FILE", help="How to preprocess an image folder (see above)."),
         click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
                      help="How many samples --data random makes."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of --data random."),
         click.option("--output-name", metavar="NAME",
                      help="The model output metrics read (default: the first; cosine and sqnr: all)."),
-        click.option("--max-drop", type=click.FloatRange(min=0, min_open=True), metavar="BUDGET",
+        click.option("--ci-width", type=click.FloatRange(min=0, min_open=True), metavar="WIDTH",
                      help="Warn when a 95% interval is wider (+-) than this, in the metric's units "
-                          "(points for top1 and agreement, dB for sqnr)."),
+                          "(points for top1 and agreement, dB for sqnr): a change that small is noise."),
+        click.option("--max-drop", hidden=True, expose_value=False, callback=_renamed_max_drop),
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
                      help="Samples per onnxruntime run."),
         input_shape_option,
         click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON."),
+        _log_options,
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _dataset(model, data, recipe_path, part, image_spec, samples, seed):
+    """The data to score on: --data, or the recipe's; with --split, only that part of the recipe's split."""
+    if part and not recipe_path:
+        raise click.UsageError("--split needs --recipe: the split is the one that optimize run made")
+    recipe = read_recipe(Path(recipe_path)) if recipe_path else None
+    source = data or (recipe.data_source if recipe else None)
+    if source is None:
+        raise click.UsageError("give --data" + (" (this recipe names no data file: made without data, or with "
+                                                "arrays in memory)" if recipe else ""))
+    # The recipe's own data is loaded as optimize loaded it ('random': its default samples and seed).
+    generated = {} if recipe is not None and not data else {"samples": samples, "seed": seed}
+    dataset = accuracy.load_data(source, model, image_spec=image_spec, **generated)
+    return split_part(recipe, dataset, part) if part else dataset
 
 
 @main.command("evaluate", help="""Score MODEL on data: a metric with its 95% confidence interval and sample count.
@@ -691,15 +818,17 @@ def _data_options(command):
 @click.option("--reference", type=click.Path(dir_okay=False), metavar="ORIGINAL",
               help="The original model, for agreement, cosine and sqnr.")
 @_data_options
-def evaluate_command(model, metric, reference, data, image_spec, samples, seed, output_name, max_drop, batch_size,
-                     input_shapes, as_json):
+def evaluate_command(model, metric, reference, data, recipe_path, part, image_spec, samples, seed, output_name,
+                     ci_width, batch_size, input_shapes, as_json, verbose, quiet, log_file):
+    progress = _start_logging("evaluate", verbose, quiet, log_file)
     loaded = api.load(model, input_shapes)
     original = api.load(reference, input_shapes) if reference else None
-    dataset = accuracy.load_data(data, loaded, image_spec=image_spec, samples=samples, seed=seed)
+    dataset = _dataset(loaded, data, recipe_path, part, image_spec, samples, seed)
     metric = metric or accuracy.default_metric(dataset, original is not None)
     metrics = [metric] + (["agreement"] if metric == "top1" and original is not None else [])
+    progress(f"scoring {', '.join(metrics)} on {dataset}")
     scores = accuracy.Evaluator(batch_size).scores(loaded, dataset, metrics, original, output_name)
-    warnings = accuracy.interval_warnings([("", figure) for figure in scores.values()], max_drop)
+    warnings = accuracy.interval_warnings([("", figure) for figure in scores.values()], ci_width)
     if as_json:
         click.echo(json.dumps({"model": model, "reference": reference, "data": str(dataset), "n": len(dataset),
                                "scores": {name: s.to_dict() for name, s in scores.items()},
@@ -720,28 +849,69 @@ _COMPARED_COSTS = ("macs", "params", "param_bytes", "peak_activation_bytes")  # 
     Prints the task metric of each (top1 when the data has labels, or --metric
     module:function) with its 95% confidence interval, B's fidelity to A (agreement
     of predictions, cosine similarity and SQNR of outputs), and each model's MACs,
-    parameters and peak activation memory.
+    parameters and peak activation memory; with --target, each one's predicted
+    latency there (and the simulated one on npu-* targets).
+
+    --fail-over X gates a pipeline, as Polygraphy's `run --atol` does: exit code 5
+    when B is worse than A by more than X, in the task metric's units (top1: points),
+    or without a task metric in agreement (100 - agreement, points) or else cosine
+    (1 - cosine). Exit codes: 0 compared (and within --fail-over); 1 bad input;
+    2 bad usage; 5 over --fail-over.
 """ + _DATA_HELP)
 @click.argument("model_a", type=click.Path(dir_okay=False))
 @click.argument("model_b", type=click.Path(dir_okay=False))
 @click.option("--metric", metavar="NAME",
               help="The task metric: top1 or module:function  [default: top1 when the data has labels]")
+@click.option("--target", "target_name", metavar="NAME|PROFILE.json",
+              help="Also show each model's predicted latency on this target (see `cost`).")
+@click.option("--fail-over", type=click.FloatRange(min=0), metavar="X",
+              help="Exit with code 5 when B is worse than A by more than X (see above).")
 @_data_options
-def compare_command(model_a, model_b, metric, data, image_spec, samples, seed, output_name, max_drop, batch_size,
-                    input_shapes, as_json):
+def compare_command(model_a, model_b, metric, target_name, fail_over, data, recipe_path, part, image_spec, samples,
+                    seed, output_name, ci_width, batch_size, input_shapes, as_json, verbose, quiet, log_file):
+    progress = _start_logging("compare", verbose, quiet, log_file)
+    target = load_target(target_name) if target_name else None  # an unknown target fails before any run
     a, b = api.load(model_a, input_shapes), api.load(model_b, input_shapes)
-    dataset = accuracy.load_data(data, a, image_spec=image_spec, samples=samples, seed=seed)
+    dataset = _dataset(a, data, recipe_path, part, image_spec, samples, seed)
     a, b = api.with_data(a, dataset), api.with_data(b, dataset)  # shapes that depend on values: probed on it
     costs = [api.inspect(a), api.inspect(b)]  # before any run: a model that needs --input-shape fails here
+    latencies = [score(m, target) for m in (a, b)] if target else None
+    progress(f"running A and B on {dataset}")
     result = accuracy.compare(a, b, dataset, metric, output=output_name, evaluator=accuracy.Evaluator(batch_size))
+    gate_metric, drop = result.drop()
+    failed = fail_over is not None and drop > fail_over + 1e-9
     if as_json:
         shown = [{figure: getattr(c, figure) for figure in _COMPARED_COSTS} for c in costs]
-        click.echo(json.dumps(result.to_dict((model_a, model_b), shown, max_drop), indent=2))
-        return
+        if latencies:
+            for side, cost_report in zip(shown, latencies):
+                side.update(target=target.name, predicted_latency_ms=cost_report.latency_s * 1e3,
+                            simulated_latency_ms=(cost_report.simulated_s * 1e3
+                                                  if cost_report.simulated_s is not None else None))
+        payload = result.to_dict((model_a, model_b), shown, ci_width)
+        payload["drop"] = {"metric": gate_metric, "value": drop, "fail_over": fail_over, "failed": failed}
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        _print_comparison(model_a, model_b, dataset, result, costs, latencies, target)
+        units = " points" if gate_metric in ("top1", "agreement") else ""
+        click.echo(f"B's drop against A: {drop:.4g}{units} of {gate_metric}" + (" (B is better)" if drop < 0 else "")
+                   + (f"; --fail-over {fail_over:g}" if fail_over is not None else ""))
+        for warning in result.interval_warnings(ci_width):
+            click.echo(f"warning: {warning}", err=True)
+    if failed:
+        click.echo(f"fail: B's {gate_metric} is worse than A's by {drop:.4g}, over --fail-over {fail_over:g}", err=True)
+        sys.exit(COMPARE_FAILED)
+
+
+def _print_comparison(model_a, model_b, dataset, result, costs, latencies, target) -> None:
     rows = [("", "A", "B"), ("model", model_a, model_b)]
     if result.a is not None:
         rows.append((f"{result.a.name} (95% CI)", f"{result.a.shown} {result.a.interval}",
                      f"{result.b.shown} {result.b.interval}"))
+    if latencies:
+        rows.append((f"predicted latency on {target.name}", *(f"{c.latency_s * 1e3:.4f} ms" for c in latencies)))
+        if all(c.simulated_s is not None for c in latencies):
+            rows.append((f"simulated latency on {target.name}",
+                         *(f"{c.simulated_s * 1e3:.4f} ms" for c in latencies)))
     rows += [("MACs", *(_human_count(c.macs) for c in costs)),
              ("parameters", *(f"{c.params:,} ({_human_bytes(c.param_bytes)})" for c in costs)),
              ("peak activations", *(_human_bytes(c.peak_activation_bytes) for c in costs))]
@@ -749,11 +919,15 @@ def compare_command(model_a, model_b, metric, data, image_spec, samples, seed, o
     click.echo(f"data: {dataset}")
     for label, left, right in rows:
         click.echo(f"  {label:<{widths[0]}}  {left:<{widths[1]}}  {right}".rstrip())
+    if latencies and latencies[1].latency_s < latencies[0].latency_s:
+        grown = [f"{what} {y / x:.2f}x" for what, x, y in (("parameters", costs[0].param_bytes, costs[1].param_bytes),
+                                                           ("MACs", costs[0].macs, costs[1].macs)) if x and y > x]
+        if grown:
+            click.echo(f"  B is faster but larger: {', '.join(grown)}, for "
+                       f"{latencies[0].latency_s / latencies[1].latency_s:.2f}x the predicted speed")
     click.echo(f"B against A (n={result.n}):")
     for figure in result.fidelity.values():
         click.echo(f"  {figure}")
-    for warning in result.interval_warnings(max_drop):
-        click.echo(f"warning: {warning}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ import pytest
 
 from onnx_tailor import accuracy, zoo
 from onnx_tailor.passes.canonicalize import load
+from onnx_tailor.search.context import SearchContext
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
@@ -72,3 +73,19 @@ def digits(digits_split):
     """(canonical digits model, its split, the model's bytes to check it is never modified)."""
     model = load(MODELS / "digits_mbv2.onnx")
     return model, digits_split, model.proto.SerializeToString(deterministic=True)
+
+
+@pytest.fixture
+def interrupt_search(monkeypatch):
+    """Ctrl-C pressed while the search applies its second candidate (after one model was measured)."""
+    real_expand = SearchContext.expand
+    calls = []
+
+    def interrupt_second(self, node, candidate):
+        calls.append(candidate)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_expand(self, node, candidate)
+
+    monkeypatch.setattr(SearchContext, "expand", interrupt_second)
+    return calls

@@ -103,7 +103,7 @@ def test_readme_opens_with_the_main_job_and_the_tests():
     opening = README.split("```", 2)[2].split("\n\n")[1]  # the paragraph after the commands
     assert all(word in opening for word in ("faster", "report", "recipe")), opening
     sample = fenced(README, "text")[0]
-    assert "target npu-p32" in sample and "IBN block decisions" in sample
+    assert "target npu-p32" in sample and "Inverted-bottleneck blocks" in sample
 
 
 def test_readme_and_help_examples_run_as_written(workdir):
@@ -125,7 +125,9 @@ def test_readme_and_help_examples_run_as_written(workdir):
     # The README's sample output is what the main job prints today, up to its numbers.
     shown = {_shape(line) for line in printed[commands[0]].splitlines()}
     sample = [line for line in fenced(README, "text")[0].splitlines() if line.strip() and line.strip() != "..."]
-    for line in (sample[0], sample[-1], *(l for l in sample if "decisions" in l)):  # a 1 s search takes no step
+    headers = [l for l in sample if "Inverted-bottleneck blocks" in l or l.split()[:2] == ["block", "input"]]
+    assert len(headers) == 2
+    for line in (sample[0], sample[-1], *headers):  # a 1 s search takes no step
         assert _shape(line) in shown, f"the README's sample shows a line optimize no longer prints:\n{line}"
 
 

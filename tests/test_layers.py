@@ -21,6 +21,7 @@ ALLOWED = {
     "errors": set(),
     "version": set(),
     "zoo": set(),
+    "schemas": set(),
     "ir": {"errors"},
     "analysis": {"ir", "errors"},
     "accuracy": {"ir", "errors"},

@@ -163,6 +163,17 @@ class ModelComparison:
         return interval_warnings([("A: ", self.a), ("B: ", self.b)]
                                  + [("B against A: ", score) for score in self.fidelity.values()], budget)
 
+    def drop(self) -> tuple[str, float]:
+        """(metric, how much worse B is than A in it): the task metric when there is one (A's value minus
+        B's, oriented so that positive is worse), else B's agreement with A (100 - agreement, in points),
+        else its cosine similarity (1 - cosine). What `compare --fail-over` gates on."""
+        if self.a is not None and self.b is not None:
+            sign = 1 if self.a.higher_is_better else -1
+            return self.a.name, (self.a.value - self.b.value) * sign
+        if "agreement" in self.fidelity:
+            return "agreement", 100.0 - self.fidelity["agreement"].value
+        return "cosine", 1.0 - self.fidelity["cosine"].value
+
     def to_dict(self, models: tuple[str, str] = ("A", "B"), details: tuple[Mapping, Mapping] = ({}, {}),
                 budget: float | None = None) -> dict:
         """JSON-ready: the data; for "a" and "b" the model's name (`models`), task metric and `details` (what

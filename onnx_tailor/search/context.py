@@ -11,6 +11,7 @@ content hash, so no model is fitted, scored or evaluated twice.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -23,6 +24,8 @@ from ..ir import Model
 from ..passes import Exactness, Site, Step, apply_step, get_pass
 from .constraints import Constraints
 from .measured import MeasuredSteps
+
+_log = logging.getLogger(__name__)  # every candidate's fate, at DEBUG: what `optimize -v` shows
 
 # A lossy rewrite whose block output changes by more than this is not worth an evaluation.
 MAX_LOCAL_ERROR = 0.5
@@ -103,6 +106,7 @@ class Node:
     local_error: float | None = None  # of the last step, when it was lossy
     feasible: bool = True
     reason: str | None = None  # why it is infeasible
+    change: str = ""  # what its last step did, for people (the site's summary: "expansion 176 -> 128 channels")
 
     @property
     def key(self) -> str:
@@ -143,7 +147,7 @@ class SearchContext:
         self.constraints = constraints
         self.data = data
         self.deadline = time.perf_counter() + time_budget_s if time_budget_s else None
-        self.progress = progress or (lambda message: None)
+        self._progress = progress or (lambda message: None)
         self.stats = Stats()
         self.log: list[dict] = []  # every candidate's fate, for the report's per-block decisions
         self._nodes: dict[str, Node] = {}
@@ -158,6 +162,12 @@ class SearchContext:
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.perf_counter() > self.deadline
+
+    def progress(self, message: str) -> None:
+        """Tell the caller's progress callback, with the time budget left when there is one."""
+        if self.deadline is not None:
+            message += f" ({max(0.0, self.deadline - time.perf_counter()):.0f} s of the time budget left)"
+        self._progress(message)
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -248,11 +258,13 @@ class SearchContext:
             self._children[key] = None
             return None
         child = self.node(applied.model, node.steps + (candidate.step,), error)
+        child.change = child.change or candidate.site.summary
         self._note(node, candidate, "feasible" if child.feasible else child.reason, child)
         self._children[key] = child
         return child
 
     def _note(self, node: Node, candidate: Candidate, outcome: str, child: Node | None = None) -> None:
+        _log.debug("candidate %s after %d step(s): %s", candidate.step, len(node.steps), outcome)
         self.log.append({"step": candidate.step.to_dict(), "nodes": sorted(candidate.site.nodes),
                          "after_steps": len(node.steps), "predicted_gain_us": (node.latency_s - candidate.predicted_s) * 1e6,
                          "outcome": outcome, "local_error": child.local_error if child else None})

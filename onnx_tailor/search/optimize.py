@@ -30,7 +30,7 @@ from ..errors import QuantizationError, TailorError
 from ..ir import Model, session
 from ..passes import Exactness, all_passes, get_pass
 from .beam import beam
-from .constraints import Constraints, parse_max_drop
+from .constraints import Constraints, check_binds, default_max_drop, drop_units, parse_max_drop
 from .context import Judgement, SearchContext, SearchData
 from .evolutionary import evolutionary
 from .greedy import greedy
@@ -110,28 +110,36 @@ def split_data(model: Model, data, seed: int, calibration: float):
     return accuracy.split_dataset(dataset, calibration=calibration, seed=seed)
 
 
-def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: int, fractions,
-                 judging: tuple[str, str], lossy: bool, notes: list[str]) -> SearchData:
-    """The split data, the metric, the original's score and the budget; `judging` is (precision, acceptance)."""
+def _search_data(model: Model, data, metric: str | None, max_drop: str | None, seed: int, fractions,
+                 judging: tuple[str, str], lossy: bool, notes: list[str]) -> tuple[SearchData, dict]:
+    """The split data, the metric, the original's score and the budget; `judging` is (precision, acceptance).
+    Also the accuracy budget as understood, for the user before the search and for the report."""
     precision, acceptance = judging
+    if max_drop is not None:
+        parse_max_drop(max_drop)  # a malformed budget fails before the data loads
     dataset = data if isinstance(data, accuracy.Dataset) else accuracy.load_data(data, model)
     split = accuracy.split_three(dataset, accuracy.parse_split(fractions), seed)
     metric = metric or accuracy.default_metric(split.selection, True)
+    given = max_drop is not None
+    max_drop = str(max_drop) if given else default_max_drop(metric)
     search_data = SearchData(split.calibration.inputs, split.selection, split.test, metric, accuracy.Evaluator(),
                              None, 0.0, split.calibration.fingerprint, precision, acceptance)
     original_score = search_data.original_score = search_data.score(model, split.selection, model)
     budget = parse_max_drop(max_drop)
     allowed = budget.allowed_drop(original_score.value)
+    check_binds(metric, budget, original_score.value, allowed)
     if lossy:
         _check_resolution(len(dataset), split, original_score, metric, allowed)
     # A zero budget admits only what changes nothing: there is no interval width to warn about.
     warning = accuracy.interval_warning(original_score, allowed) if original_score.half_width and allowed else None
     if warning:
         notes.append(warning)
-    shown = f"{budget.amount:g}% of it" if budget.relative else f"{budget.amount:g} in {metric}'s units"
-    notes.append(f"accuracy budget: {metric} may drop {allowed:.3g} ({shown}) against the original "
-                 f"{original_score.value:.3g}; data split into {split.describe()}: passes fit on calibration, "
-                 "the search judges on selection, the result is reported on test")
+    units = drop_units(metric)
+    understood = {"metric": metric, "max_drop": max_drop, "given": given, "relative": budget.relative,
+                  "allowed_drop": allowed, "units": units or None, "original_value": original_score.to_dict()["value"],
+                  "precision": precision, "split": split.describe()}
+    notes.append(f"accuracy budget: {describe_budget(understood)}; data split into {split.describe()}: passes fit "
+                 "on calibration, the search judges on selection, the result is reported on test")
     if precision == "int8" and accuracy.is_quantized_model(model):
         notes.append("the model is already quantized: it and every rewrite of it are judged as they are, "
                      "without quantizing them again")
@@ -139,7 +147,37 @@ def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: in
         notes.append("every model is judged in int8, as the target runs it: onnxruntime's static QDQ quantization "
                      "(per-channel int8 weights, MinMax-calibrated int8 activations) on the calibration split")
     search_data.allowed_drop = allowed
-    return search_data
+    return search_data, understood
+
+
+def describe_budget(budget: dict) -> str:
+    """One line, e.g. `top1 may drop at most 1 point from the original's 98.41 (--max-drop 1, top1's default),
+    judged in int8`."""
+    units = budget["units"]
+    amount = f"{budget['allowed_drop']:.3g}" + (f" {units}" if units else "")
+    if units == "points" and f"{budget['allowed_drop']:.3g}" == "1":
+        amount = "1 point"
+    origin = "as given" if budget["given"] else f"{budget['metric']}'s default"
+    if budget["relative"]:
+        origin = f"{budget['max_drop']} of the original's score, " + origin
+    original = budget["original_value"]
+    shown = f"{original:.4g}" if isinstance(original, float) else str(original)
+    return (f"{budget['metric']} may drop at most {amount} from the original's {shown} "
+            f"(--max-drop {budget['max_drop']}, {origin}), judged in {budget['precision']}")
+
+
+def budget_lines(budget: dict) -> list[str]:
+    """The budgets of a run in words, one per line, as the user is told them before the search."""
+    lines = [f"budget: {describe_budget(budget['accuracy'])}" if budget["accuracy"] else
+             "budget: no accuracy budget (no --data): only exact passes run"]
+    memory = [f"{what} at most {budget[key]:,} B" for what, key in (("parameters", "max_param_bytes"),
+                                                                   ("peak activations", "max_activation_bytes"))
+              if budget[key]]
+    if memory:
+        lines.append("budget: " + "; ".join(memory))
+    if budget["time_budget_s"]:
+        lines.append(f"budget: the search stops after {budget['time_budget_s']:g} s with the best model so far")
+    return lines
 
 
 def _check_resolution(samples: int, split, original_score, metric: str, allowed: float) -> None:
@@ -159,7 +197,7 @@ def _check_resolution(samples: int, split, original_score, metric: str, allowed:
 
 
 def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: str | None = None,
-             max_drop: str = "1.0", max_params: int | None = None, max_activation: int | None = None,
+             max_drop: str | None = None, max_params: int | None = None, max_activation: int | None = None,
              passes: list[str] | None = None, search: str = "greedy", beam_width: int = 4,
              time_budget: float | None = None, seed: int = 0, split=accuracy.DEFAULT_SPLIT,
              precision: str | None = None, acceptance: str = "margin", measure: bool = False,
@@ -168,7 +206,10 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     """Search for the fastest model that meets the constraints (see the module docstring).
 
     `precision` (fp32 | int8) is what accuracy is judged in; by default the target's own
-    (int8 for the npu-* targets). `pass_params` fixes parameters of named passes for every site
+    (int8 for the npu-* targets). `max_drop` defaults to the metric's own budget
+    (`constraints.DEFAULT_MAX_DROP`: 1 point of top1 or agreement, 0.01 of cosine, 3 dB of sqnr).
+    `progress` is called with one line of text at each event: the budget as understood before
+    the search, then every new best model. `pass_params` fixes parameters of named passes for every site
     the search tries, e.g. {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them."""
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
@@ -181,23 +222,32 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     notes: list[str] = []
     names = _passes(passes)
     pass_params = _pass_params(pass_params or {}, names)
-    search_data = None
+    search_data, accuracy_budget = None, None
     if data is not None:
         lossy = any(get_pass(name).exactness is Exactness.LOSSY for name in names)
         try:
-            search_data = _search_data(model, data, metric, max_drop, seed, split, (precision, acceptance), lossy,
-                                       notes)
+            search_data, accuracy_budget = _search_data(model, data, metric, max_drop, seed, split,
+                                                        (precision, acceptance), lossy, notes)
         except QuantizationError as exc:
             if chosen_precision is not None or precision == "fp32":
                 raise
             # The target's int8 was only a default: judging in fp32 with a note beats refusing the model.
             notes.append(f"judged in fp32, not in {target.name}'s int8: {exc}; the int8 model may lose more")
-            search_data = _search_data(model, data, metric, max_drop, seed, split, ("fp32", acceptance), lossy,
-                                       notes)
+            search_data, accuracy_budget = _search_data(model, data, metric, max_drop, seed, split,
+                                                        ("fp32", acceptance), lossy, notes)
     else:
+        if max_drop is not None:
+            parse_max_drop(max_drop)  # malformed is an error even where there is nothing to judge
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
-    constraints = Constraints(parse_max_drop(max_drop) if data is not None else None, max_params, max_activation)
+    constraints = Constraints(parse_max_drop(accuracy_budget["max_drop"]) if accuracy_budget else None, max_params,
+                              max_activation)
+    budget = {"accuracy": accuracy_budget, "max_param_bytes": max_params, "max_activation_bytes": max_activation,
+              "time_budget_s": time_budget}
+    if progress is not None:  # before the search: what the run will hold every candidate to
+        for line in budget_lines(budget):
+            progress(line)
     ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params)
+    interrupted = False
     try:
         if search == "greedy":
             greedy(ctx)
@@ -206,8 +256,10 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
         else:
             evolutionary(ctx, population_size=max(beam_width, 2) * 2, seed=seed)
     except KeyboardInterrupt:
+        interrupted = True
         notes.append("interrupted: the best model found so far is returned")
-    if ctx.out_of_time():
+    exhausted = ctx.out_of_time()
+    if exhausted:
         notes.append(f"the time budget of {time_budget:g} s ran out: the best model found so far is returned")
     chosen = ctx.best
     if chosen is None:
@@ -246,7 +298,18 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
         measured = ctx.measured.side_by_side(model, final)
     if measure and target.kind != "ort":
         notes.append(f"--measure times models with onnxruntime; {target.name} is {target.kind}, so nothing was timed")
-    report = build_report(ctx, final_node, search, notes, measured, test)
+    invocation = {"model": None, "data": data_info["source"] if data_info else None, "target": target.name,
+                  "metric": search_data.metric if search_data else None, "max_drop": max_drop, "passes": names,
+                  "pass_params": pass_params, "search": search, "beam_width": beam_width, "seed": seed,
+                  "split": data_info["split"] if data_info else None,
+                  "precision": search_data.precision if search_data else precision,
+                  "acceptance": acceptance, "time_budget_s": time_budget, "measure": measure,
+                  "output": None, "report": None, "recipe": None}
+    within = final_node.feasible and (test is None or test["drop"] <= test["allowed_drop"] + 1e-9)
+    outcome = {"within_budget": within, "improved": bool(recipe.steps), "interrupted": interrupted,
+               "time_budget_exhausted": exhausted}
+    report = build_report(ctx, final_node, search, notes, measured, test,
+                          run={"invocation": invocation, "budget": budget, **outcome})
     return OptimizeResult(stamped(final, model, recipe), report, recipe, notes, ctx)
 
 

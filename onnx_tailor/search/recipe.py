@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import accuracy
 from ..accuracy import RANDOM
 from ..errors import TailorError
 from ..ir import Model
@@ -112,6 +113,25 @@ def read_recipe(path: Path) -> Recipe:
                       fingerprint, calibration or None, raw.get("target"), Path(path))
     except (KeyError, TypeError) as exc:
         raise RecipeError(f"{path}: malformed recipe (missing {exc})") from None
+
+
+SPLIT_PARTS = ("calibration", "selection", "test")
+
+
+def split_part(recipe: Recipe, dataset, part: str):
+    """The `part` of `dataset` that the recipe's `optimize` run used (calibration, selection, or test:
+    the split whose drop the report quotes), from the same seed and fractions; the data is checked
+    against the recipe's calibration fingerprint, since other data would give other samples."""
+    if part not in SPLIT_PARTS:
+        raise RecipeError(f"unknown split part '{part}'; choose one of {', '.join(SPLIT_PARTS)}")
+    made_with = recipe.data or {}
+    if "split" not in made_with:
+        raise RecipeError("this recipe was made without --data: it has no split to score on")
+    split = accuracy.split_three(dataset, tuple(made_with["split"]), made_with.get("seed", 0))
+    if recipe.calibration_fingerprint and split.calibration.fingerprint != recipe.calibration_fingerprint:
+        raise RecipeError("--data differs from the data the recipe was made with, so its split would hold other "
+                          "samples than the report's; give the same file")
+    return getattr(split, part)
 
 
 def replay(recipe: Recipe, model: Model, calibration: dict | None = None,

@@ -9,65 +9,121 @@ or on the cost model alone; for every inverted-bottleneck block of the
 original, what happened to it (rewritten by which pass, or left alone and
 why: predicted slower, accuracy over budget, local error too large, memory
 over budget, or never reached); and the search's statistics.
+
+report.json is versioned (`format`, REPORT_FORMAT) and described by the JSON
+Schema in `onnx_tailor/schemas/report.schema.json`; every latency in it is in
+milliseconds (keys end in `_ms`). A new key may appear within a format version;
+a key that changes meaning or type gets a new version.
 """
 
 from __future__ import annotations
 
-from ..analysis import find_ibn_blocks
+import os
+import shutil
+import textwrap
+
+from ..analysis import analyze, find_ibn_blocks
 from ..costmodel import simulate
 from ..errors import TailorError
+from ..version import __version__
 from .context import Node, SearchContext
 
-_PRECEDENCE = ("over the budget", "too large", "not measurably faster", "predicted slower")  # the most telling reason wins
+REPORT_FORMAT = "onnx-tailor-report/1"
+# Why a block was left alone, as a code a pipeline can match, with the words of the outcome it comes from;
+# when a block's candidates met several fates, the first code in this order is the one given.
+REASONS = (("over_accuracy_budget", "over the budget"), ("local_error_too_large", "too large"),
+           ("not_measurably_faster", "not measurably faster"), ("predicted_slower", "predicted slower"))
+_MEMORY = ("parameters ", "peak activations ")  # how memory_violation's outcomes begin
 
 
 def node_summary(node: Node) -> dict:
-    return {"steps": len(node.steps), "predicted_latency_ms": node.latency_s * 1e3,
+    return {"step_count": len(node.steps), "predicted_latency_ms": node.latency_s * 1e3,
             "param_bytes": node.param_bytes, "peak_activation_bytes": node.activation_bytes,
             "metric": node.score.to_dict() if node.score is not None else None,
             "drop": node.drop if node.score is not None else None, "local_error": node.local_error}
 
 
+def block_name(node_names) -> str:
+    """The model's own name of a block: the longest '/'-separated prefix the names of its nodes
+    share (`/blocks/blocks.8`, as PyTorch's exporter names module paths), or '' when they share none.
+    Give the nodes the user's exporter named (expand, project, residual): a node that canonicalization
+    made has a name of its own."""
+    parts = [n.split("/")[:-1] for n in node_names]  # the last part names the op, not the module
+    common = os.path.commonprefix(parts) if len(parts) > 1 else []
+    return "/".join(common) if any(common) else ""
+
+
+def _reason(outcome: str) -> str:
+    if "over the budget" in outcome and outcome.startswith(_MEMORY):
+        return "over_memory_budget"
+    return next((code for code, words in REASONS if words in outcome), "other")
+
+
 def block_decisions(ctx: SearchContext, chosen: Node) -> list[dict]:
-    """Per IBN block of the original: what the search did with it, and why."""
+    """Per IBN block of the original: what the search did with it, and why (as codes and in words)."""
     taken = {(s.pass_name, s.anchor) for s in chosen.steps}
+    order = [code for code, _ in REASONS] + ["over_memory_budget", "other"]
     decisions = []
-    for index, block in enumerate(find_ibn_blocks(ctx.original), 1):
+    blocks = find_ibn_blocks(ctx.original)
+    names = [block_name([b.expand, b.project] + ([b.residual] if b.residual else [])) for b in blocks]
+    # A prefix two blocks share (a flat exporter's '/model') names neither: the expand conv's name does.
+    names = [n if n and names.count(n) == 1 else b.expand for n, b in zip(names, blocks)]
+    for index, (block, name) in enumerate(zip(blocks, names), 1):
         entries = [e for e in ctx.log if set(e["nodes"]) & block.nodes]
         applied = sorted({e["step"]["pass"] for e in entries if (e["step"]["pass"], e["step"]["anchor"]) in taken})
+        failed = [e["outcome"] for e in entries if e["outcome"] != "feasible"]
+        reasons = sorted({_reason(o) for o in failed}, key=order.index)
         if applied:
-            decision, why = "rewritten", f"by {', '.join(applied)}"
+            decision, reasons, why = "rewritten", [], f"by {', '.join(applied)}"
         elif not entries:
-            decision, why = "left alone", "no candidate reached it (no applicable pass, or the budget ran out)"
+            decision, reasons = "left alone", ["not_reached"]
+            why = "no candidate reached it (no applicable pass, or the budget ran out)"
+        elif not failed:
+            decision, reasons = "left alone", ["outpaced"]
+            why = "a feasible rewrite existed but a faster sequence was chosen"
         else:
-            reasons = [e["outcome"] for e in entries if e["outcome"] != "feasible"]
-            ranked = sorted(reasons, key=lambda r: next((i for i, p in enumerate(_PRECEDENCE) if p in r),
-                                                         len(_PRECEDENCE)))
             decision = "left alone"
-            why = ranked[0] if ranked else "a feasible rewrite existed but a faster sequence was chosen"
-        decisions.append({"block": index, "expand": block.expand, "channels": [block.in_channels,
-                          block.expanded_channels, block.out_channels], "resolution": block.resolution,
-                          "stride": list(block.stride), "decision": decision, "why": why})
+            why = min(failed, key=lambda o: order.index(_reason(o)))
+        decisions.append({"index": index, "name": name, "expand": block.expand,
+                          "channels": [block.in_channels, block.expanded_channels, block.out_channels],
+                          "resolution": list(block.resolution) if block.resolution else None,
+                          "stride": list(block.stride), "decision": decision, "rewritten_by": applied,
+                          "reasons": reasons, "why": why})
     return decisions
 
 
 def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str], measured: dict | None,
-                 test: dict | None = None) -> dict:
+                 test: dict | None = None, run: dict | None = None) -> dict:
+    """The report (see the module docstring); `run` holds what only the caller knows: the invocation,
+    the budgets, and the booleans within_budget, improved, interrupted, time_budget_exhausted."""
     original = ctx.root
     steps, path = [], []
-    node = ctx.root
     for step in chosen.steps:  # re-walk the chosen path through the cache for per-step figures
         path.append(step)
         node = next((n for n in ctx.evaluated if n.steps == tuple(path)), None)
         comparison = ctx.measured.comparisons.get(node.key) if node else None
-        steps.append({**step.to_dict(), **(node_summary(node) if node else {}),
+        steps.append({**step.to_dict(), "change": node.change if node else "", **(node_summary(node) if node else {}),
                       "accepted_on": "measurement" if comparison else "cost model",
                       "measured": comparison.to_dict() if comparison else None})
+    run = run or {}
+    summaries = []
+    for node in (original, chosen):
+        summary = node_summary(node)
+        summary["macs"] = analyze(node.model).macs
+        summaries.append(summary)
     return {
+        "format": REPORT_FORMAT,
+        "tool_version": __version__,
+        "invocation": run.get("invocation"),
+        "within_budget": run.get("within_budget", chosen.feasible),
+        "improved": run.get("improved", bool(chosen.steps)),
+        "interrupted": run.get("interrupted", False),
+        "time_budget_exhausted": run.get("time_budget_exhausted", False),
+        "budget": run.get("budget"),
         "target": ctx.target.name,
         "search": search,
-        "original": node_summary(original),
-        "optimized": node_summary(chosen),
+        "original": summaries[0],
+        "optimized": summaries[1],
         "speedup_predicted": original.latency_s / chosen.latency_s if chosen.latency_s else None,
         "test": test,
         "steps": steps,
@@ -86,25 +142,116 @@ def _simulated(ctx: SearchContext, chosen: Node) -> dict | None:
             "optimized_ms": simulate(chosen.model, ctx.target).latency_s * 1e3}
 
 
-def format_report(report: dict) -> str:
+# -- the terminal table ---------------------------------------------------------------------
+
+
+def faster_but_larger(report: dict) -> str | None:
+    """One line when the optimized model is faster but bigger in parameters or MACs, else None:
+    so that growing numbers beside a speed-up do not read as a regression."""
+    o, b = report["original"], report["optimized"]
+    speedup = report.get("speedup_predicted") or 0
+    grown = [(what, b[key] / o[key]) for what, key in (("parameters", "param_bytes"), ("MACs", "macs"))
+             if o.get(key) and b.get(key, 0) > o[key]]
+    if speedup <= 1 or not grown:
+        return None
+    sizes = ", ".join(f"{what} {ratio:.2f}x" for what, ratio in grown)
+    return f"  faster but larger: {sizes}, for {speedup:.2f}x the predicted speed"
+
+
+def _number(score: dict | None, value) -> str:
+    """A metric value as its unit reads: 2 decimals for percent and dB, 4 for a cosine or a plug-in's."""
+    if value is None or isinstance(value, str):  # "inf" for an SQNR of identical outputs
+        return str(value) if value is not None else "-"
+    digits = 2 if score and score.get("unit") in ("%", "dB") else 4
+    return f"{value:.{digits}f}"
+
+
+def _width() -> int:
+    return max(80, min(shutil.get_terminal_size((100, 24)).columns, 140))
+
+
+def _step_rows(report: dict, width: int) -> list[str]:
+    steps = report["steps"]
+    if not steps:
+        return []
+    metric = next((s["metric"] for s in steps if s.get("metric")), None)
+    metric_head = f"{metric['name']}{' %' if metric['unit'] == '%' else ' dB' if metric['unit'] == 'dB' else ''}" \
+        if metric else "metric"
+    metric_head += " (sel.)" if metric else ""
+    on_measurement = any(s.get("measured") for s in steps)
+    timed_head = f"{'measured':>9}  " if on_measurement else ""
+    head = (f"  {'step':>4}  {'predicted ms':>12}  {metric_head:>{max(8, len(metric_head))}}  {'local err':>9}  "
+            + timed_head)
+    indent = " " * len(head)
+    lines = ["", head + "rewrite: pass at site [parameters]"]
+    wrap = max(30, width - len(head))
+    for i, s in enumerate(steps, 1):
+        value = _number(s.get("metric"), s["metric"]["value"]) if s.get("metric") else "-"
+        err = f"{s['local_error']:.3f}" if s.get("local_error") is not None else "-"
+        latency = f"{s['predicted_latency_ms']:.4f}" if s.get("predicted_latency_ms") is not None else "-"
+        params = " ".join(f"{k}={v}" for k, v in s["params"].items())
+        # A node name is never cut: it runs past the width rather than lose the part that tells sites apart.
+        wrapped = textwrap.wrap(f"{s['pass']} at {s['anchor']}", wrap, break_long_words=False,
+                                break_on_hyphens=False, subsequent_indent="  ")
+        wrapped += textwrap.wrap(f"[{params}]", wrap, initial_indent="  ", subsequent_indent="   ") if params else []
+        # What this step did: what tells apart the same pass at the same site taken twice.
+        wrapped += textwrap.wrap(s.get("change") or "", wrap, initial_indent="  ", subsequent_indent="  ")
+        timed = (f"{s['measured']['speedup']:>8.3f}x  " if s.get("measured") else f"{'-':>9}  ") \
+            if on_measurement else ""
+        lines.append(f"  {i:>4}  {latency:>12}  {value:>{max(8, len(metric_head))}}  {err:>9}  {timed}{wrapped[0]}")
+        lines += [indent + more for more in wrapped[1:]]
+    if on_measurement:
+        lines.append("  every step was accepted on measurement: timed side by side with its parent "
+                     "(the measured column) and kept only when measurably faster")
+    return lines
+
+
+def _block_rows(report: dict, width: int) -> list[str]:
+    blocks = report["blocks"]
+    if not blocks:
+        return []
+    w = max(5, *(len(d["name"]) for d in blocks))
+    head = f"  {'block':<{w}}  {'input':>9}  {'channels in/exp/out':<19}  {'decision':<10}  "
+    lines = ["", "  Inverted-bottleneck blocks (named as in the model):", head + "why"]
+    wrap = max(30, width - len(head))
+    for d in blocks:
+        channels = "/".join(map(str, d["channels"]))
+        res = "x".join(map(str, d["resolution"])) if d["resolution"] else "?"
+        wrapped = textwrap.wrap(d["why"], wrap) or [""]
+        lines.append(f"  {d['name']:<{w}}  {res:>9}  {channels:<19}  {d['decision']:<10}  {wrapped[0]}")
+        lines += [" " * len(head) + more for more in wrapped[1:]]
+    return lines
+
+
+def format_report(report: dict, width: int | None = None) -> str:
+    width = width or _width()
     o, b = report["original"], report["optimized"]
     lines = [f"target {report['target']}, search {report['search']}: "
              f"{o['predicted_latency_ms']:.4f} ms -> {b['predicted_latency_ms']:.4f} ms predicted "
              f"({report['speedup_predicted']:.2f}x)"]
     test = report.get("test")
     if test:
+        unit = test["original"]
+
+        def num(value):
+            return _number(unit, value)
+
         ci = test["drop_ci"]
-        interval = f", 95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        interval = f", 95% CI [{num(ci[0])}, {num(ci[1])}]" if ci else ""
         lines.append(f"  {test['original']['name']} in {test['precision']} on the test split (n={test['n']}, never seen "
-                     f"by the search): {test['original']['value']:.2f} -> {test['optimized']['value']:.2f} "
-                     f"(drop {test['drop']:.2f}{interval}; budget {test['allowed_drop']:.2f})")
+                     f"by the search): {num(test['original']['value'])} -> {num(test['optimized']['value'])} "
+                     f"(drop {num(test['drop'])}{interval}; budget {num(test['allowed_drop'])})")
         if test.get("fp32"):
-            lines.append(f"  the same in fp32: {test['fp32']['original']['value']:.2f} -> "
-                         f"{test['fp32']['optimized']['value']:.2f}")
+            lines.append(f"  the same in fp32: {num(test['fp32']['original']['value'])} -> "
+                         f"{num(test['fp32']['optimized']['value'])}")
         lines.append(f"  on the selection split the search chose with (n={b['metric']['n']}): "
-                     f"{o['metric']['value']:.2f} -> {b['metric']['value']:.2f} (drop {b['drop']:.2f})")
+                     f"{num(o['metric']['value'])} -> {num(b['metric']['value'])} (drop {num(b['drop'])})")
     lines.append(f"  parameters {o['param_bytes']:,} B -> {b['param_bytes']:,} B; "
-                 f"peak activations {o['peak_activation_bytes']:,} B -> {b['peak_activation_bytes']:,} B")
+                 f"peak activations {o['peak_activation_bytes']:,} B -> {b['peak_activation_bytes']:,} B"
+                 + (f"; MACs {o['macs']:,} -> {b['macs']:,}" if "macs" in o else ""))
+    larger = faster_but_larger(report)
+    if larger:
+        lines.append(larger)
     if report.get("simulated"):
         sim = report["simulated"]
         lines.append(f"  simulated (ground truth): {sim['original_ms']:.4f} ms -> {sim['optimized_ms']:.4f} ms "
@@ -115,29 +262,15 @@ def format_report(report: dict) -> str:
         chained = " (each step against its parent, as the search timed them)" if m.get("source") else ""
         lines.append(f"  measured on {m['target']}: {m['original_ms']:.3f} ms -> {m['optimized_ms']:.3f} ms "
                      f"({speedup:.2f}x){chained}")
-    if report["steps"]:
-        on_measurement = any(s.get("measured") for s in report["steps"])
-        lines.append("\n  step  rewrite" + " " * 45 + "latency ms   metric   local err"
-                     + ("   measured" if on_measurement else ""))
-        for i, s in enumerate(report["steps"], 1):
-            name = f"{s['pass']}@{s['anchor']}"
-            metric = f"{s['metric']['value']:.2f}" if s.get("metric") else "-"
-            err = f"{s['local_error']:.3f}" if s.get("local_error") is not None else "-"
-            timed = f" {s['measured']['speedup']:>9.3f}x" if s.get("measured") else ""
-            lines.append(f"  {i:>4}  {name[:50]:<52} {s.get('predicted_latency_ms', 0):>10.4f} {metric:>8} {err:>10}"
-                         + timed)
-        if on_measurement:
-            lines.append("  every step was accepted on measurement: timed side by side with its parent "
-                         "(the measured column) and kept only when measurably faster")
-    if report["blocks"]:
-        lines.append("\n  IBN block decisions:")
-        for d in report["blocks"]:
-            ch = "/".join(map(str, d["channels"]))
-            res = "x".join(map(str, d["resolution"])) if d["resolution"] else "?"
-            lines.append(f"  {d['block']:>4}  {res:>9} {ch:<14} {d['decision']:<11} {d['why']}")
+    lines += _step_rows(report, width)
+    lines += _block_rows(report, width)
     s = report["statistics"]
     lines.append(f"\n  {s['candidates_scored']} candidates scored, {s['candidates_applied']} applied, "
                  f"{s['candidates_evaluated']} evaluated in {s['seconds']:.1f} s")
+    flags = [word for key, word in (("interrupted", "interrupted (Ctrl-C)"),
+                                    ("time_budget_exhausted", "the time budget ran out")) if report.get(key)]
+    if flags:
+        lines.append(f"  stopped early: {', '.join(flags)}; the best model so far was written")
     lines += [f"  note: {n}" for n in report["notes"]]
     return "\n".join(lines)
 

@@ -53,7 +53,7 @@ def test_evaluate_with_a_reference_adds_agreement(noisy_path, small_eval):
 
 
 def test_evaluate_json_and_the_budget_warning(small_eval):
-    result = invoke("evaluate", DIGITS.path, "--data", small_eval, "--json", "--max-drop", "1")
+    result = invoke("evaluate", DIGITS.path, "--data", small_eval, "--json", "--ci-width", "1")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     top1 = report["scores"]["top1"]

@@ -11,6 +11,7 @@ from onnx_tailor.passes.canonicalize import canonicalize
 from onnx_tailor.search import format_report, optimize
 from onnx_tailor.search.measured import Comparison, MeasuredSteps
 from tests.graphs import tiny_mobilenet
+from tests.test_cli_report import check_report
 
 CPU = load_target("cpu-ort")
 PASSES = ["fuse_ibn_expansion", "densify_depthwise", "pad_channels"]
@@ -71,6 +72,7 @@ def test_on_a_measured_target_every_accepted_step_was_measured_faster(tiny, monk
     measured = result.report["measured"]  # what the search already knows, without --measure timing anew
     assert measured["speedup"] == pytest.approx((1 / 0.9) ** len(steps))
     assert "the search" in measured["source"]
+    assert check_report(result.report) == []  # measured steps are in the schema too
     text = format_report(result.report)
     assert "accepted on measurement" in text and f"{1 / 0.9:.3f}x" in text
 
