@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import onnx
 
 from .. import accuracy
-from ..costmodel import load_target
+from ..costmodel import load_target, simulate
 from ..costmodel.measure import session_for, time_session
 from ..costmodel.target import Target
 from ..errors import TailorError
@@ -173,7 +174,10 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
 
     `precision` (fp32 | int8) is what accuracy is judged in; by default the target's own
     (int8 for the npu-* targets). `pass_params` fixes parameters of named passes for every site
-    the search tries, e.g. {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them."""
+    the search tries, e.g. {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them.
+    `time_budget` counts from this call and covers the work after the search: the search stops
+    early enough to leave what replaying, judging and checking the result will take."""
+    started = time.perf_counter()
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
     target = target if isinstance(target, Target) else load_target(target)
@@ -192,7 +196,8 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     else:
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
     constraints = Constraints(parse_max_drop(max_drop) if data is not None else None, max_params, max_activation)
-    ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params)
+    ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params, started)
+    interrupted = False
     try:
         if search == "greedy":
             greedy(ctx)
@@ -201,13 +206,16 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
         else:
             evolutionary(ctx, population_size=max(beam_width, 2) * 2, seed=seed)
     except KeyboardInterrupt:
+        interrupted = True
         notes.append("interrupted: the best model found so far is returned")
-    if ctx.out_of_time():
+    timed_out = ctx.out_of_time()
+    if timed_out:
         notes.append(f"the time budget of {time_budget:g} s ran out: the best model found so far is returned")
     chosen = ctx.best
     if chosen is None:
         raise NoFeasibleModel(f"no model meets the constraints: the original's {ctx.root.reason}, "
                               "and no rewrite found fixed that")
+    stopped = _why_stopped(ctx, chosen, "interrupted" if interrupted else "time budget" if timed_out else "converged")
     if not chosen.steps:
         notes.append(_why_nothing_helped(ctx))
 
@@ -239,7 +247,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     measured = _measure_side_by_side(model, final, target) if measure and target.kind == "ort" else None
     if measure and target.kind != "ort":
         notes.append(f"--measure times models with onnxruntime; {target.name} is {target.kind}, so nothing was timed")
-    report = build_report(ctx, final_node, search, notes, measured, test)
+    report = build_report(ctx, final_node, search, notes, measured, test, stopped)
     return OptimizeResult(final, report, recipe, notes, ctx)
 
 
@@ -268,6 +276,22 @@ def _holding_on_test(data: SearchData, path: list[Model], notes: list[str]) -> t
         figures["fp32"] = {"original": data.score(original, data.test, original, "fp32").to_dict(),
                            "optimized": data.score(path[kept], data.test, original, "fp32").to_dict()}
     return kept, figures
+
+
+def _why_stopped(ctx: SearchContext, chosen, why: str) -> dict:
+    """Why the search ended, what became of each remaining candidate (per pass), and the ceiling: the
+    predicted latency with every candidate applied on top of the chosen model whatever its accuracy,
+    so that the report says how much of the available gain was taken."""
+    remaining = ctx.fates(chosen, timed_out=why == "time budget") if why != "interrupted" else {}
+    top, finished = ctx.ceiling(chosen)
+    original = ctx.root.latency_s
+    available = original - top.latency_s
+    ceiling = {"predicted_ms": top.latency_s * 1e3, "speedup_predicted": original / top.latency_s,
+               "steps_beyond_chosen": len(top.steps) - len(chosen.steps), "complete": finished,
+               "share_taken": (original - chosen.latency_s) / available if available > 0 else 1.0}
+    if ctx.target.simulated and not ctx.finish_due():
+        ceiling["simulated_ms"] = simulate(top.model, ctx.target).latency_s * 1e3
+    return {"why": why, "remaining": remaining, "ceiling": ceiling}
 
 
 def _why_nothing_helped(ctx: SearchContext) -> str:

@@ -6,7 +6,10 @@ model and step are on the selection split the search chose with); the chosen
 steps with their predicted latency, accuracy and memory; for every inverted-bottleneck block of the
 original, what happened to it (rewritten by which pass, or left alone and
 why: predicted slower, accuracy over budget, local error too large, memory
-over budget, or never reached); and the search's statistics.
+over budget, or never reached); why the search stopped, with what became of
+every candidate still open on the chosen model (per pass) and the ceiling
+(the predicted latency with every candidate applied whatever its accuracy);
+and the search's statistics.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def block_decisions(ctx: SearchContext, chosen: Node) -> list[dict]:
 
 
 def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str], measured: dict | None,
-                 test: dict | None = None) -> dict:
+                 test: dict | None = None, stopped: dict | None = None) -> dict:
     original = ctx.root
     steps, path = [], []
     node = ctx.root
@@ -68,6 +71,7 @@ def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str]
         "steps": steps,
         "blocks": block_decisions(ctx, chosen),
         "statistics": ctx.stats.to_dict(),
+        "stopped": stopped,
         "simulated": _simulated(ctx, chosen),
         "measured": measured,
         "notes": notes,
@@ -121,11 +125,26 @@ def format_report(report: dict) -> str:
             ch = "/".join(map(str, d["channels"]))
             res = "x".join(map(str, d["resolution"])) if d["resolution"] else "?"
             lines.append(f"  {d['block']:>4}  {res:>9} {ch:<14} {d['decision']:<11} {d['why']}")
+    lines += _format_stopped(report.get("stopped"))
     s = report["statistics"]
     lines.append(f"\n  {s['candidates_scored']} candidates scored, {s['candidates_applied']} applied, "
                  f"{s['candidates_evaluated']} evaluated in {s['seconds']:.1f} s")
     lines += [f"  note: {n}" for n in report["notes"]]
     return "\n".join(lines)
+
+
+def _format_stopped(stopped: dict | None) -> list[str]:
+    if not stopped:
+        return []
+    c = stopped["ceiling"]
+    lines = [f"\n  search stopped: {stopped['why']}; ceiling {c['predicted_ms']:.4f} ms predicted "
+             f"({c['speedup_predicted']:.2f}x{', simulated ' + format(c['simulated_ms'], '.4f') + ' ms' if 'simulated_ms' in c else ''}"
+             f"{'' if c['complete'] else ', walk cut short by the time budget'}): "
+             f"{c['share_taken']:.0%} of the predicted gain available was taken"]
+    for pass_name, fates in sorted(stopped["remaining"].items()):
+        shown = "; ".join(f"{count} {fate}" for fate, count in sorted(fates.items(), key=lambda f: -f[1]))
+        lines.append(f"    {pass_name}: {shown}")
+    return lines
 
 
 def check_plotting_available() -> None:
