@@ -33,6 +33,7 @@ Columns per model and version:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -152,8 +153,9 @@ def main() -> None:
 
 def child(name: str, path: str, mode: str, seconds: float) -> None:
     from onnx_tailor.passes.canonicalize import load
-    from onnx_tailor.search import optimize as optimize_module
     from onnx_tailor.search.context import SearchContext
+
+    optimize_module = importlib.import_module("onnx_tailor.search.optimize")  # the package exports the function
 
     priced, timing = set(), {"candidates_s": 0.0}
     real_candidates = SearchContext.candidates

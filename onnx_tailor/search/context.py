@@ -72,6 +72,7 @@ class SearchData:
     # for the uncertainty it brings, so that a walk along the budget on noise is not taken for free).
     acceptance: str = "margin"
     _quantized: dict = field(default_factory=dict, repr=False)  # content hash -> quantized model
+    judge_s: float = 0.0  # seconds the original's judgement took: the time budget's first estimate of one
 
     def quantized(self, model: Model) -> Model:
         """`model`'s QDQ int8 quantization, calibrated on the calibration split (once per model)."""
@@ -176,7 +177,7 @@ class SearchContext:
         self._changed: dict[str, frozenset[str]] = {}  # content hash -> the region its last step changed
         # What the work after the search costs, measured as the search goes (see reserve_s).
         self._apply_s: dict[str, float] = {}  # content hash -> seconds its last step's apply took
-        self._judge_s: list[float] = []  # seconds of each judgement on the selection split
+        self._judge_s: list[float] = [data.judge_s] if data is not None and data.judge_s else []  # per judgement
         self._expand_s: list[float] = []  # seconds of each expansion: apply, score, judge
         self._score_s = 0.0  # seconds to score the original whole
         self._children: dict[tuple[str, Step], Node | None] = {}

@@ -114,7 +114,9 @@ def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: in
     metric = metric or accuracy.default_metric(split.selection, True)
     search_data = SearchData(split.calibration.inputs, split.selection, split.test, metric, accuracy.Evaluator(),
                              None, 0.0, split.calibration.fingerprint, precision, acceptance)
+    scoring = time.perf_counter()
     original_score = search_data.original_score = search_data.score(model, split.selection, model)
+    search_data.judge_s = time.perf_counter() - scoring
     budget = parse_max_drop(max_drop)
     allowed = budget.allowed_drop(original_score.value)
     if lossy:
