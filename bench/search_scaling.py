@@ -130,12 +130,16 @@ def main() -> None:
     parser.add_argument("--mode", choices=("previews", "full"), default="full")
     parser.add_argument("--preview-seconds", type=float, default=120.0)
     parser.add_argument("--before", default="b49bdaf")
+    parser.add_argument("--versions", default="before,after", help="which of before,after to run")
     args = parser.parse_args()
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise SystemExit(f"unknown model '{unknown[0]}'; choose from {', '.join(MODELS)}")
-    versions = {"before": before_tree(args.before), "after": REPO}
+    wanted = args.versions.split(",")
+    versions = {v: root for v, root in (("before", args.before), ("after", REPO)) if v in wanted}
+    if "before" in versions:
+        versions["before"] = before_tree(args.before)
     with tempfile.TemporaryDirectory() as scratch:
         paths = model_paths(names, Path(scratch))
         print(f"mode {args.mode}" + (f", search stopped after {args.preview_seconds:g} s" if args.mode == "previews"

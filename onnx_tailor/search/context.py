@@ -132,7 +132,7 @@ class Preview:
 @dataclass(frozen=True)
 class Candidate:
     site: Site  # found on the parent node's model
-    predicted_s: float
+    predicted_s: float | None  # None only in `fates`, for a candidate the budget left unpreviewed
 
     @property
     def step(self) -> Step:
@@ -350,9 +350,11 @@ class SearchContext:
     def fates(self, node: Node, timed_out: bool) -> dict[str, dict[str, int]]:
         """Why each candidate remaining on `node` was not taken, counted per pass."""
         counts: dict[str, dict[str, int]] = {}
-        for candidate in self.candidates(node):
+        for candidate in self._priced(node, timed_out):
             key = (node.key, candidate.step)
-            if key not in self._children:
+            if candidate.predicted_s is None:
+                fate = "never previewed: the time budget ran out"
+            elif key not in self._children:
                 if node.latency_s - candidate.predicted_s <= MIN_GAIN * node.latency_s:
                     fate = "predicted no faster"
                 elif timed_out:
@@ -370,6 +372,20 @@ class SearchContext:
             per_pass = counts.setdefault(candidate.step.pass_name, {})
             per_pass[fate] = per_pass.get(fate, 0) + 1
         return counts
+
+    def _priced(self, node: Node, timed_out: bool) -> list[Candidate]:
+        """`node`'s candidates; once the budget has run out, only those already previewed carry a
+        prediction (the others get None) so that telling why costs no preview."""
+        if not timed_out:
+            return self.candidates(node)
+        found = []
+        for rewrite in self.passes:
+            if rewrite.exactness is Exactness.LOSSY and self.data is None:
+                continue
+            for site in rewrite.find(node.model, **self.params_for(rewrite)):
+                preview = self._previews.get((node.key, site.step))
+                found.append(Candidate(site, None if preview is None else node.latency_s + preview.delta_s))
+        return found
 
     def ceiling(self, start: Node, max_steps: int = 500) -> tuple[Node, bool]:
         """The structural ceiling from `start`: every candidate predicted faster applied in turn (the
