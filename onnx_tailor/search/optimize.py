@@ -286,6 +286,8 @@ def _why_stopped(ctx: SearchContext, chosen, why: str) -> dict:
     so that the report says how much of the available gain was taken."""
     remaining = ctx.fates(chosen, timed_out=why == "time budget") if why != "interrupted" else {}
     top, finished = ctx.ceiling(chosen)
+    if not finished and top is chosen:  # the budget left no time for even one step of the walk
+        return {"why": why, "remaining": remaining, "ceiling": None}
     original = ctx.root.latency_s
     available = original - top.latency_s
     ceiling = {"predicted_ms": top.latency_s * 1e3, "speedup_predicted": original / top.latency_s,

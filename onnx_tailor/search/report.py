@@ -137,10 +137,14 @@ def _format_stopped(stopped: dict | None) -> list[str]:
     if not stopped:
         return []
     c = stopped["ceiling"]
-    lines = [f"\n  search stopped: {stopped['why']}; ceiling {c['predicted_ms']:.4f} ms predicted "
-             f"({c['speedup_predicted']:.2f}x{', simulated ' + format(c['simulated_ms'], '.4f') + ' ms' if 'simulated_ms' in c else ''}"
-             f"{'' if c['complete'] else ', walk cut short by the time budget'}): "
-             f"{c['share_taken']:.0%} of the predicted gain available was taken"]
+    if c is None:
+        lines = [f"\n  search stopped: {stopped['why']}; no time was left to walk to the ceiling"]
+    else:
+        simulated = f", simulated {c['simulated_ms']:.4f} ms" if "simulated_ms" in c else ""
+        lines = [f"\n  search stopped: {stopped['why']}; ceiling {c['predicted_ms']:.4f} ms predicted "
+                 f"({c['speedup_predicted']:.2f}x{simulated}"
+                 f"{'' if c['complete'] else ', walk cut short by the time budget'}): "
+                 f"{c['share_taken']:.0%} of the predicted gain available was taken"]
     for pass_name, fates in sorted(stopped["remaining"].items()):
         shown = "; ".join(f"{count} {fate}" for fate, count in sorted(fates.items(), key=lambda f: -f[1]))
         lines.append(f"    {pass_name}: {shown}")

@@ -61,6 +61,8 @@ def test_the_search_leaves_the_reserve_for_the_work_after_it(tiny, monkeypatch):
     assert any("time budget" in n for n in result.notes)
     fates = {fate for per_pass in result.report["stopped"]["remaining"].values() for fate in per_pass}
     assert "never previewed: the time budget ran out" in fates  # greedy checks the clock before previewing
+    assert result.report["stopped"]["ceiling"] is None  # no time to walk to it, and no made-up figure
+    assert "no time was left to walk to the ceiling" in format_report(result.report)
 
 
 def test_the_reserve_covers_replaying_the_best_path_and_judging_it(tiny):
