@@ -67,49 +67,50 @@ def _fold_work(model: Model, kernel: Kernel, node, info, target: Target, element
 
 def kernel_rows(model: Model, target: Target) -> list[KernelRow]:
     """Features and prior of every executed (non-free) kernel of `model` on `target`."""
+    return [kernel_row(model, kernel, target) for kernel in group_kernels(model, target.fusable_activations)
+            if kernel.kind != "free"]
+
+
+def kernel_row(model: Model, kernel: Kernel, target: Target) -> KernelRow:
+    """Features and prior of one executed kernel of `model`: it reads only the kernel's own nodes and
+    the shapes of their tensors, so a rewrite's change is scored by the kernels it removes and adds."""
     info = model.tensor_info
     element = target.element_bytes
     half_sram = max(target.sram_bytes / 2, 1)
-    graph_inputs = {vi.name for vi in model.graph_inputs}
-    rows = []
-    for kernel in group_kernels(model, target.fusable_activations):
-        if kernel.kind == "free":
-            continue
-        node = model.node(kernel.name)
-        in_elems = [info[i].elements for i in kernel.inputs if i in info]
-        out_elems = [info[o].elements for o in kernel.outputs if o in info]
-        weight_elems = sum(math.prod(model.initializer(w).dims) for w in kernel.weights)
-        in_bytes, out_bytes, weight_bytes = sum(in_elems) * element, sum(out_elems) * element, weight_elems * element
-        macs = node_macs(model, node, info)
-        elements = max(in_elems + out_elems, default=0)
-        if kernel.kind in MAC_ARRAY_KINDS:
-            ideal = macs / target.parallelism ** 2
-        elif kernel.kind in ("memory", "gather"):
-            ideal = out_bytes / target.dram_bytes_per_cycle
-        else:
-            ideal = elements / target.vector_lanes
-        traffic = (in_bytes + out_bytes + weight_bytes) / target.dram_bytes_per_cycle
-        fold_work = _fold_work(model, kernel, node, info, target, elements)
-        if kernel.kind in ("memory", "gather"):
-            fold_work = ideal  # data movement: no tiles, only bytes
-        prior_cycles = max(fold_work, traffic) + target.dispatch_cycles
-        in_ch = info[kernel.inputs[0]].shape[1] if kernel.inputs and kernel.inputs[0] in info \
-            and len(info[kernel.inputs[0]].shape) > 1 else 0
-        out_shape = info[node.output[0]].shape if node.output[0] in info else ()
-        weight_shape = model.declared_shape(node.input[1]) if node.op_type == "Conv" else None
-        features = np.array([
-            math.log(prior_cycles), math.log1p(fold_work) - math.log(prior_cycles),
-            math.log1p(traffic) - math.log(prior_cycles), math.log1p(ideal), math.log1p(fold_work),
-            math.log1p(traffic), math.log1p(macs), math.log1p(in_bytes), math.log1p(out_bytes),
-            math.log1p(weight_bytes),
-            max((e * element for e in in_elems), default=0) / half_sram,
-            max((e * element for e in out_elems), default=0) / half_sram,
-            float(any(i in graph_inputs for i in kernel.inputs)),
-            float(any(model.is_graph_output(o) for o in kernel.outputs)),
-            math.log1p(in_ch), math.log1p(out_shape[1] if len(out_shape) > 1 else 0),
-            math.prod(weight_shape[2:]) if weight_shape else 1,
-            max(model.attr(node, "strides", [1]) or [1]),
-            len(kernel.fused),
-        ], dtype=np.float64)
-        rows.append(KernelRow(kernel, prior_cycles / target.clock_hz, features))
-    return rows
+    node = model.node(kernel.name)
+    in_elems = [info[i].elements for i in kernel.inputs if i in info]
+    out_elems = [info[o].elements for o in kernel.outputs if o in info]
+    weight_elems = sum(math.prod(model.initializer(w).dims) for w in kernel.weights)
+    in_bytes, out_bytes, weight_bytes = sum(in_elems) * element, sum(out_elems) * element, weight_elems * element
+    macs = node_macs(model, node, info)
+    elements = max(in_elems + out_elems, default=0)
+    if kernel.kind in MAC_ARRAY_KINDS:
+        ideal = macs / target.parallelism ** 2
+    elif kernel.kind in ("memory", "gather"):
+        ideal = out_bytes / target.dram_bytes_per_cycle
+    else:
+        ideal = elements / target.vector_lanes
+    traffic = (in_bytes + out_bytes + weight_bytes) / target.dram_bytes_per_cycle
+    fold_work = _fold_work(model, kernel, node, info, target, elements)
+    if kernel.kind in ("memory", "gather"):
+        fold_work = ideal  # data movement: no tiles, only bytes
+    prior_cycles = max(fold_work, traffic) + target.dispatch_cycles
+    in_ch = info[kernel.inputs[0]].shape[1] if kernel.inputs and kernel.inputs[0] in info \
+        and len(info[kernel.inputs[0]].shape) > 1 else 0
+    out_shape = info[node.output[0]].shape if node.output[0] in info else ()
+    weight_shape = model.declared_shape(node.input[1]) if node.op_type == "Conv" else None
+    features = np.array([
+        math.log(prior_cycles), math.log1p(fold_work) - math.log(prior_cycles),
+        math.log1p(traffic) - math.log(prior_cycles), math.log1p(ideal), math.log1p(fold_work),
+        math.log1p(traffic), math.log1p(macs), math.log1p(in_bytes), math.log1p(out_bytes),
+        math.log1p(weight_bytes),
+        max((e * element for e in in_elems), default=0) / half_sram,
+        max((e * element for e in out_elems), default=0) / half_sram,
+        float(any(model.is_graph_input(i) for i in kernel.inputs)),
+        float(any(model.is_graph_output(o) for o in kernel.outputs)),
+        math.log1p(in_ch), math.log1p(out_shape[1] if len(out_shape) > 1 else 0),
+        math.prod(weight_shape[2:]) if weight_shape else 1,
+        max(model.attr(node, "strides", [1]) or [1]),
+        len(kernel.fused),
+    ], dtype=np.float64)
+    return KernelRow(kernel, prior_cycles / target.clock_hz, features)

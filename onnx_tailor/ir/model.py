@@ -184,6 +184,14 @@ class Model:
     def is_graph_output(self, tensor: str) -> bool:
         return tensor in self.graph_output_names
 
+    @cached_property
+    def _graph_input_names(self) -> frozenset[str]:
+        return frozenset(i.name for i in self.graph_inputs)
+
+    def is_graph_input(self, tensor: str) -> bool:
+        """Whether `tensor` is a real graph input (not an initializer listed as one)."""
+        return tensor in self._graph_input_names
+
     def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
         """The only reader of `tensor`, or None if it has several or is a graph output."""
         readers = self.consumers(tensor)

@@ -1,7 +1,13 @@
 """What every search strategy shares: candidates, their evaluation, caches, budget and log.
 
 Cheap things first. A candidate (pass, site, params) is first *previewed*:
-the pass's cheap rewrite (no weight fitting) scored by the learned cost model.
+the pass's cheap rewrite (no weight fitting) scored by the learned cost model,
+by its change only: the parent's latency minus the kernels the rewrite removes
+plus the kernels it adds (`costmodel.delta`). A preview is kept per (model,
+site); on a child model, a site whose footprint (the kernels it changes and
+their neighbours) the last step did not touch keeps its predicted change
+without being previewed again. Every model a search reaches is still scored
+whole.
 Only candidates predicted faster than their parent are *applied* for real
 (data-aware fitting on the calibration split); a lossy one whose local error
 is already too large stops there; the rest are *evaluated* (the metric on
@@ -19,15 +25,20 @@ from typing import Any, Callable, Iterator
 from .. import accuracy
 from ..analysis import memory_summary
 from ..costmodel import cost_model_for
+from ..costmodel.delta import KernelCosts, changed_nodes, kernel_costs, neighbourhood, predict_change
 from ..costmodel.target import Target
 from ..ir import Model
 from ..passes import Exactness, Site, Step, apply_step, get_pass
+from ..passes.base import Pass
 from .constraints import Constraints
 from .measured import MeasuredSteps
 
 _log = logging.getLogger(__name__)  # every candidate's fate, at DEBUG: what `optimize -v` shows
 
-# A lossy rewrite whose block output changes by more than this is not worth an evaluation.
+# A lossy rewrite whose block output changes by more than this is not worth an evaluation. It stays a
+# fixed guess: it only saves evaluations (every candidate under it is judged on the metric anyway), and
+# bench/search_scaling.py reports, per model, the largest local error of a feasible child and how many
+# candidates the cap turned away, which is the evidence a different rule would need.
 MAX_LOCAL_ERROR = 0.5
 # A candidate must be predicted at least this much faster (relative) to be applied.
 MIN_GAIN = 5e-3
@@ -65,6 +76,7 @@ class SearchData:
     # for the uncertainty it brings, so that a walk along the budget on noise is not taken for free).
     acceptance: str = "margin"
     _quantized: dict = field(default_factory=dict, repr=False)  # content hash -> quantized model
+    judge_s: float = 0.0  # seconds the original's judgement took: the time budget's first estimate of one
 
     def quantized(self, model: Model) -> Model:
         """`model`'s QDQ int8 quantization, calibrated on the calibration split (once per model)."""
@@ -114,9 +126,18 @@ class Node:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """A candidate's predicted change, valid on every model whose region around `footprint` is unchanged."""
+
+    delta_s: float  # predicted latency change against the model it was previewed on
+    site_nodes: frozenset[str]
+    footprint: frozenset[str]  # the nodes of the kernels it changes, and their neighbours
+
+
+@dataclass(frozen=True)
 class Candidate:
     site: Site  # found on the parent node's model
-    predicted_s: float
+    predicted_s: float | None  # None only in `fates`, for a candidate the budget left unpreviewed
 
     @property
     def step(self) -> Step:
@@ -125,20 +146,24 @@ class Candidate:
 
 @dataclass
 class Stats:
-    previewed: int = 0
+    previewed: int = 0  # candidates previewed (a rewrite built and its change scored)
+    reused: int = 0  # candidates whose predicted change carried over from the parent model
+    preview_s: float = 0.0  # seconds spent finding and previewing candidates
     applied: int = 0
     evaluated: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     def to_dict(self) -> dict:
-        return {"candidates_scored": self.previewed, "candidates_applied": self.applied,
+        return {"candidates_scored": self.previewed, "candidates_reused": self.reused,
+                "preview_seconds": round(self.preview_s, 2), "candidates_applied": self.applied,
                 "candidates_evaluated": self.evaluated, "seconds": round(time.perf_counter() - self.started, 2)}
 
 
 class SearchContext:
     def __init__(self, original: Model, target: Target, passes: list[str], constraints: Constraints,
                  data: SearchData | None, time_budget_s: float | None = None,
-                 progress: Callable[[str], None] | None = None, pass_params: dict[str, dict] | None = None):
+                 progress: Callable[[str], None] | None = None, pass_params: dict[str, dict] | None = None,
+                 started: float | None = None):
         self.target = target
         self.pass_params = pass_params or {}
         self.cost_model = cost_model_for(target)
@@ -146,12 +171,21 @@ class SearchContext:
         self.passes = [get_pass(name) for name in passes]
         self.constraints = constraints
         self.data = data
-        self.deadline = time.perf_counter() + time_budget_s if time_budget_s else None
+        # The budget runs from `started` (optimize's own start) and covers what follows the search.
+        self.deadline = (started or time.perf_counter()) + time_budget_s if time_budget_s else None
         self._progress = progress or (lambda message: None)
         self.stats = Stats()
         self.log: list[dict] = []  # every candidate's fate, for the report's per-block decisions
         self._nodes: dict[str, Node] = {}
-        self._previews: dict[tuple[str, Step], float] = {}
+        self._previews: dict[tuple[str, Step], Preview] = {}
+        self._costs: dict[str, KernelCosts] = {}  # content hash -> the whole model's kernel costs
+        self._parents: dict[str, Node] = {}  # content hash -> the node it was first reached from
+        self._changed: dict[str, frozenset[str]] = {}  # content hash -> the region its last step changed
+        # What the work after the search costs, measured as the search goes (see reserve_s).
+        self._apply_s: dict[str, float] = {}  # content hash -> seconds its last step's apply took
+        self._judge_s: list[float] = [data.judge_s] if data is not None and data.judge_s else []  # per judgement
+        self._expand_s: list[float] = []  # seconds of each expansion: apply, score, judge
+        self._score_s = 0.0  # seconds to score the original whole
         self._children: dict[tuple[str, Step], Node | None] = {}
         self.original = original
         self.best: Node | None = None  # the fastest feasible node so far (set by node())
@@ -161,7 +195,27 @@ class SearchContext:
     # -- budget -----------------------------------------------------------------------
 
     def out_of_time(self) -> bool:
-        return self.deadline is not None and time.perf_counter() > self.deadline
+        """Whether one more expansion (as long as the average one so far) would leave too little of the
+        budget for the work after the search (`reserve_s`)."""
+        if self.deadline is None:
+            return False
+        expansion = sum(self._expand_s) / len(self._expand_s) if self._expand_s else 0.0
+        return time.perf_counter() + expansion + self.reserve_s() > self.deadline
+
+    def reserve_s(self) -> float:
+        """Seconds the work after the search takes, from what the search measured: replaying the best
+        model's recipe (each step fitted again, as long as it took here), judging the result on the test
+        split (with the original) and once more on the selection split, and scoring it for the report."""
+        replay, node = 0.0, self.best
+        while node is not None and node.key in self._parents:
+            replay += self._apply_s.get(node.key, 0.0)
+            node = self._parents[node.key]
+        judge = sum(self._judge_s) / len(self._judge_s) if self._judge_s else 0.0
+        return replay + 3 * judge + 2 * self._score_s
+
+    def finish_due(self) -> bool:
+        """Whether only the reserve for the work after the search is left (for post-search extras)."""
+        return self.deadline is not None and time.perf_counter() + self.reserve_s() > self.deadline
 
     def progress(self, message: str) -> None:
         """Tell the caller's progress callback, with the time budget left when there is one."""
@@ -177,11 +231,16 @@ class SearchContext:
         if cached is not None:
             return cached
         memory = memory_summary(model)
-        node = Node(model, steps, self.cost_model.predict(model).latency_s, memory.param_bytes,
-                    memory.peak_activation_bytes, local_error=score_local)
+        started = time.perf_counter()
+        costs = self._costs[model.content_hash] = kernel_costs(self.cost_model, model)  # whole, always
+        self._score_s = self._score_s or time.perf_counter() - started
+        node = Node(model, steps, costs.latency_s, memory.param_bytes, memory.peak_activation_bytes,
+                    local_error=score_local)
         node.reason = self.constraints.memory_violation(node.param_bytes, node.activation_bytes)
         if self.data is not None and steps:
+            started = time.perf_counter()
             judgement = self.data.judge(model, self.original)
+            self._judge_s.append(time.perf_counter() - started)
             node.score, node.drop = judgement.score, judgement.drop
             node.reason = node.reason or judgement.over_budget
             self.stats.evaluated += 1
@@ -208,7 +267,7 @@ class SearchContext:
 
     def candidates(self, node: Node) -> list[Candidate]:
         """Every applicable step on `node`, previewed, fastest predicted first (ties by name)."""
-        found = []
+        started, found = time.perf_counter(), []
         for rewrite in self.passes:
             if rewrite.exactness is Exactness.LOSSY and self.data is None:
                 continue
@@ -216,12 +275,38 @@ class SearchContext:
             for site in rewrite.find(node.model, **params):
                 key = (node.key, site.step)
                 if key not in self._previews:
-                    preview = rewrite.preview(node.model, site)
-                    self._previews[key] = self.cost_model.predict(preview).latency_s
-                    self.stats.previewed += 1
-                found.append(Candidate(site, self._previews[key]))
+                    self._previews[key] = self._inherited(node, site) or self._preview(node, rewrite, site)
+                found.append(Candidate(site, node.latency_s + self._previews[key].delta_s))
         found.sort(key=lambda c: (c.predicted_s, str(c.step)))
+        self.stats.preview_s += time.perf_counter() - started
         return found
+
+    def _preview(self, node: Node, rewrite, site: Site) -> Preview:
+        """Build the cheap rewrite and score its change against `node`'s kernels."""
+        change = predict_change(self.cost_model, self._costs[node.key], rewrite.preview(node.model, site))
+        self.stats.previewed += 1
+        footprint = neighbourhood(node.model, change.removed | site.nodes) | change.added
+        return Preview(change.latency_s - node.latency_s, site.nodes, footprint)
+
+    def _inherited(self, node: Node, site: Site) -> Preview | None:
+        """The parent's preview of the same step, when the step that made `node` left its footprint alone."""
+        parent = self._parents.get(node.key)
+        earlier = self._previews.get((parent.key, site.step)) if parent is not None else None
+        if earlier is None or earlier.site_nodes != site.nodes or earlier.footprint & self._region(parent, node):
+            return None
+        self.stats.reused += 1
+        return earlier
+
+    def _region(self, parent: Node, node: Node) -> frozenset[str]:
+        """What the step from `parent` to `node` changed: nodes in kernels that differ, nodes whose
+        definition differs, and their neighbours on both sides."""
+        if node.key not in self._changed:
+            before = {n.name: n.SerializeToString(deterministic=True) for n in parent.model.nodes}
+            after = {n.name: n.SerializeToString(deterministic=True) for n in node.model.nodes}
+            edited = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+            changed = changed_nodes(self._costs[parent.key], self._costs[node.key]) | edited
+            self._changed[node.key] = neighbourhood(parent.model, changed) | neighbourhood(node.model, changed)
+        return self._changed[node.key]
 
     def worth_applying(self, node: Node, candidate: Candidate) -> bool:
         gain = node.latency_s - candidate.predicted_s
@@ -250,15 +335,21 @@ class SearchContext:
         if key in self._children:
             return self._children[key]
         calib = self.data.calibration if self.data is not None else None
+        started = time.perf_counter()
         applied = apply_step(node.model, candidate.site, calib, reference=self.original)
+        applied_s = time.perf_counter() - started
         self.stats.applied += 1
         error = applied.local_error
         if error is not None and error > MAX_LOCAL_ERROR:
             self._note(node, candidate, f"local error {error:.2f} too large to evaluate")
             self._children[key] = None
+            self._expand_s.append(time.perf_counter() - started)
             return None
         child = self.node(applied.model, node.steps + (candidate.step,), error)
         child.change = child.change or candidate.site.summary
+        self._parents.setdefault(child.key, node)
+        self._apply_s.setdefault(child.key, applied_s)
+        self._expand_s.append(time.perf_counter() - started)
         self._note(node, candidate, "feasible" if child.feasible else child.reason, child)
         self._children[key] = child
         return child
@@ -268,3 +359,65 @@ class SearchContext:
         self.log.append({"step": candidate.step.to_dict(), "nodes": sorted(candidate.site.nodes),
                          "after_steps": len(node.steps), "predicted_gain_us": (node.latency_s - candidate.predicted_s) * 1e6,
                          "outcome": outcome, "local_error": child.local_error if child else None})
+
+    # -- why the search stopped ---------------------------------------------------------
+
+    def fates(self, node: Node, timed_out: bool) -> dict[str, dict[str, int]]:
+        """Why each candidate remaining on `node` was not taken, counted per pass."""
+        counts: dict[str, dict[str, int]] = {}
+        for candidate in self._priced(node, timed_out):
+            key = (node.key, candidate.step)
+            if candidate.predicted_s is None:
+                fate = "never previewed: the time budget ran out"
+            elif key not in self._children:
+                if node.latency_s - candidate.predicted_s <= MIN_GAIN * node.latency_s:
+                    fate = "predicted no faster"
+                elif timed_out:
+                    fate = "never tried: the time budget ran out"
+                else:
+                    fate = "never tried: not among the most promising the search evaluates from this model"
+            elif self._children[key] is None:
+                fate = f"local error over the cap of {MAX_LOCAL_ERROR:g}"
+            elif not self._children[key].feasible:
+                child = self._children[key]
+                over_memory = self.constraints.memory_violation(child.param_bytes, child.activation_bytes)
+                fate = "over the memory budget" if over_memory else "over the accuracy budget"
+            else:
+                fate = "feasible, but another sequence was faster"
+            per_pass = counts.setdefault(candidate.step.pass_name, {})
+            per_pass[fate] = per_pass.get(fate, 0) + 1
+        return counts
+
+    def _priced(self, node: Node, timed_out: bool) -> list[Candidate]:
+        """`node`'s candidates; once the budget has run out, only those already previewed carry a
+        prediction (the others get None) so that telling why costs no preview."""
+        if not timed_out:
+            return self.candidates(node)
+        found = []
+        for rewrite in self.passes:
+            if rewrite.exactness is Exactness.LOSSY and self.data is None:
+                continue
+            for site in rewrite.find(node.model, **self.params_for(rewrite)):
+                preview = self._previews.get((node.key, site.step))
+                found.append(Candidate(site, None if preview is None else node.latency_s + preview.delta_s))
+        return found
+
+    def ceiling(self, start: Node, max_steps: int = 500) -> tuple[Node, bool]:
+        """The structural ceiling from `start`: every candidate predicted faster applied in turn (the
+        fastest first) whatever it does to accuracy, by previews alone (no fitting, no evaluation).
+        Returns the last model reached and whether the walk finished before the budget's reserve."""
+        current = start
+        for _ in range(max_steps):
+            if self.finish_due():
+                return current, False
+            threshold = (1 - MIN_GAIN) * current.latency_s
+            best = next((c for c in self.candidates(current) if c.predicted_s < threshold), None)
+            if best is None:
+                return current, True
+            rewrite: Pass = get_pass(best.step.pass_name)
+            model = rewrite.preview(current.model, best.site)
+            costs = self._costs.setdefault(model.content_hash, kernel_costs(self.cost_model, model))
+            child = Node(model, current.steps + (best.step,), costs.latency_s, 0, 0)
+            self._parents.setdefault(child.key, current)
+            current = child
+        return current, False

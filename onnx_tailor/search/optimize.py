@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import onnx
 
 from .. import accuracy
-from ..costmodel import load_target
+from ..costmodel import load_target, simulate
 from ..costmodel.target import Target
 from ..errors import QuantizationError, TailorError
 from ..ir import Model, session
@@ -124,7 +125,9 @@ def _search_data(model: Model, data, metric: str | None, max_drop: str | None, s
     max_drop = str(max_drop) if given else default_max_drop(metric)
     search_data = SearchData(split.calibration.inputs, split.selection, split.test, metric, accuracy.Evaluator(),
                              None, 0.0, split.calibration.fingerprint, precision, acceptance)
+    scoring = time.perf_counter()
     original_score = search_data.original_score = search_data.score(model, split.selection, model)
+    search_data.judge_s = time.perf_counter() - scoring
     budget = parse_max_drop(max_drop)
     allowed = budget.allowed_drop(original_score.value)
     check_binds(metric, budget, original_score.value, allowed)
@@ -210,7 +213,10 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     (`constraints.DEFAULT_MAX_DROP`: 1 point of top1 or agreement, 0.01 of cosine, 3 dB of sqnr).
     `progress` is called with one line of text at each event: the budget as understood before
     the search, then every new best model. `pass_params` fixes parameters of named passes for every site
-    the search tries, e.g. {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them."""
+    the search tries, e.g. {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them.
+    `time_budget` counts from this call and covers the work after the search: the search stops
+    early enough to leave what replaying, judging and checking the result will take."""
+    started = time.perf_counter()
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
     target = target if isinstance(target, Target) else load_target(target)
@@ -246,7 +252,8 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     if progress is not None:  # before the search: what the run will hold every candidate to
         for line in budget_lines(budget):
             progress(line)
-    ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params)
+    ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params,
+                        started)
     interrupted = False
     try:
         if search == "greedy":
@@ -265,6 +272,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     if chosen is None:
         raise NoFeasibleModel(f"no model meets the constraints: the original's {ctx.root.reason}, "
                               "and no rewrite found fixed that")
+    stopped = _why_stopped(ctx, chosen, "interrupted" if interrupted else "time budget" if exhausted else "converged")
     if not chosen.steps:
         notes.append(_why_nothing_helped(ctx))
 
@@ -308,7 +316,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     within = final_node.feasible and (test is None or test["drop"] <= test["allowed_drop"] + 1e-9)
     outcome = {"within_budget": within, "improved": bool(recipe.steps), "interrupted": interrupted,
                "time_budget_exhausted": exhausted}
-    report = build_report(ctx, final_node, search, notes, measured, test,
+    report = build_report(ctx, final_node, search, notes, measured, test, stopped,
                           run={"invocation": invocation, "budget": budget, **outcome})
     return OptimizeResult(stamped(final, model, recipe), report, recipe, notes, ctx)
 
@@ -338,6 +346,24 @@ def _holding_on_test(data: SearchData, path: list[Model], notes: list[str]) -> t
         figures["fp32"] = {"original": data.score(original, data.test, original, "fp32").to_dict(),
                            "optimized": data.score(path[kept], data.test, original, "fp32").to_dict()}
     return kept, figures
+
+
+def _why_stopped(ctx: SearchContext, chosen, why: str) -> dict:
+    """Why the search ended, what became of each remaining candidate (per pass), and the ceiling: the
+    predicted latency with every candidate applied on top of the chosen model whatever its accuracy,
+    so that the report says how much of the available gain was taken."""
+    remaining = ctx.fates(chosen, timed_out=why == "time budget") if why != "interrupted" else {}
+    top, finished = ctx.ceiling(chosen)
+    if not finished and top is chosen:  # the budget left no time for even one step of the walk
+        return {"why": why, "remaining": remaining, "ceiling": None}
+    original = ctx.root.latency_s
+    available = original - top.latency_s
+    ceiling = {"predicted_ms": top.latency_s * 1e3, "speedup_predicted": original / top.latency_s,
+               "steps_beyond_chosen": len(top.steps) - len(chosen.steps), "complete": finished,
+               "share_taken": (original - chosen.latency_s) / available if available > 0 else 1.0}
+    if ctx.target.simulated and not ctx.finish_due():
+        ceiling["simulated_ms"] = simulate(top.model, ctx.target).latency_s * 1e3
+    return {"why": why, "remaining": remaining, "ceiling": ceiling}
 
 
 def _why_nothing_helped(ctx: SearchContext) -> str:

@@ -8,7 +8,10 @@ accepted on measurement (timed against its parent, on targets measured here)
 or on the cost model alone; for every inverted-bottleneck block of the
 original, what happened to it (rewritten by which pass, or left alone and
 why: predicted slower, accuracy over budget, local error too large, memory
-over budget, or never reached); and the search's statistics.
+over budget, or never reached); why the search stopped, with what became of
+every candidate still open on the chosen model (per pass) and the ceiling
+(the predicted latency with every candidate applied whatever its accuracy);
+and the search's statistics.
 
 report.json is versioned (`format`, REPORT_FORMAT) and described by the JSON
 Schema in `onnx_tailor/schemas/report.schema.json`; every latency in it is in
@@ -93,9 +96,10 @@ def block_decisions(ctx: SearchContext, chosen: Node) -> list[dict]:
 
 
 def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str], measured: dict | None,
-                 test: dict | None = None, run: dict | None = None) -> dict:
-    """The report (see the module docstring); `run` holds what only the caller knows: the invocation,
-    the budgets, and the booleans within_budget, improved, interrupted, time_budget_exhausted."""
+                 test: dict | None = None, stopped: dict | None = None, run: dict | None = None) -> dict:
+    """The report (see the module docstring); `stopped` says why the search ended (`optimize._why_stopped`);
+    `run` holds what only the caller knows: the invocation, the budgets, and the booleans within_budget,
+    improved, interrupted, time_budget_exhausted."""
     original = ctx.root
     steps, path = [], []
     for step in chosen.steps:  # re-walk the chosen path through the cache for per-step figures
@@ -129,6 +133,7 @@ def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str]
         "steps": steps,
         "blocks": block_decisions(ctx, chosen),
         "statistics": ctx.stats.to_dict(),
+        "stopped": stopped,
         "simulated": _simulated(ctx, chosen),
         "measured": measured,
         "notes": notes,
@@ -264,6 +269,7 @@ def format_report(report: dict, width: int | None = None) -> str:
                      f"({speedup:.2f}x){chained}")
     lines += _step_rows(report, width)
     lines += _block_rows(report, width)
+    lines += _format_stopped(report.get("stopped"))
     s = report["statistics"]
     lines.append(f"\n  {s['candidates_scored']} candidates scored, {s['candidates_applied']} applied, "
                  f"{s['candidates_evaluated']} evaluated in {s['seconds']:.1f} s")
@@ -273,6 +279,24 @@ def format_report(report: dict, width: int | None = None) -> str:
         lines.append(f"  stopped early: {', '.join(flags)}; the best model so far was written")
     lines += [f"  note: {n}" for n in report["notes"]]
     return "\n".join(lines)
+
+
+def _format_stopped(stopped: dict | None) -> list[str]:
+    if not stopped:
+        return []
+    c = stopped["ceiling"]
+    if c is None:
+        lines = [f"\n  search stopped: {stopped['why']}; no time was left to walk to the ceiling"]
+    else:
+        simulated = f", simulated {c['simulated_ms']:.4f} ms" if "simulated_ms" in c else ""
+        lines = [f"\n  search stopped: {stopped['why']}; ceiling {c['predicted_ms']:.4f} ms predicted "
+                 f"({c['speedup_predicted']:.2f}x{simulated}"
+                 f"{'' if c['complete'] else ', walk cut short by the time budget'}): "
+                 f"{c['share_taken']:.0%} of the predicted gain available was taken"]
+    for pass_name, fates in sorted(stopped["remaining"].items()):
+        shown = "; ".join(f"{count} {fate}" for fate, count in sorted(fates.items(), key=lambda f: -f[1]))
+        lines.append(f"    {pass_name}: {shown}")
+    return lines
 
 
 def check_plotting_available() -> None:

@@ -1,0 +1,219 @@
+"""The search before and after incremental scoring, side by side, on models of growing size.
+
+    python bench/search_scaling.py [--models digits,paddle_det_320] [--mode previews|full]
+                                   [--before b49bdaf] [--preview-seconds 120]
+
+"before" is the search at commit `--before` (default b49bdaf, the last one
+that scored every candidate's whole model), checked out in a git worktree
+next to this repository; "after" is this checkout. Each (version, model) runs
+`optimize` in its own subprocess whose PYTHONPATH is that version's tree, so
+the two never share a module, a cache in memory or a process's peak memory.
+
+Models: digits (models/digits_mbv2.onnx with its held-out set, 1 point of
+top-1), the PaddleOCR classifier and detector (onnx_tailor.zoo, cached in
+~/.cache/onnx-tailor; the detector at 320x320 and 640x640), and a
+MobileNetV2-224 structure with seeded random weights built here; all but
+digits on seeded random inputs with output cosine against the original and a
+1% budget. Judging in fp32, target npu-p32, greedy search.
+
+Columns per model and version:
+- priced/s: distinct (model, site) candidates given a predicted latency per
+  second spent finding and pricing them (after: carried-over ones included,
+  and how many rewrites were really built beside);
+- s/step: seconds of search per greedy step taken;
+- converge s: the whole `optimize` call with no time budget (`--mode full`
+  only; `--mode previews` stops the search after `--preview-seconds`);
+- sim x: the simulated npu-p32 speed-up of the result;
+- peak MB: the subprocess's peak resident memory;
+- after only: the ceiling's predicted speed-up and the share of it taken, and
+  the local-error evidence for MAX_LOCAL_ERROR (the largest local error of a
+  feasible child, how many children the cap turned away).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = ("digits", "paddle_cls", "paddle_det_320", "paddle_det_640", "mobilenetv2_224")
+SHAPES = {"paddle_cls": {"x": (1, 3, 48, 192)}, "paddle_det_320": {"x": (1, 3, 320, 320)},
+          "paddle_det_640": {"x": (1, 3, 640, 640)}}
+
+
+# -- the parent: versions, models, the table --------------------------------------------------
+
+def before_tree(commit: str) -> Path:
+    """A detached worktree of `commit` beside the repository (made once, reused after)."""
+    tree = Path(tempfile.gettempdir()) / f"onnx-tailor-before-{commit}"
+    if not (tree / "onnx_tailor").is_dir():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
+                       check=True, capture_output=True)
+    return tree
+
+
+def mobilenetv2_224(path: Path) -> Path:
+    """MobileNetV2 (width 1.0, 224x224): the torchvision layer table, seeded random weights."""
+    sys.path.insert(0, str(REPO))
+    from tests.graphs import GraphBuilder, ibn_block
+
+    import numpy as np
+    import onnx
+
+    b = GraphBuilder(0)
+    x = b.relu6(b.batchnorm(b.conv("input", 3, 32, 3, 2, bias=False), 32))
+    x = b.batchnorm(b.conv(b.relu6(b.batchnorm(b.conv(x, 32, 32, 3, 1, group=32, bias=False), 32)), 32, 16, 1,
+                           bias=False), 16)
+    cin = 16
+    for expansion, cout, repeats, stride in [(6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                                             (6, 160, 3, 2), (6, 320, 1, 1)]:
+        for index in range(repeats):
+            x = ibn_block(b, x, cin, cin * expansion, cout, 3, stride if index == 0 else 1)
+            cin = cout
+    x = b.relu6(b.batchnorm(b.conv(x, cin, 1280, 1, bias=False), 1280))
+    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)
+    x = b.node("Gemm", [x, b.const(b.rng.standard_normal((1000, 1280)).astype(np.float32) * 0.03, "fc"),
+                        b.const(np.zeros(1000, np.float32), "fcb")], transB=1)
+    onnx.save(b.build({"input": (1, 3, 224, 224)}, [x]), str(path))
+    return path
+
+
+def model_paths(names: list[str], scratch: Path) -> dict[str, Path]:
+    sys.path.insert(0, str(REPO))
+    from onnx_tailor import zoo
+
+    paths = {"digits": REPO / "models" / "digits_mbv2.onnx"}
+    if any(n.startswith("paddle") for n in names):
+        found = zoo.fetch("paddle_cls", "paddle_det")
+        if isinstance(found, str):
+            raise SystemExit(f"cannot fetch the PaddleOCR models: {found}")
+        paths.update(paddle_cls=found["paddle_cls"], paddle_det_320=found["paddle_det"],
+                     paddle_det_640=found["paddle_det"])
+    if "mobilenetv2_224" in names:
+        paths["mobilenetv2_224"] = mobilenetv2_224(scratch / "mobilenetv2_224.onnx")
+    return paths
+
+
+def run_child(root: Path, name: str, path: Path, mode: str, seconds: float) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", name, str(path), mode, str(seconds)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def row(name: str, version: str, r: dict) -> str:
+    if "error" in r:
+        return f"| {name} | {version} | failed: {r['error']} |"
+    built = f" ({r['built']} built)" if r.get("built") is not None else ""
+    ceiling = r.get("ceiling")
+    extra = (f"{ceiling['speedup_predicted']:.2f}x, {ceiling['share_taken']:.0%} taken" if ceiling else "-")
+    caps = (f"{r['max_feasible_local_error']:.3g} / {r['capped']}" if r.get("max_feasible_local_error") is not None
+            else f"- / {r.get('capped', '-')}")
+    return (f"| {name} | {version} | {r['priced_per_s']:.1f}{built} | {r['s_per_step']:.1f} ({r['steps']}) | "
+            f"{r['optimize_s']:.0f}{'' if r['converged'] else ' (budget)'} | {r['sim_speedup']:.2f} | "
+            f"{r['peak_mb']:.0f} | {extra} | {caps} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--mode", choices=("previews", "full"), default="full")
+    parser.add_argument("--preview-seconds", type=float, default=120.0)
+    parser.add_argument("--before", default="b49bdaf")
+    parser.add_argument("--versions", default="before,after", help="which of before,after to run")
+    args = parser.parse_args()
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model '{unknown[0]}'; choose from {', '.join(MODELS)}")
+    wanted = args.versions.split(",")
+    versions = {v: root for v, root in (("before", args.before), ("after", REPO)) if v in wanted}
+    if "before" in versions:
+        versions["before"] = before_tree(args.before)
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = model_paths(names, Path(scratch))
+        print(f"mode {args.mode}" + (f", search stopped after {args.preview_seconds:g} s" if args.mode == "previews"
+                                     else ", no time budget") + f"; load average {os.getloadavg()[0]:.1f}")
+        print("| model | version | priced/s | s/step (steps) | optimize s | sim x | peak MB | ceiling | "
+              "max feasible local err / capped |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name in names:
+            for version, root in versions.items():
+                print(row(name, version, run_child(root, name, paths[name], args.mode, args.preview_seconds)),
+                      flush=True)
+
+
+# -- the child: one optimize run of one version, measured from outside the library ------------
+
+def child(name: str, path: str, mode: str, seconds: float) -> None:
+    from onnx_tailor.passes.canonicalize import load
+    from onnx_tailor.search.context import SearchContext
+
+    optimize_module = importlib.import_module("onnx_tailor.search.optimize")  # the package exports the function
+
+    priced, timing = set(), {"candidates_s": 0.0}
+    real_candidates = SearchContext.candidates
+
+    def candidates(self, node):
+        started = time.perf_counter()
+        found = real_candidates(self, node)
+        if timing.get("searching"):
+            timing["candidates_s"] += time.perf_counter() - started
+            priced.update((node.key, c.step) for c in found)
+        return found
+
+    SearchContext.candidates = candidates
+    real_greedy = optimize_module.greedy
+
+    def greedy(ctx, *a, **k):
+        timing["searching"], started = True, time.perf_counter()
+        try:
+            return real_greedy(ctx, *a, **k)
+        finally:
+            timing["searching"], timing["search_s"] = False, time.perf_counter() - started
+            timing["built"] = getattr(ctx.stats, "previewed", None)
+
+    optimize_module.greedy = greedy
+    model = load(path, SHAPES.get(name))
+    if name == "digits":
+        data, metric, budget = str(Path(path).parent / "digits_eval.npz"), None, "1.0"
+    else:
+        data, metric, budget = "random", "cosine", "1%"
+    steps = []
+    started = time.perf_counter()
+    result = optimize_module.optimize(model, "npu-p32", data=data, metric=metric, max_drop=budget,
+                                      precision="fp32", time_budget=seconds if mode == "previews" else None,
+                                      progress=lambda m: steps.append(m) if m.startswith("step ") else None)
+    optimize_s = time.perf_counter() - started
+    ctx, report = result.context, result.report
+    taken = len(steps)
+    feasible_errors = [n.local_error for n in ctx.evaluated if n.feasible and n.local_error is not None]
+    sim = report["simulated"]
+    stopped = report.get("stopped")
+    print(json.dumps({
+        "priced_per_s": len(priced) / max(timing["candidates_s"], 1e-9),
+        "built": timing["built"] if stopped else None,  # before counts every priced candidate as built
+        "steps": taken, "s_per_step": timing["search_s"] / max(taken, 1), "optimize_s": optimize_s,
+        "converged": mode == "full", "sim_speedup": sim["original_ms"] / sim["optimized_ms"],
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "ceiling": stopped["ceiling"] if stopped else None,
+        "max_feasible_local_error": max(feasible_errors) if feasible_errors else None,
+        "capped": sum("too large" in e["outcome"] for e in ctx.log),
+    }))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+    else:
+        main()

@@ -1,0 +1,78 @@
+"""Why the search stopped, the ceiling it stopped under, and the time budget kept as a promise.
+
+On the tiny synthetic MobileNet with random data and cosine, as in test_optimize.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from onnx_tailor.ir import Model
+from onnx_tailor.passes.canonicalize import canonicalize
+from onnx_tailor.search import optimize
+from onnx_tailor.search.context import SearchContext
+from onnx_tailor.search.report import format_report
+from tests.graphs import tiny_mobilenet
+
+PASSES = ["fuse_ibn_expansion", "densify_depthwise", "pad_channels"]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Model:
+    return Model(canonicalize(tiny_mobilenet()))
+
+
+def run(model, **kwargs):
+    options = dict(target="npu-p32", data="random", metric="cosine", max_drop="0.05", passes=PASSES)
+    options.update(kwargs)
+    return optimize(model, **options)
+
+
+def test_a_converged_search_says_so_and_gives_the_ceiling_above_what_it_took(tiny):
+    report = run(tiny).report
+    stopped, optimized = report["stopped"], report["optimized"]["predicted_latency_ms"]
+    assert stopped["why"] == "converged"
+    ceiling = stopped["ceiling"]
+    assert ceiling["complete"] and ceiling["predicted_ms"] <= optimized + 1e-12
+    assert 0 <= ceiling["share_taken"] <= 1 and ceiling["simulated_ms"] > 0
+    for fates in stopped["remaining"].values():
+        assert all(count > 0 for count in fates.values())
+
+
+def test_a_zero_budget_stops_on_accuracy_under_a_ceiling_the_lossy_passes_would_reach(tiny):
+    report = run(tiny, max_drop="0", passes=["fuse_ibn_expansion", "pad_channels"]).report
+    stopped = report["stopped"]
+    lossy = stopped["remaining"]["fuse_ibn_expansion"]
+    assert set(lossy) <= {"over the accuracy budget", "local error over the cap of 0.5",
+                          "never tried: not among the most promising the search evaluates from this model"}
+    assert lossy.get("over the accuracy budget", 0) + lossy.get("local error over the cap of 0.5", 0) > 0
+    assert stopped["ceiling"]["predicted_ms"] < report["optimized"]["predicted_latency_ms"]
+    assert stopped["ceiling"]["share_taken"] < 1
+    assert "search stopped: converged" in format_report(report)
+
+
+def test_the_search_leaves_the_reserve_for_the_work_after_it(tiny, monkeypatch):
+    """A budget far longer than the run, but a reserve for replaying and judging that fills it: the
+    search must not start an expansion, and says that the budget ran out."""
+    monkeypatch.setattr(SearchContext, "reserve_s", lambda self: 1e6)
+    result = run(tiny, time_budget=1e5)
+    assert not result.recipe.steps and result.context.stats.applied == 0
+    assert result.report["stopped"]["why"] == "time budget"
+    assert any("time budget" in n for n in result.notes)
+    fates = {fate for per_pass in result.report["stopped"]["remaining"].values() for fate in per_pass}
+    assert "never previewed: the time budget ran out" in fates  # greedy checks the clock before previewing
+    assert result.report["stopped"]["ceiling"] is None  # no time to walk to it, and no made-up figure
+    assert "no time was left to walk to the ceiling" in format_report(result.report)
+
+
+def test_the_reserve_covers_replaying_the_best_path_and_judging_it(tiny):
+    ctx = run(tiny).context
+    path, node = [], ctx.best
+    while node.steps:
+        path.append(node)
+        node = ctx._parents[node.key]
+    assert path, "the search took no step: nothing to replay"
+    replay = sum(ctx._apply_s[n.key] for n in path)
+    judge = sum(ctx._judge_s) / len(ctx._judge_s)
+    assert ctx.reserve_s() == pytest.approx(replay + 3 * judge + 2 * ctx._score_s)
+    assert ctx.reserve_s() > replay > 0
