@@ -45,7 +45,7 @@ def test_carried_over_previews_equal_whole_scores_along_the_ceiling_walk_with_lo
     from the seventh step on, some of them would predict wrongly if a step's changed region were ignored."""
     model = load(DIGITS.path)
     data, _ = _search_data(model, DIGITS.path.parent / "digits_eval.npz", None, "1.0", 0, accuracy.DEFAULT_SPLIT,
-                        ("fp32", "point"), True, [])
+                           ("fp32", "point"), True, [])
     passes = ["fuse_ibn_expansion", "align_channels", "pad_channels", "scale_depth", "densify_depthwise"]
     ctx = SearchContext(model, load_target("npu-p32"), passes, Constraints(), data)
     node, checked = ctx.root, 0
