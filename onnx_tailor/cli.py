@@ -1,13 +1,18 @@
 """The `onnx-tailor` command line. Thin: it parses, calls the library, prints.
 
-Exit codes: 0 success; 1 bad input (missing or invalid model, unknown pass or
-site, bad parameter); 2 bad usage (unknown option, missing argument);
-3 an exact rewrite failed its numerical check (a bug: please report it).
+Exit codes: 0 success; 1 bad input (missing or invalid model, data, recipe or
+target profile, unknown pass or site, bad parameter, a size too big to
+allocate) or a machine that refuses (read-only folder, full disk); 2 bad usage
+(unknown option, missing argument, a value out of range); 3 an exact rewrite
+failed its numerical check (a bug: please report it); 4 (optimize) no model
+meets the constraints. Any other exit, or a traceback, is a bug.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import sys
 import time
 from dataclasses import asdict
@@ -33,8 +38,29 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 
+# What the machine refuses (a read-only folder, a full disk, a quota): the user's to fix, so one line, exit 1.
+_ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
 class _Group(click.Group):
-    """Turns every `TailorError` into one line on stderr and its exit code: no traceback."""
+    """Turns every `TailorError`, and what the machine refuses (no space, no permission, no memory
+    for a size the input asked for), into one line on stderr and an exit code: no traceback."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as error:  # click would print the usage block and a blank line before it
+            where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+            click.echo(f"error: {error.format_message().rstrip('.')}{where}", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            click.echo(f"error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
 
     def invoke(self, ctx):
         try:
@@ -42,6 +68,35 @@ class _Group(click.Group):
         except TailorError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(error.exit_code)
+        except OSError as error:
+            if error.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            where = f"{error.filename}: " if error.filename else ""
+            click.echo(f"error: {where}{error.strerror or error}", err=True)
+            sys.exit(1)
+        except MemoryError as error:  # a backstop: sizes are checked before allocating where we know them
+            click.echo(f"error: out of memory: {str(error).strip() or 'an allocation failed'}", err=True)
+            sys.exit(1)
+
+
+class _PositiveNumber(click.FloatRange):
+    """A float above 0 that is finite: click's range lets 'nan' (no comparison fails it) and 'inf' through."""
+
+    name = "positive number"
+
+    def __init__(self):
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+POSITIVE = _PositiveNumber()
+# numpy's generators take seeds in [0, 2**32) the same on every platform; a negative seed is refused by name.
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 def _parse_shape(ctx, param, values) -> dict[str, tuple[int, ...]]:
@@ -68,6 +123,11 @@ def _parse_params(ctx, param, values) -> dict[str, str]:
             raise click.BadParameter(f"'{value}' is not key=value (e.g. multiple=32)")
         params[key] = raw
     return params
+
+
+# Said wherever --metric is: a plug-in is code, and it runs the moment it is named.
+PLUGIN_NOTE = ("A module:function plug-in is imported from the Python path or else the current directory, "
+               "which runs the module's code: name only code you trust.")
 
 
 input_shape_option = click.option(
@@ -386,7 +446,7 @@ def passes(as_json):
 @click.option("--data", metavar="D", help="Accuracy data: an .npz, an image folder or 'random' (see `evaluate --help`). "
                                           "Without it only exact passes run.")
 @click.option("--metric", metavar="NAME", help="top1 | agreement | cosine | sqnr | module:function "
-                                               "[default: top1 with labels, else agreement]")
+                                               "[default: top1 with labels, else agreement]. " + PLUGIN_NOTE)
 @click.option("--max-drop", default="1.0", show_default=True, metavar="POINTS|PCT%",
               help="Largest allowed drop of the metric against the original: points (1.0) or relative (1%).")
 @click.option("--max-params", type=click.IntRange(min=1), metavar="BYTES", help="Budget for parameter bytes.")
@@ -395,9 +455,9 @@ def passes(as_json):
 @click.option("--search", type=click.Choice(["greedy", "beam", "evolutionary"]), default="greedy", show_default=True)
 @click.option("--beam-width", type=click.IntRange(min=1), default=4, show_default=True,
               help="Sequences kept by beam search (and half the evolutionary population).")
-@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--time-budget", type=POSITIVE, metavar="SECONDS",
               help="Stop searching after this long and keep the best so far.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split and the search.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the data split and the search.")
 @click.option("--emit", type=click.Choice(["fp32", "qdq"]), default="fp32", show_default=True,
               help="Write the optimized fp32 model, or its int8 QDQ quantization (calibrated on the calibration "
                    "split), the form NPU compilers take.")
@@ -562,10 +622,10 @@ def _data_options(command):
         click.option("--image-spec", metavar="JSON|FILE", help="How to preprocess an image folder (see above)."),
         click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
                      help="How many samples --data random makes."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of --data random."),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of --data random."),
         click.option("--output-name", metavar="NAME",
                      help="The model output metrics read (default: the first; cosine and sqnr: all)."),
-        click.option("--max-drop", type=click.FloatRange(min=0, min_open=True), metavar="BUDGET",
+        click.option("--max-drop", type=POSITIVE, metavar="BUDGET",
                      help="Warn when a 95% interval is wider (+-) than this, in the metric's units "
                           "(points for top1 and agreement, dB for sqnr)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
@@ -584,7 +644,7 @@ def _data_options(command):
     original model's (--reference). With --reference, top1 is printed together with
     agreement, the steadier signal for telling a rewrite's effect from noise.
     A plug-in metric is module:function (see onnx_tailor/accuracy/metrics.py).
-""" + _DATA_HELP)
+    """ + PLUGIN_NOTE + "\n" + _DATA_HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--metric", metavar="NAME",
               help="top1 | agreement | cosine | sqnr | module:function  [default: top1 when the data has "
@@ -622,7 +682,7 @@ _COMPARED_COSTS = ("macs", "params", "param_bytes", "peak_activation_bytes")  # 
     module:function) with its 95% confidence interval, B's fidelity to A (agreement
     of predictions, cosine similarity and SQNR of outputs), and each model's MACs,
     parameters and peak activation memory.
-""" + _DATA_HELP)
+    """ + PLUGIN_NOTE + "\n" + _DATA_HELP)
 @click.argument("model_a", type=click.Path(dir_okay=False))
 @click.argument("model_b", type=click.Path(dir_okay=False))
 @click.option("--metric", metavar="NAME",

@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from ..ir import Model, seeded_inputs
 from .sweep import SweepEntry
-from .target import Target
+from .target import Target, TargetError
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,17 @@ def session_for(model: Model, target: Target) -> ort.InferenceSession:
     options.intra_op_num_threads = target.threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(model.serialized, options, providers=[target.execution_provider])
+    provider = target.execution_provider
+    available = ort.get_available_providers()
+    if provider not in available:  # onnxruntime would warn, fall back to the CPU and time that instead
+        raise TargetError(f"target {target.name}: execution provider {provider} is not in this onnxruntime "
+                          f"(available: {', '.join(available)}); nothing measured")
+    session = ort.InferenceSession(model.serialized, options, providers=[provider])
+    ran = session.get_providers()[0]
+    if ran != provider:  # present but unusable here (a missing driver or library): the CPU took over
+        raise TargetError(f"target {target.name}: onnxruntime could not start {provider} and fell back to {ran}; "
+                          "nothing measured, so that no CSV records times of a provider that did not run")
+    return session
 
 
 def time_session(session: ort.InferenceSession, feeds: dict, warmup: int = 5, runs: int = 30,

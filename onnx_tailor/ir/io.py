@@ -56,11 +56,13 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, not an ONNX file")
     try:
-        proto = onnx.load(str(path), load_external_data=True)
+        proto = onnx.load(str(path), load_external_data=True) if path.is_file() else _read_stream(path)
     except google.protobuf.message.DecodeError:
         raise ModelLoadError(f"{path}: not an ONNX model (the file does not parse; is it truncated?)") from None
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{path}: external data file missing: {exc.filename or exc}") from None
+    except onnx.checker.ValidationError as exc:  # external data outside the model's folder, or not a file
+        raise ModelLoadError(f"{path}: bad external data: {_first_line(exc)}") from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: cannot read: {exc}") from None
     if proto.ir_version == 0 or not proto.HasField("graph") or not proto.graph.node:
@@ -72,6 +74,27 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
         first_line = str(exc).strip().splitlines()[0]
         raise ModelLoadError(f"{path}: invalid ONNX model: {first_line}") from None
     return proto
+
+
+# A device or pipe has no size to check first (/dev/zero never ends): read at most this much of one.
+STREAM_LIMIT = 1 << 30
+
+
+def _read_stream(path: Path) -> onnx.ModelProto:
+    """A model from something that is not a regular file (a pipe, a device), read up to STREAM_LIMIT."""
+    with open(path, "rb") as stream:
+        data = stream.read(STREAM_LIMIT + 1)
+    if len(data) > STREAM_LIMIT:
+        raise ModelLoadError(f"{path}: is not a regular file and holds more than {STREAM_LIMIT >> 20} MiB; "
+                             "an ONNX model read from a pipe or device must be smaller (or save it to a file)")
+    proto = onnx.load_model_from_string(data)
+    onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+    return proto
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -10,6 +10,7 @@ bytes and peak activation bytes (as the model stores them: float32 here).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import TailorError
@@ -35,6 +36,8 @@ def parse_max_drop(text: str) -> AccuracyBudget:
     except ValueError:
         raise TailorError(f"--max-drop '{text}' is not a number of points (e.g. 1.0) or a percentage (e.g. 1%)") \
             from None
+    if not math.isfinite(amount):  # float() reads 'nan' and 'inf', which no comparison can budget
+        raise TailorError(f"--max-drop must be a finite number of points or a percentage, got {text}")
     if amount < 0:
         raise TailorError(f"--max-drop must not be negative, got {text}")
     return AccuracyBudget(amount, relative)

@@ -11,6 +11,8 @@ over budget, or never reached); and the search's statistics.
 
 from __future__ import annotations
 
+import math
+
 from ..analysis import find_ibn_blocks
 from ..costmodel import simulate
 from ..errors import TailorError
@@ -81,6 +83,19 @@ def _simulated(ctx: SearchContext, chosen: Node) -> dict | None:
             "optimized_ms": simulate(chosen.model, ctx.target).latency_s * 1e3}
 
 
+def decimals(*pairs: tuple[float, float], least: int = 2, most: int = 8) -> int:
+    """Enough decimals that no change is rounded away: each (before, after) pair that differs prints
+    differently, and so does its difference (cosine 1.00 -> 1.00, drop 0.00 hid a drop of 0.0021)."""
+    places = least
+    for before, after in pairs:
+        if before is None or after is None or before == after or not math.isfinite(before - after):
+            continue
+        while places < most and (f"{before:.{places}f}" == f"{after:.{places}f}"
+                                 or float(f"{before - after:.{places}f}") == 0):
+            places += 1
+    return places
+
+
 def format_report(report: dict) -> str:
     o, b = report["original"], report["optimized"]
     lines = [f"target {report['target']}, search {report['search']}: "
@@ -89,15 +104,19 @@ def format_report(report: dict) -> str:
     test = report.get("test")
     if test:
         ci = test["drop_ci"]
-        interval = f", 95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        d = decimals((test["original"]["value"], test["optimized"]["value"]), (test["drop"], 0.0),
+                     (test["allowed_drop"], 0.0))
+        interval = f", 95% CI [{ci[0]:.{d}f}, {ci[1]:.{d}f}]" if ci else ""
         lines.append(f"  {test['original']['name']} in {test['precision']} on the test split (n={test['n']}, never seen "
-                     f"by the search): {test['original']['value']:.2f} -> {test['optimized']['value']:.2f} "
-                     f"(drop {test['drop']:.2f}{interval}; budget {test['allowed_drop']:.2f})")
+                     f"by the search): {test['original']['value']:.{d}f} -> {test['optimized']['value']:.{d}f} "
+                     f"(drop {test['drop']:.{d}f}{interval}; budget {test['allowed_drop']:.{d}f})")
         if test.get("fp32"):
-            lines.append(f"  the same in fp32: {test['fp32']['original']['value']:.2f} -> "
-                         f"{test['fp32']['optimized']['value']:.2f}")
+            f32 = test["fp32"]
+            d = decimals((f32["original"]["value"], f32["optimized"]["value"]))
+            lines.append(f"  the same in fp32: {f32['original']['value']:.{d}f} -> {f32['optimized']['value']:.{d}f}")
+        d = decimals((o["metric"]["value"], b["metric"]["value"]), (b["drop"], 0.0))
         lines.append(f"  on the selection split the search chose with (n={b['metric']['n']}): "
-                     f"{o['metric']['value']:.2f} -> {b['metric']['value']:.2f} (drop {b['drop']:.2f})")
+                     f"{o['metric']['value']:.{d}f} -> {b['metric']['value']:.{d}f} (drop {b['drop']:.{d}f})")
     lines.append(f"  parameters {o['param_bytes']:,} B -> {b['param_bytes']:,} B; "
                  f"peak activations {o['peak_activation_bytes']:,} B -> {b['peak_activation_bytes']:,} B")
     if report.get("simulated"):
