@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, InputTypeError
 from ..ir import BatchLayout, Model, batch_layout, seeded_samples
 from ..ir.batch import chunks
 
@@ -295,7 +295,7 @@ def random_dataset(model: Model, samples: int = DEFAULT_RANDOM_SAMPLES, seed: in
         raise DataError(f"random data needs at least one sample, not {samples}")
     try:
         inputs = seeded_samples(model, samples, seed)  # asks for --input-shape when a dimension is dynamic
-    except NotImplementedError as exc:
+    except InputTypeError as exc:
         raise DataError(f"random data: {exc}") from None
     return Dataset(inputs, None, f"random (seed {seed})")
 

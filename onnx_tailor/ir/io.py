@@ -73,7 +73,54 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise ModelLoadError(f"{path}: invalid ONNX model: {first_line}") from None
+    except UnicodeDecodeError:  # protobuf parses any bytes into a string field; the checker reads them as UTF-8
+        raise ModelLoadError(f"{path}: invalid ONNX model: a name or string in it is not UTF-8 "
+                             "(is the file corrupt?)") from None
+    check_initializer_sizes(proto, str(path))
+    check_attribute_lists(proto, str(path))
     return proto
+
+
+_LIST_ATTRIBUTES = {onnx.AttributeProto.INTS: "ints", onnx.AttributeProto.FLOATS: "floats",
+                    onnx.AttributeProto.STRINGS: "strings"}
+
+
+def check_attribute_lists(proto: onnx.ModelProto, source: str) -> None:
+    """Refuse a list attribute with no values: the checker accepts it, but onnx-graphsurgeon, which every
+    rewrite goes through, cannot tell its type and fails to write the graph back."""
+    for node in proto.graph.node:
+        for attribute in node.attribute:
+            field = _LIST_ATTRIBUTES.get(attribute.type)
+            if field and not getattr(attribute, field):
+                raise ModelLoadError(f"{source}: node '{node.name or node.op_type}': attribute '{attribute.name}' "
+                                     "is an empty list; give its values or leave it out")
+
+
+# Element types whose values sit one per element in raw_data (itemsize bytes each) or in a typed field.
+_PLAIN_TYPES = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2,
+                onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
+                onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT32: 4,
+                onnx.TensorProto.UINT32: 4, onnx.TensorProto.INT64: 8, onnx.TensorProto.UINT64: 8,
+                onnx.TensorProto.BOOL: 1}
+
+
+def check_initializer_sizes(proto: onnx.ModelProto, source: str) -> None:
+    """Refuse an initializer whose data does not fill its dims: the checker lets it through, and reading
+    it later fails deep inside a rewrite (or allocates what its dims claim)."""
+    for tensor in proto.graph.initializer:
+        itemsize = _PLAIN_TYPES.get(tensor.data_type)
+        if itemsize is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        count = 1
+        for dim in tensor.dims:
+            count *= dim
+        if tensor.HasField("raw_data"):
+            held = len(tensor.raw_data) // itemsize if len(tensor.raw_data) % itemsize == 0 else -1
+        else:
+            held = len(getattr(tensor, onnx.helper.tensor_dtype_to_field(tensor.data_type)))
+        if held != count or any(dim < 0 for dim in tensor.dims):
+            raise ModelLoadError(f"{source}: invalid ONNX model: initializer '{tensor.name}' has dims "
+                                 f"{list(tensor.dims)} but holds {max(held, 0)} values (is the file corrupt?)")
 
 
 # A device or pipe has no size to check first (/dev/zero never ends): read at most this much of one.

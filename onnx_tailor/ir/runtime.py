@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import InputShapeError
+from ..errors import InputShapeError, InputTypeError
 from .indices import index_limits
 
 if TYPE_CHECKING:  # annotations only: model imports shapes, which runs models with this module
@@ -109,7 +109,9 @@ def input_numpy_type(vi: onnx.ValueInfoProto) -> type:
     elem = vi.type.tensor_type.elem_type
     dtype = _NUMPY_DTYPE.get(elem)
     if dtype is None:
-        raise NotImplementedError(f"no random input generator for element type {elem} of '{vi.name}'")
+        kind = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else str(elem)
+        raise InputTypeError(f"no random input generator for element type {kind} of '{vi.name}'; "
+                             "give real inputs with --data")
     return dtype
 
 

@@ -200,6 +200,9 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
     constraints = Constraints(parse_max_drop(max_drop) if data is not None else None, max_params, max_activation)
     ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params)
+    if not ctx.root.latency_s:  # its outputs are its inputs or constants: no speed-up can be measured against 0
+        raise TailorError("the model runs no kernel (its outputs are its inputs or constants): there is nothing "
+                          "to optimize")
     try:
         if search == "greedy":
             greedy(ctx)
