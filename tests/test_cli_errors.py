@@ -166,6 +166,33 @@ def plugin(folder: Path) -> str:
     return "tailor_exiting_metric:score"
 
 
+def broken_digits(folder: Path, how: str) -> Path:
+    """The digits model broken as the fuzz (tests/test_fuzz.py) first found it broken."""
+    proto = onnx.load(str(DIGITS.path))
+    if how == "initializer":
+        tensor = next(t for t in proto.graph.initializer if list(t.dims) == [12])
+        tensor.dims[0] = 7
+    elif how == "empty_pads":
+        attribute = next(a for n in proto.graph.node for a in n.attribute if a.name == "pads")
+        del attribute.ints[:]
+    elif how == "output_is_input":
+        proto.graph.output[0].name = proto.graph.input[0].name
+    elif how == "unknown_type":
+        proto.graph.initializer[0].data_type = 99
+    elif how == "unknown_input_type":
+        proto.graph.input[0].type.tensor_type.elem_type = 99
+    elif how == "bfloat16_input":
+        proto.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.BFLOAT16
+    data = proto.SerializeToString()
+    if how == "not_utf8":  # protobuf will not set such a name: change its bytes in place, same length
+        name = proto.graph.node[0].name.encode()
+        field = b"\x1a" + bytes([len(name)]) + name  # NodeProto.name: field 3, length-delimited
+        data = data.replace(field, field[:2] + b"\xbc" + name[1:], 1)
+    path = folder / f"{how}.onnx"
+    path.write_bytes(data)
+    return path
+
+
 # (id, how to build the command's arguments in tmp_path, exit code, a phrase of the message)
 CASES: list[tuple[str, Callable[[Path], list], int, str]] = [
     ("max-drop-nan", lambda d: ["optimize", DIGITS.path, "--data", DATA, "--max-drop", "nan", "-o", d / "out.onnx"],
@@ -230,6 +257,19 @@ CASES: list[tuple[str, Callable[[Path], list], int, str]] = [
      1, "labels include 9223372036854775813"),
     ("npz-declares-too-much", lambda d: ["evaluate", DIGITS.path, "--data", huge_npz(d)], 1,
      "its arrays declare 381.5 GiB"),
+    ("name-not-utf8", lambda d: ["inspect", broken_digits(d, "not_utf8")], 1, "is not UTF-8"),
+    ("initializer-short", lambda d: ["inspect", broken_digits(d, "initializer")], 1, "has dims [7] but holds 12 values"),
+    ("initializer-type-unknown", lambda d: ["inspect", broken_digits(d, "unknown_type")], 1,
+     "has no known element type (99)"),
+    ("input-type-unknown", lambda d: ["inspect", broken_digits(d, "unknown_input_type")], 1,
+     "'input' has no known element type (99)"),
+    ("attribute-empty-list", lambda d: ["inspect", broken_digits(d, "empty_pads")], 1,
+     "attribute 'pads' is an empty list"),
+    ("no-kernel-runs", lambda d: ["optimize", broken_digits(d, "output_is_input"), "--passes", "simplify", "--quiet", "-o",
+                                  d / "out.onnx"], 1, "the model runs no kernel"),
+    ("input-type-without-seeded-values", lambda d: ["optimize", broken_digits(d, "bfloat16_input"), "--quiet", "--passes",
+                                                    "simplify", "-o", d / "out.onnx"],
+     1, "no random input generator for element type BFLOAT16 of 'input'"),
 ]
 
 

@@ -70,15 +70,31 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
     check_opset(proto, str(path))  # before the checker, whose complaint about an old opset is cryptic
     try:
         onnx.checker.check_model(proto)
+        _read_names(proto.graph)
     except onnx.checker.ValidationError as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise ModelLoadError(f"{path}: invalid ONNX model: {first_line}") from None
     except UnicodeDecodeError:  # protobuf parses any bytes into a string field; the checker reads them as UTF-8
         raise ModelLoadError(f"{path}: invalid ONNX model: a name or string in it is not UTF-8 "
                              "(is the file corrupt?)") from None
-    check_initializer_sizes(proto, str(path))
+    check_tensors(proto, str(path))
     check_attribute_lists(proto, str(path))
     return proto
+
+
+def _read_names(graph: onnx.GraphProto) -> None:
+    """Read every name once: protobuf hands a string that is not UTF-8 back as bytes (or raises) only when
+    it is read, and the checker does not read them all, so it would fail deep inside a rewrite."""
+    names = [info.name for info in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)]
+    for node in graph.node:
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output]
+        for attribute in node.attribute:
+            names.append(attribute.name)
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _read_names(attribute.g)
+    corrupt = next((name for name in names if not isinstance(name, str)), None)
+    if corrupt is not None:
+        raise UnicodeDecodeError("utf-8", bytes(corrupt), 0, len(corrupt), "a name that is not UTF-8")
 
 
 _LIST_ATTRIBUTES = {onnx.AttributeProto.INTS: "ints", onnx.AttributeProto.FLOATS: "floats",
@@ -104,10 +120,17 @@ _PLAIN_TYPES = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.Tens
                 onnx.TensorProto.BOOL: 1}
 
 
-def check_initializer_sizes(proto: onnx.ModelProto, source: str) -> None:
-    """Refuse an initializer whose data does not fill its dims: the checker lets it through, and reading
-    it later fails deep inside a rewrite (or allocates what its dims claim)."""
+def check_tensors(proto: onnx.ModelProto, source: str) -> None:
+    """Refuse an element type onnx does not define, and an initializer whose data does not fill its dims:
+    the checker lets both through, and they fail later deep inside a rewrite (or allocate what dims claim)."""
+    for info in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        elem = info.type.tensor_type.elem_type
+        if info.type.HasField("tensor_type") and elem not in onnx.TensorProto.DataType.values():
+            raise ModelLoadError(f"{source}: invalid ONNX model: '{info.name}' has no known element type ({elem})")
     for tensor in proto.graph.initializer:
+        if tensor.data_type not in onnx.TensorProto.DataType.values() or not tensor.data_type:  # 0: UNDEFINED
+            raise ModelLoadError(f"{source}: invalid ONNX model: initializer '{tensor.name}' has no known element "
+                                 f"type ({tensor.data_type})")
         itemsize = _PLAIN_TYPES.get(tensor.data_type)
         if itemsize is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
             continue
