@@ -95,6 +95,8 @@ class _PositiveNumber(click.FloatRange):
 
 
 POSITIVE = _PositiveNumber()
+# A sweep is one microbenchmark model per entry, each timed for seconds: past this it never ends.
+SWEEP_SIZE = click.IntRange(10, 100_000)
 # numpy's generators take seeds in [0, 2**32) the same on every platform; a negative seed is refused by name.
 SEED = click.IntRange(0, 2**32 - 1)
 
@@ -372,7 +374,7 @@ def costmodel():
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
               help="Add entries at this model's kernels and neighbouring channel counts (repeatable).")
-@click.option("--size", type=click.IntRange(min=10), default=600, show_default=True, help="Base sweep size.")
+@click.option("--size", type=SWEEP_SIZE, default=600, show_default=True, help="Base sweep size.")
 def costmodel_sweep(output, models, size):
     """Write the op sweep's microbenchmarks and their manifest.json."""
     entries = sweep_entries(size, [api.load(m) for m in models])
@@ -385,7 +387,7 @@ def costmodel_sweep(output, models, size):
 @click.option("--sweep", "sweep_dir", type=click.Path(file_okay=False), help="A sweep folder; default: the base sweep.")
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
               help="Add entries around this model's kernels (repeatable).")
-@click.option("--size", type=click.IntRange(min=10), default=600, show_default=True, help="Base sweep size.")
+@click.option("--size", type=SWEEP_SIZE, default=600, show_default=True, help="Base sweep size.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The measurements CSV to write.")
 def costmodel_measure(target_name, sweep_dir, models, size, output):
     """Measure the sweep on a target: timed with onnxruntime, or simulated for npu targets."""
@@ -453,7 +455,7 @@ def passes(as_json):
 @click.option("--max-activation", type=click.IntRange(min=1), metavar="BYTES", help="Budget for peak activation bytes.")
 @click.option("--passes", "pass_list", metavar="A,B,C", help="Passes the search may use [default: all rewrites].")
 @click.option("--search", type=click.Choice(["greedy", "beam", "evolutionary"]), default="greedy", show_default=True)
-@click.option("--beam-width", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--beam-width", type=click.IntRange(1, 1024), default=4, show_default=True,
               help="Sequences kept by beam search (and half the evolutionary population).")
 @click.option("--time-budget", type=POSITIVE, metavar="SECONDS",
               help="Stop searching after this long and keep the best so far.")
