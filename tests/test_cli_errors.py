@@ -177,6 +177,9 @@ def broken_digits(folder: Path, how: str) -> Path:
         del attribute.ints[:]
     elif how == "output_is_input":
         proto.graph.output[0].name = proto.graph.input[0].name
+    elif how == "constant_without_value":
+        constant = next(n for n in proto.graph.node if n.op_type == "Constant")
+        del constant.attribute[:]
     elif how == "unknown_type":
         proto.graph.initializer[0].data_type = 99
     elif how == "unknown_input_type":
@@ -267,6 +270,8 @@ CASES: list[tuple[str, Callable[[Path], list], int, str]] = [
      "has no known element type (99)"),
     ("input-type-unknown", lambda d: ["inspect", broken_digits(d, "unknown_input_type")], 1,
      "'input' has no known element type (99)"),
+    ("constant-without-value", lambda d: ["apply", broken_digits(d, "constant_without_value"), "--pass",
+                                          "simplify", "-o", d / "out.onnx"], 1, "has 0 attributes; a Constant holds"),
     ("attribute-empty-list", lambda d: ["inspect", broken_digits(d, "empty_pads")], 1,
      "attribute 'pads' is an empty list"),
     ("no-kernel-runs", lambda d: ["optimize", broken_digits(d, "output_is_input"), "--passes", "simplify", "--quiet", "-o",
