@@ -23,7 +23,7 @@ deployment costs a model chosen in fp32); `refine0`, fuse_ibn_expansion
 without its gradient refinement (`pass_params={"fuse_ibn_expansion":
 {"refine": 0}}`: least squares alone). The `int8` rows are the default.
 
-After the searches, the fusion table (bench/fusion_refinement.py, same code):
+First the fusion table (bench/fusion_refinement.py, same code):
 every classifier block fused in sequence, least squares alone (refine=0) vs
 refined (the default), judged on --fusion-lines rendered lines less the 500
 it fits on.
@@ -87,13 +87,22 @@ def fresh_drops(result, original, fresh) -> tuple[float, float]:
 
 
 def runs(seeds: list[int], rules: list[str], variants: list[str]):
-    """(seed, rule, variant): every rule in int8, every other variant with the margin rule."""
+    """(seed, rule, variant): the default (margin, int8) over every seed first, then seed by seed the other
+    rules in int8 and the other variants with margin, so that a run cut short still has the main rows."""
+    yield from ((seed, "margin", "int8") for seed in seeds if "margin" in rules and "int8" in variants)
     for seed in seeds:
-        for rule in rules:
-            yield seed, rule, "int8"
-        for variant in variants:
-            if variant != "int8":
-                yield seed, "margin", variant
+        yield from ((seed, rule, "int8") for rule in rules if rule != "margin")
+        yield from ((seed, "margin", variant) for variant in variants if variant != "int8")
+
+
+HEADER = (f"{'model':<11} {'seed':>4} {'rule':<7} {'variant':<8} {'speedup':>8} {'sel drop':>9} {'test drop':>10} "
+          f"{'n test':>7} {'steps kept':>11} {'fresh int8':>11} {'fresh fp32':>11} {'seconds':>8}")
+
+
+def row(name, seed, rule, variant, speedup, selection, test, n, kept, fresh_int8, fresh_fp32, seconds) -> str:
+    fresh = f"{fresh_int8:>11.2f} {fresh_fp32:>11.2f}" if fresh_int8 is not None else f"{'-':>11} {'-':>11}"
+    return (f"{name:<11} {seed:>4} {rule:<7} {variant:<8} {speedup:>7.2f}x {selection:>9.2f} {test:>10.2f} {n:>7} "
+            f"{kept:>11} {fresh} {seconds:>8.0f}")
 
 
 def main():
@@ -112,8 +121,14 @@ def main():
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant {unknown[0]}; choose from {', '.join(VARIANTS)}")
-    rows = []
-    for name, model, dataset, fresh in cases(args.models.split(","), args.lines, args.fresh):
+    names = args.models.split(",")
+    if args.fusion_lines and "paddle_cls" in names:
+        print("Every classifier block fused in sequence (bench/fusion_refinement.py), refine=0 is least squares alone")
+        fusion_refinement.table("paddle_cls", [0, DEFAULT_REFINE], args.fusion_lines, 500)
+    print("npu-p32, top-1 budget 1.0 point; drops in points (positive is worse); sel and test drops in the "
+          "variant's precision")
+    print(HEADER, flush=True)
+    for name, model, dataset, fresh in cases(names, args.lines, args.fresh):
         for seed, rule, variant in runs(seeds, args.rules.split(","), variants):
             precision, pass_params = VARIANTS[variant]
             start = time.perf_counter()
@@ -124,23 +139,9 @@ def main():
             report, test = result.report, result.report["test"]
             simulated = report["simulated"]
             fresh_int8, fresh_fp32 = fresh_drops(result, model, fresh) if fresh is not None else (None, None)
-            rows.append((name, seed, rule, variant, simulated["original_ms"] / simulated["optimized_ms"],
-                         report["optimized"]["drop"], test["drop"], test["n"],
-                         f"{test['steps_kept']}/{test['steps_chosen']}", fresh_int8, fresh_fp32, seconds))
-            print(f"done {name} seed {seed} {rule} {variant} in {seconds:.0f} s", file=sys.stderr, flush=True)
-
-    print("\nnpu-p32, top-1 budget 1.0 point; drops in points (positive is worse); sel and test drops in the "
-          "variant's precision")
-    print(f"{'model':<11} {'seed':>4} {'rule':<7} {'variant':<8} {'speedup':>8} {'sel drop':>9} {'test drop':>10} "
-          f"{'n test':>7} {'steps kept':>11} {'fresh int8':>11} {'fresh fp32':>11} {'seconds':>8}")
-    for r in rows:
-        fresh = (f"{r[9]:>11.2f} {r[10]:>11.2f}" if r[9] is not None else f"{'-':>11} {'-':>11}")
-        print(f"{r[0]:<11} {r[1]:>4} {r[2]:<7} {r[3]:<8} {r[4]:>7.2f}x {r[5]:>9.2f} {r[6]:>10.2f} {r[7]:>7} "
-              f"{r[8]:>11} {fresh} {r[11]:>8.0f}", flush=True)
-
-    if args.fusion_lines and "paddle_cls" in args.models.split(","):
-        print("\nEvery classifier block fused in sequence (bench/fusion_refinement.py), refine=0 is least squares alone")
-        fusion_refinement.table("paddle_cls", [0, DEFAULT_REFINE], args.fusion_lines, 500)
+            print(row(name, seed, rule, variant, simulated["original_ms"] / simulated["optimized_ms"],
+                      report["optimized"]["drop"], test["drop"], test["n"],
+                      f"{test['steps_kept']}/{test['steps_chosen']}", fresh_int8, fresh_fp32, seconds), flush=True)
 
 
 if __name__ == "__main__":

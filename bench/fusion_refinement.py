@@ -24,7 +24,7 @@ L2 error of each block's projection output on the calibration split: mean
 and worst over the blocks); the seconds `apply_pass` took (fitting and
 measuring the local errors), on this machine's 2 shared cores.
 
-Prints tables; asserts nothing. Seeded and deterministic; 8 to 9 minutes
+Prints tables; asserts nothing. Seeded and deterministic; 8 to 9 minutes on an idle machine
 with the defaults.
 """
 

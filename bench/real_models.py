@@ -11,6 +11,12 @@ exact rewrite numerically itself: exit 3 when it fails), and `optimize
 120`, whose output is simulated again. Models with open dimensions get the
 shapes of `zoo.INPUT_SHAPES` through `--input-shape`.
 
+No wheel we found ships a QDQ-quantized network, so the QDQ case is made the
+way deployment pipelines make one: `orientation_lcnet_qdq` is the zoo's
+orientation classifier quantized by onnxruntime's `quantize_static` (QDQ,
+per-channel int8 weights, int8 activations, calibrated on 16 seeded inputs;
+`accuracy.quantize_qdq`), written into the cache next to its source.
+
 Prints one markdown table: each command's exit code (`TB` when its stderr
 holds a Python traceback, which must never happen: a user mistake or an
 unsupported model is one line and exit 1), the inverted-bottleneck blocks and
@@ -37,6 +43,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnx_tailor import zoo  # noqa: E402
+from onnx_tailor.accuracy import quantize_qdq  # noqa: E402
+from onnx_tailor.ir import save, seeded_samples  # noqa: E402
+from onnx_tailor.passes.canonicalize import load  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = "npu-p32"
@@ -44,6 +53,8 @@ COMMAND_TIMEOUT_S = 1800  # one command past this is recorded as a failure, not 
 MAX_CAUSE = 300  # characters of an error's last line kept in the table's notes
 NO_SITE = ": no site in "  # what apply says when it writes the (canonicalized) model unchanged
 GROWTH_SHOWN = 1.05  # an "unchanged" model this much larger than its input names its pass in the table
+DERIVED = {"orientation_lcnet_qdq": "orientation_lcnet"}  # name: the zoo model it is the QDQ quantization of
+CALIBRATION_SAMPLES = 16
 
 
 @dataclass
@@ -111,12 +122,21 @@ def exact_passes() -> list[str]:
 
 
 def shape_args(name: str) -> list[str]:
-    return [arg for input_name, dims in zoo.INPUT_SHAPES.get(name, {}).items()
+    return [arg for input_name, dims in zoo.INPUT_SHAPES.get(DERIVED.get(name, name), {}).items()
             for arg in ("--input-shape", f"{input_name}={','.join(map(str, dims))}")]
 
 
 def simulated_ms(outcome: Outcome) -> str:
     return f"{json.loads(outcome.stdout)['latency_ms']:.3f}" if outcome.returncode == 0 else "-"
+
+
+def derived_qdq(name: str, source: Path) -> Path:
+    """The QDQ quantization of the zoo model at `source`, made once into the cache."""
+    path = source.with_name(f"{name}.onnx")
+    if not path.exists():
+        model = load(source, zoo.INPUT_SHAPES.get(DERIVED[name], {}))
+        save(quantize_qdq(model, seeded_samples(model, CALIBRATION_SAMPLES)), path)
+    return path
 
 
 def bench_model(name: str, path: Path, passes: list[str], optimize: bool, time_budget: float, work: Path) -> Row:
@@ -186,25 +206,27 @@ def print_table(rows: list[Row], commands: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(zoo.MODELS), help="Comma-separated zoo names.")
+    parser.add_argument("--models", default=",".join([*zoo.MODELS, *DERIVED]), help="Comma-separated zoo names.")
     parser.add_argument("--skip-optimize", action="store_true", help="Only inspect, simulate, cost and exact passes.")
     parser.add_argument("--time-budget", type=float, default=120.0, help="optimize --time-budget, in seconds.")
     args = parser.parse_args()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in zoo.MODELS]
+    unknown = [n for n in names if n not in zoo.MODELS and n not in DERIVED]
     if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; the zoo has {', '.join(zoo.MODELS)}")
-    paths = zoo.fetch(*names)
+        parser.error(f"unknown model(s) {', '.join(unknown)}; the zoo has {', '.join([*zoo.MODELS, *DERIVED])}")
+    paths = zoo.fetch(*dict.fromkeys(DERIVED.get(n, n) for n in names))
     if isinstance(paths, str):
         print(f"skipped: {paths}")
         return
+    paths.update({n: derived_qdq(n, paths[DERIVED[n]]) for n in names if n in DERIVED})
     passes = exact_passes()
     commands = ["inspect", "simulate", "cost", *passes, *([] if args.skip_optimize else ["optimize"])]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            wheel, member = zoo.MODELS[name]
-            print(f"[{time.strftime('%H:%M:%S')}] {name}: {wheel.requirement} {member}", file=sys.stderr)
+            wheel, member = zoo.MODELS[DERIVED.get(name, name)]
+            made = f" (QDQ-quantized here, {paths[name].name})" if name in DERIVED else ""
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: {wheel.requirement} {member}{made}", file=sys.stderr)
             rows.append(bench_model(name, paths[name], passes, not args.skip_optimize, args.time_budget, Path(tmp)))
     print_table(rows, commands)
 

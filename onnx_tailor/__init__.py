@@ -3,5 +3,7 @@
 from .api import apply, apply_recipe, inspect, load, optimize, save, score
 from .errors import TailorError
 from .ir import Model
+from .version import __version__
 
-__all__ = ["Model", "TailorError", "apply", "apply_recipe", "inspect", "load", "optimize", "save", "score"]
+__all__ = ["Model", "TailorError", "__version__", "apply", "apply_recipe", "inspect", "load", "optimize", "save",
+           "score"]

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import onnx
@@ -397,6 +397,7 @@ class NodeCost:
     params: int  # elements of the parameters (`graph_parameters`) the node reads, its subgraphs' included
     param_bytes: int
     output_bytes: int
+    body: str = ""  # for a node inside a control-flow body, the path to it ("If_0/then_branch"); else ""
 
 
 @dataclass
@@ -412,6 +413,9 @@ class Analysis:
     blocks: list[IBNBlock]
     pairs: list[ExpandDepthwisePair]  # every expand-depthwise pair, inside an IBN block or not
     warnings: list[str] = field(default_factory=list)  # what could not be counted, and why
+    # Which form of the model op_histogram, peak_activation_bytes and peak_at describe: "canonical",
+    # or "as given" (`in_given_terms`); everything else is always the canonical model's.
+    form: str = "canonical"
 
     def to_dict(self, multiple: int | None = None) -> dict:
         out = asdict(self)
@@ -644,24 +648,51 @@ def _op_histogram(model: Model) -> dict[str, int]:
     return dict(Counter(walk(model.graph)).most_common())
 
 
-def analyze(model: Model) -> Analysis:
-    """The full cost and structure summary of `model` at its input shapes."""
+def in_given_terms(analysis: Analysis, given: Model, named: set[str]) -> Analysis:
+    """`analysis` of a canonical model with the op counts and the peak activation memory of the model
+    as given instead: `given` is it with only its representation normalized (Constant nodes lifted,
+    shapes inferred), `named` the node names its file holds. The user's graph may spell HardSwish as
+    one op where canonical form has other ops, and canonicalization names the nodes it creates and the
+    ones a file leaves unnamed: a node without a name of its own is shown by its op and the tensor it
+    writes."""
+    memory = memory_summary(given)
+    peak_at = memory.peak_at
+    if peak_at and peak_at not in named:
+        node = given.node(peak_at)
+        peak_at = f"{node.op_type} writing '{node.output[0]}'"
+    return replace(analysis, op_histogram=_op_histogram(given), peak_activation_bytes=memory.peak_activation_bytes,
+                   peak_at=peak_at, form="as given")
+
+
+def _node_costs(model: Model, body: str, warnings: list[str]) -> list[NodeCost]:
+    """The cost of every node, each control-flow node followed by the nodes of its bodies (`body` says
+    where they are); a body whose shapes cannot be found lists nothing (node_macs warned about it)."""
     info = model.tensor_info
     parameters = graph_parameters(model.graph)
-    costs, warnings = [], []
+    costs = []
     for node in model.nodes:
         weights = [parameters[i] for i in dict.fromkeys(node.input) if i in parameters] + subgraph_parameters(node)
         params, param_bytes = _size(weights)
         costs.append(NodeCost(
             name=node.name, op_type=node.op_type, macs=node_macs(model, node, info, warnings),
             params=params, param_bytes=param_bytes,
-            output_bytes=sum(info[o].bytes for o in node.output if o in info),
+            output_bytes=sum(info[o].bytes for o in node.output if o in info), body=body,
         ))
+        for attribute, inner in model.bodies(node):
+            if body_info(inner) is not None:
+                costs.extend(_node_costs(inner, f"{body}/{node.name}/{attribute}".lstrip("/"), []))
+    return costs
+
+
+def analyze(model: Model) -> Analysis:
+    """The full cost and structure summary of `model` at its input shapes."""
+    warnings: list[str] = []
+    costs = _node_costs(model, "", warnings)
     memory = memory_summary(model)
     return Analysis(
         input_shapes=dict(model.input_shapes),
         nodes=costs,
-        macs=sum(c.macs for c in costs),
+        macs=sum(c.macs for c in costs if not c.body),  # a control-flow node's MACs already hold its bodies' MACs
         params=memory.params,
         param_bytes=memory.param_bytes,
         peak_activation_bytes=memory.peak_activation_bytes,

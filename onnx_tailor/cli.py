@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 bad input (missing or invalid model, data, recipe or
 target profile, unknown pass or site, bad parameter, a size too big to
-allocate) or a machine that refuses (read-only folder, full disk); 2 bad usage
+allocate) or an output that cannot be written (a missing or read-only folder,
+a full disk: checked before the work starts where it can be); 2 bad usage
 (unknown option, missing argument, a value out of range); 3 an exact rewrite
 failed its numerical check (a bug: please report it); 4 (optimize) no model
 meets the constraints. Any other exit, or a traceback, is a bug.
@@ -15,27 +16,22 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
-from importlib.metadata import PackageNotFoundError, version
 
 import click
 
 from . import accuracy, api
 from .costmodel import DEFAULT_TARGET, builtin_targets, fit_profile, load_target, measure_sweep, score
 from .costmodel import simulate as npu_simulate
+from .costmodel.profile import measurements_from_profiles
 from .costmodel.regressor import write_measurements
 from .costmodel.sweep import read_manifest, sweep_entries, write_sweep
 from .errors import TailorError
 from .ir import Model
-from .ir.io import write_text_atomic
+from .ir.io import Outputs, check_outputs, ensure_not_input
 from .passes import Declined, Exactness, Site, all_passes, get_pass
 from .search import check_plotting_available, format_report, plot_pareto, read_recipe
-
-try:
-    __version__ = version("onnx-tailor")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0+unknown"
+from .version import __version__
 
 
 # What the machine refuses (a read-only folder, a full disk, a quota): the user's to fix, so one line, exit 1.
@@ -164,13 +160,16 @@ def main():
     """Fit a trained ONNX model to the accelerator it will run on.
 
     \b
-    Start with:
-      onnx-tailor optimize model.onnx --target npu-p32 --data eval.npz -o out.onnx
-                                                the fastest variant within a 1-point accuracy budget
-      onnx-tailor inspect model.onnx            what the model costs, its IBN blocks and expand-depthwise pairs
-      onnx-tailor cost model.onnx --target cpu-ort      predicted latency on a target
+    Start with (from the repository root, on the bundled model):
+      onnx-tailor optimize models/digits_mbv2.onnx --target npu-p32 --data models/digits_eval.npz -o digits.npu-p32.onnx
+                         the fastest variant within a 1-point accuracy budget
+      onnx-tailor inspect models/digits_mbv2.onnx
+                         what the model costs, its IBN blocks and expand-depthwise pairs
+      onnx-tailor cost models/digits_mbv2.onnx --target cpu-ort
+                         predicted latency on a target
+      onnx-tailor targets                       the targets and their parameters (docs/npu-target.md)
       onnx-tailor passes                        the rewrites available
-      onnx-tailor apply model.onnx --pass pad_channels --list-sites
+      onnx-tailor apply models/digits_mbv2.onnx --pass pad_channels --list-sites
 
     Every model is canonicalized on load (Constant nodes lifted, BatchNorm and constant
     scale/shift ops folded, constants folded); exact rewrites are checked numerically before anything is written.
@@ -184,11 +183,25 @@ def main():
               help="Parallelism factor P: channel counts that are not a multiple of it are flagged.")
 @click.option("--per-node", is_flag=True, help="Also print MACs, parameters and output size of every node.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
+@click.option("--canonical", is_flag=True,
+              help="Count ops and find the peak-memory node in the canonical form that passes and recipes see, "
+                   "instead of in MODEL as given.")
 @probe_data_option
-def inspect(model, input_shapes, multiple, per_node, as_json, data):
-    """Report MACs, parameters, peak activation memory, op counts, IBN blocks and expand-depthwise pairs of MODEL."""
-    loaded = api.with_data(api.load(model, input_shapes), data)
-    report = api.inspect(loaded)
+def inspect(model, input_shapes, multiple, per_node, as_json, canonical, data):
+    """Report MACs, parameters, peak activation memory, op counts, IBN blocks and expand-depthwise pairs of MODEL.
+
+    Op counts and the node at peak activation memory are those of MODEL as given (a node
+    without a name is shown by its op and the tensor it writes); --canonical shows them in
+    the canonical form (BatchNorm and constant scale/shift folded, HardSwish as the ops
+    passes see). MACs, parameters, blocks and pairs are always counted on the canonical form,
+    whose node names `apply --site` and recipes use.
+
+    \b
+    Examples:
+      onnx-tailor inspect models/digits_mbv2.onnx
+      onnx-tailor inspect models/digits_mbv2.onnx --canonical --json
+    """
+    report = api.inspect(model, input_shapes, data=data, canonical=canonical)
     if as_json:
         payload = {"model": model, "multiple": multiple, **report.to_dict(multiple)}
         if not per_node:
@@ -198,7 +211,7 @@ def inspect(model, input_shapes, multiple, per_node, as_json, data):
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     shapes = ", ".join(f"{k}[{','.join(map(str, v))}]" for k, v in report.input_shapes.items())
-    click.echo(f"{model}: {len(loaded.nodes)} nodes, inputs {shapes}")
+    click.echo(f"{model}: {sum(report.op_histogram.values())} nodes {report.form}, inputs {shapes}")
     click.echo(f"  MACs              {_human_count(report.macs)}")
     click.echo(f"  parameters        {report.params:,} ({_human_bytes(report.param_bytes)})")
     click.echo(f"  peak activations  {_human_bytes(report.peak_activation_bytes)} (while {report.peak_at} runs)")
@@ -206,7 +219,7 @@ def inspect(model, input_shapes, multiple, per_node, as_json, data):
     _print_blocks(report, multiple)
     _print_pairs(report)
     if per_node:
-        _print_nodes(loaded, report, multiple)
+        _print_nodes(api.with_data(api.load(model, input_shapes), data), report, multiple)
 
 
 def _print_blocks(report, multiple: int) -> None:
@@ -249,15 +262,17 @@ def _print_pairs(report) -> None:
 
 
 def _print_nodes(model: Model, report, multiple: int) -> None:
-    w = max(24, *(len(c.name) for c in report.nodes))
+    """Every node; the nodes of a control-flow body follow their If/Loop/Scan, named by their path
+    (their MACs are one run of the body; the If/Loop/Scan's own row counts the runs)."""
+    names = [f"{c.body}/{c.name}" if c.body else c.name for c in report.nodes]
+    w = min(72, max(24, *(len(n) for n in names)))  # a longer name runs into its row rather than widen all
     click.echo(f"\n  {'node':<{w}} {'op':<18} {'MACs':>10} {'params':>9} {'output':>10}")
-    for cost in report.nodes:
+    for name, cost in zip(names, report.nodes):
         flag = ""
-        node = model.node(cost.name)
-        if node.op_type == "Conv":
-            out_ch = (model.declared_shape(node.input[1]) or (0,))[0]
+        if cost.op_type == "Conv" and not cost.body:
+            out_ch = (model.declared_shape(model.node(cost.name).input[1]) or (0,))[0]
             flag = f"  {out_ch} channels, not a multiple of {multiple}" if out_ch % multiple else ""
-        click.echo(f"  {cost.name:<{w}} {cost.op_type:<18} {_human_count(cost.macs):>10} {cost.params:>9,} "
+        click.echo(f"  {name:<{w}} {cost.op_type:<18} {_human_count(cost.macs):>10} {cost.params:>9,} "
                    f"{_human_bytes(cost.output_bytes):>10}{flag}")
 
 
@@ -275,7 +290,13 @@ def simulate(model, target_name, per_op, as_json, input_shapes, data):
 
     Ops are grouped into the kernels the NPU compiler would run (activations and
     constant scale/shift fused into the Conv/MatMul before them); each kernel costs
-    max(compute, DRAM traffic) + dispatch. See shared/design/npu-target.md.
+    max(compute, DRAM traffic) + dispatch. docs/npu-target.md in the repository
+    describes the machine and every formula; `onnx-tailor targets` lists the parameters.
+
+    \b
+    Examples:
+      onnx-tailor simulate models/digits_mbv2.onnx --target npu-p32
+      onnx-tailor simulate models/digits_mbv2.onnx --target npu-p16 --per-op
     """
     target = load_target(target_name)
     if not target.simulated:
@@ -331,14 +352,18 @@ def cost(model, target_name, per_op, as_json, input_shapes, data):
 
     For simulated targets the simulator's ground truth is shown beside the
     prediction. The first use of a target fits its cost model from its
-    measurements (seconds; cached afterwards).
+    measurements (seconds; cached afterwards). --json gives latencies in ms.
+
+    \b
+    Examples:
+      onnx-tailor cost models/digits_mbv2.onnx --target npu-p32 --per-op
+      onnx-tailor cost models/digits_mbv2.onnx --target cpu-ort --json
     """
     target = load_target(target_name)
     loaded = api.with_data(api.load(model, input_shapes), data)
     result = score(loaded, target)
     if as_json:
-        payload = {k: v for k, v in asdict(result).items() if per_op or k != "kernels"}
-        click.echo(json.dumps({"model": model, **payload}, indent=2))
+        click.echo(json.dumps({"model": model, **result.to_dict(per_kernel=per_op)}, indent=2))
         return
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -365,8 +390,14 @@ def costmodel():
     \b
     A new device in three steps:
       onnx-tailor costmodel sweep -o sweep/ [--model m.onnx ...]    write the microbenchmarks
-      (run them on the device; or here: onnx-tailor costmodel measure --target cpu-ort --sweep sweep/ -o m.csv)
+      measure them: here, on a target this machine runs:
+        onnx-tailor costmodel measure --target cpu-ort --sweep sweep/ -o m.csv
+      or on the device (it needs only onnxruntime), then read its profiles here:
+        python sweep/profile_on_device.py --provider XYZExecutionProvider --threads 1
+        onnx-tailor costmodel measure --sweep sweep/ --profiles sweep/profiles -o m.csv
       onnx-tailor costmodel fit --target cpu-ort --measurements m.csv --name mydev -o mydev.json
+    Either way each kernel is timed inside a small network by onnxruntime's
+    profiler (its own nodes' times), not alone.
     """
 
 
@@ -388,9 +419,21 @@ def costmodel_sweep(output, models, size):
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
               help="Add entries around this model's kernels (repeatable).")
 @click.option("--size", type=SWEEP_SIZE, default=600, show_default=True, help="Base sweep size.")
+@click.option("--profiles", "profiles_dir", type=click.Path(file_okay=False),
+              help="Read the sweep's kernel times from the profiles profile_on_device.py wrote on a device "
+                   "(with --sweep; nothing is run here).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The measurements CSV to write.")
-def costmodel_measure(target_name, sweep_dir, models, size, output):
-    """Measure the sweep on a target: timed with onnxruntime, or simulated for npu targets."""
+def costmodel_measure(target_name, sweep_dir, models, size, profiles_dir, output):
+    """Measure the sweep on a target: each kernel profiled inside a small network with onnxruntime, or
+    simulated for npu targets; or read the profiles a device wrote (--profiles)."""
+    check_outputs(output)  # before minutes of measuring
+    if profiles_dir:
+        if not sweep_dir:
+            raise click.UsageError("--profiles reads the profiles of a sweep folder: give --sweep too")
+        measurements = measurements_from_profiles(sweep_dir, profiles_dir)
+        write_measurements(Path(output), measurements)
+        click.echo(f"wrote {len(measurements.rows)} measurements to {output}", err=True)
+        return
     target = load_target(target_name)
     entries = read_manifest(sweep_dir) if sweep_dir else sweep_entries(size, [api.load(m) for m in models])
     start = time.perf_counter()
@@ -425,7 +468,12 @@ def costmodel_fit(target_name, measurements, name, output):
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def passes(as_json):
-    """List every rewrite pass: its name, whether it is exact or lossy, and what it does."""
+    """List every rewrite pass: its name, whether it is exact or lossy, what it does, and its parameters.
+
+    \b
+    Examples:
+      onnx-tailor passes --json
+    """
     rows = [{"name": p.name, "exactness": p.exactness.value, "summary": p.summary,
              "params": {q.name: {"type": q.type.__name__, "default": q.default, "help": q.help, "allowed": q.allowed}
                         for q in p.params}}
@@ -440,6 +488,45 @@ def passes(as_json):
             bounds = "" if spec["allowed"].startswith("one of") else f", {spec['allowed']}"  # choices are in the help
             click.echo(f"{'':<{width}}         --param {name}=<{spec['type']}>  {spec['help']} "
                        f"(default {spec['default']}{bounds})")
+
+
+def _target_parameters(row: dict) -> list[tuple[str, str]]:
+    """(label, value) of a target's parameters as `targets` prints them: those its kind uses."""
+    shown = [("parallelism P", str(row["parallelism"])), ("vector lanes V", str(row["vector_lanes"]))]
+    if row["kind"] == "ort":
+        shown = [("execution provider", row["execution_provider"]), ("threads", str(row["threads"])),
+                 ("roofline hints", f"P={row['parallelism']}, V={row['vector_lanes']}")]
+    shown += [("clock", f"{row['clock_hz'] / 1e9:g} GHz"),
+              ("on-chip memory", _human_bytes(row["sram_bytes"])),
+              ("DRAM bandwidth", f"{row['dram_bytes_per_cycle']:g} B/cycle"),
+              ("dispatch", f"{row['dispatch_cycles']} cycles per kernel"),
+              ("element size", f"{row['element_bytes']} B: accuracy judged in {row['precision']}"),
+              ("fused activations", ", ".join(row["fusable_activations"]) or "-"),
+              ("measurements", row["measurements"] or "-")]
+    return shown
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print every profile field as JSON.")
+def targets(as_json):
+    """List every built-in target with its parameters.
+
+    \b
+    npu-*    the simulated NPU (docs/npu-target.md): `simulate` is its ground truth
+    cpu-ort  onnxruntime on this machine's CPU, timed
+    Any of them, or the path of a profile .json, is a --target. Example:
+      onnx-tailor targets --json
+    """
+    rows = [load_target(name).to_dict() for name in builtin_targets()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for index, row in enumerate(rows):
+        kind = {"npu": "simulated", "ort": "measured with onnxruntime", "import": "imported measurements"}
+        click.echo(("\n" if index else "") + f"{row['name']}  ({kind.get(row['kind'], row['kind'])})")
+        click.echo(f"  {row['description']}")
+        for label, value in _target_parameters(row):
+            click.echo(f"  {label:<19} {value}")
 
 
 @main.command()
@@ -507,6 +594,8 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
     """
     if plot_path:
         check_plotting_available()  # before minutes of search, not after
+    check_outputs(output, report_path, recipe_path, plot_path)  # likewise: a typo in a folder fails now
+    ensure_not_input(output, model, overwrite_input)
     loaded = api.load(model, input_shapes)
     progress = None if quiet else (lambda message: click.echo(f"[optimize] {message}", err=True))
     result = api.optimize(loaded, target_name, data=data, metric=metric, max_drop=max_drop, max_params=max_params,
@@ -514,30 +603,29 @@ def optimize(model, target_name, data, metric, max_drop, max_params, max_activat
                           passes=[p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None,
                           search=search, beam_width=beam_width, time_budget=time_budget, seed=seed, split=split,
                           precision=precision, acceptance=acceptance, measure=measure, progress=progress)
-    api.save(result.emitted(emit), output, input_path=model, overwrite_input=overwrite_input)
-    if report_path:
-        _write_json(report_path, result.report)
-    if recipe_path:
-        result.recipe.write(Path(recipe_path))
-    if plot_path:
-        plot_pareto(result.context, result.context.best, plot_path)
+    with Outputs() as written:  # all of them or none: a failure on one leaves none written
+        written.write_model(result.emitted(emit), output, input_path=model, overwrite_input=overwrite_input)
+        if report_path:
+            written.write_text(report_path, json.dumps(result.report, indent=2) + "\n")
+        if recipe_path:
+            written.write_text(recipe_path, result.recipe.to_json(recipe_path))
+        if plot_path:
+            plot_pareto(result.context, result.context.best, written.reserve(plot_path, suffix=".png"))
+        written.commit()
     click.echo(json.dumps(result.report, indent=2) if as_json else format_report(result.report))
 
 
 def _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes, emit):
     if not output:
         raise click.UsageError("give -o/--output")
+    check_outputs(output)
     recipe = read_recipe(Path(recipe_path))
-    if (recipe.needs_data or emit == "qdq") and not (data or (recipe.data or {}).get("source")):
+    if (recipe.needs_data or emit == "qdq") and not (data or recipe.data_source):
         why = "this recipe has lossy steps" if recipe.needs_data else "--emit qdq calibrates the quantization on it"
         raise TailorError(f"{why}: give the --data the recipe was made with")
     result = api.apply_recipe(api.load(model, {**recipe.input_shapes, **input_shapes}), recipe, data, emit=emit)
     api.save(result, output, input_path=model, overwrite_input=overwrite_input)
     click.echo(f"replayed {len(recipe.steps)} step(s) of {recipe_path}; wrote {output}", err=True)
-
-
-def _write_json(path, payload) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 @main.command()
@@ -562,7 +650,15 @@ def apply(model, pass_name, recipe_path, data, anchor, params, output, emit, lis
 
     Exact passes are verified against the input with onnxruntime (no graph
     optimizations, seeded inputs) before the model is written; the output is
-    written atomically and the input file is never modified.
+    written atomically and the input file is never modified. The output keeps
+    MODEL's doc_string and metadata_props and records the tool version in them
+    (with --recipe also onnx_tailor.recipe_hash and onnx_tailor.target).
+
+    \b
+    Examples:
+      onnx-tailor apply models/digits_mbv2.onnx --pass pad_channels --list-sites
+      onnx-tailor apply models/digits_mbv2.onnx --pass fold_batchnorm -o digits.folded.onnx
+      onnx-tailor apply models/digits_mbv2.onnx --pass fuse_ibn_expansion --site /blocks/blocks.0/body/body.0/Conv --data models/digits_eval.npz -o digits.fused.onnx
     """
     if recipe_path:
         return _apply_recipe(model, recipe_path, data, output, overwrite_input, input_shapes, emit)
@@ -574,6 +670,8 @@ def apply(model, pass_name, recipe_path, data, anchor, params, output, emit, lis
     resolved = rewrite.resolve_params(params)  # unknown or malformed parameters fail before the model loads
     if not list_sites and not output:
         raise click.UsageError("give -o/--output, or --list-sites to only look")
+    if output and not list_sites:
+        check_outputs(output)  # before the rewrite and its verification, not after
     loaded = api.load(model, input_shapes)
     if list_sites:
         surveyed = list(rewrite.survey(loaded, resolved))

@@ -51,3 +51,11 @@ class VerificationError(TailorError):
 
 class QuantizationError(TailorError):
     """A model onnxruntime's quantizer cannot turn into an int8 model, or whose int8 form it cannot run."""
+
+
+class ModelTooLargeError(TailorError):
+    """A step that needs a model's whole serialization met a model past protobuf's 2 GiB limit."""
+
+
+class OutputError(TailorError):
+    """An output that cannot be written: a missing or read-only folder, a full disk, a name already taken."""

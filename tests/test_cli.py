@@ -164,7 +164,7 @@ def test_cost_prints_prediction_beside_simulation():
     assert result.exit_code == 0, result.output
     assert "predicted latency" in result.output and "simulated latency" in result.output
     data = json.loads(invoke("cost", DIGITS.path, "--target", "cpu-ort", "--json").output)
-    assert data["latency_s"] > 0 and data["simulated_s"] is None and data["params"] > 0
+    assert data["latency_ms"] > 0 and data["simulated_ms"] is None and data["params"] > 0
 
 
 def test_a_new_device_from_sweep_to_profile(tmp_path):
@@ -180,4 +180,4 @@ def test_a_new_device_from_sweep_to_profile(tmp_path):
                     "-o", profile)
     assert result.exit_code == 0, result.output
     data = json.loads(invoke("cost", DIGITS.path, "--target", profile, "--json").output)
-    assert data["target"] == "mydev" and data["latency_s"] > 0
+    assert data["target"] == "mydev" and data["latency_ms"] > 0

@@ -218,7 +218,7 @@ CASES: list[tuple[str, Callable[[Path], list], int, str]] = [
     ("external-data-outside", lambda d: ["inspect", external(d, "../w.data")], 1, "points outside the directory"),
     ("external-data-absolute", lambda d: ["inspect", external(d, str(d / "w.data"))], 1, "absolute path"),
     ("external-data-missing", lambda d: ["apply", external(d, "gone.data"), "--pass", "simplify", "-o",
-                                         d / "out.onnx"], 1, "bad external data"),
+                                         d / "out.onnx"], 1, "gone.data, but it is not regular file"),
     ("seeded-input-too-big", lambda d: ["apply", dynamic_tiny(d), "--pass", "densify_depthwise", "--input-shape",
                                         "input=1,3,31623,31623", "-o", d / "out.onnx"],
      1, "seeded inputs for 'input' [1, 3, 31623, 31623] would take 11.2 GiB"),

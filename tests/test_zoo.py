@@ -30,11 +30,6 @@ WEIGHT_TYPES = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.Ten
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "ConvInteger", "MatMulInteger",
                 "QLinearConv", "QLinearMatMul"}
 
-SUBGRAPHS = ("inspect's per-node list holds the top-level nodes only: the weighted nodes inside If/Loop bodies "
-             "are counted in the totals but not listed (issue 9 section 4)")
-DUPLICATED = ("constant folding gives each of two Unsqueeze readers of an LSTM weight its own copy inside the If "
-              "branches: weights grow from 2.18 MB to 3.24 MB (issue 9 section 1)")
-
 
 def case(name: str, *failures: str):
     """A zoo model as a test parameter, expected to fail (strictly, so that a fix shows) for `failures`."""
@@ -116,7 +111,7 @@ def test_inspect_counts_every_weight(small_models, name):
 
 
 @pytest.mark.parametrize("name", [
-    case("silero_vad", SUBGRAPHS),
+    case("silero_vad"),
     case("silero_vad_lstm"),
     case("speech_embedding_nhwc"),
     case("paddle_det_v4"),
@@ -129,7 +124,7 @@ def test_every_weighted_node_has_macs(small_models, name):
 
 
 @pytest.mark.parametrize("name", [
-    case("silero_vad", DUPLICATED),
+    case("silero_vad"),
     case("silero_vad_lstm"),
     case("speech_embedding_nhwc"),
     case("paddle_det_v4"),

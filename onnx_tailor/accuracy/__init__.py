@@ -20,7 +20,7 @@ from .images import ImageSpec, load_image_folder, parse_image_spec
 from .intervals import (bootstrap_interval, drop_interval, drop_standard_error, interval_warning, interval_warnings,
                         wilson_interval)
 from .metrics import BUILTIN, FIDELITY, Metric, default_metric, get_metric, load_plugin
-from .quantize import quantize_qdq
+from .quantize import is_quantized_model, quantize_qdq
 from .score import Score
 from .sources import RANDOM, load_data
 from .split import DEFAULT_SPLIT, SearchSplit, Split, parse_split, split_dataset, split_three
@@ -29,6 +29,7 @@ __all__ = [
     "BUILTIN", "DEFAULT_SPLIT", "FIDELITY", "RANDOM", "Dataset", "Evaluator", "ImageSpec", "Metric",
     "ModelComparison", "Score", "SearchSplit", "Split", "bootstrap_interval", "compare", "default_metric",
     "drop_interval", "drop_standard_error", "evaluate", "get_metric", "interval_warning", "interval_warnings", "load_data",
-    "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "parse_split", "probed_on", "quantize_qdq",
+    "is_quantized_model", "load_image_folder", "load_npz", "load_plugin", "parse_image_spec", "parse_split", "probed_on",
+    "quantize_qdq",
     "random_dataset", "split_dataset", "split_three", "validate", "wilson_interval",
 ]

@@ -50,6 +50,7 @@ class Evaluator:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], dict[str, np.ndarray]] = OrderedDict()
         self.runs = 0  # models actually run, cache hits excluded: shows whether the cache works
+        self.unbatched: set[str] = set()  # outputs left out of `run` for having no batch axis
 
     # -- running -----------------------------------------------------------------------
 
@@ -84,13 +85,17 @@ class Evaluator:
         # run_samples feeds batches the model accepts (its fixed batch, if it has one) and joins each
         # output along its own batch axis; metrics read one row per sample, so that axis comes first.
         outputs, axes = run_samples(model, data.inputs, self.batch_size, runner, data.description)
-        for name, axis in axes.items():
-            if axis is None:
-                fed = batch_layout(model).fixed or min(self.batch_size, len(data))
-                raise MetricError(f"output '{name}' has shape {list(outputs[name].shape)} for a batch of {fed}: "
-                                  f"metrics need one row per sample (an axis as long as the batch)")
+        # An output with no batch axis (a recurrent model's final state [layers, 1, hidden]) holds no row
+        # per sample: metrics read the others; only a model with nothing else cannot be judged.
+        batched = [name for name in names if axes[name] is not None]
+        if not batched:
+            name = names[0]
+            fed = batch_layout(model).fixed or min(self.batch_size, len(data))
+            raise MetricError(f"output '{name}' has shape {list(outputs[name].shape)} for a batch of {fed}: "
+                              f"metrics need one row per sample (an axis as long as the batch)")
+        self.unbatched.update(name for name in names if axes[name] is None)
         self.runs += 1
-        return {name: np.moveaxis(outputs[name], axes[name], 0) for name in names}
+        return {name: np.moveaxis(outputs[name], axes[name], 0) for name in batched}
 
     # -- scoring -----------------------------------------------------------------------
 
@@ -105,6 +110,9 @@ class Evaluator:
             metric.check(data, reference is not None)
         reference_outputs = self.reference_outputs(reference, data) if reference is not None else None
         outputs = self.run(model, data)
+        if output is not None and output in self.unbatched:
+            raise MetricError(f"output '{output}' has no batch axis (it does not grow with the number of samples): "
+                              "metrics need one row per sample; choose another output")
         return {m.name: m(outputs, data, reference_outputs, output) for m in resolved}
 
     def score(self, model: Model, dataset: Dataset, metric: str | Metric,

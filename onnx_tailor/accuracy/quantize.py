@@ -110,6 +110,16 @@ from .evaluate import DEFAULT_BATCH_SIZE
 METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
 # DequantizeLinear takes a per-channel `axis` from opset 13 on.
 QDQ_MIN_OPSET = 13
+# Ops that compute on quantized activations: a model with any of them is already in the device's integer
+# form (QDQ, QOperator or dynamic quantization), and quantizing it again would quantize the quantizer
+# (onnxruntime then writes two nodes of one name and cannot load its own output).
+QUANTIZED_ACTIVATION_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                                      "ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"})
+
+
+def is_quantized_model(model: Model) -> bool:
+    """Whether `model` already computes on quantized activations (see `QUANTIZED_ACTIVATION_OPS`)."""
+    return any(node.op_type in QUANTIZED_ACTIVATION_OPS for node in model.nodes)
 
 
 def quantize_qdq(model: Model, calibration: Mapping[str, np.ndarray], *, method: str = "minmax",
@@ -122,12 +132,18 @@ def quantize_qdq(model: Model, calibration: Mapping[str, np.ndarray], *, method:
     exactly that many, the last batch padded with copies of its last sample). "percentile" runs batches of
     one size that divides the sample count, at most `batch_size`: onnxruntime stacks the tensors of all runs
     and fails on a short last batch. The input model is not changed; node names survive; the result loads
-    in onnxruntime.
+    in onnxruntime. A model that is already quantized (`is_quantized_model`) is returned as it is: it is
+    what the device runs.
     """
     if method not in METHODS:
         raise QuantizationError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, not {batch_size}")
+    if not model.fits:  # it is handed the model as one file, which protobuf cannot write past 2 GiB
+        raise QuantizationError("the model is past protobuf's 2 GiB limit, which this int8 quantization does not "
+                                "take; judge and emit it in fp32 (--precision fp32, --emit fp32)")
+    if is_quantized_model(model):
+        return model
     data = validate(Dataset(calibration, description="calibration data"), model)
     layout = batch_layout(model)
     fixed = layout.fixed

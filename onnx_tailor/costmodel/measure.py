@@ -4,6 +4,11 @@ Timing discipline: a session per model with a fixed thread count and all of
 onnxruntime's graph optimizations (what a deployment runs), a warm-up, then
 many timed runs of which the median is kept (the machines are shared and
 noisy). Every measurement records the machine it was taken on.
+
+The sweep's kernels are measured where they run: inside a small network, their
+own nodes' times read from onnxruntime's profiler (`costmodel.profiler`), and
+filed under the entry's in-context id (`ctx=1`). The per-run overhead, which
+no node event covers, is its own row.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import numpy as np
 import onnxruntime as ort
 
 from ..ir import Model, seeded_inputs
-from .sweep import SweepEntry
+from ..ir.runtime import open_session
+from .profiler import profile_network, profiled_run, profiler_bias_s
+from .sweep import CALIBRATION_NODES, OVERHEAD_ENTRY, SweepEntry, calibration_chain
 from .target import Target, TargetError
 
 
@@ -41,35 +48,52 @@ def machine_description(target: Target) -> str:
             f"onnxruntime {ort.__version__} {target.execution_provider}; {target.threads} thread(s)")
 
 
-def session_for(model: Model, target: Target) -> ort.InferenceSession:
+def session_options(target: Target) -> ort.SessionOptions:
+    """Options of every session that times `target`; refuses a provider this onnxruntime does not have,
+    which it would only warn about before timing the CPU instead."""
+    available = ort.get_available_providers()
+    if target.execution_provider not in available:
+        raise TargetError(f"target {target.name}: execution provider {target.execution_provider} is not in this "
+                          f"onnxruntime (available: {', '.join(available)}); nothing measured")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = target.threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    provider = target.execution_provider
-    available = ort.get_available_providers()
-    if provider not in available:  # onnxruntime would warn, fall back to the CPU and time that instead
-        raise TargetError(f"target {target.name}: execution provider {provider} is not in this onnxruntime "
-                          f"(available: {', '.join(available)}); nothing measured")
-    session = ort.InferenceSession(model.serialized, options, providers=[provider])
+    return options
+
+
+def run_clock(target: Target) -> Callable[[], float]:
+    """The clock that times a run on `target` without the time other processes take from it: with one
+    intra-op thread onnxruntime computes on the calling thread, so that thread's CPU time is the run's
+    time on an idle core (on 2 shared cores at a load of 13, the PaddleOCR detector took 51 ms of wall
+    time and 15.5 ms of its thread's); with more threads, only wall time sees them all."""
+    return time.thread_time if target.threads == 1 else time.perf_counter
+
+
+def session_for(model: Model, target: Target) -> ort.InferenceSession:
+    session = open_session(model, session_options(target), [target.execution_provider])
     ran = session.get_providers()[0]
-    if ran != provider:  # present but unusable here (a missing driver or library): the CPU took over
-        raise TargetError(f"target {target.name}: onnxruntime could not start {provider} and fell back to {ran}; "
-                          "nothing measured, so that no CSV records times of a provider that did not run")
+    if ran != target.execution_provider:  # present but unusable here (a missing driver or library)
+        raise TargetError(f"target {target.name}: onnxruntime could not start {target.execution_provider} and fell "
+                          f"back to {ran}; nothing measured, so that no CSV records times of a provider that did "
+                          "not run")
     return session
 
 
 def time_session(session: ort.InferenceSession, feeds: dict, warmup: int = 5, runs: int = 30,
-                 max_seconds: float = 2.0) -> Timing:
-    """Median latency of `session.run` after `warmup` runs; stops early past `max_seconds`."""
+                 max_seconds: float = 2.0, clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Median latency of `session.run` after `warmup` runs; stops early past `max_seconds`.
+
+    `clock` is wall time by default; `run_clock(target)` gives the clock that is robust to a shared machine.
+    """
     for _ in range(warmup):
         session.run(None, feeds)
     samples, deadline = [], time.perf_counter() + max_seconds
     for _ in range(runs):
-        start = time.perf_counter()
+        start = clock()
         session.run(None, feeds)
-        samples.append(time.perf_counter() - start)
+        samples.append(clock() - start)
         if time.perf_counter() > deadline and len(samples) >= 5:
             break
     values = np.array(samples)
@@ -85,21 +109,53 @@ def measure_model(model: Model, target: Target, warmup: int = 5, runs: int = 30)
 OVERHEAD_ID = "overhead"
 
 
-def measure_entries(entries: Iterable[SweepEntry], target: Target,
-                    progress: Callable[[int, int], None] | None = None) -> list[tuple[str, float]]:
-    """(id, latency_s) per isolated sweep entry, less the per-run overhead, which is its own row.
+def measure_overhead(target: Target) -> float:
+    """The per-run overhead: a whole `session.run` of a trivial model (one element through one Relu)."""
+    return measure_model(OVERHEAD_ENTRY.model(), target, warmup=20, runs=200).median_s
 
-    The overhead (a session.run of a trivial model) is paid once per model run,
-    not once per kernel, so it is subtracted here and added back once when a
-    whole model is predicted.
+
+PROFILE_WARMUP, PROFILE_RUNS = 5, 30  # profile_on_device.py runs as many on a device
+
+
+def measure_profiler_bias(target: Target) -> float:
+    """What onnxruntime's profiler adds to each node's time on `target` (`profiler.profiler_bias_s`)."""
+    short, long = calibration_chain(1), calibration_chain(1 + CALIBRATION_NODES)
+    walls = [measure_model(Model(chain), target, warmup=20, runs=300).median_s for chain in (short, long)]
+    events, _ = profiled_run(long, session_options(target), [target.execution_provider],
+                             seeded_inputs(Model(long)), PROFILE_WARMUP + PROFILE_RUNS)
+    return profiler_bias_s(walls[0], walls[1], events, CALIBRATION_NODES, PROFILE_WARMUP)
+
+
+def measure_in_network(entry: SweepEntry, target: Target, bias_s: float = 0.0) -> float:
+    """The kernel's own time inside its small network (`SweepEntry.network`), read from the profiler,
+    less the profiler's own cost per node (`bias_s`)."""
+    network = entry.network()
+    measured = profile_network(network, session_options(target), [target.execution_provider],
+                               seeded_inputs(Model(network)), PROFILE_WARMUP, PROFILE_RUNS, bias_s)
+    return max(measured.latency_s, MIN_KERNEL_S)
+
+
+# A kernel that onnxruntime fused into a neighbour takes no time of its own; the regressor learns
+# log(latency), so it is filed at this floor (well under any kernel that runs).
+MIN_KERNEL_S = 1e-7
+
+
+def measure_entries(entries: Iterable[SweepEntry], target: Target,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[list[tuple[str, float]], dict]:
+    """(id, latency_s) per sweep kernel measured inside a network, and the per-run overhead as its own row;
+    with comments on how (the profiler's bias taken off every node).
+
+    An entry and its in-context twin are one kernel, measured once under the
+    in-context id. The overhead (a session.run of a trivial model) is paid once
+    per model run, not once per kernel: it is added once when a whole model is
+    predicted.
     """
-    entries = [e for e in entries if not e.p.get("ctx")]
-    trivial = SweepEntry.make("eltwise", c=1, hw=1, kind="relu", ctx=0)
-    overhead = measure_model(trivial.model(), target, warmup=20, runs=200).median_s
-    rows = [(OVERHEAD_ID, overhead)]
-    for index, entry in enumerate(entries):
-        timing = measure_model(entry.model(), target)
-        rows.append((entry.id, max(timing.median_s - overhead, 1e-7)))
+    kernels = list(dict.fromkeys(entry.in_context for entry in entries))
+    bias = measure_profiler_bias(target)
+    rows = [(OVERHEAD_ID, measure_overhead(target))]
+    for index, entry in enumerate(kernels):
+        rows.append((entry.id, measure_in_network(entry, target, bias)))
         if progress:
-            progress(index + 1, len(entries))
-    return rows
+            progress(index + 1, len(kernels))
+    return rows, {"method": "each kernel profiled inside a small network (onnx_tailor.costmodel.profiler)",
+                  "profiler_bias_us": f"{bias * 1e6:.3f}"}

@@ -3,8 +3,15 @@
 These are the last two of the three steps `onnx-tailor costmodel --help`
 describes (the first, writing the sweep, is `sweep.write_sweep`):
 - `measure_sweep` takes the sweep's latencies on a target this machine can
-  reach: simulated for `npu` targets, timed with onnxruntime for `ort` ones.
-  An `import` target is a device out of reach: its sweep is measured there.
+  reach: simulated for `npu` targets, each kernel profiled inside a small
+  network with onnxruntime for `ort` ones (`costmodel.measure`).
+  An `import` target is a device out of reach: its sweep is measured there,
+  the same way: `costmodel sweep` writes each kernel's network and
+  `profile_on_device.py` into the sweep folder; that script, run on the device
+  with nothing but onnxruntime, writes the profiler's traces, and
+  `measurements_from_profiles` (`costmodel measure --profiles`) reads them
+  back here into the same measurements CSV. The script's docstring gives the
+  commands.
 - `fit_profile` turns measurements (from either, or from the device) into a
   profile JSON: the base target's datasheet fields, the new name, and the
   measurements copied beside it, so that the profile is usable as a target.
@@ -18,10 +25,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
+import onnx
+
 from ..ir.io import write_text_atomic
-from .measure import machine_description, measure_entries
+from .measure import MIN_KERNEL_S, OVERHEAD_ID, PROFILE_WARMUP, machine_description, measure_entries
+from .profiler import ProfileError, profiler_bias_s, read_events, read_profile
 from .regressor import CostModel, Measurements, read_measurements, simulate_entries
-from .sweep import SweepEntry
+from .sweep import CALIBRATION_NODES, SweepEntry, read_networks
 from .target import Target, TargetError, parse_target
 
 
@@ -36,15 +46,41 @@ def measure_sweep(entries: Iterable[SweepEntry], target: Target,
     start = time.perf_counter()
     if target.simulated:
         rows = simulate_entries(entries, target)
-        machine = f"simulated {target.name} (shared/design/npu-target.md)"
+        machine = f"simulated {target.name} (docs/npu-target.md)"
+        how = {}
     elif target.kind == "ort":
-        rows = measure_entries(entries, target, progress)
+        rows, how = measure_entries(entries, target, progress)
         machine = machine_description(target)
     else:
         raise TargetError(f"target {target.name} is imported: measure the sweep on its device and `costmodel fit` it")
-    comments = {"target": target.name, "machine": machine, "entries": str(len(rows)),
+    comments = {"target": target.name, "machine": machine, **how, "entries": str(len(rows)),
                 "took_s": f"{time.perf_counter() - start:.0f}"}
     return Measurements(rows, comments)
+
+
+def measurements_from_profiles(sweep_dir: str | Path, profiles_dir: str | Path) -> Measurements:
+    """The measurements of a sweep profiled on another device by `profile_on_device.py`: each kernel's
+    own time from its network's trace, under its in-context id, less the profiler's per-node bias that
+    the script's calibration chains give; and the device's per-run overhead."""
+    profiles = Path(profiles_dir)
+    timings_path = profiles / "timings.json"
+    try:
+        timings = json.loads(timings_path.read_text())
+        overhead, short, long = (float(timings[k]) for k in ("overhead_s", "calibration_short_s",
+                                                              "calibration_long_s"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ProfileError(f"{timings_path}: not the timings profile_on_device.py writes ({exc})") from None
+    bias = profiler_bias_s(short, long, read_events(profiles / "calibration_long.json"), CALIBRATION_NODES,
+                           PROFILE_WARMUP)
+    rows = [(OVERHEAD_ID, overhead)]
+    for entry, network_path in read_networks(Path(sweep_dir)):
+        stem = network_path.stem
+        measured = read_profile(onnx.load(str(network_path)), profiles / f"{stem}.json",
+                                profiles / f"{stem}.optimized.onnx", PROFILE_WARMUP, bias)
+        rows.append((entry.id, max(measured.latency_s, MIN_KERNEL_S)))
+    return Measurements(rows, {"machine": f"profiled elsewhere: {timings.get('machine', '?')}",
+                               "method": "each kernel profiled inside a small network (profile_on_device.py)",
+                               "profiler_bias_us": f"{bias * 1e6:.3f}", "entries": str(len(rows))})
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import TailorError
 from ..ir import Model
-from ..ir.io import write_text_atomic
+from ..ir.io import Outputs, write_text_atomic
 from .features import FEATURE_NAMES, KernelRow, kernel_rows
 from .measure import OVERHEAD_ID
 from .npu import simulate
@@ -151,10 +151,10 @@ def training_matrix(target: Target, measurements: Measurements) -> tuple[np.ndar
     arrays = np.array(kinds, dtype=str), np.vstack(features), np.array(ratios)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        staged = path.with_suffix(".part.npz")
-        np.savez(staged, kinds=arrays[0], features=arrays[1], ratios=arrays[2])
-        staged.replace(path)
-    except OSError:
+        with Outputs() as outputs:  # a unique temporary: two fits of one target never collide
+            np.savez(outputs.reserve(path, suffix=".npz"), kinds=arrays[0], features=arrays[1], ratios=arrays[2])
+            outputs.commit()
+    except (OSError, TailorError):
         pass  # no writable cache: fit from scratch next time too
     return arrays
 

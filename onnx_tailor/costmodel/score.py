@@ -37,6 +37,20 @@ class CostReport:
     kernels: list[KernelScore] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    def to_dict(self, per_kernel: bool = True) -> dict:
+        """JSON-ready, latencies in milliseconds as everywhere: `latency_ms` predicted, `simulated_ms` the
+        simulator's (None for measured targets); with `per_kernel`, every kernel's `predicted_ms` and
+        `simulated_ms`."""
+        row = {"target": self.target, "latency_ms": self.latency_s * 1e3,
+               "simulated_ms": None if self.simulated_s is None else self.simulated_s * 1e3,
+               "params": self.params, "param_bytes": self.param_bytes,
+               "peak_activation_bytes": self.peak_activation_bytes, "warnings": list(self.warnings)}
+        if per_kernel:
+            row["kernels"] = [{"name": k.name, "kind": k.kind, "ops": list(k.ops), "predicted_ms": k.predicted_s * 1e3,
+                               "simulated_ms": None if k.simulated_s is None else k.simulated_s * 1e3}
+                              for k in self.kernels]
+        return row
+
 
 def score(model: Model, target: Target, with_simulation: bool = True) -> CostReport:
     prediction = cost_model_for(target).predict(model)

@@ -9,6 +9,14 @@ any other file. `ctx=1` puts the op between two Neg ops, so that its input
 and output are intermediate tensors (on chip when small), as inside a
 network; `ctx=0` reads a graph input and writes a graph output.
 
+A measured target times each kernel inside a small network
+(`SweepEntry.network`): the op between the neighbours it has in a
+MobileNet-like model, 1x1 convolutions around the ops that a runtime keeps in
+its blocked conv layout (convs, pools, data movement, the residual Add and the
+excitation Mul), Neg ops around the rest. Every context node's name starts
+with `CONTEXT_PREFIX`, so that a profile of the network tells the kernel's
+own nodes from its neighbours' (`costmodel.profiler`).
+
 Shapes are drawn with a fixed seed the way MobileNet-like networks use them:
 channels from 8 to 1280, half of them not multiples of 8, wider at low
 resolution; kernels 1/3/5, strides 1/2, resolutions 7 to 224. Given models
@@ -21,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -40,6 +49,11 @@ ACTIVATIONS = ("none", "relu", "relu6")
 ELEMENTWISE_OPS = ("add", "mul", "scale", "relu", "relu6", "sigmoid", "hardsigmoid", "hardswish")
 POOL_OPS = ("gap", "maxpool", "avgpool")
 MEMORY_OPS = ("concat", "resize", "transpose", "slice")
+CONTEXT_PREFIX = "ctx_"
+# Entries whose neighbours in a network are convolutions (onnxruntime keeps them in its blocked NCHWc
+# layout there: measured between Neg ops they would pay layout reorders that no network pays).
+_CONV_NEIGHBOURS = {"conv", "depthwise", "deconv", "pool", "memory"}
+_CONV_NEIGHBOUR_ELTWISE = {"add", "mul", "scale"}
 
 
 @dataclass(frozen=True)
@@ -79,12 +93,28 @@ class SweepEntry:
     def model(self) -> Model:
         return Model(self.build())  # shapes are inferred when first needed (Model.tensor_info)
 
+    @property
+    def in_context(self) -> "SweepEntry":
+        """The same kernel between neighbours (`ctx=1`): the id an in-network measurement is filed under."""
+        return SweepEntry.make(self.op, **{**self.p, "ctx": 1})
+
+    def network(self) -> onnx.ModelProto:
+        """The kernel inside a small network, for profiling: the op between the neighbours it has in a
+        model, every neighbour named with `CONTEXT_PREFIX` (see the module docstring)."""
+        convs = self.op in _CONV_NEIGHBOURS or (self.op == "eltwise" and self.p["kind"] in _CONV_NEIGHBOUR_ELTWISE)
+        return _BUILDERS[self.op]({**self.p, "ctx": NETWORK_CONV if convs else NETWORK_NEG},
+                                  np.random.default_rng(_seed(self.id)))
+
 
 def _seed(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
 # -- building microbenchmarks -----------------------------------------------------------
+
+
+# `ctx` values that only `SweepEntry.network` passes to the builders (never part of an id).
+NETWORK_CONV, NETWORK_NEG = "network_conv", "network_neg"
 
 
 class _Graph:
@@ -100,9 +130,9 @@ class _Graph:
     def weight(self, *shape) -> str:
         return self.const((self.rng.standard_normal(shape) * 0.1).astype(np.float32))
 
-    def add(self, op, inputs, name=None, **attrs) -> str:
+    def add(self, op, inputs, name=None, out=None, **attrs) -> str:
         self.count += 1
-        out = f"t{self.count}"
+        out = out or f"t{self.count}"
         self.nodes.append(helper.make_node(op, inputs, [out], name=name or f"n{self.count}", **attrs))
         return out
 
@@ -113,11 +143,34 @@ class _Graph:
             return self.add("Clip", [x, self.const(np.float32(0)), self.const(np.float32(6))])
         return x
 
-    def finish(self, inputs: dict[str, list[int]], body, ctx: bool) -> onnx.ModelProto:
+    def neighbour(self, x: str, channels: int | None, name: str) -> str:
+        """A context node: a 1x1 conv over `channels` (a network's usual neighbour), or a Neg without them.
+        Its output is named like the node: onnxruntime names a node it moves to the blocked layout after
+        the node's output."""
+        if channels is None:
+            return self.add("Neg", [x], name=name, out=name)
+        return self.add("Conv", [x, self.weight(channels, channels, 1, 1)], name=name, out=name)
+
+    def finish(self, inputs: dict[str, list[int]], body, ctx: int | bool) -> onnx.ModelProto:
+        if ctx in (NETWORK_CONV, NETWORK_NEG):
+            return self._network(inputs, body, conv=ctx == NETWORK_CONV)
         feeds = {name: self.add("Neg", [name], name="pre_" + name) if ctx else name for name in inputs}
         out = body(feeds)
         if ctx:
             out = self.add("Neg", [out], name="post")
+        return self._model(inputs, out)
+
+    def _network(self, inputs: dict[str, list[int]], body, conv: bool) -> onnx.ModelProto:
+        def channels(shape):
+            return shape[1] if conv and len(shape) == 4 else None
+        feeds = {name: self.neighbour(name, channels(shape), CONTEXT_PREFIX + "pre_" + name)
+                 for name, shape in inputs.items()}
+        out = body(feeds)
+        inferred = onnx.shape_inference.infer_shapes(self._model(inputs, out))  # the op's output channels
+        shape = [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+        return self._model(inputs, self.neighbour(out, channels(shape), CONTEXT_PREFIX + "post"))
+
+    def _model(self, inputs: dict[str, list[int]], out: str) -> onnx.ModelProto:
         graph = helper.make_graph(
             self.nodes, "sweep", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
             [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
@@ -136,7 +189,7 @@ def _conv(p, rng, depthwise=False):
         y = g.add("Conv", [x["x"], g.weight(co, 1 if depthwise else ci, k, k), g.weight(co)], name="op",
                   kernel_shape=[k, k], strides=[s, s], pads=[k // 2] * 4, group=ci if depthwise else 1)
         return g.activation(y, p["act"])
-    return g.finish({"x": [1, ci, hw, hw]}, body, bool(p["ctx"]))
+    return g.finish({"x": [1, ci, hw, hw]}, body, p["ctx"])
 
 
 def _deconv(p, rng):
@@ -145,14 +198,14 @@ def _deconv(p, rng):
     ci, co, k = p["ci"], p["co"], p["k"]
     return g.finish({"x": [1, ci, p["hw"], p["hw"]]},
                     lambda x: g.add("ConvTranspose", [x["x"], g.weight(ci, co, k, k), g.weight(co)], name="op",
-                                    kernel_shape=[k, k], strides=[k, k]), bool(p["ctx"]))
+                                    kernel_shape=[k, k], strides=[k, k]), p["ctx"])
 
 
 def _matmul(p, rng):
     g = _Graph(rng)
     return g.finish({"x": [p["m"], p["k"]]},
                     lambda x: g.add("Gemm", [x["x"], g.weight(p["k"], p["n"]), g.weight(p["n"])], name="op"),
-                    bool(p["ctx"]))
+                    p["ctx"])
 
 
 def _eltwise(p, rng):
@@ -171,7 +224,7 @@ def _eltwise(p, rng):
         if kind == "hardsigmoid":
             return g.add("HardSigmoid", [x["x"]], name="op", alpha=0.2, beta=0.5)
         return g.add({"relu": "Relu", "sigmoid": "Sigmoid", "hardswish": "HardSwish"}[kind], [x["x"]], name="op")
-    return g.finish(inputs, body, bool(p["ctx"]))
+    return g.finish(inputs, body, p["ctx"])
 
 
 def _pool(p, rng):
@@ -183,7 +236,7 @@ def _pool(p, rng):
             return g.add("GlobalAveragePool", [x["x"]], name="op")
         op = "MaxPool" if kind == "maxpool" else "AveragePool"
         return g.add(op, [x["x"]], name="op", kernel_shape=[2, 2], strides=[2, 2])
-    return g.finish({"x": [1, p["c"], p["hw"], p["hw"]]}, body, bool(p["ctx"]))
+    return g.finish({"x": [1, p["c"], p["hw"], p["hw"]]}, body, p["ctx"])
 
 
 def _memory(p, rng):
@@ -201,12 +254,12 @@ def _memory(p, rng):
             return g.add("Transpose", [x["x"]], name="op", perm=[0, 2, 3, 1])
         return g.add("Slice", [x["x"], g.const(np.array([0])), g.const(np.array([max(c // 2, 1)])),
                                g.const(np.array([1]))], name="op")
-    return g.finish(inputs, body, bool(p["ctx"]))
+    return g.finish(inputs, body, p["ctx"])
 
 
 def _softmax(p, rng):
     g = _Graph(rng)
-    return g.finish({"x": [p["m"], p["n"]]}, lambda x: g.add("Softmax", [x["x"]], name="op", axis=-1), bool(p["ctx"]))
+    return g.finish({"x": [p["m"], p["n"]]}, lambda x: g.add("Softmax", [x["x"]], name="op", axis=-1), p["ctx"])
 
 
 def _gather(p, rng):
@@ -216,13 +269,30 @@ def _gather(p, rng):
 
     def body(x):  # the looked-up rows are added to the input so the kernel has an activation to read
         return g.add("Add", [g.add("Gather", [table, indices], name="op"), x["x"]])
-    return g.finish({"x": [p["n"], p["dim"]]}, body, bool(p["ctx"]))
+    return g.finish({"x": [p["n"], p["dim"]]}, body, p["ctx"])
 
 
 _BUILDERS = {
     "conv": _conv, "depthwise": lambda p, rng: _conv(p, rng, depthwise=True), "matmul": _matmul, "deconv": _deconv,
     "eltwise": _eltwise, "pool": _pool, "memory": _memory, "softmax": _softmax, "gather": _gather,
 }
+
+
+# The trivial model whose whole run is the per-run overhead (one element through one Relu).
+OVERHEAD_ENTRY = SweepEntry.make("eltwise", c=1, hw=1, kind="relu", ctx=0)
+CALIBRATION_NODES = 64  # how many nodes longer the long calibration chain is than the short one
+
+
+def calibration_chain(nodes: int) -> onnx.ModelProto:
+    """`nodes` Neg ops in a row on 64 floats: the profiler's per-node cost is measured on two of these
+    (`profiler.profiler_bias_s`)."""
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["x" if i == 0 else f"t{i}"], [f"t{i + 1}"], name=f"n{i}") for i in range(nodes)],
+        "calibration", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, [1, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
 
 
 # -- choosing the entries ---------------------------------------------------------------
@@ -307,16 +377,43 @@ def sweep_entries(size: int = 600, models: Iterable[Model] = ()) -> list[SweepEn
 
 
 def write_sweep(entries: list[SweepEntry], folder: Path) -> Path:
-    """Write every microbenchmark and a manifest, for measuring on another machine."""
+    """Write every microbenchmark, every kernel's network, and a manifest, for measuring on another machine.
+
+    Beside the entries' models: each kernel's network (`SweepEntry.network`, once per in-context id),
+    a trivial model for the per-run overhead, the two chains that calibrate the profiler's own cost
+    (`calibration_chain`), and `profile_on_device.py`, which profiles the networks
+    on a device with nothing but onnxruntime (see that script's docstring for the whole round trip).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = []
+    manifest, networks = [], {}
     for index, entry in enumerate(entries):
         name = f"{index:05d}_{entry.op}.onnx"
         onnx.save(entry.build(), str(folder / name))
         manifest.append({"id": entry.id, "file": name})
+        kernel = entry.in_context
+        if kernel.id not in networks:
+            networks[kernel.id] = f"{index:05d}_{entry.op}.network.onnx"
+            onnx.save(kernel.network(), str(folder / networks[kernel.id]))
+    onnx.save(OVERHEAD_ENTRY.build(), str(folder / "overhead.onnx"))
+    onnx.save(calibration_chain(1), str(folder / "calibration_short.onnx"))
+    onnx.save(calibration_chain(1 + CALIBRATION_NODES), str(folder / "calibration_long.onnx"))
+    shutil.copyfile(Path(__file__).with_name("profile_on_device.py"), folder / "profile_on_device.py")
     path = folder / "manifest.json"
-    path.write_text(json.dumps({"opset": OPSET, "entries": manifest}, indent=1))
+    path.write_text(json.dumps({"opset": OPSET, "entries": manifest, "overhead": "overhead.onnx",
+                                "networks": [{"id": k, "network": v} for k, v in networks.items()]}, indent=1))
     return path
+
+
+def read_networks(folder: Path) -> list[tuple[SweepEntry, Path]]:
+    """The kernel networks a sweep folder holds: (in-context entry, network file), as `write_sweep` wrote them."""
+    manifest = Path(folder) / "manifest.json"
+    read_manifest(folder)  # the same checks first
+    try:
+        return [(SweepEntry.from_id(n["id"]), Path(folder) / n["network"])
+                for n in json.loads(manifest.read_text())["networks"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TailorError(f"{manifest}: no kernel networks in it ({exc}); write the sweep again with "
+                          "`onnx-tailor costmodel sweep`") from None
 
 
 def read_manifest(folder: Path) -> list[SweepEntry]:

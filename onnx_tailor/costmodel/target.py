@@ -1,10 +1,10 @@
 """Targets: the named hardware profiles a model is scored for.
 
 A target is a JSON profile. Built-in ones live in `costmodel/targets/`
-(`npu-p16`, `npu-p32`, `npu-p64`: the simulated NPU of npu-target.md;
+(`npu-p16`, `npu-p32`, `npu-p64`: the simulated NPU of docs/npu-target.md;
 `cpu-ort`: onnxruntime on this machine's CPU); a user profile is loaded from
 a path. Three kinds:
-- `npu`: simulated; its parameters are the machine of npu-target.md, and the
+- `npu`: simulated; its parameters are the machine of docs/npu-target.md, and the
   simulator (`costmodel.npu`) is its ground truth.
 - `ort`: measured with onnxruntime on an execution provider of this machine.
 - `import`: measurements brought from a device we cannot run; the profile
@@ -56,6 +56,15 @@ class Target:
     def precision(self) -> str:
         """What the target computes in: int8 for one-byte elements (the npu-* targets), else fp32."""
         return "int8" if self.element_bytes == 1 else "fp32"
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every profile field (`onnx-tailor targets --json`), what accuracy is judged in as
+        `precision`, and the profile's path as `profile`."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
+        row["fusable_activations"] = list(self.fusable_activations)
+        row["precision"] = self.precision
+        row["profile"] = str(self.source) if self.source else None
+        return row
 
     def measurements_path(self) -> Path | None:
         if not self.measurements:

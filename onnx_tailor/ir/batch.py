@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 import numpy as np
-import onnx
 
 from ..errors import TailorError
+from .large import copy_for_shapes
 from .runtime import control_inputs, input_numpy_type, integer_limits, random_array, session
 from .shapes import infer_shapes
 
@@ -124,8 +124,7 @@ def _batch_name(shapes) -> str | None:
 
 def output_axes(model: Model, layout: BatchLayout, outputs: list[str]) -> dict[str, int | None]:
     """The axis of each of `outputs` that shape inference carries the inputs' batch to; None where it loses it."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
+    proto = copy_for_shapes(model.proto)
     for vi in proto.graph.input:
         axis = layout.inputs.get(vi.name)
         if axis is not None and vi.type.tensor_type.HasField("shape"):

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import ModelLoadError
+from . import large
 
 # ORT rule names, as its graph transformers register them. TransposeOptimizer
 # pushes a Transpose down through Slice/Squeeze, one copy per branch: on the
@@ -24,7 +25,7 @@ _ORT_REWRITES_WE_SKIP = ["ConvBNFusion", "MatMulAddFusion", "TransposeOptimizer"
 
 # Element types that hold quantized weights. ORT's constant folding would turn
 # Cast(int8 weight) * scale into a float32 initializer four times the size, so
-# these stay out of its reach (see `_hide_quantized_weights`). Names newer
+# these stay out of its reach (see `_hide_initializers`). Names newer
 # than the installed onnx are skipped.
 _QUANTIZED_STORAGE = frozenset(
     getattr(onnx.TensorProto, name) for name in (
@@ -114,7 +115,24 @@ def ort_basic_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:
     """
     if computes_in_reduced_float(proto):
         return proto
-    hidden = _hide_quantized_weights(proto)
+    held = {} if large.fits(proto) else large.lighten(proto).held
+    if held:
+        cleaned = _run_basic(_hide_large_weights(proto, held))
+        cleaned.graph.initializer.extend(held.values())
+        return strip_unused_domains(_restore_graph_inputs(cleaned, proto), keep_from=proto)
+    cleaned = _run_basic(_hide_initializers(proto, is_quantized))
+    if weight_bytes(cleaned.graph) > weight_bytes(proto.graph):
+        # Folding a layout op (Unsqueeze, Transpose) of a weight that another node also reads gives that
+        # reader its own copy: silero-vad's LSTM weights, read from both branches of an If, grew by half.
+        # Shared weights are kept from folding, and a control-flow body that still grew is kept as written.
+        shared = _shared_initializers(proto.graph)
+        cleaned = _run_basic(_hide_initializers(proto, lambda t: is_quantized(t) or t.name in shared))
+        cleaned = _keep_bodies_that_grew(cleaned, proto)
+    return strip_unused_domains(_restore_graph_inputs(cleaned, proto), keep_from=proto)
+
+
+def _run_basic(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as onnxruntime's basic level writes it back."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
@@ -122,13 +140,85 @@ def ort_basic_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:
         path = os.path.join(tmp, "basic.onnx")
         options.optimized_model_filepath = path
         try:
-            ort.InferenceSession(hidden.SerializeToString(), options, providers=["CPUExecutionProvider"],
+            ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"],
                                  disabled_optimizers=_ORT_REWRITES_WE_SKIP)
         except Exception as exc:  # ORT's own errors: unsupported ops, invalid graphs
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"onnxruntime cannot load this model: {first_line}") from None
-        cleaned = onnx.load(path)
-    return strip_unused_domains(_restore_graph_inputs(cleaned, proto), keep_from=proto)
+        return onnx.load(path)
+
+
+def weight_bytes(graph: onnx.GraphProto) -> int:
+    """Bytes of the constant tensors of `graph` and of the bodies nested in its nodes."""
+    total = sum(_tensor_bytes(t) for t in graph.initializer)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Constant" and attribute.name == "value":
+                total += _tensor_bytes(attribute.t)
+            total += sum(weight_bytes(g) for g in _bodies(attribute))
+    return total
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):  # strings and types numpy cannot hold: count one byte each
+        itemsize = 1
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * itemsize
+
+
+def _bodies(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    return ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+
+
+def _shared_initializers(graph: onnx.GraphProto) -> set[str]:
+    """Initializers of the main graph that more than one node reads (nodes of nested bodies count)."""
+    readers: dict[str, int] = {}
+
+    def count(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            for name in set(node.input):
+                readers[name] = readers.get(name, 0) + 1
+            for attribute in node.attribute:
+                for body in _bodies(attribute):
+                    count(body)
+
+    count(graph)
+    return {t.name for t in graph.initializer if readers.get(t.name, 0) > 1}
+
+
+def _keep_bodies_that_grew(cleaned: onnx.ModelProto, source: onnx.ModelProto) -> onnx.ModelProto:
+    """`cleaned` with the bodies of each control-flow node whose constants folding grew put back as
+    `source` wrote them, where every outer value those bodies read still exists in `cleaned`."""
+    written = {n.name: n for n in source.graph.node if n.name}
+    available = ({i.name for i in cleaned.graph.input} | {t.name for t in cleaned.graph.initializer}
+                 | {o for n in cleaned.graph.node for o in n.output})
+    for node in cleaned.graph.node:
+        before = written.get(node.name)
+        if before is None or before.op_type != node.op_type:
+            continue
+        grown = sum(weight_bytes(g) for a in node.attribute for g in _bodies(a))
+        as_written = sum(weight_bytes(g) for a in before.attribute for g in _bodies(a))
+        outer = set().union(*(_outer_reads(g) for a in before.attribute for g in _bodies(a)))
+        if grown > as_written and outer <= available:
+            del node.attribute[:]
+            node.attribute.extend(before.attribute)
+    return cleaned
+
+
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a body reads from enclosing scopes: read by its nodes (nested bodies included), defined in none."""
+    defined = ({i.name for i in graph.input} | {t.name for t in graph.initializer}
+               | {o for n in graph.node for o in n.output})
+    read = {name for n in graph.node for name in n.input if name}
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in _bodies(attribute):
+                read |= _outer_reads(body)
+    return read - defined
 
 
 def computes_in_reduced_float(proto: onnx.ModelProto) -> bool:
@@ -146,8 +236,8 @@ def is_quantized(tensor: onnx.TensorProto) -> bool:
     return tensor.data_type in _QUANTIZED_STORAGE
 
 
-def _hide_quantized_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with every quantized initializer also listed as a graph input.
+def _hide_initializers(proto: onnx.ModelProto, hide) -> onnx.ModelProto:
+    """A copy with every initializer for which `hide(tensor)` holds also listed as a graph input.
 
     ORT treats an initializer that is a graph input as overridable at run
     time, so it never constant-folds through it: a Cast or
@@ -156,17 +246,33 @@ def _hide_quantized_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
     the listing.
     """
     listed = {i.name for i in proto.graph.input}
-    quantized = [t for t in proto.graph.initializer if is_quantized(t) and t.name not in listed]
-    if not quantized:
+    hidden = [t for t in proto.graph.initializer if hide(t) and t.name not in listed]
+    if not hidden:
         return proto
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    out.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in quantized)
+    out.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in hidden)
     return out
 
 
+def _hide_large_weights(proto: onnx.ModelProto, held: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """The light form of a model past 2 GiB (`ir.large`) with its held weights turned into graph inputs.
+
+    onnxruntime then never needs their values (nor folds through them, as for `_hide_initializers`),
+    so its clean-up costs no copy of gigabytes; `ort_basic_cleanup` puts them back. What is lost is
+    folding a constant expression of such a weight, or a Conv+Add/Mul into such a weight: the
+    `fold_affine` step after this one takes the latter."""
+    light = large.lighten(proto)
+    kept = [t for t in light.proto.graph.initializer if t.name not in held]
+    del light.proto.graph.initializer[:]
+    light.proto.graph.initializer.extend(kept)
+    light.proto.graph.input.extend(onnx.helper.make_tensor_value_info(name, t.data_type, t.dims)
+                                   for name, t in held.items())
+    return light.proto
+
+
 def _restore_graph_inputs(cleaned: onnx.ModelProto, source: onnx.ModelProto) -> onnx.ModelProto:
-    """`cleaned` with the graph inputs of `source` again, in its order (drops what `_hide_quantized_weights` listed)."""
+    """`cleaned` with the graph inputs of `source` again, in its order (drops what `_hide_initializers` listed)."""
     declared = [i.name for i in source.graph.input]
     by_name = {i.name: i for i in cleaned.graph.input}
     kept = [by_name[name] for name in declared if name in by_name]

@@ -5,26 +5,51 @@ reads its opset, onnx's checker accepts it) but not rewritten. The canonical
 `Model` every pass expects is made from it above this layer, by
 `passes.canonicalize.load`.
 
-Writes are atomic: the model (and its external data, if any) goes to a
-temporary file in the destination folder and is renamed into place, so a
-crash or Ctrl-C leaves either the old file or the new one, never half of one.
+Writes are atomic and go through `Outputs`, a set of files committed
+together: each file is written to a uniquely named temporary in its
+destination folder and fsynced, and only when every one is written are they
+renamed into place, so a crash, a full disk or Ctrl-C leaves either the old
+files or the new ones, never half of one and never a partial set. The
+temporaries are hidden files named `.onnx-tailor-<pid>-...`; one left by a
+killed run is removed by the next write into the same folder.
+
+A model's external data (weights past `_EXTERNAL_DATA_THRESHOLD`, and every
+model past protobuf's 2 GiB limit, see `ir.large`) goes to a weights file
+whose name no existing file has: `<model>.data`, or `<model>.<random>.data`
+when that is taken (by the input model's own weights, say). The weights file
+is renamed into place before the graph that reads it, so a crash between the
+two leaves the old graph reading its old weights. After the commit, the
+weights file the replaced graph read is removed when it was named for this
+output (`<model>.data` or `<model>.<random>.data`) and the input model does
+not read it.
 The input model is never overwritten unless the caller explicitly allows it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import google.protobuf.message
 import onnx
 
-from ..errors import ModelLoadError, TailorError
+from ..errors import ModelLoadError, OutputError, TailorError
+from . import large
 from .model import Model
 
 # Protobuf cannot serialize a message over 2 GiB; past this, weights go to a side file.
 _EXTERNAL_DATA_THRESHOLD = 1 << 30
+_EXTERNAL_FROM_BYTES = 1024  # in a weights file, tensors this big go there; smaller ones stay in the graph
+_ALIGNMENT = 4096  # weights start on page boundaries, where onnxruntime can map them
+_TEMPORARY = ".onnx-tailor-"
+# A temporary of process <pid>: `.onnx-tailor-<pid>-<random>.tmp`; older versions made `.onnx-tailor-<random>` folders.
+_OURS = re.compile(r"\.onnx-tailor-(?:(\d+)-[a-z0-9_]{8}\.\w+|[a-z0-9_]{8})")
+_LEGACY_AGE_S = 3600  # an untagged temporary this old belongs to no running save
 MIN_OPSET = 11
 
 
@@ -49,27 +74,26 @@ def check_opset(proto: onnx.ModelProto, source: str) -> None:
 
 
 def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
-    """Parse an ONNX file (and its external data), turning every failure into one line."""
+    """Parse an ONNX file (and its external data), turning every failure into one line.
+
+    The checker is given the path, not the proto: a model past 2 GiB cannot be serialized for it,
+    and by path it also checks that the external data files exist and stay inside the folder."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, not an ONNX file")
     try:
-        proto = onnx.load(str(path), load_external_data=True) if path.is_file() else _read_stream(path)
+        proto = onnx.load(str(path), load_external_data=False) if path.is_file() else _read_stream(path)
     except google.protobuf.message.DecodeError:
         raise ModelLoadError(f"{path}: not an ONNX model (the file does not parse; is it truncated?)") from None
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"{path}: external data file missing: {exc.filename or exc}") from None
-    except onnx.checker.ValidationError as exc:  # external data outside the model's folder, or not a file
-        raise ModelLoadError(f"{path}: bad external data: {_first_line(exc)}") from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: cannot read: {exc}") from None
     if proto.ir_version == 0 or not proto.HasField("graph") or not proto.graph.node:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph in it; is it truncated?)")
     check_opset(proto, str(path))  # before the checker, whose complaint about an old opset is cryptic
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(path) if path.is_file() else proto)  # a stream cannot be read twice
         _read_names(proto.graph)
     except onnx.checker.ValidationError as exc:
         first_line = str(exc).strip().splitlines()[0]
@@ -79,6 +103,13 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
                              "(is the file corrupt?)") from None
     check_tensors(proto, str(path))
     check_attribute_lists(proto, str(path))
+    try:
+        onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path}: external data file missing: {exc.filename or exc}") from None
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"{path}: cannot read its external data: {first_line}") from None
     return proto
 
 
@@ -157,23 +188,15 @@ def _read_stream(path: Path) -> onnx.ModelProto:
     if len(data) > STREAM_LIMIT:
         raise ModelLoadError(f"{path}: is not a regular file and holds more than {STREAM_LIMIT >> 20} MiB; "
                              "an ONNX model read from a pipe or device must be smaller (or save it to a file)")
-    proto = onnx.load_model_from_string(data)
-    onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
-    return proto
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return onnx.load_model_from_string(data)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a small text file (report, recipe, profile, CSV) via a sibling temporary and a rename."""
-    path = Path(path)
-    staged = path.with_name(path.name + ".part")
-    staged.write_text(text)
-    os.replace(staged, path)
-    return path
+    """Write a small text file (report, recipe, profile, CSV) atomically (see `Outputs`)."""
+    with Outputs() as outputs:
+        outputs.write_text(path, text)
+        outputs.commit()
+    return Path(path)
 
 
 def ensure_not_input(output: str | os.PathLike, input_path: str | os.PathLike | None, allow: bool) -> None:
@@ -185,26 +208,246 @@ def ensure_not_input(output: str | os.PathLike, input_path: str | os.PathLike | 
         raise TailorError(f"{output}: is the input model; choose another output or pass --overwrite-input")
 
 
-def save(model: Model, path: str | os.PathLike, input_path: str | os.PathLike | None = None,
-         overwrite_input: bool = False) -> Path:
-    """Write `model` to `path` atomically; large weights go to `<name>.data` beside it."""
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse, in one line and before any work, an output that could not be written."""
     path = Path(path)
-    ensure_not_input(path, input_path, overwrite_input)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise TailorError(f"{path}: folder {folder} does not exist")
-    external = sum(len(t.raw_data) for t in model.graph.initializer) > _EXTERNAL_DATA_THRESHOLD
-    with tempfile.TemporaryDirectory(prefix=".onnx-tailor-", dir=folder) as tmp:
-        staged = Path(tmp) / path.name
-        if external:
-            proto = onnx.ModelProto()
-            proto.CopyFrom(model.proto)
-            onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=path.name + ".data", size_threshold=1024)
-            os.replace(Path(tmp) / (path.name + ".data"), folder / (path.name + ".data"))
-        else:
-            staged.write_bytes(model.serialized)
-        with open(staged, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(staged, path)
+        raise OutputError(f"{path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: folder {folder} is not writable")
     return path
+
+
+def check_outputs(*paths: str | os.PathLike | None) -> None:
+    """Every output of one run writable and no two the same file: checked before the run's work starts."""
+    seen: dict[Path, str] = {}
+    for path in filter(None, paths):
+        resolved = check_writable(path).resolve()
+        if resolved in seen:
+            raise OutputError(f"{path}: named for two outputs (also {seen[resolved]}); give each its own file")
+        seen[resolved] = str(path)
+
+
+def save(model: Model, path: str | os.PathLike, input_path: str | os.PathLike | None = None,
+         overwrite_input: bool = False) -> Path:
+    """Write `model` to `path` atomically; large weights go to a weights file beside it (see the module doc)."""
+    with Outputs() as outputs:
+        outputs.write_model(model, path, input_path, overwrite_input)
+        outputs.commit()
+    return Path(path)
+
+
+class Outputs:
+    """Files written together, all or none: each is written to a unique temporary in its destination
+    folder and fsynced; `commit` renames them into place, in the order they were written. Leaving the
+    `with` block without a commit (an error, Ctrl-C) removes every temporary."""
+
+    def __init__(self):
+        self._staged: list[tuple[Path, Path, bool]] = []  # (temporary, destination, may replace a file)
+        self._after_commit: list = []
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.discard()
+
+    def reserve(self, path: str | os.PathLike, suffix: str = ".tmp", replace: bool = True) -> Path:
+        """A fresh temporary that `commit` renames to `path`; the caller writes it."""
+        path = check_writable(path)
+        if any(dest == path for _, dest, _ in self._staged):
+            raise OutputError(f"{path}: named for two outputs of the same run")
+        folder = path.parent if str(path.parent) else Path(".")
+        remove_stale_temporaries(folder)
+        try:
+            handle, name = tempfile.mkstemp(prefix=f"{_TEMPORARY}{os.getpid()}-", suffix=suffix, dir=folder)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        try:  # mkstemp makes it private (0600); an output gets the mode any new file gets here
+            os.fchmod(handle, 0o666 & ~_umask())
+        finally:
+            os.close(handle)
+        self._staged.append((Path(name), path, replace))
+        return Path(name)
+
+    def write_bytes(self, path: str | os.PathLike, data: bytes, replace: bool = True) -> Path:
+        staged = self.reserve(path, replace=replace)
+        with _writing(path):
+            staged.write_bytes(data)
+        return staged
+
+    def write_text(self, path: str | os.PathLike, text: str) -> Path:
+        return self.write_bytes(path, text.encode())
+
+    def write_model(self, model: Model, path: str | os.PathLike, input_path: str | os.PathLike | None = None,
+                    overwrite_input: bool = False) -> None:
+        """Stage `model` for `path`: its weights file first (when it needs one), then its graph."""
+        path = Path(path)
+        ensure_not_input(path, input_path, overwrite_input)
+        check_writable(path)
+        if large.weight_bytes(model.proto) <= _EXTERNAL_DATA_THRESHOLD and model.fits:
+            self.write_bytes(path, model.serialized)
+            return
+        data_path = self._fresh_weights_name(path)
+        light = large.lighten(model.proto, _EXTERNAL_FROM_BYTES, data_path.name)
+        staged = self.reserve(data_path, replace=False)
+        with _writing(data_path):
+            with open(staged, "wb") as fh:
+                for ref in light.proto.graph.initializer:
+                    if ref.name not in light.held:
+                        continue
+                    offset = -fh.tell() % _ALIGNMENT
+                    fh.write(b"\0" * offset)
+                    data = large.tensor_bytes(light.held[ref.name])
+                    _point(ref, fh.tell(), len(data))
+                    fh.write(data)
+                    del data
+        self.write_bytes(path, light.proto.SerializeToString(deterministic=True))
+        # Read now, before the commit replaces them: what the replaced graph and the input read.
+        replaced, inputs = _weights_read_by(path), _weights_read_by(Path(input_path)) if input_path else set()
+        self._after_commit.append(lambda: self._drop_replaced(path, replaced - inputs))
+
+    def commit(self) -> None:
+        """Flush every staged file to disk, then rename each into place (weights before the graph that
+        reads them): a full disk that shows only when flushing still fails before anything is replaced."""
+        for staged, path, _ in self._staged:
+            with _writing(path):
+                with open(staged, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        renamed = 0
+        try:
+            for staged, path, replace in self._staged:
+                if not replace and path.exists():  # a weights file that appeared since it was named: never clobber
+                    raise OutputError(f"{path}: appeared while writing; nothing was replaced")
+                os.replace(staged, path)
+                renamed += 1
+        except BaseException:
+            # A weights file renamed into place whose graph was not is read by nothing: take it back.
+            if renamed and not self._staged[renamed - 1][2]:
+                self._staged[renamed - 1][1].unlink(missing_ok=True)
+            del self._staged[:renamed]
+            raise
+        for folder in {path.parent for _, path, _ in self._staged}:
+            _fsync_folder(folder)
+        self._staged.clear()
+        for action in self._after_commit:
+            action()
+        self._after_commit.clear()
+
+    def discard(self) -> None:
+        for staged, _, _ in self._staged:
+            staged.unlink(missing_ok=True)
+        self._staged.clear()
+        self._after_commit.clear()
+
+    def _fresh_weights_name(self, path: Path) -> Path:
+        """`<model>.data`, or `<model>.<random>.data` when a file (or another output) has that name."""
+        taken = {dest for _, dest, _ in self._staged}
+        candidate = path.with_name(path.name + ".data")
+        while candidate.exists() or candidate in taken:
+            candidate = path.with_name(f"{path.name}.{secrets.token_hex(4)}.data")
+        return candidate
+
+    @staticmethod
+    def _drop_replaced(path: Path, candidates: set[str]) -> None:
+        """Remove the weights files the replaced graph at `path` read, when they were ours for `path`
+        and the new graph does not read them."""
+        mine = re.compile(re.escape(path.name) + r"(\.[0-9a-f]{8})?\.data")
+        for name in candidates - _weights_read_by(path):
+            if mine.fullmatch(name):
+                try:
+                    (path.parent / name).unlink(missing_ok=True)
+                except OSError:  # the new pair is written; an old file we may not remove only costs space
+                    pass
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporaries that killed runs left in `folder`: those of a process that is gone,
+    and untagged ones (older versions) not touched for an hour."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _OURS.fullmatch(entry.name)
+        if not match:
+            continue
+        pid = match.group(1)
+        try:
+            stale = (not _alive(int(pid))) if pid else time.time() - entry.stat().st_mtime > _LEGACY_AGE_S
+            if not stale:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            elif pid:
+                os.unlink(entry.path)
+        except OSError:
+            continue  # another run got there first, or it is not ours to remove
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _weights_read_by(path: Path) -> set[str]:
+    """The external data files the ONNX graph at `path` reads (empty when there is none or it does not parse)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # no file, not ONNX: it reads nothing we could remove
+        return set()
+    return {entry.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+            for entry in t.external_data if entry.key == "location"}
+
+
+def _point(ref: onnx.TensorProto, offset: int, length: int) -> None:
+    for entry in ref.external_data:
+        if entry.key == "offset":
+            entry.value = str(offset)
+        elif entry.key == "length":
+            entry.value = str(length)
+
+
+class _writing:
+    """Turns a failed write (a full disk, a lost permission) into one line naming the output."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, OSError):
+            raise OutputError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        return False
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the renames themselves durable (POSIX); where a folder cannot be opened, skip."""
+    try:
+        handle = os.open(folder if str(folder) else ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)

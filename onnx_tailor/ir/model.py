@@ -23,7 +23,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from ..errors import InputShapeError
+from ..errors import InputShapeError, ModelTooLargeError
+from . import large
 from .batch import batch_layout
 from .shapes import TensorInfo, concrete_tensor_info, infer_shapes
 from .subgraphs import TypedShape, implicit_reads, standalone_body, subgraphs
@@ -38,6 +39,17 @@ Shape = tuple[int, ...]
 def parse_input_shapes(specs: Mapping[str, Shape] | None) -> dict[str, Shape]:
     return {name: tuple(int(d) for d in dims) for name, dims in (specs or {}).items()}
 
+
+def with_metadata(proto: onnx.ModelProto, doc_string: str, metadata: Mapping[str, str]) -> onnx.ModelProto:
+    """A copy of `proto` with this model description and these `metadata_props` (in order), and no others."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    out.ClearField("doc_string")  # not set to "": an empty field present would serialize differently
+    if doc_string:
+        out.doc_string = doc_string
+    del out.metadata_props[:]
+    onnx.helper.set_model_props(out, dict(metadata))
+    return out
 
 class Model:
     """A canonical ONNX model (see `passes.canonicalize`) with lazily derived graph facts."""
@@ -63,13 +75,32 @@ class Model:
         return self._proto
 
     @cached_property
+    def fits(self) -> bool:
+        """Whether protobuf can serialize the model whole (under 2 GiB); see `ir.large` for one that cannot."""
+        return large.fits(self._proto)
+
+    @cached_property
     def serialized(self) -> bytes:
+        """The deterministic serialization; only for a model that `fits` (`large.inference_session` takes any)."""
+        if not self.fits:
+            raise ModelTooLargeError("this model is over protobuf's 2 GiB limit and cannot be serialized whole; "
+                                     "save it to a file (its weights go to external data)")
         return self._proto.SerializeToString(deterministic=True)
 
     @cached_property
     def content_hash(self) -> str:
-        """sha256 of the deterministic serialization: equal graphs hash equal."""
-        return hashlib.sha256(self.serialized).hexdigest()
+        """sha256 of the deterministic serialization without the model's description and metadata:
+        equal graphs hash equal, whatever the file says about where it came from."""
+        if not self.fits:  # past 2 GiB: its light form and its held weights (`large.content_hash`)
+            return large.content_hash(self._proto)
+        if not self._proto.doc_string and not self._proto.metadata_props:
+            return hashlib.sha256(self.serialized).hexdigest()
+        bare = with_metadata(self._proto, "", {})
+        return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()
+
+    def with_metadata(self, doc_string: str, metadata: Mapping[str, str]) -> "Model":
+        """The same graph with this description and these `metadata_props` (in this order), and no others."""
+        return self.with_proto(with_metadata(self._proto, doc_string, metadata))
 
     def with_proto(self, proto: onnx.ModelProto) -> "Model":
         """A new model with the same input shapes around another proto."""

@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from ..errors import InputShapeError, InputTypeError
 from .indices import index_limits
+from .large import inference_session
 
 if TYPE_CHECKING:  # annotations only: model imports shapes, which runs models with this module
     from .model import Model
@@ -46,7 +47,12 @@ def session(model: Model, optimization: ort.GraphOptimizationLevel = ort.GraphOp
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # fatal only: its errors reach the user as our one-line message
-    return ort.InferenceSession(model.serialized, options, providers=["CPUExecutionProvider"])
+    return open_session(model, options, ["CPUExecutionProvider"])
+
+
+def open_session(model: Model, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    """An onnxruntime session for `model`, of any size (past 2 GiB: see `ir.large`)."""
+    return inference_session(model.proto, options, providers, serialized=model.serialized if model.fits else None)
 
 
 def seeded_inputs(model: Model, seed: int = 0) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from . import large
 from .runtime import cannot_run, representative_inputs, run
 
 if TYPE_CHECKING:
@@ -38,11 +39,23 @@ class TensorInfo:
 
 
 def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx shape inference with data propagation (resolves Shape->Reshape chains)."""
+    """onnx shape inference with data propagation (resolves Shape->Reshape chains).
+
+    A model past 2 GiB is inferred in its light form (`ir.large`)."""
+    light = None if large.fits(proto) else large.lighten(proto)
     try:
-        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light.proto if light else proto, strict_mode=False,
+                                                     data_prop=True)
     except Exception:  # inference is best effort: analysis falls back to running the model
         return proto
+    if light is None:
+        return inferred
+    # Past 2 GiB the shapes go into `proto` itself, not into a copy of gigabytes: every caller
+    # hands over a proto it has just made.
+    for field in ("value_info", "output"):
+        del getattr(proto.graph, field)[:]
+        getattr(proto.graph, field).extend(getattr(inferred.graph, field))
+    return proto
 
 
 def itemsize(elem_type: int) -> int:
@@ -66,8 +79,7 @@ def _collect(proto: onnx.ModelProto) -> dict[str, TensorInfo]:
 
 def concrete_tensor_info(model: Model) -> dict[str, TensorInfo]:
     """Shape and type of every activation tensor of `model` at `model.input_shapes`."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
+    proto = large.copy_for_shapes(model.proto)
     fixed = model.input_shapes
     for vi in proto.graph.input:
         if vi.name in fixed:

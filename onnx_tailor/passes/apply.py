@@ -43,6 +43,14 @@ class PassApplied:
     sites: tuple[Site, ...]
     local_errors: tuple[float | None, ...]  # per site; None for an exact pass
 
+    def to_dict(self) -> dict:
+        """JSON-ready: each site rewritten (pass, anchor, params, what was done, local error) and the
+        content hash of the new model."""
+        return {"model_hash": self.model.content_hash,
+                "sites": [{"pass": site.pass_name, "anchor": site.anchor, "params": site.param_dict,
+                           "summary": site.summary, "local_error": error}
+                          for site, error in zip(self.sites, self.local_errors)]}
+
 
 def apply_step(model: Model, step: Step | Site, calib: Calibration | None = None, *,
                reference: Model | None = None, verify: bool = True) -> Applied:

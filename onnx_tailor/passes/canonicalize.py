@@ -18,7 +18,8 @@ Exported models come in many spellings of the same network. Canonical form is:
   BatchNormalization) folded into the Conv, ConvTranspose, Gemm or MatMul
   beside it where that is exact (`fold_affine`);
 - unique, stable node names (the anchors that sites and recipes refer to);
-- shapes inferred, with the batch dimension left as the model declared it.
+- shapes inferred, with the batch dimension left as the model declared it;
+- the model's `doc_string` and `metadata_props` kept as they were.
 
 It is an ordered list of exact proto -> proto rewrites, `CANONICAL_STEPS`, in
 the manner of onnxoptimizer's pass manager; `canonicalize` runs them in order.
@@ -59,6 +60,7 @@ import onnx
 from ..ir import Model, Shape, read_proto
 from ..ir.cleanup import lift_constants, name_nodes, ort_basic_cleanup
 from ..ir.io import check_opset
+from ..ir.model import with_metadata
 from ..ir.shapes import infer_shapes
 from .fold_affine import fold_all_affine
 from .fold_batchnorm import fold_all_batchnorms
@@ -84,9 +86,14 @@ def canonicalize(proto: onnx.ModelProto, source: str = "model",
     `source` names the model in errors (its path, when loaded from a file).
     """
     check_opset(proto, source)
+    # onnxruntime's clean-up rebuilds the model without its description and metadata: they are the
+    # user's, and the model onnx-tailor writes keeps them.
+    doc_string, metadata = proto.doc_string, {p.key: p.value for p in proto.metadata_props}
     for step in steps:
         proto = step(proto)
-    return proto
+    if proto.doc_string == doc_string and {p.key: p.value for p in proto.metadata_props} == metadata:
+        return proto
+    return with_metadata(proto, doc_string, metadata)
 
 
 def load(path: str | os.PathLike, input_shapes: Mapping[str, Shape] | None = None,

@@ -63,18 +63,23 @@ depthwise conv's output, the tensor stage 1 fits).
 
 The default refine=100 comes from bench/fusion_refinement.py (all 11 blocks of
 the PaddleOCR text-direction classifier fused in turn; 500 calibration and
-1500 test lines). Top-1 change against the original, 95% paired intervals:
-least squares alone -1.53 points [-2.20, -0.93]; refine=100 +0.07 [-0.13,
-+0.33], 99.80% agreement; refine=300 +0.13 [-0.13, +0.40], 99.73%; 61 s,
-106 s and 184 s for the 11 blocks. 100 is the smallest value measured that
-brings the fused classifier back within noise of the original, at about
-4 s a block (the steps' cost does not grow with the calibration set); 300
-lowers the local errors further (worst block 0.24 -> 0.21) without a
+1500 test lines). Top-1 change against the original, 95% paired intervals,
+when each block was fitted to the already-fused network's tensors: least
+squares alone -1.53 points [-2.20, -0.93]; refine=100 +0.07 [-0.13, +0.33],
+99.80% agreement; refine=300 +0.13 [-0.13, +0.40], 99.73%; 61 s, 106 s and 184
+s for the 11 blocks. Since each block is fitted to the original model's own
+block output (the `reference`), later blocks compensate for earlier ones, and
+least squares alone gives -0.47 [-0.93, -0.07] (99.27% agreement), refine=100
++0.13 [+0.00, +0.33] (99.87% agreement; worst block's local error 0.40 ->
+0.28), measured on a loaded machine by `python bench/accuracy_trust.py`. 100
+is the smallest value measured that brings the fused classifier back within
+noise of the original, at about 4 s a block (the steps' cost does not grow
+with the calibration set); 300 lowered the local errors further without a
 measurable top-1 gain, for three times the refinement time, which a search
 that applies the pass to many candidates pays at each. `preview` never
-refines. Recipes written before `refine` existed name no value for it, so
-they now replay with the default; adding "refine": 0 to their
-fuse_ibn_expansion steps replays them as written.
+refines. Recipes written before `refine` existed name no value for it, so they
+now replay with the default; adding "refine": 0 to their fuse_ibn_expansion
+steps replays them as written.
 
 On an accelerator whose MAC array idles during depthwise convs and whose
 SRAM cannot hold the expanded tensor, the fused conv is much faster in early

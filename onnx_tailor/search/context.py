@@ -22,6 +22,7 @@ from ..costmodel.target import Target
 from ..ir import Model
 from ..passes import Exactness, Site, Step, apply_step, get_pass
 from .constraints import Constraints
+from .measured import MeasuredSteps
 
 # A lossy rewrite whose block output changes by more than this is not worth an evaluation.
 MAX_LOCAL_ERROR = 0.5
@@ -137,6 +138,7 @@ class SearchContext:
         self.target = target
         self.pass_params = pass_params or {}
         self.cost_model = cost_model_for(target)
+        self.measured = MeasuredSteps(target)  # times each step against its parent on targets measured here
         self.passes = [get_pass(name) for name in passes]
         self.constraints = constraints
         self.data = data
@@ -175,6 +177,7 @@ class SearchContext:
             self.stats.evaluated += 1
         elif self.data is not None:
             node.score = self.data.original_score
+        node.reason = node.reason or self.measured.verdict(self, node)
         node.feasible = node.reason is None
         self._nodes[model.content_hash] = node
         self.evaluated.append(node)
@@ -212,7 +215,7 @@ class SearchContext:
 
     def worth_applying(self, node: Node, candidate: Candidate) -> bool:
         gain = node.latency_s - candidate.predicted_s
-        if gain <= MIN_GAIN * node.latency_s:
+        if gain <= self.measured.min_gain(MIN_GAIN) * node.latency_s:
             self._note(node, candidate, f"predicted slower or no faster ({-gain * 1e6:+.1f} us)")
             return False
         return True

@@ -25,17 +25,17 @@ import onnx
 
 from .. import accuracy
 from ..costmodel import load_target
-from ..costmodel.measure import session_for, time_session
 from ..costmodel.target import Target
-from ..errors import TailorError
-from ..ir import Model, seeded_inputs, session
+from ..errors import QuantizationError, TailorError
+from ..ir import Model, session
 from ..passes import Exactness, all_passes, get_pass
 from .beam import beam
 from .constraints import Constraints, parse_max_drop
 from .context import Judgement, SearchContext, SearchData
 from .evolutionary import evolutionary
 from .greedy import greedy
-from .recipe import Recipe, replay_each
+from .provenance import stamped
+from .recipe import IN_MEMORY, Recipe, replay_each
 from .report import build_report
 
 STRATEGIES = ("greedy", "beam", "evolutionary")
@@ -65,6 +65,12 @@ class OptimizeResult:
     def improved(self) -> bool:
         return bool(self.recipe.steps)
 
+    def to_dict(self) -> dict:
+        """JSON-ready: whether it improved, the notes, the report (what report.json holds; latencies in
+        ms) and the recipe (what recipe.json holds, the data path as given)."""
+        return {"improved": self.improved, "model_hash": self.model.content_hash, "notes": list(self.notes),
+                "report": self.report, "recipe": self.recipe.to_dict()}
+
     def emitted(self, emit: str = "fp32") -> Model:
         """The model to write: fp32 as optimized, or `qdq`, its int8 QDQ quantization calibrated on the
         calibration split (the form NPU compilers take; the same bytes the search judged in int8)."""
@@ -74,7 +80,7 @@ class OptimizeResult:
             raise TailorError(f"unknown --emit '{emit}'; choose fp32 or qdq")
         if self.context is None or self.context.data is None:
             raise TailorError("--emit qdq calibrates the quantization on --data; give --data")
-        return self.context.data.quantized(self.model)
+        return stamped(self.context.data.quantized(self.model), self.model, self.recipe)
 
 
 def _passes(requested: list[str] | None) -> list[str]:
@@ -126,7 +132,10 @@ def _search_data(model: Model, data, metric: str | None, max_drop: str, seed: in
     notes.append(f"accuracy budget: {metric} may drop {allowed:.3g} ({shown}) against the original "
                  f"{original_score.value:.3g}; data split into {split.describe()}: passes fit on calibration, "
                  "the search judges on selection, the result is reported on test")
-    if precision == "int8":
+    if precision == "int8" and accuracy.is_quantized_model(model):
+        notes.append("the model is already quantized: it and every rewrite of it are judged as they are, "
+                     "without quantizing them again")
+    elif precision == "int8":
         notes.append("every model is judged in int8, as the target runs it: onnxruntime's static QDQ quantization "
                      "(per-channel int8 weights, MinMax-calibrated int8 activations) on the calibration split")
     search_data.allowed_drop = allowed
@@ -149,19 +158,6 @@ def _check_resolution(samples: int, split, original_score, metric: str, allowed:
                           "--data or with --passes naming only exact ones")
 
 
-def _measure_side_by_side(original: Model, optimized: Model, target: Target, rounds: int = 5) -> dict:
-    """Median latency of both models, timed in alternation so that machine noise hits both alike."""
-    sessions = [session_for(m, target) for m in (original, optimized)]
-    feeds = seeded_inputs(original)
-    medians = [[], []]
-    for _ in range(rounds):
-        for index, sess in enumerate(sessions):
-            medians[index].append(time_session(sess, feeds, warmup=3, runs=15).median_s)
-    original_s, optimized_s = (sorted(m)[len(m) // 2] for m in medians)
-    return {"target": target.name, "original_ms": original_s * 1e3, "optimized_ms": optimized_s * 1e3,
-            "rounds": rounds}
-
-
 def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: str | None = None,
              max_drop: str = "1.0", max_params: int | None = None, max_activation: int | None = None,
              passes: list[str] | None = None, search: str = "greedy", beam_width: int = 4,
@@ -179,7 +175,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     if not model.graph_inputs:  # no latency to win and nothing to judge: say so before any search or write
         raise TailorError("the model has no inputs: its outputs are constants, so there is nothing to optimize")
     target = target if isinstance(target, Target) else load_target(target)
-    precision = precision or target.precision
+    chosen_precision, precision = precision, precision or target.precision
     if precision not in PRECISIONS:
         raise TailorError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if acceptance not in ACCEPTANCES:
@@ -195,7 +191,16 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
         notes.append("--max-drop 0: only exact rewrites were tried")
     if data is not None:
         lossy = any(get_pass(name).exactness is Exactness.LOSSY for name in names)
-        search_data = _search_data(model, data, metric, max_drop, seed, split, (precision, acceptance), lossy, notes)
+        try:
+            search_data = _search_data(model, data, metric, max_drop, seed, split, (precision, acceptance), lossy,
+                                       notes)
+        except QuantizationError as exc:
+            if chosen_precision is not None or precision == "fp32":
+                raise
+            # The target's int8 was only a default: judging in fp32 with a note beats refusing the model.
+            notes.append(f"judged in fp32, not in {target.name}'s int8: {exc}; the int8 model may lose more")
+            search_data = _search_data(model, data, metric, max_drop, seed, split, ("fp32", acceptance), lossy,
+                                       notes)
     else:
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
     constraints = Constraints(parse_max_drop(max_drop) if data is not None else None, max_params, max_activation)
@@ -226,7 +231,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     fingerprint = search_data.calibration_fingerprint if search_data else None
     if search_data is not None:
         fractions = accuracy.parse_split(split)
-        data_info = {"source": str(data) if not isinstance(data, accuracy.Dataset) else "in-memory",
+        data_info = {"source": str(data) if not isinstance(data, accuracy.Dataset) else IN_MEMORY,
                      "seed": seed, "fraction": fractions[0], "split": list(fractions)}
     recipe = Recipe(model.content_hash, chosen.steps, dict(model.input_shapes), fingerprint, data_info, target.name)
     path = replay_each(recipe, model, calib, fingerprint)  # the original, then the model after each step
@@ -246,11 +251,13 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
         if judgement.over_budget:
             raise RuntimeError(f"the final model breaks the budget on re-evaluation ({judgement.over_budget}); "
                                "nothing was written (a bug: please report it)")
-    measured = _measure_side_by_side(model, final, target) if measure and target.kind == "ort" else None
+    measured = ctx.measured.along(path[:len(recipe.steps) + 1])  # what the search already timed, if it did
+    if measured is None and measure and target.kind == "ort":
+        measured = ctx.measured.side_by_side(model, final)
     if measure and target.kind != "ort":
         notes.append(f"--measure times models with onnxruntime; {target.name} is {target.kind}, so nothing was timed")
     report = build_report(ctx, final_node, search, notes, measured, test)
-    return OptimizeResult(final, report, recipe, notes, ctx)
+    return OptimizeResult(stamped(final, model, recipe), report, recipe, notes, ctx)
 
 
 def _holding_on_test(data: SearchData, path: list[Model], notes: list[str]) -> tuple[int, dict]:
@@ -287,14 +294,17 @@ def _why_nothing_helped(ctx: SearchContext) -> str:
     slower = sum("predicted slower" in o for o in outcomes)
     budget = sum("over the budget" in o for o in outcomes)
     error = sum("too large" in o for o in outcomes)
+    timed = sum("not measurably faster" in o for o in outcomes)
+    measured = f", {timed} not measurably faster" if timed else ""
     return (f"nothing beat the original ({len(outcomes)} candidates: {slower} predicted no faster, {budget} over "
-            f"a budget, {error} with too large a local error); the original is returned unchanged")
+            f"a budget, {error} with too large a local error{measured}); the original is returned unchanged")
 
 
 def _check_loadable(model: Model) -> None:
     """The written model must pass the onnx checker and load in onnxruntime."""
     try:
-        onnx.checker.check_model(model.proto)
+        if model.fits:  # past 2 GiB the checker cannot take it; onnxruntime's own checks still run
+            onnx.checker.check_model(model.proto)
         session(model)
     except Exception as exc:  # a bug, not a user error: keep the cause
         raise RuntimeError(f"the optimized model failed its final check: {exc}") from exc

@@ -6,21 +6,30 @@ fingerprint of the calibration data it was fitted on). Replaying checks both
 and refuses anything else, so the same recipe on the same model and data
 gives a byte-identical model; `optimize` writes its own result by replaying
 its recipe, so that this holds by construction.
+
+The data's path is written relative to the recipe file and read back
+relative to it, so that a recipe and its data can move together (a
+repository, an artifact folder); the fingerprint, not the path, is what
+replaying checks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..accuracy import RANDOM
 from ..errors import TailorError
 from ..ir import Model
 from ..ir.io import write_text_atomic
 from ..passes import Exactness, Step, apply_step, get_pass
 
 FORMAT = "onnx-tailor-recipe/1"
+IN_MEMORY = "in-memory"  # the data source of a recipe made from arrays handed over in Python
 
 
 class RecipeError(TailorError):
@@ -35,6 +44,7 @@ class Recipe:
     calibration_fingerprint: str | None = None  # of the data lossy steps were fitted on
     data: dict | None = None  # how the data was split (path, seed, calibration fraction, all three fractions)
     target: str | None = None
+    origin: Path | None = field(default=None, compare=False)  # the file it was read from, for messages
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "source_model_hash": self.source_hash, "target": self.target,
@@ -42,8 +52,38 @@ class Recipe:
                 "calibration": {"fingerprint": self.calibration_fingerprint, **(self.data or {})},
                 "steps": [s.to_dict() for s in self.steps]}
 
+    @property
+    def content_hash(self) -> str:
+        """sha256 of what decides the replayed model: the source model, shapes, target, calibration
+        fingerprint and split, and the steps; not where the data file was (that depends on where the
+        recipe is written)."""
+        content = self.to_dict()
+        content["calibration"].pop("source", None)
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def data_source(self) -> str | None:
+        """The data the recipe was made with: a path (for a recipe read from a file, joined to the
+        recipe's folder, so that it holds from any working folder), 'random', or None when it was made
+        without data or with data held in memory."""
+        source = (self.data or {}).get("source")
+        return None if source in (None, IN_MEMORY) else source
+
+    def to_json(self, path: Path) -> str:
+        """recipe.json's text for a recipe to be written at `path`: a data path is stored relative to
+        the recipe's folder."""
+        content = self.to_dict()
+        source = content["calibration"].get("source")
+        if source not in (None, IN_MEMORY) and Path(source).exists():
+            folder = Path(path).resolve().parent
+            try:
+                content["calibration"]["source"] = Path(os.path.relpath(Path(source).resolve(), folder)).as_posix()
+            except ValueError:  # on another drive (Windows): no relative path exists, the absolute one stays
+                content["calibration"]["source"] = str(Path(source).resolve())
+        return json.dumps(content, indent=2) + "\n"
+
     def write(self, path: Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text_atomic(path, self.to_json(path))
 
     @property
     def needs_data(self) -> bool:
@@ -104,16 +144,19 @@ def _parse(raw: dict, where: _Where) -> Recipe:
     calibration = dict(calibration)
     _check_calibration(calibration, where)
     fingerprint = calibration.pop("fingerprint", None)
+    source = calibration.get("source")
+    if isinstance(source, str) and source not in (IN_MEMORY, RANDOM) and not Path(source).is_absolute():
+        calibration["source"] = str(Path(where.path).parent / source)
     return Recipe(raw["source_model_hash"], steps, {k: tuple(v) for k, v in shapes.items()},
-                  fingerprint, calibration or None, raw.get("target"))
+                  fingerprint, calibration or None, raw.get("target"), Path(where.path))
 
 
 def _step(raw, where: _Where, key: str) -> Step:
     if not isinstance(raw, dict):
         raise where.wrong(key, "an object with 'pass', 'anchor' and 'params'", raw)
-    for field in ("pass", "anchor"):
-        if not isinstance(raw.get(field), str):
-            raise where.wrong(f"{key}.{field}", "a string", raw.get(field))
+    for name in ("pass", "anchor"):
+        if not isinstance(raw.get(name), str):
+            raise where.wrong(f"{key}.{name}", "a string", raw.get(name))
     params = raw.get("params", {})
     if not isinstance(params, dict):
         raise where.wrong(f"{key}.params", "an object of name -> value", params)

@@ -3,7 +3,9 @@
 The report explains every decision: the accuracy of the result on the test
 split, which the search never saw (`test`; the `metric` and `drop` of each
 model and step are on the selection split the search chose with); the chosen
-steps with their predicted latency, accuracy and memory; for every inverted-bottleneck block of the
+steps with their predicted latency, accuracy and memory, and whether each was
+accepted on measurement (timed against its parent, on targets measured here)
+or on the cost model alone; for every inverted-bottleneck block of the
 original, what happened to it (rewritten by which pass, or left alone and
 why: predicted slower, accuracy over budget, local error too large, memory
 over budget, or never reached); and the search's statistics.
@@ -18,7 +20,7 @@ from ..costmodel import simulate
 from ..errors import TailorError
 from .context import Node, SearchContext
 
-_PRECEDENCE = ("over the budget", "too large", "predicted slower")  # the most telling reason wins
+_PRECEDENCE = ("over the budget", "too large", "not measurably faster", "predicted slower")  # the most telling reason wins
 
 
 def node_summary(node: Node) -> dict:
@@ -59,7 +61,10 @@ def build_report(ctx: SearchContext, chosen: Node, search: str, notes: list[str]
     for step in chosen.steps:  # re-walk the chosen path through the cache for per-step figures
         path.append(step)
         node = next((n for n in ctx.evaluated if n.steps == tuple(path)), None)
-        steps.append({**step.to_dict(), **(node_summary(node) if node else {})})
+        comparison = ctx.measured.comparisons.get(node.key) if node else None
+        steps.append({**step.to_dict(), **(node_summary(node) if node else {}),
+                      "accepted_on": "measurement" if comparison else "cost model",
+                      "measured": comparison.to_dict() if comparison else None})
     return {
         "target": ctx.target.name,
         "search": search,
@@ -125,15 +130,24 @@ def format_report(report: dict) -> str:
                      f"({sim['original_ms'] / sim['optimized_ms']:.2f}x)")
     if report.get("measured"):
         m = report["measured"]
+        speedup = m.get("speedup") or m["original_ms"] / m["optimized_ms"]
+        chained = " (each step against its parent, as the search timed them)" if m.get("source") else ""
         lines.append(f"  measured on {m['target']}: {m['original_ms']:.3f} ms -> {m['optimized_ms']:.3f} ms "
-                     f"({m['original_ms'] / m['optimized_ms']:.2f}x)")
+                     f"({speedup:.2f}x){chained}")
     if report["steps"]:
-        lines.append("\n  step  rewrite" + " " * 45 + "latency ms   metric   local err")
+        on_measurement = any(s.get("measured") for s in report["steps"])
+        lines.append("\n  step  rewrite" + " " * 45 + "latency ms   metric   local err"
+                     + ("   measured" if on_measurement else ""))
         for i, s in enumerate(report["steps"], 1):
             name = f"{s['pass']}@{s['anchor']}"
             metric = f"{s['metric']['value']:.2f}" if s.get("metric") else "-"
             err = f"{s['local_error']:.3f}" if s.get("local_error") is not None else "-"
-            lines.append(f"  {i:>4}  {name[:50]:<52} {s.get('predicted_latency_ms', 0):>10.4f} {metric:>8} {err:>10}")
+            timed = f" {s['measured']['speedup']:>9.3f}x" if s.get("measured") else ""
+            lines.append(f"  {i:>4}  {name[:50]:<52} {s.get('predicted_latency_ms', 0):>10.4f} {metric:>8} {err:>10}"
+                         + timed)
+        if on_measurement:
+            lines.append("  every step was accepted on measurement: timed side by side with its parent "
+                         "(the measured column) and kept only when measurably faster")
     if report["blocks"]:
         lines.append("\n  IBN block decisions:")
         for d in report["blocks"]:

@@ -89,6 +89,24 @@ def test_outputs_without_a_batch_dimension_are_refused():
         accuracy.Evaluator().run(Model(proto), data)
 
 
+def test_an_output_without_a_batch_axis_beside_batched_ones_is_left_to_the_others():
+    """A recurrent model's final state ([layers, 1, hidden] whatever the batch) has no row per sample."""
+    per_sample = helper.make_node("Relu", ["x"], ["y"])
+    state = helper.make_node("ReduceMean", ["x"], ["h"], axes=[0], keepdims=1)
+    graph = helper.make_graph([per_sample, state], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4]),
+                               helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    model, evaluator = Model(proto), accuracy.Evaluator()
+    data = accuracy.Dataset({"x": np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)})
+    assert list(evaluator.run(model, data)) == ["y"]
+    assert evaluator.score(model, data, "cosine", reference=model).value == pytest.approx(1.0)
+    with pytest.raises(MetricError, match="output 'h' has no batch axis"):
+        evaluator.score(model, data, "cosine", reference=model, output="h")
+
+
 def test_optimization_level_is_a_parameter(tiny, tiny_data):
     plain = accuracy.Evaluator().run(tiny, tiny_data)
     optimized = accuracy.Evaluator(optimization=ort.GraphOptimizationLevel.ORT_ENABLE_ALL).run(tiny, tiny_data)

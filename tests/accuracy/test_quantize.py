@@ -158,3 +158,10 @@ def test_a_model_onnxruntime_cannot_quantize_is_a_one_line_error():
     with pytest.raises(QuantizationError, match="onnxruntime cannot quantize the model: .*Unheard") as caught:
         accuracy.quantize_qdq(Model(proto), calibration(4))
     assert "\n" not in str(caught.value)
+
+
+def test_an_already_quantized_model_is_judged_as_it_is(digits, int8_digits, digits_split):
+    """Quantizing a QDQ model again quantizes its quantizers (onnxruntime then cannot load its own output)."""
+    assert accuracy.is_quantized_model(int8_digits) and not accuracy.is_quantized_model(digits)
+    again = accuracy.quantize_qdq(int8_digits, digits_split.calibration.inputs)
+    assert again.content_hash == int8_digits.content_hash

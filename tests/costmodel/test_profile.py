@@ -33,17 +33,18 @@ def test_simulated_targets_are_measured_by_the_simulator():
     assert result.rows == simulate_entries(entries, P16)
     assert calls == []  # simulating reports no progress
     assert result.comments["target"] == "npu-p16" and result.comments["entries"] == "12"
-    assert result.comments["machine"] == "simulated npu-p16 (shared/design/npu-target.md)"
+    assert result.comments["machine"] == "simulated npu-p16 (docs/npu-target.md)"
     assert int(result.comments["took_s"]) >= 0
 
 
 def test_ort_targets_are_timed_with_progress():
     entries = [SweepEntry.make("eltwise", c=8, hw=7, kind="relu", ctx=0),
-               SweepEntry.make("eltwise", c=8, hw=7, kind="relu", ctx=1),  # in context: only for simulation
+               SweepEntry.make("eltwise", c=8, hw=7, kind="relu", ctx=1),  # the same kernel, measured once
                SweepEntry.make("pool", c=8, hw=8, kind="gap", ctx=0)]
     calls = []
     result = measure_sweep(iter(entries), load_target("cpu-ort"), lambda done, total: calls.append((done, total)))
-    assert [entry_id for entry_id, _ in result.rows] == [OVERHEAD_ID, entries[0].id, entries[2].id]
+    # every kernel is measured inside a network: filed under its in-context id
+    assert [entry_id for entry_id, _ in result.rows] == [OVERHEAD_ID, entries[1].id, entries[2].in_context.id]
     assert all(latency > 0 for _, latency in result.rows)
     assert calls == [(1, 2), (2, 2)]
     assert result.comments["target"] == "cpu-ort" and "CPUExecutionProvider" in result.comments["machine"]

@@ -15,7 +15,8 @@ import sys
 import onnx
 import pytest
 
-from onnx_tailor.errors import TailorError
+from onnx_tailor import accuracy
+from onnx_tailor.errors import QuantizationError, TailorError
 from onnx_tailor.ir import Model
 from onnx_tailor.passes import Exactness, get_pass
 from onnx_tailor.passes.canonicalize import canonicalize
@@ -69,6 +70,16 @@ def test_pass_params_fix_a_parameter_for_every_site_and_the_recipe_keeps_it(tiny
 def test_pass_params_for_a_pass_not_run_or_an_unknown_key_fail_before_the_search(tiny, given, message):
     with pytest.raises(TailorError, match=message):
         run(tiny, pass_params=given)
+
+
+def test_int8_by_default_falls_back_to_fp32_with_a_note_when_onnxruntime_cannot_quantize(tiny, monkeypatch):
+    def refuse(model, calibration):
+        raise QuantizationError("onnxruntime cannot quantize the model: 'scale'")
+    monkeypatch.setattr(accuracy, "quantize_qdq", refuse)
+    result = run(tiny)  # npu-p32 judges in int8 unless told otherwise
+    assert result.recipe.steps and any("judged in fp32" in note for note in result.notes)
+    with pytest.raises(QuantizationError):  # asked for by name, int8 is not silently dropped
+        run(tiny, precision="int8")
 
 
 def test_memory_budgets_are_respected(tiny):
@@ -250,9 +261,6 @@ def test_int8_judges_the_quantized_models_and_reports_fp32_beside(tiny, monkeypa
 
 
 def test_too_little_data_for_the_budget_is_refused_for_lossy_passes(tiny, digits):
-    from onnx_tailor import accuracy
-    from onnx_tailor.errors import TailorError
-
     model, split, _ = digits
     few = split.evaluation.subset(list(range(40)), "40 digits")
     with pytest.raises(TailorError, match=r"at least 100 samples in each of the selection and test splits \(286 in"):

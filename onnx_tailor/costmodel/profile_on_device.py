@@ -1,0 +1,109 @@
+"""Profile a sweep's kernel networks on a device that onnx-tailor does not run on (needs onnxruntime and numpy).
+
+`onnx-tailor costmodel sweep -o sweep/` copies this file into the sweep folder.
+On the device:
+
+    python sweep/profile_on_device.py --provider CPUExecutionProvider --threads 1
+
+runs every kernel network of `sweep/manifest.json` ("networks") with onnxruntime's profiler
+and writes, into `sweep/profiles/`, each network's trace (`<network>.json`)
+and the graph onnxruntime optimized it into (`<network>.optimized.onnx`), and
+`timings.json`: the median wall time of a whole run of a trivial model (the
+per-run overhead no node event covers) and of two chains of trivial nodes,
+one of them also profiled (`calibration_long.json`), which say what the
+profiler adds to every node. Back on a machine with onnx-tailor:
+
+    onnx-tailor costmodel measure --sweep sweep/ --profiles sweep/profiles -o mydev.csv
+
+reads each kernel's own node times from them (`costmodel.profiler`) into the
+measurements CSV that `costmodel fit` takes. It imports nothing of
+onnx-tailor's, so that the device needs nothing but onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+WARMUP = 5  # runs the profile reader leaves out (measure.PROFILE_WARMUP; a test keeps them equal)
+RUNS = 30
+
+
+def options(threads: int, **paths) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if paths:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(paths["prefix"])
+        opts.optimized_model_filepath = str(paths["optimized"])
+    return opts
+
+
+def feeds_for(session: ort.InferenceSession) -> dict:
+    rng = np.random.default_rng(0)
+    return {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+            for i in session.get_inputs()}
+
+
+def wall_median(session: ort.InferenceSession, warmup: int = 20, runs: int = 300) -> float:
+    """The median wall time of a whole `session.run`."""
+    feeds, samples = feeds_for(session), []
+    for index in range(warmup + runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        if index >= warmup:
+            samples.append(time.perf_counter() - start)
+    return float(np.median(samples))
+
+
+def run_profiled(session: ort.InferenceSession, trace: Path) -> None:
+    feeds = feeds_for(session)
+    for _ in range(WARMUP + RUNS):
+        session.run(None, feeds)
+    os.replace(session.end_profiling(), trace)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--provider", default="CPUExecutionProvider", help="the execution provider to profile")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (as the target profile says)")
+    parser.add_argument("--sweep", type=Path, default=Path(__file__).resolve().parent, help="the sweep folder")
+    args = parser.parse_args()
+    manifest = json.loads((args.sweep / "manifest.json").read_text())
+    out = args.sweep / "profiles"
+    out.mkdir(exist_ok=True)
+    timings = {"machine": f"{platform.machine()} {platform.processor()}; onnxruntime {ort.__version__} "
+                          f"{args.provider}; {args.threads} thread(s)"}
+    for key, file in (("overhead_s", "overhead.onnx"), ("calibration_short_s", "calibration_short.onnx"),
+                      ("calibration_long_s", "calibration_long.onnx")):
+        timings[key] = wall_median(ort.InferenceSession(str(args.sweep / file), options(args.threads),
+                                                        providers=[args.provider]))
+    calibration = ort.InferenceSession(str(args.sweep / "calibration_long.onnx"),
+                                       options(args.threads, prefix=out / "calibration_long",
+                                               optimized=out / "calibration_long.optimized.onnx"),
+                                       providers=[args.provider])
+    run_profiled(calibration, out / "calibration_long.json")
+    (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    for index, entry in enumerate(manifest["networks"]):
+        stem = Path(entry["network"]).stem
+        session = ort.InferenceSession(str(args.sweep / entry["network"]),
+                                       options(args.threads, prefix=out / stem,
+                                               optimized=out / f"{stem}.optimized.onnx"),
+                                       providers=[args.provider])
+        run_profiled(session, out / f"{stem}.json")
+        if (index + 1) % 50 == 0:
+            print(f"profiled {index + 1}/{len(manifest['networks'])}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
