@@ -1,14 +1,16 @@
 """The `onnx-tailor` command line. Thin: it parses, calls the library, prints.
 
-Exit codes: 0 success; 1 bad input (missing or invalid model, unknown pass or
-site, bad parameter, an output that cannot be written: a missing folder, a full
-disk, checked before the work starts where it can be); 2 bad usage (unknown
-option, missing argument, a value that does not parse, e.g. `--max-drop abc`);
-3 an exact rewrite failed its numerical check (a bug: please report it);
-4 `optimize`: no model meets the constraints; 5 `compare --fail-over X`: B is
-worse than A by more than X; 130 interrupted (Ctrl-C; during `optimize`'s
-search it first writes the best model found so far and its report, which says
-`"interrupted": true`).
+Exit codes: 0 success; 1 bad input (missing or invalid model, data, recipe or
+target profile, unknown pass or site, bad parameter, a size too big to
+allocate) or an output that cannot be written (a missing or read-only folder,
+a full disk: checked before the work starts where it can be); 2 bad usage
+(unknown option, missing argument, a value out of range or that does not
+parse, e.g. `--max-drop abc`); 3 an exact rewrite failed its numerical check
+(a bug: please report it); 4 `optimize`: no model meets the constraints;
+5 `compare --fail-over X`: B is worse than A by more than X; 130 interrupted
+(Ctrl-C; during `optimize`'s search it first writes the best model found so
+far and its report, which says `"interrupted": true`). Any other exit, or a
+traceback, is a bug.
 
 Every long command (optimize, evaluate, compare, costmodel measure) reports progress on stderr,
 each line prefixed with the seconds elapsed: `--quiet` silences it, `-v`
@@ -18,8 +20,10 @@ detail and timestamps) in F whatever the terminal shows.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -41,8 +45,29 @@ from .search import (SPLIT_PARTS, check_plotting_available, format_report, parse
 from .version import __version__
 
 
+# What the machine refuses (a read-only folder, a full disk, a quota): the user's to fix, so one line, exit 1.
+_ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
 class _Group(click.Group):
-    """Turns every `TailorError` into one line on stderr and its exit code: no traceback."""
+    """Turns every `TailorError`, and what the machine refuses (no space, no permission, no memory
+    for a size the input asked for), into one line on stderr and an exit code: no traceback."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as error:  # click would print the usage block and a blank line before it
+            where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+            click.echo(f"error: {error.format_message().rstrip('.')}{where}", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            click.echo(f"error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
 
     def invoke(self, ctx):
         try:
@@ -53,10 +78,41 @@ class _Group(click.Group):
         except KeyboardInterrupt:  # the shell's convention, 128 + SIGINT; optimize handles its own first
             click.echo("interrupted", err=True)
             sys.exit(INTERRUPTED)
+        except OSError as error:
+            if error.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            where = f"{error.filename}: " if error.filename else ""
+            click.echo(f"error: {where}{error.strerror or error}", err=True)
+            sys.exit(1)
+        except MemoryError as error:  # a backstop: sizes are checked before allocating where we know them
+            click.echo(f"error: out of memory: {str(error).strip() or 'an allocation failed'}", err=True)
+            sys.exit(1)
 
 
 INTERRUPTED = 130  # exit code after Ctrl-C
 COMPARE_FAILED = 5  # exit code of `compare --fail-over` when B is worse than A by more than allowed
+
+
+class _PositiveNumber(click.FloatRange):
+    """A float above 0 that is finite: click's range lets 'nan' (no comparison fails it) and 'inf' through."""
+
+    name = "positive number"
+
+    def __init__(self):
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+POSITIVE = _PositiveNumber()
+# A sweep is one microbenchmark model per entry, each timed for seconds: past this it never ends.
+SWEEP_SIZE = click.IntRange(10, 100_000)
+# numpy's generators take seeds in [0, 2**32) the same on every platform; a negative seed is refused by name.
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 def _parse_shape(ctx, param, values) -> dict[str, tuple[int, ...]]:
@@ -83,6 +139,11 @@ def _parse_params(ctx, param, values) -> dict[str, str]:
             raise click.BadParameter(f"'{value}' is not key=value (e.g. multiple=32)")
         params[key] = raw
     return params
+
+
+# Said wherever --metric is: a plug-in is code, and it runs the moment it is named.
+PLUGIN_NOTE = ("A module:function plug-in is imported from the Python path or else the current directory, "
+               "which runs the module's code: name only code you trust.")
 
 
 input_shape_option = click.option(
@@ -427,7 +488,7 @@ def costmodel():
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
               help="Add entries at this model's kernels and neighbouring channel counts (repeatable).")
-@click.option("--size", type=click.IntRange(min=10), default=600, show_default=True, help="Base sweep size.")
+@click.option("--size", type=SWEEP_SIZE, default=600, show_default=True, help="Base sweep size.")
 def costmodel_sweep(output, models, size):
     """Write the op sweep's microbenchmarks and their manifest.json."""
     entries = sweep_entries(size, [api.load(m) for m in models])
@@ -440,7 +501,7 @@ def costmodel_sweep(output, models, size):
 @click.option("--sweep", "sweep_dir", type=click.Path(file_okay=False), help="A sweep folder; default: the base sweep.")
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
               help="Add entries around this model's kernels (repeatable).")
-@click.option("--size", type=click.IntRange(min=10), default=600, show_default=True, help="Base sweep size.")
+@click.option("--size", type=SWEEP_SIZE, default=600, show_default=True, help="Base sweep size.")
 @click.option("--profiles", "profiles_dir", type=click.Path(file_okay=False),
               help="Read the sweep's kernel times from the profiles profile_on_device.py wrote on a device "
                    "(with --sweep; nothing is run here).")
@@ -558,7 +619,7 @@ def targets(as_json):
 @click.option("--data", metavar="D", help="Accuracy data: an .npz, an image folder or 'random' (see `evaluate --help`). "
                                           "Without it only exact passes run.")
 @click.option("--metric", metavar="NAME", help="top1 | agreement | cosine | sqnr | module:function "
-                                               "[default: top1 with labels, else agreement]")
+                                               "[default: top1 with labels, else agreement]. " + PLUGIN_NOTE)
 @click.option("--max-drop", callback=_check_max_drop, metavar="DROP|PCT%",
               help="Largest allowed drop of the metric against the original, in the metric's units (points of "
                    "100 for top1 and agreement, a fraction of 1 for cosine, dB for sqnr) or relative to the "
@@ -567,11 +628,11 @@ def targets(as_json):
 @click.option("--max-activation", type=click.IntRange(min=1), metavar="BYTES", help="Budget for peak activation bytes.")
 @click.option("--passes", "pass_list", metavar="A,B,C", help="Passes the search may use [default: all rewrites].")
 @click.option("--search", type=click.Choice(["greedy", "beam", "evolutionary"]), default="greedy", show_default=True)
-@click.option("--beam-width", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--beam-width", type=click.IntRange(1, 1024), default=4, show_default=True,
               help="Sequences kept by beam search (and half the evolutionary population).")
-@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--time-budget", type=POSITIVE, metavar="SECONDS",
               help="Stop searching after this long and keep the best so far.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split and the search.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the data split and the search.")
 @click.option("--emit", type=click.Choice(["fp32", "qdq"]), default="fp32", show_default=True,
               help="Write the optimized fp32 model, or its int8 QDQ quantization (calibrated on the calibration "
                    "split), the form NPU compilers take.")
@@ -771,10 +832,10 @@ def _data_options(command):
         click.option("--image-spec", metavar="JSON|FILE", help="How to preprocess an image folder (see above)."),
         click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
                      help="How many samples --data random makes."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of --data random."),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of --data random."),
         click.option("--output-name", metavar="NAME",
                      help="The model output metrics read (default: the first; cosine and sqnr: all)."),
-        click.option("--ci-width", type=click.FloatRange(min=0, min_open=True), metavar="WIDTH",
+        click.option("--ci-width", type=POSITIVE, metavar="WIDTH",
                      help="Warn when a 95% interval is wider (+-) than this, in the metric's units "
                           "(points for top1 and agreement, dB for sqnr): a change that small is noise."),
         click.option("--max-drop", hidden=True, expose_value=False, callback=_renamed_max_drop),
@@ -810,7 +871,7 @@ def _dataset(model, data, recipe_path, part, image_spec, samples, seed):
     original model's (--reference). With --reference, top1 is printed together with
     agreement, the steadier signal for telling a rewrite's effect from noise.
     A plug-in metric is module:function (see onnx_tailor/accuracy/metrics.py).
-""" + _DATA_HELP)
+    """ + PLUGIN_NOTE + "\n" + _DATA_HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--metric", metavar="NAME",
               help="top1 | agreement | cosine | sqnr | module:function  [default: top1 when the data has "
@@ -857,7 +918,7 @@ _COMPARED_COSTS = ("macs", "params", "param_bytes", "peak_activation_bytes")  # 
     or without a task metric in agreement (100 - agreement, points) or else cosine
     (1 - cosine). Exit codes: 0 compared (and within --fail-over); 1 bad input;
     2 bad usage; 5 over --fail-over.
-""" + _DATA_HELP)
+""" + PLUGIN_NOTE + "\n" + _DATA_HELP)
 @click.argument("model_a", type=click.Path(dir_okay=False))
 @click.argument("model_b", type=click.Path(dir_okay=False))
 @click.option("--metric", metavar="NAME",

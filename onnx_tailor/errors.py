@@ -21,6 +21,10 @@ class InputShapeError(TailorError):
     """A concrete input shape is needed and the model does not fix one."""
 
 
+class InputTypeError(TailorError):
+    """A model input of an element type onnx-tailor cannot make seeded values for (real data can feed it)."""
+
+
 class PassError(TailorError):
     """Unknown pass, unknown site, or a bad pass parameter."""
 

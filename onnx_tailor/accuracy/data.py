@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, InputTypeError
 from ..ir import BatchLayout, Model, batch_layout, seeded_samples
 from ..ir.batch import chunks
 
@@ -153,6 +153,9 @@ def _checked_labels(where: str, labels: np.ndarray, n: int) -> np.ndarray:
         raise DataError(f"{where}: {len(labels)} labels for {n} samples; give one label per sample")
     if labels.min() < 0:
         raise DataError(f"{where}: labels include {int(labels.min())}; class indices start at 0")
+    if int(labels.max()) > np.iinfo(np.int64).max:  # uint64 past int64 would wrap to a negative class
+        raise DataError(f"{where}: labels include {int(labels.max())}, more than any class index can be "
+                        f"(at most {np.iinfo(np.int64).max})")
     return labels.astype(np.int64, copy=False)
 
 
@@ -258,11 +261,31 @@ def load_npz(path: str | os.PathLike) -> Dataset:
         raise DataError(f"{path}: not an .npz archive{hint}")
     try:
         with np.load(path, allow_pickle=False) as archive:
+            _check_declared_size(path, archive)
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # corrupt members, object arrays
         raise DataError(f"{path}: cannot read: {_first_line(exc)}") from None
     labels = arrays.pop("labels", None)
     return Dataset(arrays, labels, str(path))
+
+
+# The most an .npz's arrays may declare together. A few compressed kilobytes can declare terabytes;
+# their headers are read first, so that the size is said instead of allocated.
+NPZ_LIMIT = 8 << 30
+
+
+def _check_declared_size(path: Path, archive) -> None:
+    total = 0
+    for member in archive.zip.namelist():
+        with archive.zip.open(member) as stream:
+            version = np.lib.format.read_magic(stream)
+            read_header = np.lib.format.read_array_header_1_0 if version < (2, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(stream)  # the header alone
+        total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if total > NPZ_LIMIT:
+        raise DataError(f"{path}: its arrays declare {total / (1 << 30):,.1f} GiB, over the {NPZ_LIMIT >> 30} GiB "
+                        "onnx-tailor reads; use fewer samples")
 
 
 def random_dataset(model: Model, samples: int = DEFAULT_RANDOM_SAMPLES, seed: int = 0) -> Dataset:
@@ -272,7 +295,7 @@ def random_dataset(model: Model, samples: int = DEFAULT_RANDOM_SAMPLES, seed: in
         raise DataError(f"random data needs at least one sample, not {samples}")
     try:
         inputs = seeded_samples(model, samples, seed)  # asks for --input-shape when a dimension is dynamic
-    except NotImplementedError as exc:
+    except InputTypeError as exc:
         raise DataError(f"random data: {exc}") from None
     return Dataset(inputs, None, f"random (seed {seed})")
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
@@ -37,6 +38,12 @@ import numpy as np
 from ..errors import DataError
 from ..ir import Model
 from .data import Dataset
+
+# An image larger than this is refused before it is decoded: a small file can declare a huge canvas
+# (Pillow only warns, on stderr, below twice its own limit). 2**26 is 64 Mpixel, past any photo a model is fed.
+IMAGE_PIXEL_LIMIT = 1 << 26
+# The most the decoded, resized images of a folder may take together (float32).
+BATCH_LIMIT = 4 << 30
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _ORDERS = ("rgb", "bgr")
@@ -183,14 +190,25 @@ def load_image_folder(folder: str | os.PathLike, model: Model,
         raise DataError("reading an image folder needs Pillow, an optional extra: "
                         "pip install 'onnx-tailor[images]'") from None
 
+    size = len(paths) * height * width * channels * 4
+    if size > BATCH_LIMIT:  # checked before numpy is asked for it
+        raise DataError(f"{folder}: {len(paths)} images of {height}x{width}x{channels} take {size / (1 << 30):.1f} GiB "
+                        f"as float32, over the {BATCH_LIMIT >> 30} GiB onnx-tailor reads at once; use a smaller "
+                        "\"size\" in the image spec or fewer images")
     batch = np.empty((len(paths), height, width, channels), dtype=np.float32)
     for index, path in enumerate(paths):
         try:
-            with Image.open(path) as image:
+            with warnings.catch_warnings():  # the size is checked below, and said in one line
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(path)
+            with image:  # open read the header only: the pixel count is known before decoding
+                if image.width * image.height > IMAGE_PIXEL_LIMIT:
+                    raise DataError(f"{path}: {image.width}x{image.height} pixels, more than the "
+                                    f"{IMAGE_PIXEL_LIMIT:,} onnx-tailor decodes (a decompression bomb?)")
                 image = image.convert("L" if channels == 1 else "RGB")
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
                 pixels = np.asarray(image, dtype=np.float32)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"{path}: cannot read as an image: {exc}") from None
         batch[index] = pixels.reshape(height, width, channels)
     if spec.order == "bgr":

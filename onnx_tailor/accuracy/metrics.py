@@ -24,7 +24,8 @@ cosine and sqnr compare every output (all of them concatenated per sample)
 unless `output` names one.
 
 Plug-in metrics, `--metric module:function`: the module is imported (from
-`sys.path`, or else the current directory) and the function called as
+`sys.path`, or else the current directory: importing runs its top-level
+code, so only name a module you trust) and the function called as
 
     function(outputs: dict[str, np.ndarray], dataset: Dataset,
              reference_outputs: dict[str, np.ndarray] | None) -> result
@@ -38,8 +39,8 @@ reference was given. The result is one of:
   score is their mean, with a bootstrap interval.
 A single number carries no per-sample spread, so its score has no
 confidence interval; return per-sample values to get one. A plug-in that
-cannot be imported, is not callable, raises, or returns anything else is a
-`MetricError` naming it and the underlying error.
+cannot be imported, is not callable, raises (`SystemExit` included), or
+returns anything else is a `MetricError` naming it and the underlying error.
 """
 
 from __future__ import annotations
@@ -242,6 +243,8 @@ def load_plugin(spec: str) -> Metric:
         raise MetricError(f"metric '{spec}' is not module:function")
     try:
         module = _import(module_name)
+    except SystemExit as exc:  # not an Exception: it would end onnx-tailor with its code and no word
+        raise MetricError(f"metric plug-in '{spec}': importing {module_name} called sys.exit({exc.code!r})") from None
     except Exception as exc:  # the module is the user's code: any failure in it is theirs to see
         raise MetricError(f"metric plug-in '{spec}': cannot import {module_name}: {_one_line(exc)}") from exc
     function = module
@@ -255,6 +258,8 @@ def load_plugin(spec: str) -> Metric:
     def compute(outputs: Outputs, dataset: Dataset, reference: Outputs | None, output: str | None) -> Score:
         try:
             result = function(dict(outputs), dataset, None if reference is None else dict(reference))
+        except SystemExit as exc:
+            raise MetricError(f"metric plug-in '{spec}' called sys.exit({exc.code!r})") from None
         except Exception as exc:
             raise MetricError(f"metric plug-in '{spec}' raised {_one_line(exc)}") from exc
         return _plugin_score(spec, result, len(dataset))

@@ -26,7 +26,7 @@ from ..ir import Model, seeded_inputs
 from ..ir.runtime import open_session
 from .profiler import profile_network, profiled_run, profiler_bias_s
 from .sweep import CALIBRATION_NODES, OVERHEAD_ENTRY, SweepEntry, calibration_chain
-from .target import Target
+from .target import Target, TargetError
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,12 @@ def machine_description(target: Target) -> str:
 
 
 def session_options(target: Target) -> ort.SessionOptions:
+    """Options of every session that times `target`; refuses a provider this onnxruntime does not have,
+    which it would only warn about before timing the CPU instead."""
+    available = ort.get_available_providers()
+    if target.execution_provider not in available:
+        raise TargetError(f"target {target.name}: execution provider {target.execution_provider} is not in this "
+                          f"onnxruntime (available: {', '.join(available)}); nothing measured")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = target.threads
@@ -66,7 +72,13 @@ def run_clock(target: Target) -> Callable[[], float]:
 
 
 def session_for(model: Model, target: Target) -> ort.InferenceSession:
-    return open_session(model, session_options(target), [target.execution_provider])
+    session = open_session(model, session_options(target), [target.execution_provider])
+    ran = session.get_providers()[0]
+    if ran != target.execution_provider:  # present but unusable here (a missing driver or library)
+        raise TargetError(f"target {target.name}: onnxruntime could not start {target.execution_provider} and fell "
+                          f"back to {ran}; nothing measured, so that no CSV records times of a provider that did "
+                          "not run")
+    return session
 
 
 def time_session(session: ort.InferenceSession, feeds: dict, warmup: int = 5, runs: int = 30,

@@ -108,8 +108,9 @@ def fit_profile(base: Target, measurements_path: str | Path, name: str, output: 
     The base target gives the datasheet fields (P, lanes, clock, memory,
     bandwidth, fusion); the measurements (a CSV of `id,latency_s`) are
     checked by fitting a cost model on them before anything is written, then
-    copied beside the profile as `output` with the suffix .csv. The written
-    profile is loaded back, so that what is written is known to load.
+    copied beside the profile as `output` with the suffix .csv (refused when
+    another file is there). The written profile is loaded back, so that what
+    is written is known to load.
     """
     source = Path(measurements_path)
     cost_model = CostModel.fit(base, read_measurements(source))  # fails here, not later, if the data cannot train
@@ -121,6 +122,11 @@ def fit_profile(base: Target, measurements_path: str | Path, name: str, output: 
                    fusable_activations=list(base.fusable_activations), measurements=csv_path.name)
     if profile["kind"] == "import":
         profile.pop("execution_provider")
-    write_text_atomic(csv_path, source.read_text())
+    text = source.read_text()
+    if csv_path.exists() and (not csv_path.is_file() or csv_path.read_text() != text):
+        # The profile names its CSV by the profile's own name; another file there is someone's data.
+        raise TargetError(f"{csv_path} exists and holds other measurements; the profile {out.name} keeps its "
+                          "measurements there: move it, or choose another -o")
+    write_text_atomic(csv_path, text)
     write_text_atomic(out, json.dumps(profile, indent=2) + "\n")
     return FittedProfile(parse_target(out), cost_model)

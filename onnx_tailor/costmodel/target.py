@@ -16,6 +16,7 @@ the learned cost model trains on.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -77,8 +78,22 @@ _REQUIRED = {
     "ort": (),  # execution_provider defaults to the CPU
     "import": ("measurements",),
 }
-_POSITIVE = ("parallelism", "vector_lanes", "clock_hz", "dram_bytes_per_cycle", "element_bytes", "threads")
-
+# Each field's type and range: (kind, low, high). "int" takes an integral JSON number (16, or 16.0), never
+# 16.5; "number" a finite one (JSON's NaN and 1e400, which reads as infinity, are refused). The upper
+# bounds are far past any real device and keep the simulator's and onnxruntime's sizes sane (a profile
+# with 100000 threads hung `costmodel measure`).
+_FIELDS = {
+    "name": ("str",), "kind": ("str",), "description": ("str",), "execution_provider": ("str",),
+    "measurements": ("str?",), "fusable_activations": ("str list",),
+    "parallelism": ("int", 1, 1 << 16),
+    "vector_lanes": ("int", 1, 1 << 16),
+    "clock_hz": ("number", 1e3, 1e12),
+    "sram_bytes": ("int", 0, 1 << 48),
+    "dram_bytes_per_cycle": ("number", 1e-6, 1e9),
+    "dispatch_cycles": ("int", 0, 1 << 40),
+    "element_bytes": ("int", 1, 8),
+    "threads": ("int", 1, 1024),
+}
 
 def builtin_targets() -> list[str]:
     folder = resources.files(__package__) / "targets"
@@ -122,13 +137,29 @@ def parse_target(path: Path) -> Target:
     if missing:
         raise TargetError(f"{path}: a '{raw['kind']}' profile needs '{missing[0]}'")
     for key, value in raw.items():
-        expected = {f.name: f.type for f in fields(Target)}[key]
-        if "int" in expected or "float" in expected:
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise TargetError(f"{path}: '{key}' must be a number, got {value!r}")
-            if key in _POSITIVE and value <= 0:
-                raise TargetError(f"{path}: '{key}' must be positive, got {value!r}")
-            if value < 0:
-                raise TargetError(f"{path}: '{key}' must not be negative, got {value!r}")
+        raw[key] = _checked(path, key, value)
     raw["fusable_activations"] = tuple(raw.get("fusable_activations", ()))
     return Target(**raw, source=path)
+
+
+def _checked(path: Path, key: str, value):
+    """`value` of profile field `key` if it has the field's type and range (an integral float as an int)."""
+    kind, *bounds = _FIELDS[key]
+    if kind in ("str", "str?"):
+        if isinstance(value, str) or (kind == "str?" and value is None):
+            return value
+        raise TargetError(f"{path}: '{key}' must be a string, got {json.dumps(value)[:60]}")
+    if kind == "str list":  # a bare string would be read as a list of its letters
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise TargetError(f"{path}: '{key}' must be a list of strings (e.g. [\"relu\"]), got {json.dumps(value)[:60]}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise TargetError(f"{path}: '{key}' must be a finite number, got {value!r}")
+    if kind == "int":
+        if value != int(value):
+            raise TargetError(f"{path}: '{key}' must be a whole number, got {value!r}")
+        value = int(value)
+    low, high = bounds
+    if not low <= value <= high:
+        raise TargetError(f"{path}: '{key}' must be from {low:g} to {high:g}, got {value!r}")
+    return value

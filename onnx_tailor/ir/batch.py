@@ -247,10 +247,10 @@ def seeded_samples(model: Model, count: int, seed: int = 0) -> dict[str, np.ndar
         dtype = input_numpy_type(vi)
         one = layout.per_sample(vi.name, model.input_shapes[vi.name])
         if layout.inputs[vi.name] is None:
-            value = random_array(rng, dtype, one, limits.get(vi.name))
+            value = random_array(rng, dtype, one, limits.get(vi.name), vi.name)
             samples[vi.name] = np.repeat(value[None], count, axis=0)
         else:
-            samples[vi.name] = random_array(rng, dtype, (count, *one), limits.get(vi.name))
+            samples[vi.name] = random_array(rng, dtype, (count, *one), limits.get(vi.name), vi.name)
     return samples
 
 

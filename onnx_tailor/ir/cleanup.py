@@ -47,6 +47,9 @@ def lift_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
             kept.append(node)
             continue
+        if len(node.attribute) != 1:  # the checker lets a Constant without its value through
+            raise ModelLoadError(f"invalid ONNX model: Constant node '{node.name or node.output[0]}' has "
+                                 f"{len(node.attribute)} attributes; a Constant holds exactly one value")
         attr = node.attribute[0]
         kind = attr.name
         if kind == "value":

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import InputShapeError
+from ..errors import InputShapeError, InputTypeError
 from .indices import index_limits
 from .large import inference_session
 
@@ -60,7 +60,8 @@ def seeded_inputs(model: Model, seed: int = 0) -> dict[str, np.ndarray]:
     values below `integer_limits` (inside every table the input indexes)."""
     rng = np.random.default_rng(seed)
     limits = integer_limits(model)
-    return {vi.name: random_array(rng, input_numpy_type(vi), model.input_shapes[vi.name], limits.get(vi.name))
+    return {vi.name: random_array(rng, input_numpy_type(vi), model.input_shapes[vi.name], limits.get(vi.name),
+                                   vi.name)
             for vi in model.graph_inputs}
 
 
@@ -114,12 +115,25 @@ def input_numpy_type(vi: onnx.ValueInfoProto) -> type:
     elem = vi.type.tensor_type.elem_type
     dtype = _NUMPY_DTYPE.get(elem)
     if dtype is None:
-        raise NotImplementedError(f"no random input generator for element type {elem} of '{vi.name}'")
+        kind = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else str(elem)
+        raise InputTypeError(f"no random input generator for element type {kind} of '{vi.name}'; "
+                             "give real inputs with --data")
     return dtype
 
 
-def random_array(rng: np.random.Generator, dtype: type, shape: tuple[int, ...], limit: int | None) -> np.ndarray:
-    """Standard normal floats, booleans, or integers in [0, limit)."""
+# The most one seeded array may take. A valid but absurd shape (a 1e9-pixel image) would otherwise end in
+# an allocation failure, or the kernel's OOM killer, instead of a message saying which input is too big.
+SEEDED_ARRAY_LIMIT = 1 << 30
+
+
+def random_array(rng: np.random.Generator, dtype: type, shape: tuple[int, ...], limit: int | None,
+                 name: str = "") -> np.ndarray:
+    """Standard normal floats, booleans, or integers in [0, limit); refuses one over SEEDED_ARRAY_LIMIT bytes."""
+    size = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize  # object: no int64 overflow
+    if size > SEEDED_ARRAY_LIMIT:
+        raise InputShapeError(f"seeded inputs for '{name}' {list(shape)} would take {size / (1 << 30):,.1f} GiB, "
+                              f"over the {SEEDED_ARRAY_LIMIT >> 30} GiB onnx-tailor allows; give a smaller "
+                              "--input-shape (or fewer --samples)")
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     if dtype is np.bool_:

@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..ir import Model
-from .base import Declined, Exactness, Param, Pass, Site
+from .base import MAX_MULTIPLE, Declined, Exactness, Param, Pass, Site
 from .channel_groups import Decline, dense_convs, plan_group
 from .channel_removal import REMOVAL_PARAMS, removal_summary, remove_channels
 
@@ -49,7 +49,8 @@ class AlignChannels(Pass):
     name = "align_channels"
     exactness = Exactness.LOSSY
     summary = "remove a Conv's output channels down to a multiple of P, refitting its consumers by least squares"
-    params = (Param("multiple", int, 32, "the parallelism factor P to align down to", at_least=2),) + REMOVAL_PARAMS
+    params = (Param("multiple", int, 32, "the parallelism factor P to align down to", at_least=2,
+                    at_most=MAX_MULTIPLE),) + REMOVAL_PARAMS
 
     def survey(self, model: Model, params: dict[str, Any]) -> Iterable[Site | Declined]:
         multiple = params["multiple"]

@@ -16,6 +16,7 @@ records: a site without its match, valid on any model that has the site.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
@@ -86,6 +87,11 @@ class Declined:
     reason: str
 
 
+# The widest parallelism factor P a pass aligns to. Real accelerators compute 8 to 1024 channels at
+# once; past this a padded weight is gigabytes (pad_channels to 1e9 channels asked numpy for 134 GiB).
+MAX_MULTIPLE = 4096
+
+
 @dataclass(frozen=True)
 class Param:
     """A pass parameter as the CLI's `--param key=value` and the API see it, with the values it takes.
@@ -112,6 +118,8 @@ class Param:
                 value = self.type(raw)
             except (TypeError, ValueError):
                 raise PassError(f"{pass_name}: parameter '{self.name}' needs a {self.type.__name__}, got '{raw}'") from None
+        if isinstance(value, float) and not math.isfinite(value):  # 'nan' and 'inf' parse, and fit nothing
+            raise PassError(f"{pass_name}: {self.name} must be a finite number, got {value!r}")
         if not self.accepts(value):
             raise PassError(f"{pass_name}: {self.name} must be {self.allowed}, got {value!r}")
         return value

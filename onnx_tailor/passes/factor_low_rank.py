@@ -81,7 +81,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir import Model
-from .base import Declined, Exactness, Param, Pass, Site
+from .base import MAX_MULTIPLE, Declined, Exactness, Param, Pass, Site
 from .capture import Calibration, capture
 from .conv_geometry import ConvGeometry
 from .graph_edit import fresh_name, nodes_by_name
@@ -111,7 +111,8 @@ class FactorLowRank(Pass):
         Param("rank", int, 0, "rank r of the factors; 0 chooses it by energy", at_least=0),
         Param("energy", float, 0.99, "keep the smallest r whose singular values hold this fraction of ||W||^2",
               above=0.0, at_most=1.0),
-        Param("multiple", int, 1, "round r up to a multiple of P, the target's parallelism factor", at_least=1),
+        Param("multiple", int, 1, "round r up to a multiple of P, the target's parallelism factor", at_least=1,
+              at_most=MAX_MULTIPLE),
         Param("method", str, "svd", "svd (best for the weights) or whitened (best for the outputs on calibration data)",
               choices=("svd", "whitened")),
     )

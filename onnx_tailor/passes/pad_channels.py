@@ -38,7 +38,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..ir import Model
-from .base import Declined, Exactness, Param, Pass, Site
+from .base import MAX_MULTIPLE, Declined, Exactness, Param, Pass, Site
 from .channel_edit import Pad, edit_group
 from .channel_groups import Decline, dense_convs, plan_group
 
@@ -47,7 +47,8 @@ class PadChannels(Pass):
     name = "pad_channels"
     exactness = Exactness.EXACT
     summary = "pad a Conv's output channels with zero filters up to a multiple of P"
-    params = (Param("multiple", int, 32, "the parallelism factor P to align to", at_least=2),)
+    params = (Param("multiple", int, 32, "the parallelism factor P to align to", at_least=2,
+                    at_most=MAX_MULTIPLE),)
 
     def survey(self, model: Model, params: dict[str, Any]) -> Iterable[Site | Declined]:
         multiple = params["multiple"]

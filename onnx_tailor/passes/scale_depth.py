@@ -39,7 +39,7 @@ from typing import Any, Iterable
 
 from ..analysis import IBNBlock, find_ibn_blocks
 from ..ir import Model
-from .base import Declined, Exactness, Param, Pass, Site
+from .base import MAX_MULTIPLE, Declined, Exactness, Param, Pass, Site
 from .channel_groups import ChannelGroup, Decline, plan_group
 from .channel_removal import REMOVAL_PARAMS, remove_channels
 
@@ -64,7 +64,8 @@ class ScaleDepth(Pass):
     summary = "narrow an IBN block's expansion to alpha x its width, aligned to P, refitting the projection"
     params = (
         Param("alpha", float, 0.75, "the width multiplier", above=0.0, at_most=1.0),
-        Param("multiple", int, 8, "the parallelism factor P the new width is a multiple of", at_least=1),
+        Param("multiple", int, 8, "the parallelism factor P the new width is a multiple of", at_least=1,
+              at_most=MAX_MULTIPLE),
     ) + REMOVAL_PARAMS
 
     def survey(self, model: Model, params: dict[str, Any]) -> Iterable[Site | Declined]:

@@ -82,6 +82,8 @@ def parse_max_drop(text: str) -> AccuracyBudget:
     except ValueError:
         raise TailorError(f"--max-drop '{text}' is not a number of points (e.g. 1.0) or a percentage (e.g. 1%)") \
             from None
+    if not math.isfinite(amount):  # float() reads 'nan' and 'inf', which no comparison can budget
+        raise TailorError(f"--max-drop must be a finite number of points or a percentage, got {text}")
     if amount < 0:
         raise TailorError(f"--max-drop must not be negative, got {text}")
     return AccuracyBudget(amount, relative)

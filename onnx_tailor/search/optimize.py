@@ -219,6 +219,8 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     started = time.perf_counter()
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
+    if not model.graph_inputs:  # no latency to win and nothing to judge: say so before any search or write
+        raise TailorError("the model has no inputs: its outputs are constants, so there is nothing to optimize")
     target = target if isinstance(target, Target) else load_target(target)
     chosen_precision, precision = precision, precision or target.precision
     if precision not in PRECISIONS:
@@ -229,6 +231,11 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     names = _passes(passes)
     pass_params = _pass_params(pass_params or {}, names)
     search_data, accuracy_budget = None, None
+    if data is not None and max_drop is not None and parse_max_drop(max_drop).amount == 0:
+        # "No loss" means no lossy rewrite: one that flips no sample of the selection split still changes
+        # the outputs, and would be accepted by a zero budget on that split alone.
+        names = [name for name in names if get_pass(name).exactness is Exactness.EXACT]
+        notes.append("--max-drop 0: only exact rewrites were tried")
     if data is not None:
         lossy = any(get_pass(name).exactness is Exactness.LOSSY for name in names)
         try:
@@ -254,6 +261,9 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
             progress(line)
     ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params,
                         started)
+    if not ctx.root.latency_s:  # its outputs are its inputs or constants: no speed-up can be measured against 0
+        raise TailorError("the model runs no kernel (its outputs are its inputs or constants): there is nothing "
+                          "to optimize")
     interrupted = False
     try:
         if search == "greedy":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,20 +100,90 @@ def read_recipe(path: Path) -> Recipe:
         raise RecipeError(f"{path}: not a recipe ({exc})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise RecipeError(f"{path}: not an onnx-tailor recipe (format is not {FORMAT})")
-    try:
-        steps = tuple(Step(s["pass"], s["anchor"], tuple(sorted(s.get("params", {}).items()))) for s in raw["steps"])
-        for step in steps:
-            get_pass(step.pass_name)
-        calibration = dict(raw.get("calibration") or {})
-        fingerprint = calibration.pop("fingerprint", None)
-        source = calibration.get("source")
-        if isinstance(source, str) and source not in (IN_MEMORY, RANDOM) and not Path(source).is_absolute():
-            calibration["source"] = str(Path(path).parent / source)
-        return Recipe(raw["source_model_hash"], steps,
-                      {k: tuple(v) for k, v in (raw.get("input_shapes") or {}).items()},
-                      fingerprint, calibration or None, raw.get("target"), Path(path))
-    except (KeyError, TypeError) as exc:
-        raise RecipeError(f"{path}: malformed recipe (missing {exc})") from None
+    return _parse(raw, _Where(path))
+
+
+class _Where:
+    """Says which field of which recipe is wrong, and what it should have been."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def wrong(self, key: str, expected: str, value) -> RecipeError:
+        return RecipeError(f"{self.path}: malformed recipe: '{key}' must be {expected}, not {json.dumps(value)[:60]}")
+
+    def missing(self, key: str) -> RecipeError:
+        return RecipeError(f"{self.path}: malformed recipe: '{key}' is missing")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse(raw: dict, where: _Where) -> Recipe:
+    """Every field checked for its type before use: a hand-edited recipe fails here, in one line."""
+    for key in ("source_model_hash", "steps"):
+        if key not in raw:
+            raise where.missing(key)
+    if not isinstance(raw["source_model_hash"], str):
+        raise where.wrong("source_model_hash", "a string", raw["source_model_hash"])
+    if raw.get("target") is not None and not isinstance(raw["target"], str):
+        raise where.wrong("target", "a string", raw["target"])
+    if not isinstance(raw["steps"], list):
+        raise where.wrong("steps", "a list of steps", raw["steps"])
+    steps = tuple(_step(step, where, f"steps[{index}]") for index, step in enumerate(raw["steps"]))
+    shapes = raw.get("input_shapes") or {}
+    if not isinstance(shapes, dict):
+        raise where.wrong("input_shapes", "an object of input name -> [dims]", shapes)
+    for name, dims in shapes.items():
+        if not (isinstance(dims, list) and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                               for d in dims)):
+            raise where.wrong(f"input_shapes.{name}", "a list of positive integers", dims)
+    calibration = raw.get("calibration") or {}
+    if not isinstance(calibration, dict):
+        raise where.wrong("calibration", "an object", calibration)
+    calibration = dict(calibration)
+    _check_calibration(calibration, where)
+    fingerprint = calibration.pop("fingerprint", None)
+    source = calibration.get("source")
+    if isinstance(source, str) and source not in (IN_MEMORY, RANDOM) and not Path(source).is_absolute():
+        calibration["source"] = str(Path(where.path).parent / source)
+    return Recipe(raw["source_model_hash"], steps, {k: tuple(v) for k, v in shapes.items()},
+                  fingerprint, calibration or None, raw.get("target"), Path(where.path))
+
+
+def _step(raw, where: _Where, key: str) -> Step:
+    if not isinstance(raw, dict):
+        raise where.wrong(key, "an object with 'pass', 'anchor' and 'params'", raw)
+    for name in ("pass", "anchor"):
+        if not isinstance(raw.get(name), str):
+            raise where.wrong(f"{key}.{name}", "a string", raw.get(name))
+    params = raw.get("params", {})
+    if not isinstance(params, dict):
+        raise where.wrong(f"{key}.params", "an object of name -> value", params)
+    get_pass(raw["pass"])  # an unknown pass fails before any model is loaded
+    return Step(raw["pass"], raw["anchor"], tuple(sorted(params.items())))
+
+
+# How each calibration field must look: how `api.apply_recipe` splits the data again.
+_CALIBRATION = {
+    "fingerprint": ("a string", lambda v: isinstance(v, str)),
+    "source": ("a string (the data's path)", lambda v: isinstance(v, str)),
+    "seed": ("an integer from 0 to 2**32-1", lambda v: isinstance(v, int) and not isinstance(v, bool)
+             and 0 <= v < 2**32),
+    "fraction": ("a number between 0 and 1", lambda v: _is_number(v) and 0 < v < 1),
+    "split": ("three fractions [calibration, selection, test]",
+              lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(f) and 0 <= f <= 1 for f in v)),
+}
+
+
+def _check_calibration(calibration: dict, where: _Where) -> None:
+    for key, value in calibration.items():
+        if value is None or key not in _CALIBRATION:  # null: not recorded; unknown keys: a newer writer's
+            continue
+        expected, accepts = _CALIBRATION[key]
+        if not accepts(value):
+            raise where.wrong(f"calibration.{key}", expected, value)
 
 
 SPLIT_PARTS = ("calibration", "selection", "test")

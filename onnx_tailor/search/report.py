@@ -21,6 +21,7 @@ a key that changes meaning or type gets a new version.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import textwrap
@@ -228,6 +229,25 @@ def _block_rows(report: dict, width: int) -> list[str]:
     return lines
 
 
+def decimals(*pairs: tuple[float, float], least: int = 2, most: int = 8) -> int:
+    """Enough decimals that no change is rounded away: each (before, after) pair that differs prints
+    differently, and so does its difference (cosine 1.00 -> 1.00, drop 0.00 hid a drop of 0.0021)."""
+    places = least
+    for before, after in pairs:
+        if not all(isinstance(v, (int, float)) for v in (before, after)) or before == after \
+                or not math.isfinite(before - after):
+            continue
+        while places < most and (f"{before:.{places}f}" == f"{after:.{places}f}"
+                                 or float(f"{before - after:.{places}f}") == 0):
+            places += 1
+    return places
+
+
+def _fixed(value, places: int) -> str:
+    """`value` with `places` decimals; a string ("inf", an SQNR of identical outputs) as it is."""
+    return value if isinstance(value, str) else f"{value:.{places}f}"
+
+
 def format_report(report: dict, width: int | None = None) -> str:
     width = width or _width()
     o, b = report["original"], report["optimized"]
@@ -236,21 +256,22 @@ def format_report(report: dict, width: int | None = None) -> str:
              f"({report['speedup_predicted']:.2f}x)"]
     test = report.get("test")
     if test:
-        unit = test["original"]
-
-        def num(value):
-            return _number(unit, value)
-
         ci = test["drop_ci"]
-        interval = f", 95% CI [{num(ci[0])}, {num(ci[1])}]" if ci else ""
+        d = decimals((test["original"]["value"], test["optimized"]["value"]), (test["drop"], 0.0),
+                     (test["allowed_drop"], 0.0))
+        interval = f", 95% CI [{_fixed(ci[0], d)}, {_fixed(ci[1], d)}]" if ci else ""
         lines.append(f"  {test['original']['name']} in {test['precision']} on the test split (n={test['n']}, never seen "
-                     f"by the search): {num(test['original']['value'])} -> {num(test['optimized']['value'])} "
-                     f"(drop {num(test['drop'])}{interval}; budget {num(test['allowed_drop'])})")
+                     f"by the search): {_fixed(test['original']['value'], d)} -> "
+                     f"{_fixed(test['optimized']['value'], d)} "
+                     f"(drop {_fixed(test['drop'], d)}{interval}; budget {_fixed(test['allowed_drop'], d)})")
         if test.get("fp32"):
-            lines.append(f"  the same in fp32: {num(test['fp32']['original']['value'])} -> "
-                         f"{num(test['fp32']['optimized']['value'])}")
+            f32 = test["fp32"]
+            d = decimals((f32["original"]["value"], f32["optimized"]["value"]))
+            lines.append(f"  the same in fp32: {_fixed(f32['original']['value'], d)} -> "
+                         f"{_fixed(f32['optimized']['value'], d)}")
+        d = decimals((o["metric"]["value"], b["metric"]["value"]), (b["drop"], 0.0))
         lines.append(f"  on the selection split the search chose with (n={b['metric']['n']}): "
-                     f"{num(o['metric']['value'])} -> {num(b['metric']['value'])} (drop {num(b['drop'])})")
+                     f"{_fixed(o['metric']['value'], d)} -> {_fixed(b['metric']['value'], d)} (drop {_fixed(b['drop'], d)})")
     lines.append(f"  parameters {o['param_bytes']:,} B -> {b['param_bytes']:,} B; "
                  f"peak activations {o['peak_activation_bytes']:,} B -> {b['peak_activation_bytes']:,} B"
                  + (f"; MACs {o['macs']:,} -> {b['macs']:,}" if "macs" in o else ""))

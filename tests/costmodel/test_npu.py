@@ -143,7 +143,7 @@ def test_reshape_is_free_and_unmodelled_ops_are_warned_about():
     ("{not json", "not valid JSON"),
     ('{"name": "x", "kind": "npu"}', "needs 'parallelism'"),
     ('{"name": "x", "kind": "gpu"}', "kind 'gpu'"),
-    ('{"name": "x", "kind": "ort", "threads": -1}', "must be positive"),
+    ('{"name": "x", "kind": "ort", "threads": -1}', "'threads' must be from 1 to 1024, got -1"),
     ('{"name": "x", "kind": "ort", "speed": 3}', "unknown profile field 'speed'"),
 ])
 def test_malformed_profiles_are_one_line_errors(tmp_path, profile, message):

@@ -65,8 +65,10 @@ def test_aligned_convs_are_not_sites():
 
 
 def test_rejects_a_useless_multiple():
-    with pytest.raises(PassError, match="at least 2"):
+    with pytest.raises(PassError, match=r"in \[2, 4096\], got 1$"):
         pad.resolve_params({"multiple": "1"})
+    with pytest.raises(PassError, match=r"in \[2, 4096\], got 1000000000$"):  # would pad to gigabytes
+        pad.resolve_params({"multiple": "1000000000"})
     with pytest.raises(PassError, match="needs a int"):
         pad.resolve_params({"multiple": "wide"})
 

@@ -47,10 +47,13 @@ def test_finds_a_faster_model_within_the_accuracy_budget(tiny):
 
 
 def test_a_zero_budget_admits_only_exact_rewrites(tiny):
+    # A lossy step that flips no sample of the selection split would pass a zero budget judged there alone
+    # (on the digits model, 22 did): "no loss" means no lossy pass is tried at all.
     result = run(tiny, max_drop="0")
     assert all(get_pass(s.pass_name).exactness is Exactness.EXACT for s in result.recipe.steps)
-    fused = [e for e in result.context.log if e["step"]["pass"] == "fuse_ibn_expansion" and e["outcome"] != "feasible"]
-    assert fused and all("over the budget" in e["outcome"] or "predicted" in e["outcome"] for e in fused)
+    tried = {e["step"]["pass"] for e in result.context.log}
+    assert tried and all(get_pass(name).exactness is Exactness.EXACT for name in tried)
+    assert "--max-drop 0: only exact rewrites were tried" in result.report["notes"]
 
 
 def test_pass_params_fix_a_parameter_for_every_site_and_the_recipe_keeps_it(tiny):
