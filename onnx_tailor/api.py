@@ -105,7 +105,7 @@ def score(model: ModelLike, target: str = "npu-p32", input_shapes: Mapping[str, 
 
 
 def optimize(model: ModelLike, target: str = "npu-p32", data=None, *, metric: str | None = None,
-             max_drop: str = "1.0", max_params: int | None = None, max_activation: int | None = None,
+             max_drop: str | None = None, max_params: int | None = None, max_activation: int | None = None,
              passes: list[str] | None = None, search: str = "greedy", beam_width: int = 4,
              time_budget: float | None = None, seed: int = 0, split=accuracy.DEFAULT_SPLIT,
              precision: str | None = None, acceptance: str = "margin", measure: bool = False,
@@ -125,14 +125,16 @@ def optimize(model: ModelLike, target: str = "npu-p32", data=None, *, metric: st
     metric: top1, agreement, cosine, sqnr or "module:function"; default top1 when the data has labels,
         else agreement.
     max_drop: the largest allowed drop of the metric against the original, in the metric's units
-        ("1.0": one point of top1) or relative ("1%").
+        ("1.0": one point of top1) or relative ("1%"); default the metric's own (1 point of top1 or
+        agreement, 0.01 of cosine, 3 dB of sqnr); "0" tries exact rewrites only.
     max_params, max_activation: budgets in bytes for the parameters and the peak activation memory.
     passes: the passes the search may use (default: every rewrite; `onnx-tailor passes` lists them).
     pass_params: parameters fixed for every site the search tries, per pass, e.g.
         {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them.
     search: "greedy", "beam" (keeping `beam_width` sequences) or "evolutionary" (a population of twice
         `beam_width`).
-    time_budget: seconds after which the search stops with the best model so far (as Ctrl-C does).
+    time_budget: seconds, counted from this call, within which the search stops with the best model so
+        far (as Ctrl-C does), leaving time to replay, judge and check the result.
     precision: what accuracy is judged in, "fp32" or "int8" (every model quantized with onnxruntime's
         static QDQ quantization, calibrated on the calibration part); default the target's own.
     acceptance: "margin" (a candidate's drop plus one standard error must hold the budget) or "point".

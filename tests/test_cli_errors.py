@@ -199,10 +199,10 @@ def broken_digits(folder: Path, how: str) -> Path:
 # (id, how to build the command's arguments in tmp_path, exit code, a phrase of the message)
 CASES: list[tuple[str, Callable[[Path], list], int, str]] = [
     ("max-drop-nan", lambda d: ["optimize", DIGITS.path, "--data", DATA, "--max-drop", "nan", "-o", d / "out.onnx"],
-     1, "--max-drop must be a finite number"),
+     2, "must be a finite number of points or a percentage, got nan"),
     ("max-drop-inf-percent", lambda d: ["optimize", DIGITS.path, "--data", DATA, "--max-drop", "inf%", "-o",
-                                        d / "out.onnx"], 1, "--max-drop must be a finite number"),
-    ("evaluate-max-drop-nan", lambda d: ["evaluate", DIGITS.path, "--data", DATA, "--max-drop", "nan"],
+                                        d / "out.onnx"], 2, "must be a finite number of points or a percentage"),
+    ("evaluate-ci-width-nan", lambda d: ["evaluate", DIGITS.path, "--data", DATA, "--ci-width", "nan"],
      2, "'nan' is not a finite number"),
     ("time-budget-nan", lambda d: ["optimize", DIGITS.path, "--time-budget", "nan", "-o", d / "out.onnx"],
      2, "'nan' is not a finite number"),
@@ -296,7 +296,7 @@ def test_plugin_that_exits_is_an_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = plugin(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = run_cli("evaluate", DIGITS.path, "--data", DATA, "--metric", spec)
+    result = run_cli("evaluate", DIGITS.path, "--data", DATA, "--metric", spec, "--quiet")  # no progress line
     assert_one_line_error(result, 1, f"metric plug-in '{spec}' called sys.exit(0)")
     assert result.stdout == ""
 

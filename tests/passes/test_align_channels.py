@@ -155,5 +155,5 @@ def test_rejects_bad_parameters():
         align.resolve_params({"importance": "magic"})
     with pytest.raises(PassError, match="refit must be one of"):
         align.resolve_params({"refit": "sgd"})
-    with pytest.raises(PassError, match="at least 2"):
+    with pytest.raises(PassError, match=r"multiple must be in \[2, 4096\]"):
         align.resolve_params({"multiple": 1})
