@@ -30,10 +30,12 @@ from ..costmodel.target import Target
 from ..errors import TailorError
 from ..ir import Model, seeded_inputs, session
 from ..passes import Exactness, all_passes, get_pass
+from ..passes.tensor_cache import using
 from .beam import beam
 from .constraints import Constraints, parse_max_drop
 from .context import Judgement, SearchContext, SearchData
 from .evolutionary import evolutionary
+from .executor import new_cache
 from .greedy import greedy
 from .recipe import Recipe, replay_each
 from .report import build_report
@@ -168,12 +170,28 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
              time_budget: float | None = None, seed: int = 0, split=accuracy.DEFAULT_SPLIT,
              precision: str | None = None, acceptance: str = "margin", measure: bool = False,
              progress: Callable[[str], None] | None = None,
-             pass_params: dict[str, dict] | None = None) -> OptimizeResult:
+             pass_params: dict[str, dict] | None = None, workers: int | None = 1, ray: str | None = None,
+             cache_bytes: int | None = None) -> OptimizeResult:
     """Search for the fastest model that meets the constraints (see the module docstring).
 
     `precision` (fp32 | int8) is what accuracy is judged in; by default the target's own
     (int8 for the npu-* targets). `pass_params` fixes parameters of named passes for every site
-    the search tries, e.g. {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them."""
+    the search tries, e.g. {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them.
+    `workers` apply and evaluate candidates in parallel local processes (None: one per core), or
+    `ray` ('auto' or a cluster address) on Ray; the result is the same bytes as with one worker.
+    `cache_bytes` bounds each process's cache of calibration tensors (`passes.tensor_cache`;
+    None: a fraction of the memory, 0: no cache, every fit runs its models again)."""
+    if cache_bytes is not None and cache_bytes < 0:
+        raise TailorError(f"--cache-bytes must be 0 or more, not {cache_bytes}")
+    with using(new_cache(cache_bytes)):
+        return _optimize(model, target, data, metric, max_drop, max_params, max_activation, passes, search,
+                         beam_width, time_budget, seed, split, precision, acceptance, measure, progress,
+                         pass_params, (workers, ray, cache_bytes))
+
+
+def _optimize(model, target, data, metric, max_drop, max_params, max_activation, passes, search, beam_width,
+              time_budget, seed, split, precision, acceptance, measure, progress, pass_params,
+              execution) -> OptimizeResult:
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
     target = target if isinstance(target, Target) else load_target(target)
@@ -192,7 +210,8 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     else:
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
     constraints = Constraints(parse_max_drop(max_drop) if data is not None else None, max_params, max_activation)
-    ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params)
+    ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params,
+                        *execution)
     try:
         if search == "greedy":
             greedy(ctx)
@@ -202,6 +221,8 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
             evolutionary(ctx, population_size=max(beam_width, 2) * 2, seed=seed)
     except KeyboardInterrupt:
         notes.append("interrupted: the best model found so far is returned")
+    finally:
+        ctx.close()
     if ctx.out_of_time():
         notes.append(f"the time budget of {time_budget:g} s ran out: the best model found so far is returned")
     chosen = ctx.best
