@@ -71,6 +71,11 @@ class Model:
         """sha256 of the deterministic serialization: equal graphs hash equal."""
         return hashlib.sha256(self.serialized).hexdigest()
 
+    def __reduce__(self):
+        # To another process of a parallel search: the proto and what the constructor takes, not the
+        # derived facts (several times the proto's size), which the receiver derives again when it needs them.
+        return Model, (self._proto, self._shape_overrides, self._probe_inputs)
+
     def with_proto(self, proto: onnx.ModelProto) -> "Model":
         """A new model with the same input shapes around another proto."""
         return Model(proto, self._shape_overrides, self._probe_inputs)

@@ -129,7 +129,8 @@ class TensorCache:
         extra = []
         for tensor in self._interest:
             digest = digests.get(tensor)
-            if tensor in asked or digest is None or (digest, data) in self._entries or (digest, data) in self._pinned:
+            if (tensor in asked or digest is None or model.producer(tensor) is None
+                    or (digest, data) in self._entries or (digest, data) in self._pinned):
                 continue
             size = _estimated_bytes(model, tensor, samples)
             if size is None or size > room:

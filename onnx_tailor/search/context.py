@@ -27,7 +27,7 @@ from ..ir import Model
 from ..passes import Exactness, Site, Step, get_pass
 from ..passes.tensor_cache import active_cache
 from .constraints import Constraints
-from .executor import Evaluation, Measured, Outcome, Shared, executor_for
+from .executor import Evaluation, Measured, Outcome, Shared, blas_threads, executor_for
 
 # A lossy rewrite whose block output changes by more than this is not worth an evaluation.
 MAX_LOCAL_ERROR = 0.5
@@ -145,7 +145,7 @@ class SearchContext:
         each worker's tensor cache (this process uses the active one). Call `close` when done."""
         self.target = target
         self.pass_params = pass_params or {}
-        shared = Shared(original, target, constraints, data, MAX_LOCAL_ERROR, cache_bytes)
+        shared = Shared(original, target, constraints, data, MAX_LOCAL_ERROR, cache_bytes, blas_threads())
         self._evaluation = Evaluation(shared, active_cache())  # this process's own measurements
         self.cost_model = self._evaluation.cost_model
         self._outcomes: dict[tuple[str, Step], Outcome] = {}  # computed ahead by prefetch, not yet registered

@@ -28,6 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from threadpoolctl import threadpool_info, threadpool_limits
+
 from ..analysis import memory_summary
 from ..costmodel import cost_model_for
 from ..costmodel.target import Target
@@ -47,6 +49,10 @@ class Shared:
     data: Any  # search.context.SearchData, or None
     max_local_error: float
     cache_bytes: int | None  # the tensor cache's budget per process; 0: no cache
+    # The BLAS threads of the process that started the search. Reductions outside the fits (a local
+    # error's norm, a metric's dot products) split their sums by thread, so their last bits depend
+    # on it: every worker uses the same number (Ray starts its workers with one).
+    blas_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -128,13 +134,28 @@ class Serial:
         pass
 
 
+class WorkerEvaluation(Evaluation):
+    """The evaluation of a worker process: its own tensor cache, active for the process's whole life."""
+
+    def __init__(self, shared: Shared):
+        super().__init__(shared, new_cache(shared.cache_bytes))
+        install(self.cache)
+        if shared.blas_threads:
+            threadpool_limits(shared.blas_threads, user_api="blas")  # for the process's life
+
+
+def blas_threads() -> int | None:
+    """How many threads this process's BLAS uses (None when threadpoolctl finds no BLAS)."""
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
 _worker: Evaluation | None = None  # a pool worker's own evaluation state, set once by its initializer
 
 
 def _start_worker(shared: Shared) -> None:
     global _worker
-    _worker = Evaluation(shared, new_cache(shared.cache_bytes))
-    install(_worker.cache)  # for the worker's whole life, whichever task runs
+    _worker = WorkerEvaluation(shared)
 
 
 def _evaluate_in_worker(job: tuple[Model, Site]) -> Outcome:
@@ -172,8 +193,8 @@ class RayPool:
             except Exception as exc:  # Ray's own errors: no cluster at that address, etc.
                 raise TailorError(f"cannot connect to Ray at '{address}': {str(exc).splitlines()[0][:200]}") from None
         self.width = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        remote = ray.remote(num_cpus=1)(Evaluation)
-        self._actors = [remote.remote(shared, new_cache(shared.cache_bytes)) for _ in range(self.width)]
+        remote = ray.remote(num_cpus=1)(WorkerEvaluation)
+        self._actors = [remote.remote(shared) for _ in range(self.width)]
         self._pool = ActorPool(self._actors)
         self._ray = ray
 
