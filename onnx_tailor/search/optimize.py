@@ -179,6 +179,8 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     the search tries, e.g. {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them.
     `workers` apply and evaluate candidates in parallel local processes (None: one per core), or
     `ray` ('auto' or a cluster address) on Ray; the result is the same bytes as with one worker.
+    Local workers are started with 'spawn', which imports the calling script again: a script that
+    asks for workers needs the usual `if __name__ == "__main__":` guard around its work.
     `cache_bytes` bounds each process's cache of calibration tensors (`passes.tensor_cache`;
     None: a fraction of the memory, 0: no cache, every fit runs its models again)."""
     if cache_bytes is not None and cache_bytes < 0:
