@@ -110,6 +110,7 @@ def optimize(model: ModelLike, target: str = "npu-p32", data=None, *, metric: st
              time_budget: float | None = None, seed: int = 0, split=accuracy.DEFAULT_SPLIT,
              precision: str | None = None, acceptance: str = "margin", measure: bool = False,
              progress: Callable[[str], None] | None = None, pass_params: dict[str, dict] | None = None,
+             workers: int | None = 1, ray: str | None = None, cache_bytes: int | None = None,
              input_shapes: Mapping[str, Shape] | None = None) -> OptimizeResult:
     """The fastest variant of `model` on `target` that keeps accuracy and memory within budget.
 
@@ -142,6 +143,12 @@ def optimize(model: ModelLike, target: str = "npu-p32", data=None, *, metric: st
     progress: called with one line of text per event of the search ("best so far: 0.1234 ms predicted,
         top1 98.4 after 2 step(s)", "step 2: <pass>@<anchor>[params] -> 0.1234 ms predicted", a beam
         round, an evolutionary generation), for a log or a progress bar; default: silent.
+    workers, ray: apply and evaluate candidates in `workers` local processes (None: one per core) or
+        on a Ray cluster (`ray="auto"` or its address; the `ray` extra); the same bytes as one worker.
+        Local workers start with 'spawn': a script that asks for them needs the
+        `if __name__ == "__main__":` guard.
+    cache_bytes: memory each process may keep calibration tensors in across fits (None: 1/8 of the
+        machine's memory; 0: none).
 
     Returns an `OptimizeResult`: `.model` (the model to write, with provenance in its metadata),
     `.report` (what report.json holds), `.recipe` (`.write(path)`; `apply_recipe` replays it),
@@ -155,7 +162,8 @@ def optimize(model: ModelLike, target: str = "npu-p32", data=None, *, metric: st
     return run_optimize(loaded, target, data=data, metric=metric, max_drop=max_drop, max_params=max_params,
                         max_activation=max_activation, passes=passes, search=search, beam_width=beam_width,
                         time_budget=time_budget, seed=seed, split=split, precision=precision,
-                        acceptance=acceptance, measure=measure, progress=progress, pass_params=pass_params)
+                        acceptance=acceptance, measure=measure, progress=progress, pass_params=pass_params,
+                        workers=workers, ray=ray, cache_bytes=cache_bytes)
 
 
 def apply_recipe(model: ModelLike, recipe: Recipe | str | os.PathLike, data=None,

@@ -38,6 +38,7 @@ LAZY = {
     "matplotlib": "the optional 'plot' extra",
     "PIL": "the optional 'images' extra",
     "sklearn": "heavy; only fitting a cost model needs it, every CLI call would pay for it",
+    "ray": "the optional 'ray' extra: only a search run with --ray needs it",
 }
 
 

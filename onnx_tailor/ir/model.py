@@ -102,6 +102,11 @@ class Model:
         """The same graph with this description and these `metadata_props` (in this order), and no others."""
         return self.with_proto(with_metadata(self._proto, doc_string, metadata))
 
+    def __reduce__(self):
+        # To another process of a parallel search: the proto and what the constructor takes, not the
+        # derived facts (several times the proto's size), which the receiver derives again when it needs them.
+        return Model, (self._proto, self._shape_overrides, self._probe_inputs)
+
     def with_proto(self, proto: onnx.ModelProto) -> "Model":
         """A new model with the same input shapes around another proto."""
         return Model(proto, self._shape_overrides, self._probe_inputs)

@@ -7,6 +7,12 @@ samples, `[N, ...]`, the layout of `accuracy.Dataset`); never the evaluation
 split, which only judges. The samples run as `ir.run_samples` feeds them: in
 batches of the model's fixed size when it fixes one, with each tensor joined
 along its own batch axis.
+
+Inside a search a `tensor_cache.TensorCache` is active: values come from it
+where a model computes them as one seen before, and one run computes what is
+missing (see that module). Unoptimized single-threaded onnxruntime computes a
+tensor the same whatever else a run exposes, so cached values are the very
+bytes a fresh run would give.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import onnx
 
 from ..ir import Model, run, run_samples
 from ..ir.runtime import representative_inputs
+from .tensor_cache import active_cache
 
 Calibration = dict[str, np.ndarray]
 
@@ -29,13 +36,30 @@ def exposing(model: Model, tensors: list[str]) -> Model:
     return model.with_proto(proto)
 
 
-def capture(model: Model, tensors: list[str], calib: Calibration | None) -> dict[str, np.ndarray]:
-    """Values of `tensors` on the calibration inputs (`representative_inputs` when there are none)."""
+def capture(model: Model, tensors: list[str], calib: Calibration | None, pinned: bool = False) -> dict[str, np.ndarray]:
+    """Values of `tensors` on the calibration inputs (`representative_inputs` when there are none).
+
+    With a cache active, `pinned` keeps what this run computes longest (the reference's tensors)."""
+    cache = active_cache()
+    # Without data: one batch at the model's own input shapes, already as the model takes it.
+    feeds = representative_inputs(model) if calib is None else calib
+    if cache is None:
+        return _computed(model, tensors, feeds, calib is None)
+    data = ("one:" if calib is None else "samples:") + cache.fingerprint(feeds)
+    found = cache.lookup(model, list(dict.fromkeys(tensors)), data)
+    missing = [t for t in dict.fromkeys(tensors) if t not in found]
+    if missing:
+        samples = 1 if calib is None else len(next(iter(calib.values())))
+        computed = _computed(model, cache.wanted(model, data, missing, samples), feeds, calib is None)
+        cache.stats.runs += 1
+        cache.store(model, computed, data, pinned)
+        found.update({t: computed[t] for t in missing})
+    return {t: found[t] for t in tensors}
+
+
+def _computed(model: Model, tensors: list[str], feeds: dict[str, np.ndarray], one_batch: bool) -> dict[str, np.ndarray]:
     exposed = exposing(model, tensors)
-    if calib is None:  # one batch at the model's own input shapes, already as the model takes it
-        outputs = run(exposed, representative_inputs(model))
-    else:
-        outputs, _ = run_samples(exposed, calib, what="the calibration data")
+    outputs = run(exposed, feeds) if one_batch else run_samples(exposed, feeds, what="the calibration data")[0]
     return {t: outputs[t] for t in tensors}
 
 
@@ -50,6 +74,6 @@ def capture_fit(model: Model, inputs: list[str], targets: list[str], calib: Cali
     own = capture(model, [*inputs, *targets], calib)
     shared = [t for t in targets if reference is not None and reference is not model
               and reference.producer(t) is not None]
-    theirs = capture(reference, shared, calib) if shared else {}
+    theirs = capture(reference, shared, calib, pinned=True) if shared else {}
     aimed = {t: theirs[t] if t in theirs and theirs[t].shape == own[t].shape else own[t] for t in targets}
     return {t: own[t] for t in inputs}, aimed

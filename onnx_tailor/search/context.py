@@ -13,6 +13,12 @@ Only candidates predicted faster than their parent are *applied* for real
 is already too large stops there; the rest are *evaluated* (the metric on
 the evaluation split, against the original). Everything is cached by model
 content hash, so no model is fitted, scored or evaluated twice.
+
+Applying and evaluating is handed to an executor (`executor`): in this
+process, or in worker processes that compute several candidates at once.
+Either way the results are registered here in the order a one-process search
+takes them (`prefetch` computes ahead, `expand` registers), so the log, the
+best node and the output bytes do not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -23,14 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from .. import accuracy
-from ..analysis import memory_summary
-from ..costmodel import cost_model_for
 from ..costmodel.delta import KernelCosts, changed_nodes, kernel_costs, neighbourhood, predict_change
 from ..costmodel.target import Target
 from ..ir import Model
-from ..passes import Exactness, Site, Step, apply_step, get_pass
+from ..passes import Exactness, Site, Step, get_pass
 from ..passes.base import Pass
+from ..passes.tensor_cache import active_cache
 from .constraints import Constraints
+from .executor import Evaluation, Measured, Outcome, Shared, blas_threads, executor_for
 from .measured import MeasuredSteps
 
 _log = logging.getLogger(__name__)  # every candidate's fate, at DEBUG: what `optimize -v` shows
@@ -163,10 +169,17 @@ class SearchContext:
     def __init__(self, original: Model, target: Target, passes: list[str], constraints: Constraints,
                  data: SearchData | None, time_budget_s: float | None = None,
                  progress: Callable[[str], None] | None = None, pass_params: dict[str, dict] | None = None,
-                 started: float | None = None):
+                 started: float | None = None, workers: int | None = 1, ray: str | None = None,
+                 cache_bytes: int | None = None):
+        """`started`: when the time budget began (optimize's own start); `workers`, `ray`: where candidates
+        are applied and evaluated (`executor.executor_for`); `cache_bytes`: each worker's tensor cache (this
+        process uses the active one). Call `close` when done."""
         self.target = target
         self.pass_params = pass_params or {}
-        self.cost_model = cost_model_for(target)
+        shared = Shared(original, target, constraints, data, MAX_LOCAL_ERROR, cache_bytes, blas_threads())
+        self._evaluation = Evaluation(shared, active_cache())  # this process's own measurements
+        self.cost_model = self._evaluation.cost_model
+        self._outcomes: dict[tuple[str, Step], Outcome] = {}  # computed ahead by prefetch, not yet registered
         self.measured = MeasuredSteps(target)  # times each step against its parent on targets measured here
         self.passes = [get_pass(name) for name in passes]
         self.constraints = constraints
@@ -190,7 +203,16 @@ class SearchContext:
         self.original = original
         self.best: Node | None = None  # the fastest feasible node so far (set by node())
         self.evaluated: list[Node] = []
-        self.root = self.node(original, (), score_local=None)
+        self.executor = executor_for(shared, workers, ray, self._evaluation)
+        try:
+            self.root = self.node(original, (), score_local=None)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the executor's workers, if any."""
+        self.executor.close()
 
     # -- budget -----------------------------------------------------------------------
 
@@ -225,22 +247,26 @@ class SearchContext:
 
     # -- nodes ------------------------------------------------------------------------
 
-    def node(self, model: Model, steps: tuple[Step, ...], score_local: float | None) -> Node:
-        """Measure a model (cached by content): latency, memory, accuracy, feasibility."""
+    def node(self, model: Model, steps: tuple[Step, ...], score_local: float | None,
+             measured: Measured | None = None) -> Node:
+        """Measure a model (cached by content): latency, memory, accuracy, feasibility; `measured` when
+        a worker already did."""
         cached = self._nodes.get(model.content_hash)
         if cached is not None:
             return cached
-        memory = memory_summary(model)
+        if measured is None:  # measured here, not by a worker: the time budget's estimate of a judgement
+            started = time.perf_counter()
+            measured = self._evaluation.measure(model, judged=bool(steps))
+            if self.data is not None and steps:
+                self._judge_s.append(time.perf_counter() - started)
         started = time.perf_counter()
         costs = self._costs[model.content_hash] = kernel_costs(self.cost_model, model)  # whole, always
         self._score_s = self._score_s or time.perf_counter() - started
-        node = Node(model, steps, costs.latency_s, memory.param_bytes, memory.peak_activation_bytes,
+        node = Node(model, steps, costs.latency_s, measured.param_bytes, measured.activation_bytes,
                     local_error=score_local)
-        node.reason = self.constraints.memory_violation(node.param_bytes, node.activation_bytes)
+        node.reason = measured.memory_violation
         if self.data is not None and steps:
-            started = time.perf_counter()
-            judgement = self.data.judge(model, self.original)
-            self._judge_s.append(time.perf_counter() - started)
+            judgement = measured.judgement
             node.score, node.drop = judgement.score, judgement.drop
             node.reason = node.reason or judgement.over_budget
             self.stats.evaluated += 1
@@ -309,43 +335,68 @@ class SearchContext:
         return self._changed[node.key]
 
     def worth_applying(self, node: Node, candidate: Candidate) -> bool:
-        gain = node.latency_s - candidate.predicted_s
-        if gain <= self.measured.min_gain(MIN_GAIN) * node.latency_s:
+        if not self.planned_worth(node, candidate):
+            gain = node.latency_s - candidate.predicted_s
             self._note(node, candidate, f"predicted slower or no faster ({-gain * 1e6:+.1f} us)")
             return False
         return True
 
+    def planned_worth(self, node: Node, candidate: Candidate) -> bool:
+        """`worth_applying` without noting anything: for planning what to compute ahead."""
+        return node.latency_s - candidate.predicted_s > self.measured.min_gain(MIN_GAIN) * node.latency_s
+
+    def planned(self, node: Node, limit: int) -> list[Candidate]:
+        """The candidates `children(node, limit)` applies, time allowing (candidates come fastest predicted
+        first, so those worth applying lead the list)."""
+        return [c for c in self.candidates(node) if self.planned_worth(node, c)][:limit]
+
     def children(self, node: Node, limit: int) -> Iterator[Node]:
         """Children of `node` from its `limit` most promising candidates worth applying, fastest
-        predicted first, while time lasts; a candidate not worth evaluating yields nothing."""
+        predicted first, while time lasts; a candidate not worth evaluating yields nothing. With several
+        workers the next ones are computed together, as many as there are workers."""
         tried = 0
+        planned = self.planned(node, limit)
         for candidate in self.candidates(node):
             if tried >= limit or self.out_of_time():
                 return
             if not self.worth_applying(node, candidate):
                 continue
+            if (node.key, candidate.step) not in self._outcomes:
+                self.prefetch([(node, c) for c in planned[tried:tried + self.executor.width]])
             tried += 1
             child = self.expand(node, candidate)
             if child is not None:
                 yield child
+
+    def prefetch(self, pairs: list[tuple[Node, Candidate]]) -> None:
+        """Apply and measure these candidates at once on the executor, for `expand` to register later;
+        nothing happens with one worker, where `expand` computes each when it comes."""
+        if self.executor.width == 1:
+            return
+        jobs = {}
+        for node, candidate in pairs:
+            key = (node.key, candidate.step)
+            if key not in self._children and key not in self._outcomes:
+                jobs.setdefault(key, (node.model, candidate.site))
+        if jobs:
+            self._outcomes.update(zip(jobs, self.executor.map(list(jobs.values()))))
 
     def expand(self, node: Node, candidate: Candidate) -> Node | None:
         """Apply a candidate for real and measure the result; None when it is not worth evaluating."""
         key = (node.key, candidate.step)
         if key in self._children:
             return self._children[key]
-        calib = self.data.calibration if self.data is not None else None
         started = time.perf_counter()
-        applied = apply_step(node.model, candidate.site, calib, reference=self.original)
+        outcome = self._outcomes.pop(key, None) or self.executor.map([(node.model, candidate.site)])[0]
         applied_s = time.perf_counter() - started
         self.stats.applied += 1
-        error = applied.local_error
-        if error is not None and error > MAX_LOCAL_ERROR:
+        error = outcome.local_error
+        if outcome.model is None:
             self._note(node, candidate, f"local error {error:.2f} too large to evaluate")
             self._children[key] = None
             self._expand_s.append(time.perf_counter() - started)
             return None
-        child = self.node(applied.model, node.steps + (candidate.step,), error)
+        child = self.node(outcome.model, node.steps + (candidate.step,), error, outcome.measured)
         child.change = child.change or candidate.site.summary
         self._parents.setdefault(child.key, node)
         self._apply_s.setdefault(child.key, applied_s)

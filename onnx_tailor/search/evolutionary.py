@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from .context import Node, SearchContext
+from .context import Candidate, Node, SearchContext
 
 
 def evolutionary(ctx: SearchContext, population_size: int = 8, generations: int = 12, seed: int = 0) -> Node | None:
@@ -22,12 +22,20 @@ def evolutionary(ctx: SearchContext, population_size: int = 8, generations: int 
     for generation in range(generations):
         if ctx.out_of_time():
             break
-        offspring = []
+        # The draws first (they depend on the population and the seed only), then the children, computed
+        # together on the executor's workers and registered in draw order.
+        draws = []
         for _ in range(population_size):
             if ctx.out_of_time():
                 break
             parent = _tournament(population, rng)
-            child = _mutate(ctx, parent, rng)
+            draws.append((parent, _mutation(ctx, parent, rng)))
+        ctx.prefetch([(parent, c) for parent, c in draws if c is not None and ctx.planned_worth(parent, c)])
+        offspring = []
+        for parent, candidate in draws:
+            if candidate is None or not ctx.worth_applying(parent, candidate):
+                continue
+            child = ctx.expand(parent, candidate)
             if child is not None and child.feasible:
                 offspring.append(child)
         merged = {n.key: n for n in population + offspring}
@@ -42,12 +50,10 @@ def _tournament(population: list[Node], rng: random.Random, size: int = 3) -> No
     return min(entrants, key=lambda n: (n.latency_s, n.key))
 
 
-def _mutate(ctx: SearchContext, parent: Node, rng: random.Random) -> Node | None:
+def _mutation(ctx: SearchContext, parent: Node, rng: random.Random) -> Candidate | None:
+    """A random candidate step on `parent`, drawn with preference for larger predicted gains."""
     candidates = [c for c in ctx.candidates(parent) if c.predicted_s < parent.latency_s]
     if not candidates:
         return None
     gains = [parent.latency_s - c.predicted_s for c in candidates]
-    candidate = rng.choices(candidates, weights=gains, k=1)[0]
-    if not ctx.worth_applying(parent, candidate):
-        return None
-    return ctx.expand(parent, candidate)
+    return rng.choices(candidates, weights=gains, k=1)[0]

@@ -30,10 +30,12 @@ from ..costmodel.target import Target
 from ..errors import QuantizationError, TailorError
 from ..ir import Model, session
 from ..passes import Exactness, all_passes, get_pass
+from ..passes.tensor_cache import using
 from .beam import beam
 from .constraints import Constraints, check_binds, default_max_drop, drop_units, parse_max_drop
 from .context import Judgement, SearchContext, SearchData
 from .evolutionary import evolutionary
+from .executor import new_cache
 from .greedy import greedy
 from .provenance import stamped
 from .recipe import IN_MEMORY, Recipe, replay_each
@@ -205,7 +207,8 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
              time_budget: float | None = None, seed: int = 0, split=accuracy.DEFAULT_SPLIT,
              precision: str | None = None, acceptance: str = "margin", measure: bool = False,
              progress: Callable[[str], None] | None = None,
-             pass_params: dict[str, dict] | None = None) -> OptimizeResult:
+             pass_params: dict[str, dict] | None = None, workers: int | None = 1, ray: str | None = None,
+             cache_bytes: int | None = None) -> OptimizeResult:
     """Search for the fastest model that meets the constraints (see the module docstring).
 
     `precision` (fp32 | int8) is what accuracy is judged in; by default the target's own
@@ -215,8 +218,25 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     the search, then every new best model. `pass_params` fixes parameters of named passes for every site
     the search tries, e.g. {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them.
     `time_budget` counts from this call and covers the work after the search: the search stops
-    early enough to leave what replaying, judging and checking the result will take."""
+    early enough to leave what replaying, judging and checking the result will take.
+    `workers` apply and evaluate candidates in parallel local processes (None: one per core), or
+    `ray` ('auto' or a cluster address) on Ray; the result is the same bytes as with one worker.
+    Local workers are started with 'spawn', which imports the calling script again: a script that
+    asks for workers needs the usual `if __name__ == "__main__":` guard around its work.
+    `cache_bytes` bounds each process's cache of calibration tensors (`passes.tensor_cache`;
+    None: a fraction of the memory, 0: no cache, every fit runs its models again)."""
     started = time.perf_counter()
+    if cache_bytes is not None and cache_bytes < 0:
+        raise TailorError(f"--cache-bytes must be 0 or more, not {cache_bytes}")
+    with using(new_cache(cache_bytes)):
+        return _optimize(model, target, data, metric, max_drop, max_params, max_activation, passes, search,
+                         beam_width, time_budget, seed, split, precision, acceptance, measure, progress,
+                         pass_params, (workers, ray, cache_bytes), started)
+
+
+def _optimize(model, target, data, metric, max_drop, max_params, max_activation, passes, search, beam_width,
+              time_budget, seed, split, precision, acceptance, measure, progress, pass_params,
+              execution, started) -> OptimizeResult:
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
     if not model.graph_inputs:  # no latency to win and nothing to judge: say so before any search or write
@@ -260,7 +280,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
         for line in budget_lines(budget):
             progress(line)
     ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params,
-                        started)
+                        started, *execution)
     if not ctx.root.latency_s:  # its outputs are its inputs or constants: no speed-up can be measured against 0
         raise TailorError("the model runs no kernel (its outputs are its inputs or constants): there is nothing "
                           "to optimize")
@@ -275,6 +295,8 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     except KeyboardInterrupt:
         interrupted = True
         notes.append("interrupted: the best model found so far is returned")
+    finally:
+        ctx.close()
     exhausted = ctx.out_of_time()
     if exhausted:
         notes.append(f"the time budget of {time_budget:g} s ran out: the best model found so far is returned")

@@ -1,0 +1,225 @@
+"""Where candidates are applied and measured: this process, a local process pool, or Ray.
+
+Applying a candidate (fitting it on the calibration split) and measuring the
+result (predicted latency, memory, the metric on the selection split) depends
+only on the parent model, the site and what every evaluation shares (the
+original, the target, the constraints, the data). That is the work the
+search hands out. The search keeps everything else: which candidates to try,
+in which order, and what the results mean; it registers results in the order
+a one-process search would have produced them, so a search's choices, and
+its output bytes, do not depend on where the work ran.
+
+- `Serial`: here, one at a time (`--workers 1`).
+- `Pool`: a `concurrent.futures.ProcessPoolExecutor`; each worker receives
+  the shared part once (its initializer) and keeps its own tensor cache.
+- `RayPool`: Ray actors, each holding the shared part and its own cache,
+  fed through `ray.util.ActorPool` (`pip install "onnx-tailor[ray]"`).
+
+Every evaluation runs onnxruntime unoptimized on one thread and fits with
+numpy the same way wherever it runs, so a worker's result is the same bytes
+as the main process's.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from ..analysis import memory_summary
+from ..costmodel import cost_model_for
+from ..costmodel.target import Target
+from ..errors import TailorError
+from ..ir import Model
+from ..passes import Site, apply_step
+from ..passes.tensor_cache import TensorCache, install, using
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every evaluation of a search needs; sent to each worker once."""
+
+    original: Model
+    target: Target
+    constraints: Any  # search.constraints.Constraints
+    data: Any  # search.context.SearchData, or None
+    max_local_error: float
+    cache_bytes: int | None  # the tensor cache's budget per process; 0: no cache
+    # The BLAS threads of the process that started the search. Reductions outside the fits (a local
+    # error's norm, a metric's dot products) split their sums by thread, so their last bits depend
+    # on it: every worker uses the same number (Ray starts its workers with one).
+    blas_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A model's measurements: what the search's node records about it."""
+
+    latency_s: float
+    param_bytes: int
+    activation_bytes: int
+    judgement: Any = None  # search.context.Judgement on the selection split, when there is data
+    memory_violation: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One candidate applied: the new model and its measurements, or (model None) a local error over the cap."""
+
+    model: Model | None
+    local_error: float | None
+    measured: Measured | None
+
+
+class Evaluation:
+    """Applies and measures candidates in one process, with that process's cost model and tensor cache."""
+
+    def __init__(self, shared: Shared, cache: TensorCache | None):
+        self.shared = shared
+        self.cost_model = cost_model_for(shared.target)
+        self.cache = cache
+
+    def measure(self, model: Model, judged: bool) -> Measured:
+        memory = memory_summary(model)
+        shared = self.shared
+        judgement = shared.data.judge(model, shared.original) if judged and shared.data is not None else None
+        return Measured(self.cost_model.predict(model).latency_s, memory.param_bytes, memory.peak_activation_bytes,
+                        judgement, shared.constraints.memory_violation(memory.param_bytes,
+                                                                       memory.peak_activation_bytes))
+
+    def __call__(self, job: tuple[Model, Site]) -> Outcome:
+        parent, site = job
+        calib = self.shared.data.calibration if self.shared.data is not None else None
+        with using(self.cache):
+            applied = apply_step(parent, site, calib, reference=self.shared.original)
+            error = applied.local_error
+            if error is not None and error > self.shared.max_local_error:
+                return Outcome(None, error, None)
+            return Outcome(applied.model, error, self.measure(applied.model, judged=True))
+
+    def evaluate(self, job: tuple[Model, Site]) -> Outcome:
+        """The same as calling it: the name a Ray actor's method is called by."""
+        return self(job)
+
+
+def new_cache(budget_bytes: int | None) -> TensorCache | None:
+    """A tensor cache with this budget (None: the default); 0 means none."""
+    return None if budget_bytes == 0 else TensorCache(budget_bytes)
+
+
+class Executor(Protocol):
+    width: int  # how many evaluations run at once
+
+    def map(self, jobs: list[tuple[Model, Site]]) -> list[Outcome]: ...
+
+    def close(self) -> None: ...
+
+
+class Serial:
+    """Evaluations in this process, one after another."""
+
+    width = 1
+
+    def __init__(self, evaluation: Evaluation):
+        self.evaluation = evaluation
+
+    def map(self, jobs):
+        return [self.evaluation(job) for job in jobs]
+
+    def close(self) -> None:
+        pass
+
+
+class WorkerEvaluation(Evaluation):
+    """The evaluation of a worker process: its own tensor cache, active for the process's whole life."""
+
+    def __init__(self, shared: Shared):
+        super().__init__(shared, new_cache(shared.cache_bytes))
+        install(self.cache)
+        if shared.blas_threads:
+            threadpool_limits(shared.blas_threads, user_api="blas")  # for the process's life
+
+
+def blas_threads() -> int | None:
+    """How many threads this process's BLAS uses (None when threadpoolctl finds no BLAS)."""
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+_worker: Evaluation | None = None  # a pool worker's own evaluation state, set once by its initializer
+
+
+def _start_worker(shared: Shared) -> None:
+    global _worker
+    _worker = WorkerEvaluation(shared)
+
+
+def _evaluate_in_worker(job: tuple[Model, Site]) -> Outcome:
+    return _worker(job)
+
+
+class Pool:
+    """Evaluations in `workers` local processes (concurrent.futures)."""
+
+    def __init__(self, shared: Shared, workers: int):
+        self.width = workers
+        # spawn, not fork: a forked copy of a process that has started BLAS or onnxruntime threads can hang.
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start_worker, initargs=(shared,))
+
+    def map(self, jobs):
+        return list(self._pool.map(_evaluate_in_worker, jobs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayPool:
+    """Evaluations on a Ray cluster: one actor per CPU it offers (or `workers`), each with the shared part."""
+
+    def __init__(self, shared: Shared, address: str, workers: int | None):
+        try:
+            import ray  # the optional 'ray' extra
+            from ray.util import ActorPool
+        except ImportError:
+            raise TailorError('--ray needs Ray: pip install "onnx-tailor[ray]"') from None
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except Exception as exc:  # Ray's own errors: no cluster at that address, etc.
+                raise TailorError(f"cannot connect to Ray at '{address}': {str(exc).splitlines()[0][:200]}") from None
+        self.width = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        remote = ray.remote(num_cpus=1)(WorkerEvaluation)
+        self._actors = [remote.remote(shared) for _ in range(self.width)]
+        self._pool = ActorPool(self._actors)
+        self._ray = ray
+
+    def map(self, jobs):
+        return list(self._pool.map(lambda actor, job: actor.evaluate.remote(job), jobs))
+
+    def close(self) -> None:
+        for actor in self._actors:
+            self._ray.kill(actor)
+
+
+def default_workers() -> int:
+    """The machine's cores (those this process may use)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def executor_for(shared: Shared, workers: int | None, ray: str | None, local: Evaluation) -> Executor:
+    """`local` (this process's evaluation) for one worker, a local pool for more (None: the machine's cores),
+    Ray when `ray` names a cluster ('auto' or an address)."""
+    if ray:
+        return RayPool(shared, ray, workers)
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise TailorError(f"--workers must be at least 1, not {workers}")
+    return Serial(local) if workers == 1 else Pool(shared, workers)

@@ -1,0 +1,113 @@
+"""Candidates applied and evaluated in parallel: a local process pool and Ray give the bytes one process gives.
+
+Each strategy runs a short search on the tiny synthetic MobileNet with one
+worker and with two (and on a local Ray instance when Ray is installed): the
+best model, its steps, every model evaluated and the log of every
+candidate's fate must be the same; and `optimize --workers 2` writes the
+model and recipe bytes that `--workers 1` writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from onnx_tailor import accuracy
+from onnx_tailor.cli import main
+from onnx_tailor.costmodel import load_target
+from onnx_tailor.errors import TailorError
+from onnx_tailor.ir import Model, save
+from onnx_tailor.passes.canonicalize import canonicalize
+from onnx_tailor.search import optimize
+from onnx_tailor.search.beam import beam
+from onnx_tailor.search.constraints import Constraints, parse_max_drop
+from onnx_tailor.search.context import SearchContext, SearchData
+from onnx_tailor.search.evolutionary import evolutionary
+from onnx_tailor.search.greedy import greedy
+from tests.graphs import tiny_mobilenet
+
+OPTIONS = dict(target="npu-p32", data="random", metric="cosine", max_drop="0.05",
+               passes=["fuse_ibn_expansion", "densify_depthwise", "pad_channels"])
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Model:
+    return Model(canonicalize(tiny_mobilenet()))
+
+
+def _fingerprint(ctx: SearchContext) -> tuple:
+    log = json.dumps(ctx.log, sort_keys=True, default=str).encode()
+    return (ctx.best.key, ctx.best.steps, hashlib.sha256(log).hexdigest(), ctx.stats.applied, ctx.stats.evaluated,
+            [node.key for node in ctx.evaluated])
+
+
+def _search(model: Model, strategy: str, **execution) -> SearchContext:
+    """A short search of `strategy` on `model`, run where `execution` says."""
+    passes = OPTIONS["passes"]
+    data = _data(model)
+    ctx = SearchContext(model, load_target("npu-p32"), passes, Constraints(parse_max_drop("0.05"), None, None),
+                        data, **execution)
+    try:
+        if strategy == "greedy":
+            greedy(ctx, evaluations_per_step=4)
+        elif strategy == "beam":
+            beam(ctx, width=2, expansions_per_node=3)
+        else:
+            evolutionary(ctx, population_size=4, generations=3, seed=3)
+    finally:
+        ctx.close()
+    return ctx
+
+
+def _data(model: Model) -> SearchData:
+    dataset = accuracy.load_data("random", model)
+    split = accuracy.split_three(dataset, accuracy.DEFAULT_SPLIT, 0)
+    data = SearchData(split.calibration.inputs, split.selection, split.test, "cosine", accuracy.Evaluator(), None,
+                      0.05, split.calibration.fingerprint, "fp32")
+    data.original_score = data.score(model, split.selection, model)
+    return data
+
+
+@pytest.fixture(scope="module")
+def serial(tiny):
+    return {strategy: _fingerprint(_search(tiny, strategy)) for strategy in ("greedy", "beam", "evolutionary")}
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "evolutionary"])
+def test_two_workers_find_and_log_what_one_does(tiny, serial, strategy):
+    assert len(serial[strategy][1]) > 0  # the search took steps: there was something to get wrong
+    assert _fingerprint(_search(tiny, strategy, workers=2)) == serial[strategy]
+
+
+def test_the_command_line_with_two_workers_writes_the_bytes_of_one(tiny, tmp_path):
+    path = tmp_path / "tiny.onnx"
+    save(tiny, path)
+    written = {}
+    for workers in ("1", "2"):
+        output = tmp_path / f"out{workers}.onnx"
+        result = CliRunner().invoke(main, ["optimize", str(path), "--target", "npu-p32", "--data", "random",
+                                           "--metric", "cosine", "--max-drop", "0.05", "--passes",
+                                           ",".join(OPTIONS["passes"]), "--search", "beam", "--beam-width", "2",
+                                           "--workers", workers, "--quiet", "-o", str(output),
+                                           "--recipe", str(tmp_path / f"recipe{workers}.json")])
+        assert result.exit_code == 0, result.output
+        written[workers] = (output.read_bytes(), (tmp_path / f"recipe{workers}.json").read_bytes())
+    assert written["1"] == written["2"]
+
+
+def test_zero_workers_is_refused(tiny):
+    with pytest.raises(TailorError, match="--workers must be at least 1"):
+        optimize(tiny, workers=0, **OPTIONS)
+
+
+def test_ray_finds_and_logs_what_one_process_does(tiny, serial):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (the optional 'ray' extra)")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = _search(tiny, "beam", ray="auto")
+    finally:
+        ray.shutdown()
+    assert _fingerprint(on_ray) == serial["beam"]
