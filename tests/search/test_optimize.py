@@ -168,7 +168,7 @@ def test_passes_see_only_the_calibration_split_and_the_search_never_judges_on_te
     for the original and the final model, after the search."""
     from onnx_tailor import accuracy
     from onnx_tailor.passes import apply_step
-    from onnx_tailor.search import context, recipe
+    from onnx_tailor.search import executor, recipe
 
     seen, judged_on_test = [], []
 
@@ -177,7 +177,7 @@ def test_passes_see_only_the_calibration_split_and_the_search_never_judges_on_te
             seen.append(calib["input"])
         return apply_step(model, step, calib, **options)
 
-    for searching in (context, recipe):  # the search's candidates and the replay of its recipe
+    for searching in (executor, recipe):  # the search's candidates and the replay of its recipe
         monkeypatch.setattr(searching, "apply_step", spy)
     dataset = accuracy.random_dataset(tiny, samples=60, seed=4)
     split = accuracy.split_three(dataset, accuracy.DEFAULT_SPLIT, seed=0)
