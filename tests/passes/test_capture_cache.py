@@ -157,8 +157,11 @@ def test_optimize_writes_the_same_bytes_with_the_cache_as_without_it_on_the_tiny
 
 def test_optimize_writes_the_same_bytes_with_the_cache_as_without_it_on_digits():
     model = load(DIGITS.path)
-    options = dict(target="npu-p32", data=str(MODELS / "digits_eval.npz"),
-                   passes=["fuse_ibn_expansion", "align_channels"], time_budget=None)
+    # fp32 judging, one lossy pass and no refinement keep it short: the cache serves the least-squares
+    # fits' captures, which neither int8 judging nor the gradient steps change
+    options = dict(target="npu-p32", data=str(MODELS / "digits_eval.npz"), precision="fp32",
+                   passes=["fuse_ibn_expansion"], pass_params={"fuse_ibn_expansion": {"refine": 0}},
+                   time_budget=None)
     without = optimize(model, cache_bytes=0, **options)
     cached = optimize(model, **options)
     assert without.recipe.steps and _result_bytes(cached) == _result_bytes(without)
