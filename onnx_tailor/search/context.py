@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from .. import accuracy
+from ..costmodel import cost_model_for
 from ..costmodel.delta import KernelCosts, changed_nodes, kernel_costs, neighbourhood, predict_change
 from ..costmodel.target import Target
 from ..ir import Model
@@ -178,7 +179,7 @@ class SearchContext:
         self.pass_params = pass_params or {}
         shared = Shared(original, target, constraints, data, MAX_LOCAL_ERROR, cache_bytes, blas_threads())
         self._evaluation = Evaluation(shared, active_cache())  # this process's own measurements
-        self.cost_model = self._evaluation.cost_model
+        self.cost_model = cost_model_for(target)
         self._outcomes: dict[tuple[str, Step], Outcome] = {}  # computed ahead by prefetch, not yet registered
         self.measured = MeasuredSteps(target)  # times each step against its parent on targets measured here
         self.passes = [get_pass(name) for name in passes]

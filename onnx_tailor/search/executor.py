@@ -1,7 +1,7 @@
 """Where candidates are applied and measured: this process, a local process pool, or Ray.
 
 Applying a candidate (fitting it on the calibration split) and measuring the
-result (predicted latency, memory, the metric on the selection split) depends
+result (memory, the metric on the selection split) depends
 only on the parent model, the site and what every evaluation shares (the
 original, the target, the constraints, the data). That is the work the
 search hands out. The search keeps everything else: which candidates to try,
@@ -31,7 +31,6 @@ from typing import Any, Protocol
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from ..analysis import memory_summary
-from ..costmodel import cost_model_for
 from ..costmodel.target import Target
 from ..errors import TailorError
 from ..ir import Model
@@ -57,9 +56,9 @@ class Shared:
 
 @dataclass(frozen=True)
 class Measured:
-    """A model's measurements: what the search's node records about it."""
+    """A model's measurements: what the search's node records about it (its predicted latency the search
+    scores itself, kernel by kernel, for the incremental previews)."""
 
-    latency_s: float
     param_bytes: int
     activation_bytes: int
     judgement: Any = None  # search.context.Judgement on the selection split, when there is data
@@ -76,20 +75,18 @@ class Outcome:
 
 
 class Evaluation:
-    """Applies and measures candidates in one process, with that process's cost model and tensor cache."""
+    """Applies and measures candidates in one process, with that process's tensor cache."""
 
     def __init__(self, shared: Shared, cache: TensorCache | None):
         self.shared = shared
-        self.cost_model = cost_model_for(shared.target)
         self.cache = cache
 
     def measure(self, model: Model, judged: bool) -> Measured:
         memory = memory_summary(model)
         shared = self.shared
         judgement = shared.data.judge(model, shared.original) if judged and shared.data is not None else None
-        return Measured(self.cost_model.predict(model).latency_s, memory.param_bytes, memory.peak_activation_bytes,
-                        judgement, shared.constraints.memory_violation(memory.param_bytes,
-                                                                       memory.peak_activation_bytes))
+        return Measured(memory.param_bytes, memory.peak_activation_bytes, judgement,
+                        shared.constraints.memory_violation(memory.param_bytes, memory.peak_activation_bytes))
 
     def __call__(self, job: tuple[Model, Site]) -> Outcome:
         parent, site = job

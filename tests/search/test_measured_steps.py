@@ -6,20 +6,12 @@ import pytest
 
 from onnx_tailor.costmodel import load_target
 from onnx_tailor.costmodel.sweep import SweepEntry
-from onnx_tailor.ir import Model
-from onnx_tailor.passes.canonicalize import canonicalize
 from onnx_tailor.search import format_report, optimize
 from onnx_tailor.search.measured import Comparison, MeasuredSteps
-from tests.graphs import tiny_mobilenet
+from tests.search.tiny_search import PASSES
 from tests.test_cli_report import check_report
 
 CPU = load_target("cpu-ort")
-PASSES = ["fuse_ibn_expansion", "densify_depthwise", "pad_channels"]
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Model:
-    return Model(canonicalize(tiny_mobilenet()))
 
 
 @pytest.mark.parametrize("parent_ms, child_ms, faster, accepted", [

@@ -22,20 +22,7 @@ from onnx_tailor.passes import Exactness, get_pass
 from onnx_tailor.passes.canonicalize import canonicalize
 from onnx_tailor.search import NoFeasibleModel, RecipeError, optimize, replay
 from tests.graphs import tiny_mobilenet
-
-PASSES = ["fuse_ibn_expansion", "densify_depthwise", "pad_channels"]
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Model:
-    return Model(canonicalize(tiny_mobilenet()))
-
-
-def run(model, **kwargs):
-    options = dict(target="npu-p32", data="random", metric="cosine", max_drop="0.05", passes=PASSES)
-    options.update(kwargs)
-    return optimize(model, **options)
-
+from tests.search.tiny_search import PASSES, run
 
 def test_finds_a_faster_model_within_the_accuracy_budget(tiny):
     result = run(tiny)

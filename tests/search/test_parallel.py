@@ -20,22 +20,15 @@ from onnx_tailor.cli import main
 from onnx_tailor.costmodel import load_target
 from onnx_tailor.errors import TailorError
 from onnx_tailor.ir import Model, save
-from onnx_tailor.passes.canonicalize import canonicalize
 from onnx_tailor.search import optimize
 from onnx_tailor.search.beam import beam
 from onnx_tailor.search.constraints import Constraints, parse_max_drop
 from onnx_tailor.search.context import SearchContext, SearchData
 from onnx_tailor.search.evolutionary import evolutionary
 from onnx_tailor.search.greedy import greedy
-from tests.graphs import tiny_mobilenet
+from tests.search.tiny_search import PASSES
 
-OPTIONS = dict(target="npu-p32", data="random", metric="cosine", max_drop="0.05",
-               passes=["fuse_ibn_expansion", "densify_depthwise", "pad_channels"])
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Model:
-    return Model(canonicalize(tiny_mobilenet()))
+OPTIONS = dict(target="npu-p32", data="random", metric="cosine", max_drop="0.05", passes=PASSES)
 
 
 def _fingerprint(ctx: SearchContext) -> tuple:

@@ -7,25 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from onnx_tailor.ir import Model
-from onnx_tailor.passes.canonicalize import canonicalize
-from onnx_tailor.search import optimize
 from onnx_tailor.search.context import SearchContext
 from onnx_tailor.search.report import format_report
-from tests.graphs import tiny_mobilenet
-
-PASSES = ["fuse_ibn_expansion", "densify_depthwise", "pad_channels"]
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Model:
-    return Model(canonicalize(tiny_mobilenet()))
-
-
-def run(model, **kwargs):
-    options = dict(target="npu-p32", data="random", metric="cosine", max_drop="0.05", passes=PASSES)
-    options.update(kwargs)
-    return optimize(model, **options)
+from tests.search.tiny_search import run
 
 
 def test_a_converged_search_says_so_and_gives_the_ceiling_above_what_it_took(tiny):
