@@ -101,14 +101,15 @@ def test_progress_gets_one_line_per_search_event(tiny_path):
     assert any(m.startswith("best so far:") for m in messages) and any(m.startswith("step 1:") for m in messages)
 
 
-def _keys(value):
+def json_keys(value):
+    """Every key of a JSON payload, at any depth."""
     if isinstance(value, dict):
         for key, inner in value.items():
             yield key
-            yield from _keys(inner)
+            yield from json_keys(inner)
     elif isinstance(value, list):
         for inner in value:
-            yield from _keys(inner)
+            yield from json_keys(inner)
 
 
 def test_results_are_typed_and_to_dict_gives_milliseconds(tiny_path, optimized):
@@ -119,7 +120,7 @@ def test_results_are_typed_and_to_dict_gives_milliseconds(tiny_path, optimized):
     assert row["latency_ms"] == pytest.approx(cost.latency_s * 1e3)
     assert row["simulated_ms"] == pytest.approx(cost.simulated_s * 1e3)
     assert sum(k["predicted_ms"] for k in row["kernels"]) == pytest.approx(row["latency_ms"], rel=1e-6)
-    assert not [k for k in _keys(row) if k.endswith("_s")], "seconds in a to_dict"
+    assert not [k for k in json_keys(row) if k.endswith("_s")], "seconds in a to_dict"
     applied = ot.apply(tiny_path, "pad_channels", params={"multiple": 32})
     row = json.loads(json.dumps(applied.to_dict()))
     assert [s["anchor"] for s in row["sites"]] == [s.anchor for s in applied.sites] and row["sites"]
@@ -127,7 +128,7 @@ def test_results_are_typed_and_to_dict_gives_milliseconds(tiny_path, optimized):
     assert row["improved"] is optimized.improved is True
     assert row["recipe"] == optimized.recipe.to_dict() and row["notes"] == optimized.notes
     # every latency in ms; the time budget stays in the seconds the option takes (--time-budget SECONDS)
-    latencies = [k for k in _keys(row) if "latency" in k or (k.endswith("_s") and k != "time_budget_s")]
+    latencies = [k for k in json_keys(row) if "latency" in k or (k.endswith("_s") and k != "time_budget_s")]
     assert latencies and all(k.endswith("_ms") for k in latencies), latencies
 
 

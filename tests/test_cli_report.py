@@ -28,6 +28,7 @@ from onnx_tailor.search import DEFAULT_MAX_DROP, format_report, optimize
 from onnx_tailor.search.context import SearchContext
 from onnx_tailor.search.report import block_name, faster_but_larger
 from tests.graphs import tiny_mobilenet
+from tests.test_api import json_keys
 
 PASSES = "fuse_ibn_expansion,densify_depthwise,pad_channels"
 
@@ -175,18 +176,9 @@ def test_block_name_is_the_shared_module_path_or_nothing():
 
 
 def test_every_latency_in_json_is_in_milliseconds(run):
-    def keys(payload):
-        if isinstance(payload, dict):
-            for key, value in payload.items():
-                yield key
-                yield from keys(value)
-        elif isinstance(payload, list):
-            for item in payload:
-                yield from keys(item)
-
     cost = json.loads(invoke("cost", run["source"], "--json", "--per-op").output)
     for payload in (run["report"], cost):
-        found = set(keys(payload))
+        found = set(json_keys(payload))
         assert not {k for k in found if k.endswith("_s") and k != "time_budget_s"}, found
         assert any(k.endswith("_ms") for k in found)
     assert cost["latency_ms"] == pytest.approx(run["report"]["original"]["predicted_latency_ms"])
