@@ -31,12 +31,6 @@ WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN",
                 "QLinearConv", "QLinearMatMul"}
 
 
-def case(name: str, *failures: str):
-    """A zoo model as a test parameter, expected to fail (strictly, so that a fix shows) for `failures`."""
-    marks = [pytest.mark.xfail(strict=True, reason="; ".join(failures))] if failures else []
-    return pytest.param(name, marks=marks, id=name)
-
-
 SMALL = ["silero_vad", "silero_vad_lstm", "speech_embedding_nhwc", "paddle_det_v4"]
 
 
@@ -95,12 +89,7 @@ def test_every_input_shape_names_a_zoo_model():
     assert set(zoo.INPUT_SHAPES) <= set(zoo.MODELS)
 
 
-@pytest.mark.parametrize("name", [
-    case("silero_vad"),
-    case("silero_vad_lstm"),
-    case("speech_embedding_nhwc"),
-    case("paddle_det_v4"),
-])
+@pytest.mark.parametrize("name", SMALL)
 def test_inspect_counts_every_weight(small_models, name):
     """MACs > 0, and the parameters are exactly the weights of the model inspect analyzed."""
     report = inspect_json(small_models[name], name)
@@ -110,12 +99,7 @@ def test_inspect_counts_every_weight(small_models, name):
     assert (report["params"], report["param_bytes"]) == (params, param_bytes)
 
 
-@pytest.mark.parametrize("name", [
-    case("silero_vad"),
-    case("silero_vad_lstm"),
-    case("speech_embedding_nhwc"),
-    case("paddle_det_v4"),
-])
+@pytest.mark.parametrize("name", SMALL)
 def test_every_weighted_node_has_macs(small_models, name):
     report = inspect_json(small_models[name], name)
     weighted = [node for node in report["nodes"] if node["op_type"] in WEIGHTED_OPS]
@@ -123,12 +107,7 @@ def test_every_weighted_node_has_macs(small_models, name):
     assert [node["name"] for node in weighted if node["macs"] <= 0] == []
 
 
-@pytest.mark.parametrize("name", [
-    case("silero_vad"),
-    case("silero_vad_lstm"),
-    case("speech_embedding_nhwc"),
-    case("paddle_det_v4"),
-])
+@pytest.mark.parametrize("name", SMALL)
 def test_canonicalization_never_grows_the_weights(small_models, name):
     """Folding may shrink a model (BatchNorm into Conv) but never widen its weights' types (issue 9 section 1)."""
     original = onnx.load(str(small_models[name]))
