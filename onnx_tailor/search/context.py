@@ -422,7 +422,7 @@ class SearchContext:
             if candidate.predicted_s is None:
                 fate = "never previewed: the time budget ran out"
             elif key not in self._children:
-                if node.latency_s - candidate.predicted_s <= MIN_GAIN * node.latency_s:
+                if not self.planned_worth(node, candidate):  # the search's own test, not a copy of it
                     fate = "predicted no faster"
                 elif timed_out:
                     fate = "never tried: the time budget ran out"
