@@ -49,6 +49,9 @@ _log = logging.getLogger(__name__)  # every candidate's fate, at DEBUG: what `op
 MAX_LOCAL_ERROR = 0.5
 # A candidate must be predicted at least this much faster (relative) to be applied.
 MIN_GAIN = 5e-3
+# Drops closer than this (in any metric's units: points, cosine, dB) are the same drop: exact steps move a
+# drop by float noise (1e-11 of cosine on the tiny model), far below anything a budget could tell apart.
+SAME_DROP = 1e-6
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class Node:
     local_error: float | None = None  # of the last step, when it was lossy
     feasible: bool = True
     reason: str | None = None  # why it is infeasible
+    over_accuracy: bool = False  # infeasible because it broke the accuracy budget
     change: str = ""  # what its last step did, for people (the site's summary: "expansion 176 -> 128 channels")
 
     @property
@@ -201,6 +205,7 @@ class SearchContext:
         self._expand_s: list[float] = []  # seconds of each expansion: apply, score, judge
         self._score_s = 0.0  # seconds to score the original whole
         self._children: dict[tuple[str, Step], Node | None] = {}
+        self._not_retried: set[tuple[str, Step]] = set()  # over the accuracy budget already (`failed_before`)
         self.original = original
         self.best: Node | None = None  # the fastest feasible node so far (set by node())
         self.evaluated: list[Node] = []
@@ -269,6 +274,7 @@ class SearchContext:
         if self.data is not None and steps:
             judgement = measured.judgement
             node.score, node.drop = judgement.score, judgement.drop
+            node.over_accuracy = node.reason is None and judgement.over_budget is not None
             node.reason = node.reason or judgement.over_budget
             self.stats.evaluated += 1
         elif self.data is not None:
@@ -346,21 +352,27 @@ class SearchContext:
         """`worth_applying` without noting anything: for planning what to compute ahead."""
         return node.latency_s - candidate.predicted_s > self.measured.min_gain(MIN_GAIN) * node.latency_s
 
-    def planned(self, node: Node, limit: int) -> list[Candidate]:
+    def planned(self, node: Node, limit: int | None) -> list[Candidate]:
         """The candidates `children(node, limit)` applies, time allowing (candidates come fastest predicted
         first, so those worth applying lead the list)."""
-        return [c for c in self.candidates(node) if self.planned_worth(node, c)][:limit]
+        return [c for c in self.candidates(node)
+                if self.planned_worth(node, c) and not self.failed_before(node, c)][:limit]
 
-    def children(self, node: Node, limit: int) -> Iterator[Node]:
+    def children(self, node: Node, limit: int | None) -> Iterator[Node]:
         """Children of `node` from its `limit` most promising candidates worth applying, fastest
         predicted first, while time lasts; a candidate not worth evaluating yields nothing. With several
         workers the next ones are computed together, as many as there are workers."""
         tried = 0
         planned = self.planned(node, limit)
         for candidate in self.candidates(node):
-            if tried >= limit or self.out_of_time():
+            if (limit is not None and tried >= limit) or self.out_of_time():
                 return
             if not self.worth_applying(node, candidate):
+                continue
+            if self.failed_before(node, candidate):  # not counted: the limit is for what can still pass
+                self._not_retried.add((node.key, candidate.step))
+                self._note(node, candidate, "over the accuracy budget from an earlier model that had lost no "
+                                            "more accuracy (not tried again)")
                 continue
             if (node.key, candidate.step) not in self._outcomes:
                 self.prefetch([(node, c) for c in planned[tried:tried + self.executor.width]])
@@ -368,6 +380,24 @@ class SearchContext:
             child = self.expand(node, candidate)
             if child is not None:
                 yield child
+
+    def failed_before(self, node: Node, candidate: Candidate) -> bool:
+        """Whether this very step, on an unchanged site, broke the accuracy budget from an ancestor of
+        `node` that had lost no more accuracy than `node` has. Drops add up along a path closely enough
+        that trying it again would spend an evaluation to learn the same; without this, greedy's few
+        evaluations per step go to the same failing steps at every step (the PaddleOCR detector: its
+        ten IBN fusions, each over a 0.01 cosine budget, retried after every step taken) and it stops
+        with untried candidates that fit."""
+        preview = self._previews.get((node.key, candidate.step))
+        ancestor = self._parents.get(node.key)
+        while ancestor is not None and preview is not None:
+            if self._previews.get((ancestor.key, candidate.step)) is not preview:
+                return False  # the step's surroundings changed since: a different candidate
+            tried = self._children.get((ancestor.key, candidate.step))
+            if tried is not None and tried.over_accuracy and ancestor.drop <= node.drop + SAME_DROP:
+                return True
+            ancestor = self._parents.get(ancestor.key)
+        return False
 
     def prefetch(self, pairs: list[tuple[Node, Candidate]]) -> None:
         """Apply and measure these candidates at once on the executor, for `expand` to register later;
@@ -421,6 +451,8 @@ class SearchContext:
             key = (node.key, candidate.step)
             if candidate.predicted_s is None:
                 fate = "never previewed: the time budget ran out"
+            elif key in self._not_retried:
+                fate = "over the accuracy budget"
             elif key not in self._children:
                 if not self.planned_worth(node, candidate):  # the search's own test, not a copy of it
                     fate = "predicted no faster"

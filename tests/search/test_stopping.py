@@ -61,3 +61,24 @@ def test_the_reserve_covers_replaying_the_best_path_and_judging_it(tiny):
     judge = sum(ctx._judge_s) / len(ctx._judge_s)
     assert ctx.reserve_s() == pytest.approx(replay + 3 * judge + 2 * ctx._score_s)
     assert ctx.reserve_s() > replay > 0
+
+
+def test_a_step_over_the_accuracy_budget_is_not_tried_again_where_nothing_around_it_changed(tiny, monkeypatch):
+    """Under a budget only exact steps fit, the fusions fail from the original; after each exact step that
+    leaves a fusion's site alone, trying it again would fail the same way: the search skips it, reaches the
+    same model with fewer evaluations, and still reports it as over the accuracy budget."""
+    skipping = run(tiny, max_drop="1e-9")
+    skipped = [e for e in skipping.context.log if e["outcome"].startswith("over the accuracy budget from an earlier")]
+    assert skipped and all(e["after_steps"] > 0 for e in skipped)
+    for entry in skipped:  # each was evaluated, and failed on accuracy, from an earlier model
+        assert any(e["step"] == entry["step"] and e["after_steps"] < entry["after_steps"]
+                   and e["outcome"].startswith("cosine drops") for e in skipping.context.log)
+    ctx, node = skipping.context, skipping.context.best  # the report's fates, asked of the model it skipped on
+    while len(node.steps) > skipped[0]["after_steps"]:
+        node = ctx._parents[node.key]
+    assert ctx.fates(node, timed_out=False)["fuse_ibn_expansion"].get("over the accuracy budget", 0) > 0
+
+    monkeypatch.setattr(SearchContext, "failed_before", lambda self, node, candidate: False)
+    retrying = run(tiny, max_drop="1e-9")
+    assert skipping.model.content_hash == retrying.model.content_hash
+    assert skipping.context.stats.applied < retrying.context.stats.applied
