@@ -11,10 +11,10 @@ it: the chain is `analysis.match_activation_chain`, the same that block
 discovery reads, cut at the first activation the target cannot fuse. Which
 activation kinds fuse is the target's `fusable_activations`; a scale or
 shift (Add, Sub, Mul or Div by a constant: Sub and Div are Add and Mul by
-another constant) always does. An entry spelled as an ONNX op (`HardSwish`)
-fuses that one op only, not the activation spelled out in basic ops:
-onnxruntime fuses a HardSwish op into the conv before it, but runs
-Add/Clip/Mul/Div one by one.
+another constant) always does. An entry spelled as ONNX ops, joined by `+`
+in the order they run (`HardSwish`, `HardSigmoid+Mul`), fuses that spelling
+only: onnxruntime fuses a HardSwish op, and x * HardSigmoid(x), into the conv
+before it, but runs the Add/Clip/Mul/Div spelling one op at a time.
 
 An activation of a kind in the target's `grouped_activations` that does
 not fuse runs as one kernel of its own, all its ops together: onnxruntime's
@@ -114,8 +114,8 @@ def _fused_chain(model: Model, anchor, fusable: frozenset[str]) -> list:
     """The activation / scale-shift nodes that fuse into `anchor`, in order: the run of activations after it
     (`analysis.match_activation_chain`) as far as each is a fusable kind or a scale/shift by a constant."""
     def fuses(act) -> bool:
-        return act.kind in fusable or act.kind == "affine" or (
-            len(act.nodes) == 1 and model.node(act.nodes[0]).op_type in fusable)
+        spelling = "+".join(model.node(n).op_type for n in act.nodes)
+        return act.kind in fusable or act.kind == "affine" or spelling in fusable
     chain = match_activation_chain(model, anchor.output[0], fuses)
     return [model.node(n) for n in chain.nodes] if chain else []
 

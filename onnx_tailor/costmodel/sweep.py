@@ -27,7 +27,9 @@ base entries stay as they were:
   width when it differs from `hw`. There a 5x5 window reads mostly padding.
 - activations spelled out in several ops (`spelled_activation_entries`):
   HardSwish as Add/Clip/Mul(/Div), swish as x * Sigmoid(x), between convs,
-  for targets that run them as one kernel (`Target.grouped_activations`).
+  for targets that run them as one kernel (`Target.grouped_activations`);
+  and convs with a HardSwish after them (`hardswish_entries`), which a
+  runtime may fuse at a cost of its own.
 Given models add entries around their own kernels (their exact shapes and
 neighbouring channel counts), nn-Meter's adaptive sampling in its simplest
 form; no rule above names a model.
@@ -154,6 +156,8 @@ class _Graph:
             return self.add("Relu", [x])
         if kind == "relu6":
             return self.add("Clip", [x, self.const(np.float32(0)), self.const(np.float32(6))])
+        if kind == "hardswish":  # x * HardSigmoid(x): how canonicalization spells a HardSwish op
+            return self.add("Mul", [x, self.add("HardSigmoid", [x], alpha=1 / 6, beta=0.5)])
         return x
 
     def neighbour(self, x: str, channels: int | None, name: str) -> str:
@@ -454,11 +458,41 @@ def spelled_activation_entries(seed: int = 2, size: int = 48, contexts: tuple[in
     return list(dict.fromkeys(entries))
 
 
+def hardswish_entries(seed: int = 4, size: int = 40, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
+    """Convs and depthwise convs (3 to 2) with a HardSwish after them, which a runtime may fuse (onnxruntime
+    does, for a HardSwish op and x * HardSigmoid(x)) at a cost of its own; half square (`RESOLUTIONS`),
+    half text-line maps. The base sweep's activations are none, ReLU and ReLU6."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for index in range(size):
+        if index % 2:
+            h = int(rng.choice(FLAT_HEIGHTS))
+            w = min(FLAT_MAX_WIDTH, int(round(h * math.exp(rng.uniform(math.log(2), math.log(FLAT_MAX_ASPECT))))))
+            shape, square = dict(hw=h, w=w), max(1, int(math.sqrt(h * w)))
+        else:
+            square = int(rng.choice(RESOLUTIONS))
+            shape, h, w = dict(hw=square), square, square
+        if index % 5 < 3:
+            k, s = int(rng.choice((1, 1, 3))), int(rng.choice((1, 1, 2)))
+            ci, co = _channels(rng, square), _channels(rng, square)
+            while ci * co * k * k * h * w // (s * s) > MAX_MACS:
+                ci, co = max(3, ci // 2), max(3, co // 2)
+            op, params = "conv", dict(ci=ci, co=co, k=k, s=s)
+        else:
+            op, params = "depthwise", dict(c=_channels(rng, square) * int(rng.choice((3, 6))) // 2,
+                                           k=int(rng.choice((3, 5))), s=int(rng.choice((1, 2))))
+        for ctx in contexts:
+            entries.append(SweepEntry.make(op, ctx=ctx, act="hardswish", **params, **shape))
+    return list(dict.fromkeys(entries))
+
+
 def sweep_entries(size: int = 600, models: Iterable[Model] = ()) -> list[SweepEntry]:
     """The base sweep of `size`, its text-line entries (a quarter as many), the spelled-out activations
-    (a twelfth as many), plus the entries around the kernels of `models`, each entry once."""
+    (a twelfth as many), convs with a HardSwish (a fifteenth), plus the entries around the kernels of
+    `models`, each entry once."""
     entries = (base_entries(size=size) + flat_entries(size=max(size // 4, 16))
-               + spelled_activation_entries(size=max(size // 12, 8)) + entries_from_models(models))
+               + spelled_activation_entries(size=max(size // 12, 8)) + hardswish_entries(size=max(size // 15, 8))
+               + entries_from_models(models))
     return list(dict.fromkeys(entries))
 
 

@@ -25,26 +25,32 @@ def test_a_depthwise_conv_between_two_ops_is_depthwise_though_its_input_shape_is
     assert kernel_kind(grouped, grouped.node("op")) == "conv"
 
 
-def _hardswish_model(spelled: bool) -> Model:
+def _hardswish_model(spelling: str) -> Model:
     b = GraphBuilder()
     h = b.conv("x", 8, 8, 1, name="conv")
-    h = b.hardswish_decomposed(h) if spelled else b.node("HardSwish", [h], name="hs")
+    if spelling == "ops":
+        h = b.hardswish_decomposed(h)
+    elif spelling == "gate":  # x * HardSigmoid(x)
+        h = b.node("Mul", [h, b.node("HardSigmoid", [h], alpha=1 / 6, beta=0.5)])
+    else:
+        h = b.node("HardSwish", [h], name="hs")
     return Model(b.build({"x": (1, 8, 6, 6)}, [b.conv(h, 8, 8, 1, name="after")]))
 
 
 def test_a_hardswish_op_fuses_into_the_conv_but_its_spelled_out_form_runs_as_one_kernel_of_its_own():
-    """onnxruntime fuses a HardSwish op into the conv before it; Add/Clip/Mul/Div it runs outside the
-    blocked layout, which `grouped_activations` makes one kernel (the reorders around it are its)."""
+    """onnxruntime fuses a HardSwish op (and x * HardSigmoid(x)) into the conv before it; Add/Clip/Mul/Div
+    it runs outside the blocked layout, which `grouped_activations` makes one kernel (with its reorders)."""
     assert "HardSwish" in CPU.fusable_activations and "hardswish" in CPU.grouped_activations
-    op = {k.name: k for k in group_kernels(_hardswish_model(False), CPU.fusable_activations,
-                                           CPU.grouped_activations)}
-    assert op["conv"].fused == ("HardSwish",) and len(op) == 2
-    spelled = group_kernels(_hardswish_model(True), CPU.fusable_activations, CPU.grouped_activations)
+    for spelling, fused in (("op", ("HardSwish",)), ("gate", ("HardSigmoid", "Mul"))):
+        op = {k.name: k for k in group_kernels(_hardswish_model(spelling), CPU.fusable_activations,
+                                               CPU.grouped_activations)}
+        assert op["conv"].fused == fused and len(op) == 2
+    spelled = group_kernels(_hardswish_model("ops"), CPU.fusable_activations, CPU.grouped_activations)
     assert [(k.op_type, k.fused) for k in spelled] == [("Conv", ()), ("Add", ("Clip", "Mul", "Div")), ("Conv", ())]
     assert spelled[1].kind == "elementwise" and len(spelled[1].inputs) == 1  # x is read twice, counted once
     # without grouping each op is a kernel, and the op form does not fuse where only the kind is listed
-    assert len(group_kernels(_hardswish_model(True), CPU.fusable_activations)) == 2 + 4
-    assert len(group_kernels(_hardswish_model(False), ("hardsigmoid",))) == 3
+    assert len(group_kernels(_hardswish_model("ops"), CPU.fusable_activations)) == 2 + 4
+    assert len(group_kernels(_hardswish_model("op"), ("hardsigmoid",))) == 3
 
 
 @pytest.mark.parametrize("kind", SPELLED_ACTIVATIONS)
