@@ -94,6 +94,7 @@ from onnx_tailor.passes.canonicalize import load  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RANDOM_PASSES = ("densify_depthwise", "pad_channels", "fuse_ibn_expansion")
+THIRD_PARTY = ("paddle_rec", "yolov8n", "orientation_lcnet", "ddddocr_det")  # held out as they are
 
 
 def base_models(det_size: int):
@@ -268,7 +269,7 @@ def main():
     parser.add_argument("--det-size", type=int, default=320, help="input size of the PaddleOCR detector")
     parser.add_argument("--block-targets", default="npu-p32,npu-p16", help="targets of the per-block fusion table")
     parser.add_argument("--block-size", type=int, default=640, help="detector input size for the per-block table")
-    parser.add_argument("--third-party", default="paddle_rec,yolov8n,orientation_lcnet,ddddocr_det",
+    parser.add_argument("--third-party", default=",".join(THIRD_PARTY),
                         help="zoo models held out as they are (none: empty)")
     parser.add_argument("--before", help="'isolated' (measure the sweep here as before) or a measurements CSV, "
                                          "fitted for comparison on measured targets")
