@@ -41,7 +41,8 @@ def kernel_signature(model: Model, kernel: Kernel) -> Signature:
 
 def executed_kernels(model: Model, cost_model: CostModel) -> list[Kernel]:
     """The kernels the cost model scores (free ones, layout only, cost nothing)."""
-    return [k for k in group_kernels(model, cost_model.target.fusable_activations) if k.kind != "free"]
+    target = cost_model.target
+    return [k for k in group_kernels(model, target.fusable_activations, target.grouped_activations) if k.kind != "free"]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,17 @@ it: the chain is `analysis.match_activation_chain`, the same that block
 discovery reads, cut at the first activation the target cannot fuse. Which
 activation kinds fuse is the target's `fusable_activations`; a scale or
 shift (Add, Sub, Mul or Div by a constant: Sub and Div are Add and Mul by
-another constant) always does.
+another constant) always does. An entry spelled as ONNX ops, joined by `+`
+in the order they run (`HardSwish`, `HardSigmoid+Mul`), fuses that spelling
+only: onnxruntime fuses a HardSwish op, and x * HardSigmoid(x), into the conv
+before it, but runs the Add/Clip/Mul/Div spelling one op at a time.
+
+An activation of a kind in the target's `grouped_activations` that does
+not fuse runs as one kernel of its own, all its ops together: onnxruntime's
+CPU provider computes x * Sigmoid(x) as one QuickGelu, and runs a spelled-out
+HardSwish outside its blocked conv layout, its ops between one reorder out of
+that layout and one back in; timed apart, the ops would each seem to pay the
+reorders, or none would.
 
 Every other node is a kernel of its own. Both the simulator and the learned
 cost model score kernels, so they agree on what runs.
@@ -21,7 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..analysis import CONTROL_FLOW, CONV_WEIGHT, MATMUL_WEIGHT, RECURRENT_GATES, match_activation_chain
+from ..analysis import (CONTROL_FLOW, CONV_WEIGHT, MATMUL_WEIGHT, RECURRENT_GATES, match_activation,
+                        match_activation_chain)
 from ..ir import Model
 
 ANCHORS = {"Conv", "MatMul", "Gemm"}
@@ -69,6 +80,11 @@ def kernel_kind(model: Model, node) -> str:
         groups = model.attr(node, "group", 1)
         if groups == 1:
             return "conv"
+        # Depthwise: one input channel per group. The weight's shape says so even where the input's shape
+        # is not declared (a conv between two other ops of a sweep network, a rewritten model).
+        weight = model.declared_shape(node.input[CONV_WEIGHT[op]])
+        if weight is not None and len(weight) > 1 and isinstance(weight[1], int):
+            return "depthwise" if weight[1] == 1 else "grouped_conv"
         in_channels = model.channels(node.input[0])
         return "depthwise" if in_channels is not None and groups == in_channels else "grouped_conv"
     if op in MATMUL_WEIGHT:
@@ -97,13 +113,30 @@ def kernel_kind(model: Model, node) -> str:
 def _fused_chain(model: Model, anchor, fusable: frozenset[str]) -> list:
     """The activation / scale-shift nodes that fuse into `anchor`, in order: the run of activations after it
     (`analysis.match_activation_chain`) as far as each is a fusable kind or a scale/shift by a constant."""
-    chain = match_activation_chain(model, anchor.output[0], lambda act: act.kind in fusable or act.kind == "affine")
+    def fuses(act) -> bool:
+        spelling = "+".join(model.node(n).op_type for n in act.nodes)
+        return act.kind in fusable or act.kind == "affine" or spelling in fusable
+    chain = match_activation_chain(model, anchor.output[0], fuses)
     return [model.node(n) for n in chain.nodes] if chain else []
 
 
-def group_kernels(model: Model, fusable_activations: tuple[str, ...] | frozenset[str]) -> list[Kernel]:
+def _grouped_activation(model: Model, first, grouped: frozenset[str]) -> list:
+    """The nodes of the activation that `first` opens, when it is of a kind in `grouped` and has more than
+    one op; else nothing."""
+    for tensor in first.input:
+        if not tensor or model.is_constant(tensor):
+            continue
+        act = match_activation(model, tensor)
+        if act is not None and act.kind in grouped and len(act.nodes) > 1 and act.nodes[0] == first.name:
+            return [model.node(n) for n in act.nodes]
+        return []
+    return []
+
+
+def group_kernels(model: Model, fusable_activations: tuple[str, ...] | frozenset[str],
+                  grouped_activations: tuple[str, ...] | frozenset[str] = ()) -> list[Kernel]:
     """The model's nodes grouped into kernels, in execution (topological) order."""
-    fusable = frozenset(fusable_activations)
+    fusable, grouped = frozenset(fusable_activations), frozenset(grouped_activations)
     claimed: set[str] = set()
     groups = []
     for node in model.nodes:
@@ -112,6 +145,8 @@ def group_kernels(model: Model, fusable_activations: tuple[str, ...] | frozenset
         members = [node]
         if node.op_type in ANCHORS and fusable:
             members += _fused_chain(model, node, fusable)
+        elif grouped and node.op_type not in ANCHORS:
+            members = _grouped_activation(model, node, grouped) or members
         claimed.update(m.name for m in members)
         groups.append(members)
     return [_make_kernel(model, members) for members in groups]

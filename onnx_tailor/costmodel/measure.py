@@ -9,6 +9,16 @@ The sweep's kernels are measured where they run: inside a small network, their
 own nodes' times read from onnxruntime's profiler (`costmodel.profiler`), and
 filed under the entry's in-context id (`ctx=1`). The per-run overhead, which
 no node event covers, is its own row.
+
+The profile says which share of the network's time is the kernel's; how long
+the network runs is timed without the profiler, on the clock a whole model is
+timed with (`run_clock`: the thread's CPU time for one thread), and the kernel
+gets its share of that less the per-run overhead. Node events are wall-clock
+times: on a shared machine the faster half of them (`profiler.robust_mean`)
+leaves out the runs that lost the core, but not the slowdown every run shares
+with other processes, which the CPU time of a whole model includes (on 2 cores
+at a load of 13 the faster halves came to 10-20% less than the thread's CPU
+time, and the cost model under-predicted every held-out model by as much).
 """
 
 from __future__ import annotations
@@ -110,8 +120,10 @@ OVERHEAD_ID = "overhead"
 
 
 def measure_overhead(target: Target) -> float:
-    """The per-run overhead: a whole `session.run` of a trivial model (one element through one Relu)."""
-    return measure_model(OVERHEAD_ENTRY.model(), target, warmup=20, runs=200).median_s
+    """The per-run overhead: a whole `session.run` of a trivial model (one element through one Relu), on the
+    clock the kernels' networks are timed with (`run_clock`)."""
+    model = OVERHEAD_ENTRY.model()
+    return time_session(session_for(model, target), seeded_inputs(model), 20, 200, clock=run_clock(target)).median_s
 
 
 PROFILE_WARMUP, PROFILE_RUNS = 5, 30  # profile_on_device.py runs as many on a device
@@ -126,13 +138,16 @@ def measure_profiler_bias(target: Target) -> float:
     return profiler_bias_s(walls[0], walls[1], events, CALIBRATION_NODES, PROFILE_WARMUP)
 
 
-def measure_in_network(entry: SweepEntry, target: Target, bias_s: float = 0.0) -> float:
-    """The kernel's own time inside its small network (`SweepEntry.network`), read from the profiler,
-    less the profiler's own cost per node (`bias_s`)."""
-    network = entry.network()
-    measured = profile_network(network, session_options(target), [target.execution_provider],
-                               seeded_inputs(Model(network)), PROFILE_WARMUP, PROFILE_RUNS, bias_s)
-    return max(measured.latency_s, MIN_KERNEL_S)
+def measure_in_network(entry: SweepEntry, target: Target, bias_s: float = 0.0, overhead_s: float = 0.0) -> float:
+    """The kernel's own time inside its small network (`SweepEntry.network`): its share of the network's node
+    time in the profile (each node less the profiler's own cost, `bias_s`), times the network's run on
+    `run_clock` less the per-run overhead (`overhead_s`; see the module docstring)."""
+    network = Model(entry.network())
+    feeds = seeded_inputs(network)
+    measured = profile_network(network.proto, session_options(target), [target.execution_provider], feeds,
+                               PROFILE_WARMUP, PROFILE_RUNS, bias_s)
+    run = time_session(session_for(network, target), feeds, PROFILE_WARMUP, PROFILE_RUNS, clock=run_clock(target))
+    return max(measured.share * max(run.median_s - overhead_s, 0.0), MIN_KERNEL_S)
 
 
 # A kernel that onnxruntime fused into a neighbour takes no time of its own; the regressor learns
@@ -152,10 +167,12 @@ def measure_entries(entries: Iterable[SweepEntry], target: Target,
     """
     kernels = list(dict.fromkeys(entry.in_context for entry in entries))
     bias = measure_profiler_bias(target)
-    rows = [(OVERHEAD_ID, measure_overhead(target))]
+    overhead = measure_overhead(target)
+    rows = [(OVERHEAD_ID, overhead)]
     for index, entry in enumerate(kernels):
-        rows.append((entry.id, measure_in_network(entry, target, bias)))
+        rows.append((entry.id, measure_in_network(entry, target, bias, overhead)))
         if progress:
             progress(index + 1, len(kernels))
-    return rows, {"method": "each kernel profiled inside a small network (onnx_tailor.costmodel.profiler)",
+    return rows, {"method": "each kernel's share of its small network's profile (onnx_tailor.costmodel.profiler) "
+                            "times the network's run on the thread's clock",
                   "profiler_bias_us": f"{bias * 1e6:.3f}"}

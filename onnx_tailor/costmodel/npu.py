@@ -243,7 +243,7 @@ def simulate(model: Model, target: Target) -> Simulation:
         raise ValueError(f"target {target.name} is measured, not simulated")
     tensors = _Tensors(model, target)
     costs, unmodelled, warnings = [], set(), []
-    for kernel in group_kernels(model, target.fusable_activations):
+    for kernel in group_kernels(model, target.fusable_activations, target.grouped_activations):
         if kernel.kind == "control":
             costs.append(_control_flow(kernel, model, target, warnings))
             continue

@@ -119,7 +119,8 @@ def fit_profile(base: Target, measurements_path: str | Path, name: str, output: 
     profile = {f.name: getattr(base, f.name) for f in fields(base) if f.name != "source"}
     profile.update(name=name, kind=_profile_kind(base),
                    description=f"{name}: fitted from {source.name} on the {base.name} profile",
-                   fusable_activations=list(base.fusable_activations), measurements=csv_path.name)
+                   fusable_activations=list(base.fusable_activations),
+                   grouped_activations=list(base.grouped_activations), measurements=csv_path.name)
     if profile["kind"] == "import":
         profile.pop("execution_provider")
     text = source.read_text()

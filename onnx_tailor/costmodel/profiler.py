@@ -58,10 +58,17 @@ class ProfileError(TailorError):
 
 @dataclass(frozen=True)
 class KernelTime:
-    """What a profile says of one kernel: its time, and which nodes of the optimized graph it summed."""
+    """What a profile says of one kernel: its time, which nodes of the optimized graph it summed, and the
+    time of all the network's nodes read the same way (for `share`)."""
 
     latency_s: float
     nodes: tuple[str, ...]
+    network_s: float = 0.0
+
+    @property
+    def share(self) -> float:
+        """The kernel's share of its network's node time."""
+        return self.latency_s / self.network_s if self.network_s > 0 else 0.0
 
 
 def node_durations_us(events: list) -> dict[str, tuple[str, list[int]]]:
@@ -118,13 +125,15 @@ def kernel_time(events: list, graph: onnx.GraphProto, absorbing: set[str], warmu
     if not durations:
         raise ProfileError("the trace has no node events (was it written with enable_profiling?)")
     excluded = not_kernel(graph)
-    total, nodes = 0.0, []
+    total, network, nodes = 0.0, 0.0, []
     for name, (op_type, runs) in durations.items():
+        seconds = max(robust_mean(runs[warmup:] or runs) * 1e-6 - bias_s, 0.0)
+        network += seconds
         if name in excluded or op_type in absorbing:
             continue
         nodes.append(name)
-        total += max(robust_mean(runs[warmup:] or runs) * 1e-6 - bias_s, 0.0)
-    return KernelTime(total, tuple(nodes))
+        total += seconds
+    return KernelTime(total, tuple(nodes), network)
 
 
 def read_events(trace_path: Path) -> list:

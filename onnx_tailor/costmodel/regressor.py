@@ -31,7 +31,7 @@ from ..errors import TailorError
 from ..ir import Model
 from ..ir.io import Outputs, write_text_atomic
 from .features import FEATURE_NAMES, KernelRow, kernel_rows
-from .measure import OVERHEAD_ID
+from .measure import MIN_KERNEL_S, OVERHEAD_ID
 from .npu import simulate
 from .sweep import SweepEntry
 from .target import Target, TargetError
@@ -113,7 +113,7 @@ def _training_row(entry: SweepEntry, target: Target) -> KernelRow | None:
     return next((r for r in rows if r.kernel.name == "op"), None)
 
 
-FEATURES_VERSION = "2"  # bump when features.py changes what it computes
+FEATURES_VERSION = "7"  # bump when features.py (or how kernels.py groups and classifies) changes what it computes
 
 
 def _cache_dir() -> Path:
@@ -122,6 +122,12 @@ def _cache_dir() -> Path:
 
 def training_matrix(target: Target, measurements: Measurements) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(kind, features, log(latency / prior)) per measured kernel.
+
+    A kernel that its sweep network's neighbour absorbed (filed at `MIN_KERNEL_S`: a residual Add that
+    onnxruntime fused into the conv before it) is left out: whether it is absorbed depends on its
+    neighbours, which a kernel's features do not see, and a log ratio cannot learn "sometimes nothing"
+    (such rows pulled the element-wise regressor's predictions for large element-wise kernels down to
+    a quarter of what they took in models).
 
     Building the features means building and shape-inferring every
     microbenchmark (a few ms each), so the matrix is cached as plain arrays
@@ -140,7 +146,7 @@ def training_matrix(target: Target, measurements: Measurements) -> tuple[np.ndar
             pass  # a damaged cache is rebuilt
     kinds, features, ratios = [], [], []
     for entry_id, latency in measurements.rows:
-        if entry_id == OVERHEAD_ID:
+        if entry_id == OVERHEAD_ID or latency <= MIN_KERNEL_S:
             continue
         row = _training_row(SweepEntry.from_id(entry_id), target)
         if row is None:

@@ -19,9 +19,20 @@ own nodes from its neighbours' (`costmodel.profiler`).
 
 Shapes are drawn with a fixed seed the way MobileNet-like networks use them:
 channels from 8 to 1280, half of them not multiples of 8, wider at low
-resolution; kernels 1/3/5, strides 1/2, resolutions 7 to 224. Given models
-add entries around their own kernels (their exact shapes and neighbouring
-channel counts), nn-Meter's adaptive sampling in its simplest form.
+resolution; kernels 1/3/5, strides 1/2, resolutions 7 to 224. Two rules add
+what the square base sweep never shows, each with its own seed so that the
+base entries stay as they were:
+- text-line maps (`flat_entries`): 1 to 24 rows high, 2 to 64 times as wide
+  (up to 320), as OCR recognizers and classifiers run; `w=` in an id is the
+  width when it differs from `hw`. There a 5x5 window reads mostly padding.
+- activations spelled out in several ops (`spelled_activation_entries`):
+  HardSwish as Add/Clip/Mul(/Div), swish as x * Sigmoid(x), between convs,
+  for targets that run them as one kernel (`Target.grouped_activations`);
+  and convs with a HardSwish after them (`hardswish_entries`), which a
+  runtime may fuse at a cost of its own.
+Given models add entries around their own kernels (their exact shapes and
+neighbouring channel counts), nn-Meter's adaptive sampling in its simplest
+form; no rule above names a model.
 """
 
 from __future__ import annotations
@@ -53,7 +64,11 @@ CONTEXT_PREFIX = "ctx_"
 # Entries whose neighbours in a network are convolutions (onnxruntime keeps them in its blocked NCHWc
 # layout there: measured between Neg ops they would pay layout reorders that no network pays).
 _CONV_NEIGHBOURS = {"conv", "depthwise", "deconv", "pool", "memory"}
-_CONV_NEIGHBOUR_ELTWISE = {"add", "mul", "scale"}
+# Activations spelled out in several ops (`SPELLED_ACTIVATIONS`) sit between convs too: a runtime that
+# runs them as one kernel (`Target.grouped_activations`) is timed with the reorders they cost there.
+# (x * HardSigmoid(x) is left out: onnxruntime fuses it into the conv before it, as it does a HardSwish op.)
+SPELLED_ACTIVATIONS = ("hardswish_ops", "hardswish_ops3", "swish_ops")
+_CONV_NEIGHBOUR_ELTWISE = {"add", "mul", "scale", *SPELLED_ACTIVATIONS}
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,8 @@ class _Graph:
             return self.add("Relu", [x])
         if kind == "relu6":
             return self.add("Clip", [x, self.const(np.float32(0)), self.const(np.float32(6))])
+        if kind == "hardswish":  # x * HardSigmoid(x): how canonicalization spells a HardSwish op
+            return self.add("Mul", [x, self.add("HardSigmoid", [x], alpha=1 / 6, beta=0.5)])
         return x
 
     def neighbour(self, x: str, channels: int | None, name: str) -> str:
@@ -183,13 +200,18 @@ def _conv(p, rng, depthwise=False):
     g = _Graph(rng)
     ci = p["c"] if depthwise else p["ci"]
     co = ci if depthwise else p["co"]
-    k, s, hw = p["k"], p["s"], p["hw"]
+    k, s = p["k"], p["s"]
 
     def body(x):
         y = g.add("Conv", [x["x"], g.weight(co, 1 if depthwise else ci, k, k), g.weight(co)], name="op",
                   kernel_shape=[k, k], strides=[s, s], pads=[k // 2] * 4, group=ci if depthwise else 1)
         return g.activation(y, p["act"])
-    return g.finish({"x": [1, ci, hw, hw]}, body, p["ctx"])
+    return g.finish({"x": [1, ci, *_size(p)]}, body, p["ctx"])
+
+
+def _size(p) -> list[int]:
+    """Height and width of an entry's input map: `hw` square, or `hw` high and `w` wide."""
+    return [p["hw"], p.get("w", p["hw"])]
 
 
 def _deconv(p, rng):
@@ -210,13 +232,15 @@ def _matmul(p, rng):
 
 def _eltwise(p, rng):
     g = _Graph(rng)
-    c, hw, kind = p["c"], p["hw"], p["kind"]
-    shape = [1, c, hw, hw]
+    c, kind = p["c"], p["kind"]
+    shape = [1, c, *_size(p)]
     inputs = {"x": shape, "y": shape} if kind in ("add", "mul") else {"x": shape}
     if kind == "scale":  # the Mul of a squeeze-excitation gate: [1,C,H,W] * [1,C,1,1]
         inputs["y"] = [1, c, 1, 1]
 
     def body(x):
+        if kind in SPELLED_ACTIVATIONS:
+            return _spelled_activation(g, x["x"], kind)
         if kind in ("add", "mul", "scale"):
             return g.add({"add": "Add", "mul": "Mul", "scale": "Mul"}[kind], [x["x"], x["y"]], name="op")
         if kind == "relu6":
@@ -225,6 +249,16 @@ def _eltwise(p, rng):
             return g.add("HardSigmoid", [x["x"]], name="op", alpha=0.2, beta=0.5)
         return g.add({"relu": "Relu", "sigmoid": "Sigmoid", "hardswish": "HardSwish"}[kind], [x["x"]], name="op")
     return g.finish(inputs, body, p["ctx"])
+
+
+def _spelled_activation(g: _Graph, x: str, kind: str) -> str:
+    """HardSwish as Add(3) -> Clip(0, 6) -> Mul(x) [-> Div(6)]; swish as x * Sigmoid(x).
+    The first op is named `op`: it anchors the kernel."""
+    if kind == "swish_ops":
+        return g.add("Mul", [x, g.add("Sigmoid", [x], name="op")])
+    shifted = g.add("Add", [x, g.const(np.float32(3))], name="op")
+    gated = g.add("Mul", [x, g.add("Clip", [shifted, g.const(np.float32(0)), g.const(np.float32(6))])])
+    return g.add("Div", [gated, g.const(np.float32(6))]) if kind == "hardswish_ops" else gated
 
 
 def _pool(p, rng):
@@ -236,13 +270,13 @@ def _pool(p, rng):
             return g.add("GlobalAveragePool", [x["x"]], name="op")
         op = "MaxPool" if kind == "maxpool" else "AveragePool"
         return g.add(op, [x["x"]], name="op", kernel_shape=[2, 2], strides=[2, 2])
-    return g.finish({"x": [1, p["c"], p["hw"], p["hw"]]}, body, p["ctx"])
+    return g.finish({"x": [1, p["c"], *_size(p)]}, body, p["ctx"])
 
 
 def _memory(p, rng):
     g = _Graph(rng)
-    c, hw, kind = p["c"], p["hw"], p["kind"]
-    shape = [1, c, hw, hw]
+    c, kind = p["c"], p["kind"]
+    shape = [1, c, *_size(p)]
     inputs = {"x": shape, "y": shape} if kind == "concat" else {"x": shape}
 
     def body(x):
@@ -370,9 +404,95 @@ def entries_from_models(models: Iterable[Model], contexts: tuple[int, ...] = (1,
     return list(dict.fromkeys(found))
 
 
+# Text-line maps: a few rows high, many times as wide (OCR recognizers and classifiers, 32-48 pixels high).
+FLAT_HEIGHTS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
+FLAT_MAX_ASPECT, FLAT_MAX_WIDTH = 64, 320
+
+
+def flat_entries(seed: int = 1, size: int = 150, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
+    """Convs, depthwise convs, element-wise ops and pools on text-line maps (`FLAT_HEIGHTS` rows, 2 to
+    `FLAT_MAX_ASPECT` times as wide, log-uniform): on a map 2 or 3 rows high most of a 5x5 window lands in
+    the padding, which the square base sweep never shows; `size` entries in all (per context)."""
+    rng = np.random.default_rng(seed)
+    plan = {"conv": 0.4, "depthwise": 0.3, "eltwise": 0.2, "pool": 0.1}
+    entries = []
+    for op, share in plan.items():
+        for _ in range(max(4, int(size * share))):
+            h = int(rng.choice(FLAT_HEIGHTS))
+            w = min(FLAT_MAX_WIDTH, int(round(h * math.exp(rng.uniform(math.log(2), math.log(FLAT_MAX_ASPECT))))))
+            square = max(1, int(math.sqrt(h * w)))  # the square map of as many pixels, for the channel caps
+            if op == "conv":
+                k, s = int(rng.choice((1, 3, 3, 5))), int(rng.choice((1, 1, 2)))
+                ci, co = _channels(rng, square), _channels(rng, square)
+                while ci * co * k * k * h * w // (s * s) > MAX_MACS:
+                    ci, co = max(3, ci // 2), max(3, co // 2)
+                params = dict(ci=ci, co=co, k=k, s=s, act=str(rng.choice(ACTIVATIONS)))
+            elif op == "depthwise":
+                params = dict(c=_channels(rng, square) * int(rng.choice((1, 3, 6))) // 2 or 8, k=int(rng.choice((3, 5))),
+                              s=int(rng.choice((1, 2))), act=str(rng.choice(ACTIVATIONS)))
+            elif op == "eltwise":
+                params = dict(c=_channels(rng, square), kind=str(rng.choice(ELEMENTWISE_OPS)))
+            else:
+                params = dict(c=_channels(rng, square), kind="gap" if h < 2 else str(rng.choice(POOL_OPS)))
+            for ctx in contexts:
+                entries.append(SweepEntry.make(op, ctx=ctx, hw=h, w=w, **params))
+    return list(dict.fromkeys(entries))
+
+
+def spelled_activation_entries(seed: int = 2, size: int = 48, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
+    """Each of `SPELLED_ACTIVATIONS` at `size` / 4 shapes: half square (`RESOLUTIONS`), half text-line maps."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for kind in SPELLED_ACTIVATIONS:
+        for index in range(max(2, size // len(SPELLED_ACTIVATIONS))):
+            if index % 2:
+                h = int(rng.choice(FLAT_HEIGHTS))
+                w = min(FLAT_MAX_WIDTH, int(round(h * math.exp(rng.uniform(math.log(2), math.log(FLAT_MAX_ASPECT))))))
+                shape = dict(hw=h, w=w)
+                square = max(1, int(math.sqrt(h * w)))
+            else:
+                square = int(rng.choice(RESOLUTIONS))
+                shape = dict(hw=square)
+            for ctx in contexts:
+                entries.append(SweepEntry.make("eltwise", ctx=ctx, c=_channels(rng, square), kind=kind, **shape))
+    return list(dict.fromkeys(entries))
+
+
+def hardswish_entries(seed: int = 4, size: int = 40, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
+    """Convs and depthwise convs (3 to 2) with a HardSwish after them, which a runtime may fuse (onnxruntime
+    does, for a HardSwish op and x * HardSigmoid(x)) at a cost of its own; half square (`RESOLUTIONS`),
+    half text-line maps. The base sweep's activations are none, ReLU and ReLU6."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for index in range(size):
+        if index % 2:
+            h = int(rng.choice(FLAT_HEIGHTS))
+            w = min(FLAT_MAX_WIDTH, int(round(h * math.exp(rng.uniform(math.log(2), math.log(FLAT_MAX_ASPECT))))))
+            shape, square = dict(hw=h, w=w), max(1, int(math.sqrt(h * w)))
+        else:
+            square = int(rng.choice(RESOLUTIONS))
+            shape, h, w = dict(hw=square), square, square
+        if index % 5 < 3:
+            k, s = int(rng.choice((1, 1, 3))), int(rng.choice((1, 1, 2)))
+            ci, co = _channels(rng, square), _channels(rng, square)
+            while ci * co * k * k * h * w // (s * s) > MAX_MACS:
+                ci, co = max(3, ci // 2), max(3, co // 2)
+            op, params = "conv", dict(ci=ci, co=co, k=k, s=s)
+        else:
+            op, params = "depthwise", dict(c=_channels(rng, square) * int(rng.choice((3, 6))) // 2,
+                                           k=int(rng.choice((3, 5))), s=int(rng.choice((1, 2))))
+        for ctx in contexts:
+            entries.append(SweepEntry.make(op, ctx=ctx, act="hardswish", **params, **shape))
+    return list(dict.fromkeys(entries))
+
+
 def sweep_entries(size: int = 600, models: Iterable[Model] = ()) -> list[SweepEntry]:
-    """The base sweep of `size`, plus the entries around the kernels of `models`, each entry once."""
-    entries = base_entries(size=size) + entries_from_models(models)
+    """The base sweep of `size`, its text-line entries (a quarter as many), the spelled-out activations
+    (a twelfth as many), convs with a HardSwish (a fifteenth), plus the entries around the kernels of
+    `models`, each entry once."""
+    entries = (base_entries(size=size) + flat_entries(size=max(size // 4, 16))
+               + spelled_activation_entries(size=max(size // 12, 8)) + hardswish_entries(size=max(size // 15, 8))
+               + entries_from_models(models))
     return list(dict.fromkeys(entries))
 
 

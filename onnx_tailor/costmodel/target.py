@@ -43,6 +43,7 @@ class Target:
     dispatch_cycles: int = 0
     element_bytes: int = 4
     fusable_activations: tuple[str, ...] = ()
+    grouped_activations: tuple[str, ...] = ()  # spelled-out activations run as one kernel (`costmodel.kernels`)
     execution_provider: str = "CPUExecutionProvider"
     threads: int = 1
     measurements: str | None = None  # CSV path, relative to the profile file
@@ -62,6 +63,7 @@ class Target:
         `precision`, and the profile's path as `profile`."""
         row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
         row["fusable_activations"] = list(self.fusable_activations)
+        row["grouped_activations"] = list(self.grouped_activations)
         row["precision"] = self.precision
         row["profile"] = str(self.source) if self.source else None
         return row
@@ -84,7 +86,7 @@ _REQUIRED = {
 # with 100000 threads hung `costmodel measure`).
 _FIELDS = {
     "name": ("str",), "kind": ("str",), "description": ("str",), "execution_provider": ("str",),
-    "measurements": ("str?",), "fusable_activations": ("str list",),
+    "measurements": ("str?",), "fusable_activations": ("str list",), "grouped_activations": ("str list",),
     "parallelism": ("int", 1, 1 << 16),
     "vector_lanes": ("int", 1, 1 << 16),
     "clock_hz": ("number", 1e3, 1e12),
@@ -139,6 +141,7 @@ def parse_target(path: Path) -> Target:
     for key, value in raw.items():
         raw[key] = _checked(path, key, value)
     raw["fusable_activations"] = tuple(raw.get("fusable_activations", ()))
+    raw["grouped_activations"] = tuple(raw.get("grouped_activations", ()))
     return Target(**raw, source=path)
 
 

@@ -66,6 +66,10 @@ def test_a_kernel_is_its_own_nodes_and_the_reorders_around_it_not_the_boundary_o
     measured = kernel_time(events, POOL_GRAPH, {"Conv", "FusedConv"}, warmup=1)
     assert set(measured.nodes) == {"ReorderOutput_token_6", "op", "ReorderInput_token_4"}
     assert measured.latency_s == pytest.approx((11 + 16 + 7) * 1e-6)  # the first run's 900 us is warm-up
+    # the whole network's node time, read the same way: what `share` divides by (measure scales it to the
+    # network's run on the thread's clock)
+    assert measured.network_s == pytest.approx((50 + 40 + 11 + 16 + 7 + 30 + 60) * 1e-6)
+    assert measured.share == pytest.approx(34 / 214)
 
 
 def test_a_kernel_absorbed_into_a_context_conv_takes_no_time_and_an_inlined_one_counts():
@@ -163,7 +167,7 @@ def test_measure_entries_measures_a_kernel_once_in_network_under_its_in_context_
     assert [entry_id for entry_id, _ in rows] == [OVERHEAD_ID, entries[1].id, entries[2].in_context.id]
     assert all(latency > 0 for _, latency in rows)
     assert calls == [(1, 2), (2, 2)]
-    assert "profiled inside a small network" in how["method"] and float(how["profiler_bias_us"]) >= 0
+    assert "share of its small network" in how["method"] and float(how["profiler_bias_us"]) >= 0
 
 
 def test_traces_that_cannot_be_read_are_named(tmp_path):

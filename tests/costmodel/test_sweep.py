@@ -7,13 +7,15 @@ import json
 import pytest
 
 from onnx_tailor import load
-from onnx_tailor.costmodel.sweep import base_entries, read_manifest, sweep_entries, write_sweep
+from onnx_tailor.costmodel.sweep import (base_entries, flat_entries, hardswish_entries, read_manifest,
+                                        spelled_activation_entries, sweep_entries, write_sweep)
 from onnx_tailor.errors import TailorError
 from tests.conftest import DIGITS
 
 
-def test_sweep_entries_add_a_models_kernels_to_the_base_sweep_once():
-    base = base_entries(size=20)
+def test_sweep_entries_add_a_models_kernels_to_the_rule_based_sweep_once():
+    base = (base_entries(size=20) + flat_entries(size=16) + spelled_activation_entries(size=8)
+            + hardswish_entries(size=8))
     assert sweep_entries(20) == base
     with_model = sweep_entries(20, [load(DIGITS.path)])
     assert with_model[:len(base)] == base and len(with_model) > len(base)
