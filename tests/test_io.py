@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from onnx_tailor.errors import InputShapeError, ModelLoadError, TailorError
-from onnx_tailor.ir import Model, check_equivalence, read_proto, run, save
+from onnx_tailor.ir import Model, check_equivalence, read_proto, run, runtime, save
 from onnx_tailor.passes.canonicalize import load
 from tests.graphs import GraphBuilder, tiny_mobilenet
 
@@ -106,6 +106,27 @@ def test_equivalence_check_can_fail():
     weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
     comparison = check_equivalence(Model(proto), Model(perturbed))
     assert not comparison and "differs" in comparison.detail
+
+
+def test_equivalence_allows_what_the_models_own_rounding_floor_allows(monkeypatch):
+    """A model that amplifies rounding is held to a multiple of how far onnxruntime's own optimizations move
+    it; an ordinary model's floor is far below the fixed tolerance, which then decides alone."""
+    b = GraphBuilder(seed=9)
+    proto = b.build({"x": (1, 3, 4, 4)}, [b.conv("x", 3, 4, 1, name="conv")])
+    perturbed = onnx.ModelProto()
+    perturbed.CopyFrom(proto)
+    weight = perturbed.graph.initializer[0]
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values *= 1 + 1e-3  # every output 1e-3 off: ten times the fixed tolerance
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    original = Model(proto)
+    feeds = runtime.seeded_inputs(original)
+    assert runtime.rounding_floor(original, feeds, run(original, feeds)) < 1e-5
+    assert not check_equivalence(original, Model(perturbed))
+    monkeypatch.setattr(runtime, "rounding_floor", lambda model, feeds, reference: 5e-4)  # 4x: 2e-3 allowed
+    assert check_equivalence(original, Model(perturbed))
+    monkeypatch.setattr(runtime, "rounding_floor", lambda model, feeds, reference: 1e-4)  # 4e-4: not enough
+    assert not check_equivalence(original, Model(perturbed))
 
 
 def test_external_data_models_load(tmp_path):

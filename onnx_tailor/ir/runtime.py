@@ -198,12 +198,34 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     return Comparison(not problems, worst[1], worst[2], worst[0], "; ".join(problems) or "equal")
 
 
+# An exact rewrite still changes how a model rounds (a depthwise conv run as a dense one sums in another
+# order), and a model that amplifies rounding (seeded random weights, MobileNetV2-224: a 1e-7 change at its
+# first depthwise conv grows to 5e-3 of its logits) moves further than any fixed tolerance. onnxruntime's own
+# graph optimizations change the rounding the same way, so how far they move the original is that model's
+# rounding floor; a rewrite within this many times the floor is as exact as the model can tell.
+ROUNDING_MARGIN = 4.0
+
+
 def check_equivalence(original: Model, rewritten: Model, rtol: float = 1e-4, seed: int = 0,
                       atol: float = 1e-6) -> Comparison:
-    """Run both models on the same inputs (the original's representative inputs) and compare."""
+    """Run both models on the same inputs (the original's representative inputs) and compare: within
+    `rtol`, or within ROUNDING_MARGIN times the original's own rounding floor where that is larger."""
     feeds = representative_inputs(original, seed)
     try:
         reference = run(original, feeds)
     except Exception as exc:  # onnxruntime's own error types: the original itself does not run on these
         raise cannot_run(original, exc, "checking a rewrite runs the model") from None
-    return compare_outputs(reference, run(rewritten, feeds), rtol, atol)
+    candidate = run(rewritten, feeds)
+    comparison = compare_outputs(reference, candidate, rtol, atol)
+    if comparison:
+        return comparison
+    floor = ROUNDING_MARGIN * rounding_floor(original, feeds, reference)
+    return compare_outputs(reference, candidate, floor, atol) if floor > rtol else comparison
+
+
+def rounding_floor(model: Model, feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    """How far, relative to each output's scale, onnxruntime's full graph optimization moves `model`'s
+    outputs (`reference`, unoptimized) on `feeds`."""
+    sess = session(model, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    names = [o.name for o in sess.get_outputs()]
+    return compare_outputs(reference, dict(zip(names, sess.run(names, feeds)))).max_rel_error
