@@ -95,38 +95,36 @@ def test_save_refuses_to_overwrite_the_input_unless_asked(tiny_path):
     assert tiny_path.read_bytes() != before  # canonical form differs from the export
 
 
-def test_equivalence_check_can_fail():
+def conv_and_perturbed(change) -> tuple[Model, Model]:
+    """A one-conv model, and a copy whose weight `change` edited (in place)."""
     b = GraphBuilder(seed=9)
     proto = b.build({"x": (1, 3, 4, 4)}, [b.conv("x", 3, 4, 1, name="conv")])
     perturbed = onnx.ModelProto()
     perturbed.CopyFrom(proto)
     weight = perturbed.graph.initializer[0]
     values = onnx.numpy_helper.to_array(weight).copy()
-    values.flat[0] += 1e-2
+    change(values)
     weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
-    comparison = check_equivalence(Model(proto), Model(perturbed))
+    return Model(proto), Model(perturbed)
+
+
+def test_equivalence_check_can_fail():
+    original, perturbed = conv_and_perturbed(lambda values: values.flat.__setitem__(0, values.flat[0] + 1e-2))
+    comparison = check_equivalence(original, perturbed)
     assert not comparison and "differs" in comparison.detail
 
 
 def test_equivalence_allows_what_the_models_own_rounding_floor_allows(monkeypatch):
     """A model that amplifies rounding is held to a multiple of how far onnxruntime's own optimizations move
     it; an ordinary model's floor is far below the fixed tolerance, which then decides alone."""
-    b = GraphBuilder(seed=9)
-    proto = b.build({"x": (1, 3, 4, 4)}, [b.conv("x", 3, 4, 1, name="conv")])
-    perturbed = onnx.ModelProto()
-    perturbed.CopyFrom(proto)
-    weight = perturbed.graph.initializer[0]
-    values = onnx.numpy_helper.to_array(weight).copy()
-    values *= 1 + 1e-3  # every output 1e-3 off: ten times the fixed tolerance
-    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
-    original = Model(proto)
+    original, perturbed = conv_and_perturbed(lambda values: values.__imul__(1 + 1e-3))  # 10x the tolerance
     feeds = runtime.seeded_inputs(original)
     assert runtime.rounding_floor(original, feeds, run(original, feeds)) < 1e-5
-    assert not check_equivalence(original, Model(perturbed))
+    assert not check_equivalence(original, perturbed)
     monkeypatch.setattr(runtime, "rounding_floor", lambda model, feeds, reference: 5e-4)  # 4x: 2e-3 allowed
-    assert check_equivalence(original, Model(perturbed))
+    assert check_equivalence(original, perturbed)
     monkeypatch.setattr(runtime, "rounding_floor", lambda model, feeds, reference: 1e-4)  # 4e-4: not enough
-    assert not check_equivalence(original, Model(perturbed))
+    assert not check_equivalence(original, perturbed)
 
 
 def test_external_data_models_load(tmp_path):
