@@ -109,7 +109,7 @@ def conv_and_perturbed(change) -> tuple[Model, Model]:
 
 
 def test_equivalence_check_can_fail():
-    original, perturbed = conv_and_perturbed(lambda values: values.flat.__setitem__(0, values.flat[0] + 1e-2))
+    original, perturbed = conv_and_perturbed(lambda w: np.put(w, 0, w.flat[0] + 1e-2))
     comparison = check_equivalence(original, perturbed)
     assert not comparison and "differs" in comparison.detail
 
@@ -117,7 +117,7 @@ def test_equivalence_check_can_fail():
 def test_equivalence_allows_what_the_models_own_rounding_floor_allows(monkeypatch):
     """A model that amplifies rounding is held to a multiple of how far onnxruntime's own optimizations move
     it; an ordinary model's floor is far below the fixed tolerance, which then decides alone."""
-    original, perturbed = conv_and_perturbed(lambda values: values.__imul__(1 + 1e-3))  # 10x the tolerance
+    original, perturbed = conv_and_perturbed(lambda w: np.multiply(w, 1 + 1e-3, out=w))  # 10x the tolerance
     feeds = runtime.seeded_inputs(original)
     assert runtime.rounding_floor(original, feeds, run(original, feeds)) < 1e-5
     assert not check_equivalence(original, perturbed)
