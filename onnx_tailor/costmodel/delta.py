@@ -13,30 +13,44 @@ new signature and is scored again.
 
     parent  (k1 k2 k3 k4)           latency P
     rewrite (k1 k2' k5 k4)          latency P - t(k2) - t(k3) + t(k2') + t(k5)
+
+The rewritten model need not exist whole: `predict_region_change` reads the
+rewrite of a region cut out of the parent (`ir.regions`). The kernels that
+can differ are those holding a node the rewrite edited or whose tensors
+changed shape, or a neighbour of one, closed over both sides' kernels; when
+all of them lie far enough inside the region that their grouping cannot see
+the cut, the region's kernels are the whole model's, and only the question
+"is this a real graph input/output" is asked of the parent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..ir import Model
-from .features import kernel_row
+from ..ir.regions import adjacent, border, distances, grow
+from .features import KernelRow, kernel_row
 from .kernels import Kernel, group_kernels
 from .regressor import CostModel
 
 Signature = tuple
+# How many edges past its own nodes a kernel's grouping looks (a reader's reader: the Mul that closes a gate,
+# the scale that closes HardSwish): a region's kernels closer than this to its cut are not trusted.
+MARGIN = 2
 
 
-def kernel_signature(model: Model, kernel: Kernel) -> Signature:
-    """Everything `kernel_row` reads about `kernel` in `model`: equal signatures predict equal latencies."""
-    info = model.tensor_info
+def kernel_signature(model: Model, kernel: Kernel, borders: Model | None = None) -> Signature:
+    """Everything `kernel_row` reads about `kernel` in `model`: equal signatures predict equal latencies.
+    `borders`: the model whose graph inputs and outputs count, when `model` is a region cut out of it."""
+    info, borders = model.tensor_info, borders or model
     members = [model.node(name) for name in kernel.nodes]
     tensors = sorted({t for m in members for t in (*m.input, *m.output) if t} | set(kernel.weights))
     shapes = tuple((t, info[t].shape, info[t].elem_type) if t in info else (t, model.declared_shape(t))
                    for t in tensors)
-    borders = (tuple(model.is_graph_input(t) for t in kernel.inputs),
-               tuple(model.is_graph_output(t) for t in kernel.outputs))
-    return kernel, tuple(m.SerializeToString(deterministic=True) for m in members), shapes, borders
+    flags = (tuple(borders.is_graph_input(t) for t in kernel.inputs),
+             tuple(borders.is_graph_output(t) for t in kernel.outputs))
+    return kernel, tuple(m.SerializeToString(deterministic=True) for m in members), shapes, flags
 
 
 def executed_kernels(model: Model, cost_model: CostModel) -> list[Kernel]:
@@ -55,6 +69,11 @@ class KernelCosts:
     def nodes(self, signatures) -> frozenset[str]:
         return frozenset(name for s in signatures for name in self.kernels[s][0])
 
+    @cached_property
+    def owners(self) -> dict[str, Signature]:
+        """Node name -> the signature of the executed kernel it belongs to."""
+        return {name: s for s, (names, _) in self.kernels.items() for name in names}
+
 
 def kernel_costs(cost_model: CostModel, model: Model) -> KernelCosts:
     """The whole model scored: what every accepted model gets, and what its candidates' changes start from."""
@@ -72,14 +91,127 @@ class Change:
     added: frozenset[str]
 
 
+@dataclass(frozen=True)
+class Unscored:
+    """A change whose new kernels are still to be predicted (`score`): one regressor call costs far more than
+    one row, so the search predicts every change of a model's candidates at once."""
+
+    kept_s: float  # the parent's latency less the kernels the rewrite removed
+    removed: frozenset[str]
+    added: frozenset[str]
+    rows: tuple[KernelRow, ...]  # the new kernels, in the rewritten model's order
+
+
+def score(cost_model: CostModel, changes: list[Unscored]) -> list[Change]:
+    """Each change's predicted latency: its new kernels predicted together with every other change's."""
+    times = cost_model.predict_rows([row for change in changes for row in change.rows])
+    scored, start = [], 0
+    for change in changes:
+        added_s = times[start:start + len(change.rows)]
+        start += len(change.rows)
+        scored.append(Change(change.kept_s + sum(added_s), change.removed, change.added))
+    return scored
+
+
 def predict_change(cost_model: CostModel, parent: KernelCosts, rewritten: Model) -> Change:
     """`rewritten`'s predicted latency from its parent's kernel costs: only the new kernels are scored."""
+    return score(cost_model, [unscored_change(cost_model, parent, rewritten)])[0]
+
+
+def unscored_change(cost_model: CostModel, parent: KernelCosts, rewritten: Model) -> Unscored:
+    """`predict_change` short of predicting the new kernels."""
     signatures = {kernel_signature(rewritten, k): k for k in executed_kernels(rewritten, cost_model)}
     new = [kernel for signature, kernel in signatures.items() if signature not in parent.kernels]
     gone = [signature for signature in parent.kernels if signature not in signatures]
-    added_s = cost_model.predict_rows([kernel_row(rewritten, k, cost_model.target) for k in new])
-    latency = parent.latency_s - sum(parent.kernels[s][1] for s in gone) + sum(added_s)
-    return Change(latency, parent.nodes(gone), frozenset(name for k in new for name in k.nodes))
+    return _unscored(cost_model, parent, rewritten, gone, new, rewritten)
+
+
+def _unscored(cost_model: CostModel, parent: KernelCosts, rewritten: Model, gone: list, new: list,
+              borders: Model) -> Unscored:
+    kept = parent.latency_s - sum(parent.kernels[s][1] for s in gone)
+    return Unscored(kept, parent.nodes(gone), frozenset(name for k in new for name in k.nodes),
+                    tuple(kernel_row(rewritten, k, cost_model.target, borders) for k in new))
+
+
+def region_around(model: Model, parent: KernelCosts, names, hops: int) -> set[str]:
+    """The nodes a region preview of a rewrite of `names` cuts out: their kernels, then `hops` times the
+    neighbours and their kernels (a rewrite's reach counts in kernels, a fused chain being one), then
+    `MARGIN` more edges for the cut (`ir.regions.grow`)."""
+    region = set(names)
+    for step in range(hops + 1):
+        if step:
+            region |= {a for n in region if model.has_node(n) for a in adjacent(model, n)}
+        region |= parent.nodes({parent.owners[n] for n in region if n in parent.owners})
+    return grow(model, region, MARGIN)
+
+
+def predict_region_change(cost_model: CostModel, parent: KernelCosts, model: Model, region: Model,
+                          rewritten: Model) -> Change | None:
+    """`predict_change` for the rewrite `rewritten` of `region`, a region of `model` (`ir.regions.extract`)
+    whose kernels are `parent`: the same answer, or None when the region cannot tell (the rewrite changed a
+    tensor on its border, a shape changed where nothing explains it, a changed kernel reaches its cut)."""
+    change = unscored_region_change(cost_model, parent, model, region, rewritten)
+    return None if change is None else score(cost_model, [change])[0]
+
+
+def unscored_region_change(cost_model: CostModel, parent: KernelCosts, model: Model, region: Model,
+                           rewritten: Model) -> Unscored | None:
+    """`predict_region_change` short of predicting the new kernels."""
+    touched = _touched(model, region, rewritten)
+    if touched is None:
+        return None
+    target = cost_model.target
+    kernels = group_kernels(rewritten, target.fusable_activations, target.grouped_activations)
+    owner = {name: k for k in kernels for name in k.nodes}
+    involved = set(touched)
+    while True:  # close over kernels on both sides: a kernel that differs may span nodes nothing touched
+        grown = involved | {m for n in involved if n in owner for m in owner[n].nodes}
+        grown |= parent.nodes({parent.owners[n] for n in involved if n in parent.owners})
+        if grown == involved:
+            break
+        involved = grown
+    inside, cut = {n.name for n in rewritten.graph.node}, border(model, {n.name for n in region.graph.node})
+    if involved - inside - {n.name for n in region.graph.node} or involved & cut:
+        return None  # a kernel reaching out of the region, or the cut itself changed
+    near = distances(rewritten, inside, cut & inside)
+    if any(near.get(name, MARGIN) < MARGIN for name in involved & inside):
+        return None
+    # In the orders the whole model's change sums them, so that equal changes predict bit-equal latencies.
+    signatures = {kernel_signature(rewritten, k, model): k for k in kernels
+                  if k.kind != "free" and involved.intersection(k.nodes)}
+    new = [kernel for signature, kernel in signatures.items() if signature not in parent.kernels]
+    before = {parent.owners[n] for n in involved if n in parent.owners}
+    gone = [signature for signature in parent.kernels if signature in before and signature not in signatures]
+    return _unscored(cost_model, parent, rewritten, gone, new, model)
+
+
+def _touched(model: Model, region: Model, rewritten: Model) -> frozenset[str] | None:
+    """Nodes the rewrite of `region` edited, added or removed, those reading or writing a tensor whose shape
+    changed, and their neighbours; None when a border tensor changed or a shape changed unexplained."""
+    info, after = model.tensor_info, rewritten.tensor_info
+    ends = [*region.graph_inputs, *region.graph.output]
+    if ({v.name for v in rewritten.graph_inputs} != {v.name for v in region.graph_inputs}
+            or {v.name for v in rewritten.graph.output} != {v.name for v in region.graph.output}
+            or any(after.get(v.name) != info.get(v.name) for v in ends)):
+        return None
+    before = {n.name: n for n in region.graph.node}
+    edited = {n.name for n in rewritten.graph.node if before.get(n.name) != n}
+    edited |= before.keys() - {n.name for n in rewritten.graph.node}
+    reshaped = {w.name for w in rewritten.graph.initializer
+                if region.declared_shape(w.name) not in (None, tuple(w.dims))}
+    for node in rewritten.graph.node:
+        outputs = [t for t in node.output if t]
+        if any(t not in after for t in outputs):
+            return None  # a shape the region cannot know: the whole model's inference may
+        changed = [t for t in outputs if after[t] != info.get(t)]
+        if changed and node.name not in edited and not reshaped.intersection(node.input) \
+                and not any(after.get(t) != info.get(t) for t in node.input if t):
+            return None  # a shape changed downstream of nothing that changed: the region misleads inference
+        reshaped.update(changed)
+    for node in rewritten.graph.node:
+        if any(t in reshaped for t in (*node.input, *node.output)):
+            edited.add(node.name)
+    return neighbourhood(model, edited) | neighbourhood(rewritten, edited)
 
 
 def changed_nodes(before: KernelCosts, after: KernelCosts) -> frozenset[str]:

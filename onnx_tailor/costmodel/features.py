@@ -123,10 +123,12 @@ def kernel_rows(model: Model, target: Target) -> list[KernelRow]:
     return [kernel_row(model, kernel, target) for kernel in kernels if kernel.kind != "free"]
 
 
-def kernel_row(model: Model, kernel: Kernel, target: Target) -> KernelRow:
+def kernel_row(model: Model, kernel: Kernel, target: Target, borders: Model | None = None) -> KernelRow:
     """Features and prior of one executed kernel of `model`: it reads only the kernel's own nodes and
-    the shapes of their tensors, so a rewrite's change is scored by the kernels it removes and adds."""
+    the shapes of their tensors, so a rewrite's change is scored by the kernels it removes and adds.
+    `borders`: the model whose graph inputs and outputs count, when `model` is a region cut out of it."""
     info = model.tensor_info
+    borders = borders or model
     element = target.element_bytes
     half_sram = max(target.sram_bytes / 2, 1)
     node = model.node(kernel.name)
@@ -158,8 +160,8 @@ def kernel_row(model: Model, kernel: Kernel, target: Target) -> KernelRow:
         math.log1p(weight_bytes),
         max((e * element for e in in_elems), default=0) / half_sram,
         max((e * element for e in out_elems), default=0) / half_sram,
-        float(any(model.is_graph_input(i) for i in kernel.inputs)),
-        float(any(model.is_graph_output(o) for o in kernel.outputs)),
+        float(any(borders.is_graph_input(i) for i in kernel.inputs)),
+        float(any(borders.is_graph_output(o) for o in kernel.outputs)),
         math.log1p(in_ch), math.log1p(out_shape[1] if len(out_shape) > 1 else 0),
         math.prod(weight_shape[2:]) if weight_shape else 1,
         max(model.attr(node, "strides", [1]) or [1]),

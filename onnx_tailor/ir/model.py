@@ -55,8 +55,11 @@ class Model:
     """A canonical ONNX model (see `passes.canonicalize`) with lazily derived graph facts."""
 
     def __init__(self, proto: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None,
-                 probe_inputs: Mapping[str, np.ndarray] | None = None):
+                 probe_inputs: Mapping[str, np.ndarray] | None = None, shapes_inferred: bool = False):
+        """`shapes_inferred`: the proto's value_info is onnx's inference on this very graph, stale shapes
+        dropped first (`from_graphsurgeon`), so `tensor_info` need not infer again at declared input shapes."""
         self._proto = proto
+        self.shapes_inferred = shapes_inferred
         self._probe_inputs = dict(probe_inputs) if probe_inputs else None
         self._shape_overrides = parse_input_shapes(input_shapes)
         unknown = set(self._shape_overrides) - {i.name for i in self.graph_inputs}
@@ -357,7 +360,7 @@ class Model:
         proto.producer_name = self._proto.producer_name
         proto.producer_version = self._proto.producer_version
         del proto.graph.value_info[:]
-        return self.with_proto(infer_shapes(proto))
+        return Model(infer_shapes(proto), self._shape_overrides, self._probe_inputs, shapes_inferred=True)
 
     def __repr__(self) -> str:
         return f"<Model {self.graph.name or '?'}: {len(self.graph.node)} nodes, {self.content_hash[:12]}>"

@@ -41,8 +41,11 @@ class TensorInfo:
 def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """onnx shape inference with data propagation (resolves Shape->Reshape chains).
 
-    A model past 2 GiB is inferred in its light form (`ir.large`)."""
-    light = None if large.fits(proto) else large.lighten(proto)
+    Inference runs on the light form (`ir.large`): weights of `large.HOLD_FROM_BYTES` or more are held
+    aside, since inference never needs their values and serializing them in and out for it costs more
+    than inferring (a rewritten region's preview spent three quarters of its inference there); past 2 GiB
+    there is no other way."""
+    light = large.lighten(proto) if any(large.holdable(t) for t in proto.graph.initializer) else None
     try:
         inferred = onnx.shape_inference.infer_shapes(light.proto if light else proto, strict_mode=False,
                                                      data_prop=True)
@@ -50,12 +53,16 @@ def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
         return proto
     if light is None:
         return inferred
-    # Past 2 GiB the shapes go into `proto` itself, not into a copy of gigabytes: every caller
-    # hands over a proto it has just made.
+    # Past 2 GiB the shapes go into `proto` itself, not into a copy of gigabytes: every caller hands over a
+    # proto it has just made. Below, into a copy, as onnx's own inference returns one.
+    result = proto
+    if large.fits(proto):
+        result = onnx.ModelProto()
+        result.CopyFrom(proto)
     for field in ("value_info", "output"):
-        del getattr(proto.graph, field)[:]
-        getattr(proto.graph, field).extend(getattr(inferred.graph, field))
-    return proto
+        del getattr(result.graph, field)[:]
+        getattr(result.graph, field).extend(getattr(inferred.graph, field))
+    return result
 
 
 def itemsize(elem_type: int) -> int:
@@ -79,16 +86,19 @@ def _collect(proto: onnx.ModelProto) -> dict[str, TensorInfo]:
 
 def concrete_tensor_info(model: Model) -> dict[str, TensorInfo]:
     """Shape and type of every activation tensor of `model` at `model.input_shapes`."""
-    proto = large.copy_for_shapes(model.proto)
     fixed = model.input_shapes
-    for vi in proto.graph.input:
-        if vi.name in fixed:
-            shape = vi.type.tensor_type.shape
-            del shape.dim[:]
-            for d in fixed[vi.name]:
-                shape.dim.add().dim_value = d
-    del proto.graph.value_info[:]
-    proto = infer_shapes(proto)
+    if model.shapes_inferred and all(model.declared_shape(name) == shape for name, shape in fixed.items()):
+        proto = model.proto  # inferred already, at these very input shapes: inferring again gives the same
+    else:
+        proto = large.copy_for_shapes(model.proto)
+        for vi in proto.graph.input:
+            if vi.name in fixed:
+                shape = vi.type.tensor_type.shape
+                del shape.dim[:]
+                for d in fixed[vi.name]:
+                    shape.dim.add().dim_value = d
+        del proto.graph.value_info[:]
+        proto = infer_shapes(proto)
     info = _collect(proto)
     wanted = [o for n in proto.graph.node for o in n.output if o and o not in info]
     if wanted:

@@ -30,9 +30,11 @@ from typing import Any, Callable, Iterator
 
 from .. import accuracy
 from ..costmodel import cost_model_for
-from ..costmodel.delta import KernelCosts, changed_nodes, kernel_costs, neighbourhood, predict_change
+from ..costmodel.delta import (KernelCosts, Unscored, changed_nodes, kernel_costs, neighbourhood, region_around,
+                               score, unscored_change, unscored_region_change)
 from ..costmodel.target import Target
 from ..ir import Model
+from ..ir.regions import extract
 from ..passes import Exactness, Site, Step, get_pass
 from ..passes.base import Pass
 from ..passes.tensor_cache import active_cache
@@ -52,6 +54,23 @@ MIN_GAIN = 5e-3
 # Drops closer than this (in any metric's units: points, cosine, dB) are the same drop: exact steps move a
 # drop by float noise (1e-11 of cosine on the tiny model), far below anything a budget could tell apart.
 SAME_DROP = 1e-6
+# How far (in kernels) around a site's kernels a region preview cuts: a rewrite changes its own kernels and the
+# shapes its neighbours read, whose fusion then changes; past that, most rewrites stay inside.
+REGION_HOPS = 1
+
+
+def region_change(cost_model, costs: KernelCosts, model: Model, rewrite: Pass, site: Site,
+                  params: dict) -> Unscored | None:
+    """`site`'s change found on a region cut out around it (`ir.regions`), or None when the region cannot be
+    trusted to give the whole model's answer: the pass does not find the same site there, or the rewrite reaches
+    the region's border (`costmodel.delta.unscored_region_change`). `costs`: `model`'s kernels."""
+    region = extract(model, region_around(model, costs, site.nodes, REGION_HOPS))
+    if region is None:
+        return None
+    local = next((s for s in rewrite.find(region, **params) if s.step == site.step), None)
+    if local is None or local.nodes != site.nodes:
+        return None
+    return unscored_region_change(cost_model, costs, model, region, rewrite.preview(region, local))
 
 
 @dataclass(frozen=True)
@@ -158,6 +177,7 @@ class Candidate:
 @dataclass
 class Stats:
     previewed: int = 0  # candidates previewed (a rewrite built and its change scored)
+    whole: int = 0  # of those, previewed on the whole model because a region around the site could not tell
     reused: int = 0  # candidates whose predicted change carried over from the parent model
     preview_s: float = 0.0  # seconds spent finding and previewing candidates
     applied: int = 0
@@ -165,7 +185,8 @@ class Stats:
     started: float = field(default_factory=time.perf_counter)
 
     def to_dict(self) -> dict:
-        return {"candidates_scored": self.previewed, "candidates_reused": self.reused,
+        return {"candidates_scored": self.previewed, "candidates_scored_whole": self.whole,
+                "candidates_reused": self.reused,
                 "preview_seconds": round(self.preview_s, 2), "candidates_applied": self.applied,
                 "candidates_evaluated": self.evaluated, "seconds": round(time.perf_counter() - self.started, 2)}
 
@@ -300,26 +321,43 @@ class SearchContext:
 
     def candidates(self, node: Node) -> list[Candidate]:
         """Every applicable step on `node`, previewed, fastest predicted first (ties by name)."""
-        started, found = time.perf_counter(), []
+        started, sites, pending = time.perf_counter(), [], {}
         for rewrite in self.passes:
             if rewrite.exactness is Exactness.LOSSY and self.data is None:
                 continue
             params = self.params_for(rewrite)
             for site in rewrite.find(node.model, **params):
                 key = (node.key, site.step)
-                if key not in self._previews:
-                    self._previews[key] = self._inherited(node, site) or self._preview(node, rewrite, site)
-                found.append(Candidate(site, node.latency_s + self._previews[key].delta_s))
+                sites.append(site)
+                if key in self._previews or key in pending:
+                    continue
+                inherited = self._inherited(node, site)
+                if inherited is not None:
+                    self._previews[key] = inherited
+                else:
+                    pending[key] = (site, self._change(node, rewrite, site, params))
+        for (key, (site, _)), change in zip(pending.items(), score(self.cost_model, [c for _, c in pending.values()])):
+            self.stats.previewed += 1
+            footprint = neighbourhood(node.model, change.removed | site.nodes) | change.added
+            self._previews[key] = Preview(change.latency_s - node.latency_s, site.nodes, footprint)
+        found = [Candidate(site, node.latency_s + self._previews[(node.key, site.step)].delta_s) for site in sites]
         found.sort(key=lambda c: (c.predicted_s, str(c.step)))
         self.stats.preview_s += time.perf_counter() - started
         return found
 
-    def _preview(self, node: Node, rewrite, site: Site) -> Preview:
-        """Build the cheap rewrite and score its change against `node`'s kernels."""
-        change = predict_change(self.cost_model, self._costs[node.key], rewrite.preview(node.model, site))
-        self.stats.previewed += 1
-        footprint = neighbourhood(node.model, change.removed | site.nodes) | change.added
-        return Preview(change.latency_s - node.latency_s, site.nodes, footprint)
+    def _change(self, node: Node, rewrite, site: Site, params: dict) -> Unscored:
+        """The cheap rewrite's change against `node`'s kernels: on the region around the site when that can
+        tell, else on the whole model."""
+        costs = self._costs[node.key]
+        try:
+            change = region_change(self.cost_model, costs, node.model, rewrite, site, params)
+        except Exception:  # a region is only a shortcut: whatever goes wrong there, the whole model answers
+            _log.debug("region preview of %s failed", site.step, exc_info=True)
+            change = None
+        if change is None:
+            self.stats.whole += 1
+            change = unscored_change(self.cost_model, costs, rewrite.preview(node.model, site))
+        return change
 
     def _inherited(self, node: Node, site: Site) -> Preview | None:
         """The parent's preview of the same step, when the step that made `node` left its footprint alone."""

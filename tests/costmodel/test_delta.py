@@ -2,7 +2,9 @@
 
 For every pass and every site it finds on the test models, the preview's
 latency predicted from the parent's kernels (minus the removed, plus the
-added) must equal the learned cost model's prediction of the whole preview.
+added) must equal the learned cost model's prediction of the whole preview;
+so must the prediction from the rewrite of a region cut out around the site,
+whenever the region claims it can tell (and it must, on most sites).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import pytest
 
 from onnx_tailor.costmodel import cost_model_for, load_target
-from onnx_tailor.costmodel.delta import kernel_costs, predict_change
+from onnx_tailor.costmodel.delta import kernel_costs, predict_change, predict_region_change, score
 from onnx_tailor.ir import Model
+from onnx_tailor.ir.regions import extract
 from onnx_tailor.passes import all_passes, get_pass
 from onnx_tailor.passes.canonicalize import canonicalize, load
+from onnx_tailor.search.context import region_change
 from tests.graphs import tiny_mobilenet
 
 PARAMS = {"align_channels": {"multiple": 16}, "pad_channels": {"multiple": 16}, "factor_low_rank": {"energy": 0.8}}
@@ -23,17 +27,25 @@ def _check_every_site(model: Model, target: str) -> int:
     cost_model = cost_model_for(load_target(target))
     costs = kernel_costs(cost_model, model)
     assert costs.latency_s == pytest.approx(cost_model.predict(model).latency_s, rel=1e-12)
-    checked = 0
+    checked, by_region = 0, 0
     for pass_name in all_passes():
         rewrite = get_pass(pass_name)
-        for site in rewrite.find(model, **PARAMS.get(pass_name, {})):
+        params = PARAMS.get(pass_name, {})
+        for site in rewrite.find(model, **params):
             preview = rewrite.preview(model, site)
             change = predict_change(cost_model, costs, preview)
             whole = cost_model.predict(preview).latency_s
             assert change.latency_s == pytest.approx(whole, rel=1e-9, abs=1e-15), f"{pass_name}@{site.anchor}"
             if preview.content_hash != model.content_hash:
                 assert change.removed or change.added, f"{pass_name}@{site.anchor} changed the model but no kernel"
+            unscored = region_change(cost_model, costs, model, rewrite, site, params)
+            if unscored is not None:
+                region = score(cost_model, [unscored])[0]
+                assert region.latency_s == pytest.approx(whole, rel=1e-9, abs=1e-15), f"{pass_name}@{site.anchor}"
+                assert (region.removed, region.added) == (change.removed, change.added), f"{pass_name}@{site.anchor}"
+                by_region += 1
             checked += 1
+    assert by_region >= 0.9 * checked, f"only {by_region} of {checked} sites previewed on a region"
     return checked
 
 
@@ -58,3 +70,19 @@ def test_a_changed_kernel_is_not_taken_for_the_old_one():
     change = predict_change(cost_model, kernel_costs(cost_model, model), preview)
     assert site.anchor in change.removed and site.anchor in change.added
     assert change.latency_s != pytest.approx(kernel_costs(cost_model, model).latency_s, rel=1e-12)
+
+
+def test_a_region_cut_too_close_to_the_rewrite_declines_instead_of_guessing():
+    """Padding a conv changes the shape of what its readers read: a region of the site and the conv's kernel has the
+    changed tensor on its border, so it cannot tell (and a region one kernel wider can)."""
+    model = Model(canonicalize(tiny_mobilenet()))
+    cost_model = cost_model_for(load_target("npu-p32"))
+    costs = kernel_costs(cost_model, model)
+    rewrite = get_pass("pad_channels")
+    site = rewrite.find(model, multiple=16)[0]
+    tight = extract(model, set(costs.nodes({costs.owners[site.anchor]})) | site.nodes)
+    assert tight is not None
+    local = next(s for s in rewrite.find(tight, multiple=16) if s.step == site.step)
+    assert predict_region_change(cost_model, costs, model, tight, rewrite.preview(tight, local)) is None
+    wide = score(cost_model, [region_change(cost_model, costs, model, rewrite, site, {"multiple": 16})])[0]
+    assert wide.latency_s == pytest.approx(cost_model.predict(rewrite.preview(model, site)).latency_s, rel=1e-9)

@@ -13,6 +13,7 @@ from onnx_tailor import accuracy
 from onnx_tailor.costmodel import load_target
 from onnx_tailor.passes import get_pass
 from onnx_tailor.passes.canonicalize import load
+from onnx_tailor.search import context
 from onnx_tailor.search.constraints import Constraints
 from onnx_tailor.search.context import SearchContext
 from onnx_tailor.search.optimize import _search_data
@@ -38,6 +39,7 @@ def test_carried_over_previews_equal_whole_scores_along_a_search_path(target):
         assert node.latency_s == pytest.approx(ctx.cost_model.predict(node.model).latency_s, rel=1e-12)
     assert checked > 4
     assert ctx.stats.reused > 0, "no preview was carried over: the cache went untested"
+    assert ctx.stats.whole < ctx.stats.previewed / 2, "few previews were scored on a region: regions went untested"
 
 
 def test_carried_over_previews_equal_whole_scores_along_the_ceiling_walk_with_lossy_passes():
@@ -58,3 +60,18 @@ def test_carried_over_previews_equal_whole_scores_along_the_ceiling_walk_with_lo
         node, _ = ctx.ceiling(node, max_steps=1)
     assert len(node.steps) == 10 and checked > 20
     assert ctx.stats.reused > checked / 4, "few previews were carried over: the cache went untested"
+
+
+def test_a_region_that_cannot_tell_falls_back_to_the_whole_model_and_is_counted(monkeypatch):
+    """Regions cut at the site's own nodes cannot see the readers a rewrite reshapes: every preview is then
+    scored whole, counted as such, and still predicts what the whole preview does."""
+    monkeypatch.setattr(context, "region_around", lambda model, costs, names, hops: set(names))
+    model = load(DIGITS.path)
+    ctx = SearchContext(model, load_target("npu-p32"), EXACT, Constraints(), None)
+    candidates = ctx.candidates(ctx.root)
+    for candidate in candidates:
+        preview = get_pass(candidate.step.pass_name).preview(ctx.root.model, candidate.site)
+        assert candidate.predicted_s == pytest.approx(ctx.cost_model.predict(preview).latency_s, rel=1e-9)
+    assert ctx.stats.previewed == len(candidates) > 4
+    assert ctx.stats.whole == ctx.stats.previewed
+    assert ctx.stats.to_dict()["candidates_scored_whole"] == ctx.stats.whole
