@@ -90,7 +90,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -104,6 +103,7 @@ from ..ir import Model, batch_layout, session
 from ..ir.batch import chunks
 from ..ir.io import opset_of
 from ..ir.shapes import infer_shapes
+from ..ir.temporaries import scratch_folder
 from .data import Dataset, _first_line, validate
 from .evaluate import DEFAULT_BATCH_SIZE
 
@@ -149,7 +149,7 @@ def quantize_qdq(model: Model, calibration: Mapping[str, np.ndarray], *, method:
     fixed = layout.fixed
     size = fixed or (batch_size if method == "minmax" else _even_batch_size(len(data), batch_size))
     source = _at_least_qdq_opset(model.proto)
-    with tempfile.TemporaryDirectory(prefix="onnx-tailor-quantize-") as folder:
+    with scratch_folder("quantize") as folder:
         original, quantized = Path(folder) / "model.onnx", Path(folder) / "int8.onnx"
         original.write_bytes(source.SerializeToString(deterministic=True))
         try:

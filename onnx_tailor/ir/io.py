@@ -30,9 +30,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import google.protobuf.message
@@ -41,15 +39,12 @@ import onnx
 from ..errors import ModelLoadError, OutputError, TailorError
 from . import large
 from .model import Model
+from .temporaries import remove_stale_temporaries, tagged_prefix
 
 # Protobuf cannot serialize a message over 2 GiB; past this, weights go to a side file.
 _EXTERNAL_DATA_THRESHOLD = 1 << 30
 _EXTERNAL_FROM_BYTES = 1024  # in a weights file, tensors this big go there; smaller ones stay in the graph
 _ALIGNMENT = 4096  # weights start on page boundaries, where onnxruntime can map them
-_TEMPORARY = ".onnx-tailor-"
-# A temporary of process <pid>: `.onnx-tailor-<pid>-<random>.tmp`; older versions made `.onnx-tailor-<random>` folders.
-_OURS = re.compile(r"\.onnx-tailor-(?:(\d+)-[a-z0-9_]{8}\.\w+|[a-z0-9_]{8})")
-_LEGACY_AGE_S = 3600  # an untagged temporary this old belongs to no running save
 MIN_OPSET = 11
 
 
@@ -305,7 +300,7 @@ class Outputs:
         folder = path.parent if str(path.parent) else Path(".")
         remove_stale_temporaries(folder)
         try:
-            handle, name = tempfile.mkstemp(prefix=f"{_TEMPORARY}{os.getpid()}-", suffix=suffix, dir=folder)
+            handle, name = tempfile.mkstemp(prefix=tagged_prefix(), suffix=suffix, dir=folder)
         except OSError as exc:
             raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
         try:  # mkstemp makes it private (0600); an output gets the mode any new file gets here
@@ -406,46 +401,10 @@ class Outputs:
                     pass
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Remove the temporaries that killed runs left in `folder`: those of a process that is gone,
-    and untagged ones (older versions) not touched for an hour."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        match = _OURS.fullmatch(entry.name)
-        if not match:
-            continue
-        pid = match.group(1)
-        try:
-            stale = (not _alive(int(pid))) if pid else time.time() - entry.stat().st_mtime > _LEGACY_AGE_S
-            if not stale:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            elif pid:
-                os.unlink(entry.path)
-        except OSError:
-            continue  # another run got there first, or it is not ours to remove
-
-
 def _umask() -> int:
     mask = os.umask(0o22)  # reading the umask means setting it: put it straight back
     os.umask(mask)
     return mask
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _weights_read_by(path: Path) -> set[str]:
