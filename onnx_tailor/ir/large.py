@@ -146,10 +146,24 @@ def inference_session(proto: onnx.ModelProto, options: ort.SessionOptions, provi
     """An onnxruntime session for `proto` of any size (`serialized`: its bytes, when the caller has them)."""
     if serialized is not None or fits(proto):
         return ort.InferenceSession(serialized or proto.SerializeToString(), options, providers=providers, **kwargs)
-    light = lighten(proto)
-    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(t)))
-              for t in light.held.values()]
-    options.add_external_initializers(list(light.held), values)
+    return light_session(lighten(proto), options, providers, **kwargs)
+
+
+def light_session(light: Light, options: ort.SessionOptions, providers: list[str], **kwargs) -> ort.InferenceSession:
+    """An onnxruntime session for a light form, its held tensors handed over as arrays: the weights are
+    neither serialized nor copied into onnxruntime. `light.proto` is the caller's: a held tensor of a type
+    numpy cannot hand onnxruntime (bfloat16, float8, int4) is copied back into it."""
+    names, values = [], []
+    for ref in light.proto.graph.initializer:
+        tensor = light.held.get(ref.name)
+        if tensor is None:
+            continue
+        try:
+            values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(tensor))))
+            names.append(ref.name)
+        except RuntimeError:  # "only supported from non-string numpy arrays": ml_dtypes' types
+            ref.CopyFrom(tensor)
+    options.add_external_initializers(names, values)
     session = ort.InferenceSession(light.proto.SerializeToString(), options, providers=providers, **kwargs)
     session._onnx_tailor_held = values  # onnxruntime reads these arrays in place: keep them alive with it
     return session
