@@ -191,6 +191,8 @@ def broken_digits(folder: Path, how: str) -> Path:
             node.input[:] = [f"{name}_float" if i == name else i for i in node.input]
         proto.graph.node.insert(0, onnx.helper.make_node("Cast", [name], [f"{name}_float"], name="cast_input",
                                                          to=onnx.TensorProto.FLOAT))
+    elif how == "batch_fixed_huge":
+        proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 10**9
     elif how.startswith("rewired_"):  # a node fed another layer's tensor, which the folds at load read
         node_index, input_index, tensor = {"rewired_conv": (5, 1, "stem.0.weight"),
                                            "rewired_batchnorm": (1, 1, "blocks.0.body.1.weight"),
@@ -302,6 +304,9 @@ CASES: list[tuple[str, Callable[[Path], list], int, str]] = [
      "Conv '/stem/stem.0/Conv' has a weight of shape [12]; a Conv weight has at least 3 dims"),
     ("conv-bias-of-another-length", lambda d: ["inspect", broken_digits(d, "rewired_conv_bias")], 1,
      "Conv '/stem/stem.0/Conv' has a bias of shape [36] for 12 output channels"),
+    ("fixed-batch-huge", lambda d: ["evaluate", broken_digits(d, "batch_fixed_huge"), "--data", "random", "--quiet",
+                                    "--samples", "4", "--reference", DIGITS.path], 1,
+     "the model fixes its batch at 1,000,000,000 samples: padding 'input' to one batch would take 3,814.7 GiB"),
     ("input-type-without-seeded-values", lambda d: ["apply", broken_digits(d, "bfloat16_input"), "--pass",
                                                     "densify_depthwise", "-o", d / "out.onnx"],
      1, "no random input generator for element type BFLOAT16 of 'input'"),
