@@ -136,6 +136,9 @@ def _run_basic(proto: onnx.ModelProto) -> onnx.ModelProto:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
+    # The session only writes the optimized model and never runs: weights packed for its MatMul kernels
+    # would be one more copy of them at the peak of memory while loading a model.
+    options.add_session_config_entry("session.disable_prepacking", "1")
     with scratch_folder("cleanup") as tmp:
         path = os.path.join(tmp, "basic.onnx")
         options.optimized_model_filepath = path

@@ -115,13 +115,9 @@ def lighten(proto: onnx.ModelProto, from_bytes: int = HOLD_FROM_BYTES, location:
 
 
 def copy_for_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `proto` to change and infer shapes on: whole when it fits, else its light form, at no
-    copy of gigabytes (shapes never depend on the values of tensors that large)."""
-    if not fits(proto):
-        return lighten(proto).proto
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    return copy
+    """A copy of `proto` to change and infer shapes on: its light form, at no copy of the weights
+    (shapes never depend on the values of tensors that large)."""
+    return lighten(proto).proto
 
 
 def content_hash(proto: onnx.ModelProto) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from . import large
-from .runtime import cannot_run, representative_inputs, run
+from .runtime import cannot_run, exposing_session, representative_inputs
 
 if TYPE_CHECKING:
     from .model import Model
@@ -41,14 +41,18 @@ class TensorInfo:
 def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """onnx shape inference with data propagation (resolves Shape->Reshape chains).
 
-    A model past 2 GiB is inferred in its light form (`ir.large`)."""
-    light = None if large.fits(proto) else large.lighten(proto)
+    It runs on the light form (`ir.large`): onnx would serialize the whole model for it and parse it back,
+    two copies of the weights at the peak of memory while loading one, and shapes never depend on the
+    values of tensors that large."""
+    light = large.lighten(proto)
     try:
-        inferred = onnx.shape_inference.infer_shapes(light.proto if light else proto, strict_mode=False,
-                                                     data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light.proto, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort: analysis falls back to running the model
         return proto
-    if light is None:
+    if large.fits(proto):  # the inferred model, its held tensors put back where their references are
+        for ref in inferred.graph.initializer:
+            if ref.name in light.held:
+                ref.CopyFrom(light.held[ref.name])
         return inferred
     # Past 2 GiB the shapes go into `proto` itself, not into a copy of gigabytes: every caller
     # hands over a proto it has just made.
@@ -95,11 +99,7 @@ def concrete_tensor_info(model: Model) -> dict[str, TensorInfo]:
         # The probe runs the model as declared, dynamic dimensions and all: with the concrete shapes
         # written in, onnxruntime type-checks every branch of an If against them, and the branch
         # that a real input never takes may not fit (silero-vad's 8 kHz branch at 16 kHz lengths).
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model.proto)
-        known = {o.name for o in probe.graph.output}
-        probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted if name not in known)
-        outputs = _probe(model, probe)
+        outputs = _probe(model, wanted)
         for name in wanted:
             value = outputs.get(name)
             if value is not None:
@@ -107,9 +107,12 @@ def concrete_tensor_info(model: Model) -> dict[str, TensorInfo]:
     return info
 
 
-def _probe(model: Model, probe: onnx.ModelProto) -> dict[str, np.ndarray]:
+def _probe(model: Model, wanted: list[str]) -> dict[str, np.ndarray]:
+    """`wanted` tensors (and the outputs) of `model` on its representative inputs."""
     feeds = representative_inputs(model)
     try:
-        return run(model.with_proto(probe), feeds)
+        _, sess = exposing_session(model, wanted)
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(names, feeds)))
     except Exception as exc:  # onnxruntime's own error types
         raise cannot_run(model, exc, "some shapes of this model are known only by running it") from None
