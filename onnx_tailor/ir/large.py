@@ -19,7 +19,9 @@ their bytes, and the held tensors beside it (`lighten`). Then
   with its references pointing there, as the graph (`ir.io.save`);
 - loading checks the model by its path (`ir.io.read_proto`).
 
-A model that fits is serialized whole: nothing here applies to it. The weights
+A model that fits is serialized whole for its checks, sessions and hash; its
+light form serves it only where a copy of its weights would be waste: shape
+inference, and the runs that expose inner tensors (`runtime.exposing_session`). The weights
 themselves stay in memory (one copy per model, and one more while onnxruntime
 runs it), so a model past 2 GiB needs several times its size in memory.
 """
