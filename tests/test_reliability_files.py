@@ -423,6 +423,22 @@ def test_scratch_folders_of_a_dead_process_are_removed_by_the_next(tmp_path, mon
     assert listing(tmp_path) == [running.name]  # the dead one removed, the live one kept, its own gone
 
 
+def test_the_quantizer_keeps_its_own_temporaries_inside_ours(tmp_path, monkeypatch):
+    """onnxruntime's quantizer makes an `ort.quant.*` folder of its own (a copy of the model): it goes
+    inside our scratch folder, which the next run removes if this one is killed."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp",
+                        lambda *a, **kw: made.append(Path(real_mkdtemp(*a, **kw))) or str(made[-1]))
+    _quantize(tiny_mobilenet())
+    ours = [p for p in made if p.name.startswith(f".onnx-tailor-{os.getpid()}-") and p.name.endswith(".quantize")]
+    theirs = [p for p in made if p.name.startswith("ort.quant.")]
+    assert len(ours) == 1 and theirs, made
+    assert all(p.parent == ours[0] for p in theirs), made
+    assert tempfile.tempdir == str(tmp_path)  # put back
+
+
 def test_a_killed_run_leaves_a_scratch_folder_the_next_removes(tmp_path, monkeypatch):
     script = (
         "import os, signal\n"
