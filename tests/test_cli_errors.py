@@ -184,8 +184,24 @@ def broken_digits(folder: Path, how: str) -> Path:
         proto.graph.initializer[0].data_type = 99
     elif how == "unknown_input_type":
         proto.graph.input[0].type.tensor_type.elem_type = 99
-    elif how == "bfloat16_input":
+    elif how == "bfloat16_input":  # cast to float at once: the Conv takes no bfloat16
+        name = proto.graph.input[0].name
         proto.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.BFLOAT16
+        for node in proto.graph.node:
+            node.input[:] = [f"{name}_float" if i == name else i for i in node.input]
+        proto.graph.node.insert(0, onnx.helper.make_node("Cast", [name], [f"{name}_float"], name="cast_input",
+                                                         to=onnx.TensorProto.FLOAT))
+    elif how == "batch_fixed_huge":
+        proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 10**9
+    elif how.startswith("rewired_"):  # a node fed another layer's tensor, which the folds at load read
+        node_index, input_index, tensor = {"rewired_conv": (5, 1, "stem.0.weight"),
+                                           "rewired_batchnorm": (1, 1, "blocks.0.body.1.weight"),
+                                           "rewired_conv_rank": (0, 1, "stem.1.weight"),
+                                           "rewired_conv_bias": (0, 2, "blocks.0.body.1.bias")}[how]
+        node = proto.graph.node[node_index]
+        if input_index == len(node.input):
+            node.input.append(tensor)
+        node.input[input_index] = tensor
     data = proto.SerializeToString()
     if how == "not_utf8":  # protobuf will not set such a name: change its bytes in place, same length
         name = proto.graph.node[0].name.encode()
@@ -229,6 +245,10 @@ CASES: list[tuple[str, Callable[[Path], list], int, str]] = [
                                     "-o", d / "out.onnx"], 1, "ridge must be a finite number"),
     ("recipe-params-list", lambda d: ["apply", DIGITS.path, "--recipe", recipe(d, step__params=[1, 2]),
                                       "-o", d / "out.onnx"], 1, "'steps[0].params' must be an object"),
+    ("recipe-param-infinite", lambda d: ["apply", DIGITS.path, "--recipe", recipe(d, step__params={"multiple": math.inf}),
+                                         "-o", d / "out.onnx"], 1, "parameter 'multiple' needs a int, got 'inf'"),
+    ("recipe-param-fraction", lambda d: ["apply", DIGITS.path, "--recipe", recipe(d, step__params={"multiple": 16.5}),
+                                         "-o", d / "out.onnx"], 1, "parameter 'multiple' needs a int, got '16.5'"),
     ("recipe-shapes-string", lambda d: ["apply", DIGITS.path, "--recipe", recipe(d, input_shapes="1,1,32,32"),
                                         "-o", d / "out.onnx"], 1, "'input_shapes' must be an object"),
     ("recipe-dims-negative", lambda d: ["apply", DIGITS.path, "--recipe", recipe(d, input_shapes={"input": [1, -1]}),
@@ -271,13 +291,28 @@ CASES: list[tuple[str, Callable[[Path], list], int, str]] = [
     ("input-type-unknown", lambda d: ["inspect", broken_digits(d, "unknown_input_type")], 1,
      "'input' has no known element type (99)"),
     ("constant-without-value", lambda d: ["apply", broken_digits(d, "constant_without_value"), "--pass",
-                                          "simplify", "-o", d / "out.onnx"], 1, "has 0 attributes; a Constant holds"),
+                                          "simplify", "-o", d / "out.onnx"], 1,
+     "node '/stem/stem.2/Constant' (Constant): One and only one of the attributes 'value'"),
     ("attribute-empty-list", lambda d: ["inspect", broken_digits(d, "empty_pads")], 1,
      "attribute 'pads' is an empty list"),
     ("no-kernel-runs", lambda d: ["optimize", broken_digits(d, "output_is_input"), "--passes", "simplify", "--quiet", "-o",
                                   d / "out.onnx"], 1, "the model runs no kernel"),
-    ("input-type-without-seeded-values", lambda d: ["optimize", broken_digits(d, "bfloat16_input"), "--quiet", "--passes",
-                                                    "simplify", "-o", d / "out.onnx"],
+    ("conv-given-another-weight", lambda d: ["apply", broken_digits(d, "rewired_conv"), "--pass",
+                                             "densify_depthwise", "-o", d / "out.onnx"],
+     1, "its shapes do not agree: node '/blocks/blocks.0/body/body.1/BatchNormalization' (BatchNormalization): "
+        "Dimension mismatch"),
+    ("batchnorm-given-another-scale", lambda d: ["evaluate", broken_digits(d, "rewired_batchnorm"), "--data", "random",
+                                                 "--samples", "4", "--reference", DIGITS.path], 1,
+     "Dimension mismatch in unification between 36 and 12"),
+    ("conv-weight-of-rank-1", lambda d: ["inspect", broken_digits(d, "rewired_conv_rank")], 1,
+     "Conv '/stem/stem.0/Conv' has a weight of shape [12]; a Conv weight has at least 3 dims"),
+    ("conv-bias-of-another-length", lambda d: ["inspect", broken_digits(d, "rewired_conv_bias")], 1,
+     "Conv '/stem/stem.0/Conv' has a bias of shape [36] for 12 output channels"),
+    ("fixed-batch-huge", lambda d: ["evaluate", broken_digits(d, "batch_fixed_huge"), "--data", "random", "--quiet",
+                                    "--samples", "4", "--reference", DIGITS.path], 1,
+     "the model fixes its batch at 1,000,000,000 samples: padding 'input' to one batch would take 3,814.7 GiB"),
+    ("input-type-without-seeded-values", lambda d: ["apply", broken_digits(d, "bfloat16_input"), "--pass",
+                                                    "densify_depthwise", "-o", d / "out.onnx"],
      1, "no random input generator for element type BFLOAT16 of 'input'"),
 ]
 

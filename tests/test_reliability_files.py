@@ -11,19 +11,25 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+from onnx_tailor.accuracy.quantize import quantize_qdq
 from onnx_tailor.cli import main
+from onnx_tailor.costmodel.profiler import profiled_run
 from onnx_tailor.errors import OutputError
 from onnx_tailor.ir import Model, check_equivalence, io, large, read_proto, save
+from onnx_tailor.ir.cleanup import ort_basic_cleanup
+from onnx_tailor.ir.temporaries import scratch_folder
 from onnx_tailor.passes.canonicalize import load
 from tests.graphs import tiny_mobilenet
 
@@ -384,6 +390,73 @@ def test_a_killed_save_leaves_only_what_the_next_one_removes(tmp_path, tiny_path
     assert left  # the kill left its temporary behind
     save(load(tiny_path), tmp_path / "out.onnx")
     assert listing(tmp_path) == ["out.onnx", "tiny.onnx"]
+
+
+def _clean_up(proto):
+    ort_basic_cleanup(proto)
+
+
+def _quantize(proto):
+    quantize_qdq(Model(proto), {"input": np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)})
+
+
+def _profile(proto):
+    profiled_run(proto, ort.SessionOptions(), ["CPUExecutionProvider"],
+                 {"input": np.zeros((1, 3, 16, 16), np.float32)}, runs=1)
+
+
+@pytest.mark.parametrize("use", [_clean_up, _quantize, _profile], ids=["cleanup", "quantize", "profiler"])
+def test_scratch_folders_of_a_dead_process_are_removed_by_the_next(tmp_path, monkeypatch, use):
+    """onnxruntime's clean-up, the quantizer and the profiler hand onnxruntime files in a folder of the
+    system temp dir: it carries the pid, and one a killed run left is removed when the next is made."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the system temp dir, for this test
+    dead = tmp_path / f".onnx-tailor-{dead_pid()}-abcd1234.quantize"
+    dead.mkdir()
+    (dead / "model.onnx").write_bytes(b"left by a killed run")
+    running = tmp_path / f".onnx-tailor-{os.getppid()}-efgh5678.profile"
+    running.mkdir()
+    seen = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **kw: seen.append(real_mkdtemp(*a, **kw)) or seen[-1])
+    use(tiny_mobilenet())
+    assert any(Path(s).name.startswith(f".onnx-tailor-{os.getpid()}-") for s in seen), seen
+    assert listing(tmp_path) == [running.name]  # the dead one removed, the live one kept, its own gone
+
+
+def test_the_quantizer_keeps_its_own_temporaries_inside_ours(tmp_path, monkeypatch):
+    """onnxruntime's quantizer makes an `ort.quant.*` folder of its own (a copy of the model): it goes
+    inside our scratch folder, which the next run removes if this one is killed."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp",
+                        lambda *a, **kw: made.append(Path(real_mkdtemp(*a, **kw))) or str(made[-1]))
+    _quantize(tiny_mobilenet())
+    ours = [p for p in made if p.name.startswith(f".onnx-tailor-{os.getpid()}-") and p.name.endswith(".quantize")]
+    theirs = [p for p in made if p.name.startswith("ort.quant.")]
+    assert len(ours) == 1 and theirs, made
+    assert all(p.parent == ours[0] for p in theirs), made
+    assert tempfile.tempdir == str(tmp_path)  # put back
+
+
+def test_a_killed_run_leaves_a_scratch_folder_the_next_removes(tmp_path, monkeypatch):
+    script = (
+        "import os, signal\n"
+        "from onnx_tailor.ir.temporaries import scratch_folder\n"
+        "with scratch_folder('cleanup') as folder:\n"
+        "    (folder / 'basic.onnx').write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp_path),
+                               "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert done.returncode == -9, done.stderr
+    left = [name for name in listing(tmp_path) if name.startswith(".onnx-tailor-")]  # (python leaves others)
+    assert len(left) == 1 and left[0].endswith(".cleanup"), left  # the kill left its folder behind
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with scratch_folder("profile") as made:
+        assert made.is_dir()
+    assert not [name for name in listing(tmp_path) if name.startswith(".onnx-tailor-")]
 
 
 def test_an_unwritable_output_folder_is_one_line(tmp_path, tiny_path):

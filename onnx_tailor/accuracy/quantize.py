@@ -104,6 +104,7 @@ from ..ir import Model, batch_layout, session
 from ..ir.batch import chunks
 from ..ir.io import opset_of
 from ..ir.shapes import infer_shapes
+from ..ir.temporaries import scratch_folder
 from .data import Dataset, _first_line, validate
 from .evaluate import DEFAULT_BATCH_SIZE
 
@@ -149,11 +150,11 @@ def quantize_qdq(model: Model, calibration: Mapping[str, np.ndarray], *, method:
     fixed = layout.fixed
     size = fixed or (batch_size if method == "minmax" else _even_batch_size(len(data), batch_size))
     source = _at_least_qdq_opset(model.proto)
-    with tempfile.TemporaryDirectory(prefix="onnx-tailor-quantize-") as folder:
+    with scratch_folder("quantize") as folder:
         original, quantized = Path(folder) / "model.onnx", Path(folder) / "int8.onnx"
         original.write_bytes(source.SerializeToString(deterministic=True))
         try:
-            with _quiet():
+            with _quiet(), _temporaries_in(folder):
                 ortq.quantize_static(
                     str(original), str(quantized), _Batches(layout.feeds(chunk) for _, chunk in chunks(data.inputs, size, pad=bool(fixed))),
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
@@ -212,6 +213,19 @@ _QUANTIZER_FOLDER = os.path.dirname(ortq.__file__) + os.sep
 class _FromQuantizer(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.pathname.startswith(_QUANTIZER_FOLDER)
+
+
+@contextlib.contextmanager
+def _temporaries_in(folder: Path):
+    """Python's temporaries made meanwhile go inside `folder`: onnxruntime's quantizer makes its own
+    (`ort.quant.*`, holding a copy of the model) in the system temp dir, which a killed run would leave
+    there; inside our scratch folder it is removed with it. The quantizer runs on one thread at a time."""
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
 
 
 @contextlib.contextmanager

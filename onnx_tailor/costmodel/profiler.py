@@ -35,7 +35,6 @@ nodes timed with and without the profiler, and it is taken off every node.
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import TailorError
+from ..ir.temporaries import scratch_folder
 from .sweep import CONTEXT_PREFIX
 
 EVENT_SUFFIX = "_kernel_time"  # onnxruntime names a node's compute event '<node name>_kernel_time'
@@ -181,7 +181,7 @@ def profiled_run(model: onnx.ModelProto, options, providers: list[str], feeds: d
     level); profiling and the optimized model's path are set here, in a
     temporary folder that is removed afterwards.
     """
-    with tempfile.TemporaryDirectory(prefix="onnx-tailor-profile-") as folder:
+    with scratch_folder("profile") as folder:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "trace")
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")

@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 import numpy as np
 
-from ..errors import TailorError
+from ..errors import InputShapeError, TailorError
 from .large import copy_for_shapes
-from .runtime import control_inputs, input_numpy_type, integer_limits, random_array, session
+from .runtime import SEEDED_ARRAY_LIMIT, control_inputs, input_numpy_type, integer_limits, random_array, session
 from .shapes import infer_shapes
 
 if TYPE_CHECKING:  # annotations only: model imports shapes, which imports runtime
@@ -172,6 +172,13 @@ def chunks(samples: Mapping[str, np.ndarray], size: int, pad: bool) -> Iterator[
         chunk = {name: array[start:start + size] for name, array in samples.items()}
         rows = len(next(iter(chunk.values())))
         if pad and rows < size:
+            for name, part in chunk.items():  # the batch a model fixes may be absurd (10**9): say so, not OOM
+                padded = size * (part[:1].nbytes or part.itemsize)
+                if padded > SEEDED_ARRAY_LIMIT:
+                    raise InputShapeError(f"the model fixes its batch at {size:,} samples: padding '{name}' to "
+                                          f"one batch would take {padded / (1 << 30):,.1f} GiB, over the "
+                                          f"{SEEDED_ARRAY_LIMIT >> 30} GiB onnx-tailor allows; is the model's "
+                                          "batch dimension right?")
             chunk = {name: np.concatenate([part, np.repeat(part[-1:], size - rows, axis=0)])
                      for name, part in chunk.items()}
         yield rows, chunk

@@ -9,13 +9,13 @@ the `simplify` pass applies the onnxruntime clean-up on its own.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import onnx
 import onnxruntime as ort
 
 from ..errors import ModelLoadError
 from . import large
+from .temporaries import scratch_folder
 
 # ORT rule names, as its graph transformers register them. TransposeOptimizer
 # pushes a Transpose down through Slice/Squeeze, one copy per branch: on the
@@ -136,7 +136,10 @@ def _run_basic(proto: onnx.ModelProto) -> onnx.ModelProto:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
-    with tempfile.TemporaryDirectory(prefix="onnx-tailor-") as tmp:
+    # The session only writes the optimized model and never runs: weights packed for its MatMul kernels
+    # would be one more copy of them at the peak of memory while loading a model.
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    with scratch_folder("cleanup") as tmp:
         path = os.path.join(tmp, "basic.onnx")
         options.optimized_model_filepath = path
         try:

@@ -30,9 +30,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import google.protobuf.message
@@ -41,15 +39,12 @@ import onnx
 from ..errors import ModelLoadError, OutputError, TailorError
 from . import large
 from .model import Model
+from .temporaries import remove_stale_temporaries, tagged_prefix
 
 # Protobuf cannot serialize a message over 2 GiB; past this, weights go to a side file.
 _EXTERNAL_DATA_THRESHOLD = 1 << 30
 _EXTERNAL_FROM_BYTES = 1024  # in a weights file, tensors this big go there; smaller ones stay in the graph
 _ALIGNMENT = 4096  # weights start on page boundaries, where onnxruntime can map them
-_TEMPORARY = ".onnx-tailor-"
-# A temporary of process <pid>: `.onnx-tailor-<pid>-<random>.tmp`; older versions made `.onnx-tailor-<random>` folders.
-_OURS = re.compile(r"\.onnx-tailor-(?:(\d+)-[a-z0-9_]{8}\.\w+|[a-z0-9_]{8})")
-_LEGACY_AGE_S = 3600  # an untagged temporary this old belongs to no running save
 MIN_OPSET = 11
 
 
@@ -103,6 +98,7 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
                              "(is the file corrupt?)") from None
     check_tensors(proto, str(path))
     check_attribute_lists(proto, str(path))
+    check_shapes(proto, str(path))
     try:
         onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
     except FileNotFoundError as exc:
@@ -175,6 +171,47 @@ def check_tensors(proto: onnx.ModelProto, source: str) -> None:
         if held != count or any(dim < 0 for dim in tensor.dims):
             raise ModelLoadError(f"{source}: invalid ONNX model: initializer '{tensor.name}' has dims "
                                  f"{list(tensor.dims)} but holds {max(held, 0)} values (is the file corrupt?)")
+
+
+# Ops whose constant weight and bias the passes read as arrays (folds, channel edits).
+_WEIGHTED = ("Conv", "ConvTranspose")
+_INFERENCE_ERROR = re.compile(r"\(op_type:(?P<op>[^,]*), node name: (?P<node>.*?)\): (?:\[\w+\] )?(?P<why>.*)")
+
+
+def check_shapes(proto: onnx.ModelProto, source: str) -> None:
+    """Refuse a model whose shapes contradict each other (a Conv given another layer's weight, a
+    BatchNormalization whose parameters do not match its channels): the checker does not look, and the
+    folds at load would fail on them deep inside numpy. onnx's shape inference in strict mode finds most;
+    it runs on the light form, with the shapes the file declares for inner tensors and outputs left out
+    (a stale annotation is not an error: the shapes are inferred again). A Conv weight of the wrong rank,
+    which inference lets through, is checked here."""
+    light = large.lighten(proto).proto
+    del light.graph.value_info[:]
+    for output in light.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    try:
+        onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)
+    except onnx.shape_inference.InferenceError as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        # "[ShapeInferenceError] Inference error(s): (op_type:X, node name: Y): [TypeInferenceError] why"
+        said = _INFERENCE_ERROR.search(first)
+        if said:
+            first = f"node '{said['node']}' ({said['op']}): {said['why']}"
+        raise ModelLoadError(f"{source}: invalid ONNX model: its shapes do not agree: {first}") from None
+    dims = {t.name: list(t.dims) for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type not in _WEIGHTED or len(node.input) < 2 or node.input[1] not in dims:
+            continue
+        weight = dims[node.input[1]]
+        if len(weight) < 3:
+            raise ModelLoadError(f"{source}: invalid ONNX model: {node.op_type} '{node.name}' has a weight of "
+                                 f"shape {weight}; a {node.op_type} weight has at least 3 dims")
+        bias = dims.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        channels = weight[0] if node.op_type == "Conv" else weight[1] * group
+        if bias is not None and bias != [channels]:
+            raise ModelLoadError(f"{source}: invalid ONNX model: {node.op_type} '{node.name}' has a bias of "
+                                 f"shape {bias} for {channels} output channels")
 
 
 # A device or pipe has no size to check first (/dev/zero never ends): read at most this much of one.
@@ -263,7 +300,7 @@ class Outputs:
         folder = path.parent if str(path.parent) else Path(".")
         remove_stale_temporaries(folder)
         try:
-            handle, name = tempfile.mkstemp(prefix=f"{_TEMPORARY}{os.getpid()}-", suffix=suffix, dir=folder)
+            handle, name = tempfile.mkstemp(prefix=tagged_prefix(), suffix=suffix, dir=folder)
         except OSError as exc:
             raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
         try:  # mkstemp makes it private (0600); an output gets the mode any new file gets here
@@ -364,46 +401,10 @@ class Outputs:
                     pass
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Remove the temporaries that killed runs left in `folder`: those of a process that is gone,
-    and untagged ones (older versions) not touched for an hour."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        match = _OURS.fullmatch(entry.name)
-        if not match:
-            continue
-        pid = match.group(1)
-        try:
-            stale = (not _alive(int(pid))) if pid else time.time() - entry.stat().st_mtime > _LEGACY_AGE_S
-            if not stale:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            elif pid:
-                os.unlink(entry.path)
-        except OSError:
-            continue  # another run got there first, or it is not ours to remove
-
-
 def _umask() -> int:
     mask = os.umask(0o22)  # reading the umask means setting it: put it straight back
     os.umask(mask)
     return mask
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _weights_read_by(path: Path) -> set[str]:

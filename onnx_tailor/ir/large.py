@@ -19,7 +19,9 @@ their bytes, and the held tensors beside it (`lighten`). Then
   with its references pointing there, as the graph (`ir.io.save`);
 - loading checks the model by its path (`ir.io.read_proto`).
 
-A model that fits is serialized whole: nothing here applies to it. The weights
+A model that fits is serialized whole for its checks, sessions and hash; its
+light form serves it only where a copy of its weights would be waste: shape
+inference, and the runs that expose inner tensors (`runtime.exposing_session`). The weights
 themselves stay in memory (one copy per model, and one more while onnxruntime
 runs it), so a model past 2 GiB needs several times its size in memory.
 """
@@ -115,13 +117,9 @@ def lighten(proto: onnx.ModelProto, from_bytes: int = HOLD_FROM_BYTES, location:
 
 
 def copy_for_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `proto` to change and infer shapes on: whole when it fits, else its light form, at no
-    copy of gigabytes (shapes never depend on the values of tensors that large)."""
-    if not fits(proto):
-        return lighten(proto).proto
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    return copy
+    """A copy of `proto` to change and infer shapes on: its light form, at no copy of the weights
+    (shapes never depend on the values of tensors that large)."""
+    return lighten(proto).proto
 
 
 def content_hash(proto: onnx.ModelProto) -> str:
@@ -146,10 +144,24 @@ def inference_session(proto: onnx.ModelProto, options: ort.SessionOptions, provi
     """An onnxruntime session for `proto` of any size (`serialized`: its bytes, when the caller has them)."""
     if serialized is not None or fits(proto):
         return ort.InferenceSession(serialized or proto.SerializeToString(), options, providers=providers, **kwargs)
-    light = lighten(proto)
-    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(t)))
-              for t in light.held.values()]
-    options.add_external_initializers(list(light.held), values)
+    return light_session(lighten(proto), options, providers, **kwargs)
+
+
+def light_session(light: Light, options: ort.SessionOptions, providers: list[str], **kwargs) -> ort.InferenceSession:
+    """An onnxruntime session for a light form, its held tensors handed over as arrays: the weights are
+    neither serialized nor copied into onnxruntime. `light.proto` is the caller's: a held tensor of a type
+    numpy cannot hand onnxruntime (bfloat16, float8, int4) is copied back into it."""
+    names, values = [], []
+    for ref in light.proto.graph.initializer:
+        tensor = light.held.get(ref.name)
+        if tensor is None:
+            continue
+        try:
+            values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(tensor))))
+            names.append(ref.name)
+        except RuntimeError:  # "only supported from non-string numpy arrays": ml_dtypes' types
+            ref.CopyFrom(tensor)
+    options.add_external_initializers(names, values)
     session = ort.InferenceSession(light.proto.SerializeToString(), options, providers=providers, **kwargs)
     session._onnx_tailor_held = values  # onnxruntime reads these arrays in place: keep them alive with it
     return session

@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from ..errors import InputShapeError, InputTypeError
 from .indices import index_limits
-from .large import inference_session
+from .large import inference_session, light_session, lighten
 
 if TYPE_CHECKING:  # annotations only: model imports shapes, which runs models with this module
     from .model import Model
@@ -42,12 +42,27 @@ FALLBACK_INTEGER_LIMIT = 2
 def session(model: Model, optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             threads: int = 1) -> ort.InferenceSession:
     """A CPU session for `model`; unoptimized by default, single-threaded for repeatability."""
+    return open_session(model, _cpu_options(optimization, threads), ["CPUExecutionProvider"])
+
+
+def exposing_session(model: Model, tensors: list[str]) -> tuple[onnx.ModelProto, ort.InferenceSession]:
+    """`model` with `tensors` added to its graph outputs, and a session of it like `session`'s, made
+    without copying the weights: from the light form (`ir.large`), whose large tensors are references
+    to the model's own and reach onnxruntime as arrays. The proto is for its structure and shapes only."""
+    light = lighten(model.proto)
+    present = {o.name for o in light.proto.graph.output}
+    light.proto.graph.output.extend(onnx.ValueInfoProto(name=t) for t in dict.fromkeys(tensors) if t not in present)
+    options = _cpu_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL, 1)
+    return light.proto, light_session(light, options, ["CPUExecutionProvider"])
+
+
+def _cpu_options(optimization: ort.GraphOptimizationLevel, threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = optimization
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # fatal only: its errors reach the user as our one-line message
-    return open_session(model, options, ["CPUExecutionProvider"])
+    return options
 
 
 def open_session(model: Model, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:

@@ -42,9 +42,9 @@ def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """onnx shape inference with data propagation (resolves Shape->Reshape chains).
 
     Inference runs on the light form (`ir.large`): weights of `large.HOLD_FROM_BYTES` or more are held
-    aside, since inference never needs their values and serializing them in and out for it costs more
-    than inferring (a rewritten region's preview spent three quarters of its inference there); past 2 GiB
-    there is no other way."""
+    aside, since inference never needs their values: onnx would serialize the whole model for it and parse
+    it back (two more copies of the weights at the peak of memory while loading one; three quarters of a
+    rewritten region's inference in a preview); past 2 GiB there is no other way."""
     light = large.lighten(proto) if any(large.holdable(t) for t in proto.graph.initializer) else None
     try:
         inferred = onnx.shape_inference.infer_shapes(light.proto if light else proto, strict_mode=False,

@@ -115,8 +115,10 @@ class Param:
             value = raw
         else:
             try:
+                if self.type is int and isinstance(raw, float) and not raw.is_integer():
+                    raise ValueError(raw)  # int() would cut 16.5 to 16, and fail on inf with OverflowError
                 value = self.type(raw)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise PassError(f"{pass_name}: parameter '{self.name}' needs a {self.type.__name__}, got '{raw}'") from None
         if isinstance(value, float) and not math.isfinite(value):  # 'nan' and 'inf' parse, and fit nothing
             raise PassError(f"{pass_name}: {self.name} must be a finite number, got {value!r}")

@@ -18,22 +18,12 @@ bytes a fresh run would give.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
-from ..ir import Model, run, run_samples
-from ..ir.runtime import representative_inputs
+from ..ir import Model, run_samples
+from ..ir.runtime import exposing_session, representative_inputs
 from .tensor_cache import active_cache
 
 Calibration = dict[str, np.ndarray]
-
-
-def exposing(model: Model, tensors: list[str]) -> Model:
-    """The same model with `tensors` added to its graph outputs."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    present = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.ValueInfoProto(name=t) for t in dict.fromkeys(tensors) if t not in present)
-    return model.with_proto(proto)
 
 
 def capture(model: Model, tensors: list[str], calib: Calibration | None, pinned: bool = False) -> dict[str, np.ndarray]:
@@ -58,8 +48,16 @@ def capture(model: Model, tensors: list[str], calib: Calibration | None, pinned:
 
 
 def _computed(model: Model, tensors: list[str], feeds: dict[str, np.ndarray], one_batch: bool) -> dict[str, np.ndarray]:
-    exposed = exposing(model, tensors)
-    outputs = run(exposed, feeds) if one_batch else run_samples(exposed, feeds, what="the calibration data")[0]
+    # The model with `tensors` as outputs, without a copy of its weights (a copy per capture was the
+    # peak of memory on large models): its proto gives the batch axes, its session runs.
+    proto, sess = exposing_session(model, tensors)
+    names = [o.name for o in sess.get_outputs()]
+
+    def runner(batch):
+        return dict(zip(names, sess.run(names, batch)))
+
+    outputs = runner(feeds) if one_batch else run_samples(model.with_proto(proto), feeds, runner=runner,
+                                                          what="the calibration data")[0]
     return {t: outputs[t] for t in tensors}
 
 

@@ -13,11 +13,13 @@ import hashlib
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 from onnx_tailor.analysis import find_ibn_blocks
-from onnx_tailor.ir import Model, seeded_samples
+from onnx_tailor.ir import Model, large, seeded_samples, session
 from onnx_tailor.ir.cones import cone_digests
+from onnx_tailor.ir.runtime import exposing_session, representative_inputs
 from onnx_tailor.passes import apply_pass
 from onnx_tailor.passes.canonicalize import canonicalize, load
 from onnx_tailor.passes.capture import capture, capture_fit
@@ -25,6 +27,7 @@ from onnx_tailor.passes.tensor_cache import TensorCache, using
 from onnx_tailor.search import optimize
 from tests.conftest import DIGITS, MODELS
 from tests.graphs import tiny_mobilenet
+from tests.test_reliability_files import matmul_model
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +168,41 @@ def test_optimize_writes_the_same_bytes_with_the_cache_as_without_it_on_digits()
     without = optimize(model, cache_bytes=0, **options)
     cached = optimize(model, **options)
     assert without.recipe.steps and _result_bytes(cached) == _result_bytes(without)
+
+
+def test_a_capture_hands_onnxruntime_the_weights_without_a_copy(tmp_path):
+    """The exposed model is the light form (its large weights are references to the model's own tensors,
+    a few KB of graph instead of the model's 2 MiB), and it computes the very bytes that a whole copy of
+    the model with the same outputs added computes."""
+    model = Model(canonicalize(matmul_model(4096, 64, weights=2)))
+    tensors = ["y0", "sum1", "c1"]
+    proto, sess = exposing_session(model, tensors)
+    assert proto.ByteSize() < large.HOLD_FROM_BYTES < large.weight_bytes(model.proto)
+    feeds = representative_inputs(model)  # what capture runs on without data
+    whole = onnx.ModelProto()
+    whole.CopyFrom(model.proto)
+    whole.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors)
+    expected = dict(zip(tensors, session(model.with_proto(whole)).run(tensors, feeds)))
+    for name, value in zip(tensors, sess.run(tensors, feeds)):
+        np.testing.assert_array_equal(value, expected[name])
+    for name, value in capture(model, tensors, None).items():
+        np.testing.assert_array_equal(value, expected[name])
+
+
+def test_a_weight_numpy_cannot_hand_onnxruntime_goes_inline():
+    """bfloat16 (like float8 and int4) has no numpy form onnxruntime takes: that held tensor is written
+    back into the light form, and the capture still computes what the model does."""
+    weight = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    bf16 = onnx.helper.make_tensor("w", onnx.TensorProto.BFLOAT16, weight.shape,
+                                   (weight.view(np.uint32) >> 16).astype(np.uint16).tobytes(), raw=True)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Cast", ["w"], ["wf"], name="cast", to=onnx.TensorProto.FLOAT),
+         onnx.helper.make_node("MatMul", ["x", "wf"], ["y"], name="mm")], "bf16",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 256])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 256])], [bf16])
+    model = Model(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+    assert large.lighten(model.proto).held  # 128 KiB: held on the light path
+    proto, sess = exposing_session(model, ["wf"])
+    [value] = sess.run(["wf"], {"x": np.zeros((1, 256), np.float32)})
+    truncated = ((weight.view(np.uint32) >> 16) << 16).view(np.float32)
+    np.testing.assert_array_equal(value, truncated)

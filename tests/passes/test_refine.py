@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from onnx_tailor.analysis import find_ibn_blocks, match_activation
-from onnx_tailor.ir import Model, run, seeded_inputs
+from onnx_tailor.ir import Model, seeded_inputs
 from onnx_tailor.passes.canonicalize import canonicalize
-from onnx_tailor.passes.capture import exposing
+from onnx_tailor.passes.capture import capture
 from onnx_tailor.passes.conv_geometry import ConvGeometry
 from onnx_tailor.passes.refine import ConvPair, Elementwise, SqueezeExcitation
 from tests.graphs import GraphBuilder, ibn_block
@@ -25,7 +25,7 @@ def _block_model(activation: str) -> Model:
 
 def _values(model: Model, tensors: list[str]) -> dict[str, np.ndarray]:
     feeds = {k: v * 3 for k, v in seeded_inputs(model).items()}
-    return run(exposing(model, tensors), feeds)
+    return capture(model, tensors, feeds)  # the model's fixed batch of 4: one run, on these feeds
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
