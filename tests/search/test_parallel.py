@@ -1,10 +1,13 @@
-"""Candidates applied and evaluated in parallel: a local process pool and Ray give the bytes one process gives.
+"""Candidates previewed, applied and evaluated in parallel: a local process pool and Ray give the bytes one
+process gives.
 
 Each strategy runs a short search on the tiny synthetic MobileNet with one
 worker and with two (and on a local Ray instance when Ray is installed): the
 best model, its steps, every model evaluated and the log of every
-candidate's fate must be the same; and `optimize --workers 2` writes the
-model and recipe bytes that `--workers 1` writes.
+candidate's fate (with its predicted gain) must be the same; and
+`optimize --workers 2` writes the model and recipe bytes that `--workers 1`
+writes. The previews a worker computes (from a model, its kernel costs and
+the cost model sent across) are the ones this process computes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from onnx_tailor.search.beam import beam
 from onnx_tailor.search.constraints import Constraints, parse_max_drop
 from onnx_tailor.search.context import SearchContext, SearchData
 from onnx_tailor.search.evolutionary import evolutionary
+from onnx_tailor.search.executor import Pool
 from onnx_tailor.search.greedy import greedy
 from tests.search.tiny_search import PASSES
 
@@ -89,6 +93,21 @@ def test_the_command_line_with_two_workers_writes_the_bytes_of_one(tiny, tmp_pat
         assert result.exit_code == 0, result.output
         written[workers] = (output.read_bytes(), (tmp_path / f"recipe{workers}.json").read_bytes())
     assert written["1"] == written["2"]
+
+
+def test_previews_from_workers_are_the_ones_made_here(tiny):
+    ctx = SearchContext(tiny, load_target("npu-p32"), PASSES, Constraints(parse_max_drop("0.05"), None, None),
+                        _data(tiny))  # one worker: it previews here
+    sites = [candidate.site for candidate in ctx.candidates(ctx.root)]
+    job = (tiny, ctx._costs[tiny.content_hash], sites)
+    here = ctx._evaluation.preview(job)
+    pool = Pool(ctx._evaluation.shared, 2)
+    try:
+        there = pool.map([(tiny, job[1], sites[:1]), job, job], "preview")  # the second worker gets work too
+    finally:
+        pool.close()
+    assert {site.pass_name for site in sites} >= {"fuse_ibn_expansion", "pad_channels"}  # lossy and exact
+    assert there == [here[:1], here, here]
 
 
 def test_zero_workers_is_refused(tiny):
