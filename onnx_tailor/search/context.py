@@ -38,7 +38,7 @@ from ..passes import Exactness, Site, Step, get_pass
 from ..passes.base import Pass
 from ..passes.tensor_cache import active_cache
 from .constraints import Constraints
-from .executor import Evaluation, Measured, Shared, executor_for
+from .executor import Evaluation, Measured, Serial, Shared, executor_for
 from .measured import MeasuredSteps
 from .preview import Preview
 
@@ -205,8 +205,10 @@ class SearchContext:
             raise
 
     def close(self) -> None:
-        """Stop the executor's workers, if any."""
+        """Stop the executor's workers, if any. What is previewed after (why the search stopped, the
+        ceiling walk) is previewed in this process."""
         self.executor.close()
+        self.executor = Serial(self._evaluation)
 
     # -- budget -----------------------------------------------------------------------
 

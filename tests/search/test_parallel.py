@@ -28,7 +28,6 @@ from onnx_tailor.search.beam import beam
 from onnx_tailor.search.constraints import Constraints, parse_max_drop
 from onnx_tailor.search.context import SearchContext, SearchData
 from onnx_tailor.search.evolutionary import evolutionary
-from onnx_tailor.search.executor import Pool
 from onnx_tailor.search.greedy import greedy
 from tests.search.tiny_search import PASSES
 
@@ -95,19 +94,24 @@ def test_the_command_line_with_two_workers_writes_the_bytes_of_one(tiny, tmp_pat
     assert written["1"] == written["2"]
 
 
+def _context(model: Model, **execution) -> SearchContext:
+    return SearchContext(model, load_target("npu-p32"), OPTIONS["passes"],
+                         Constraints(parse_max_drop("0.05"), None, None), _data(model), **execution)
+
+
 def test_previews_from_workers_are_the_ones_made_here(tiny):
-    ctx = SearchContext(tiny, load_target("npu-p32"), PASSES, Constraints(parse_max_drop("0.05"), None, None),
-                        _data(tiny))  # one worker: it previews here
-    sites = [candidate.site for candidate in ctx.candidates(ctx.root)]
-    job = (tiny, ctx._costs[tiny.content_hash], sites)
-    here = ctx._evaluation.preview(job)
-    pool = Pool(ctx._evaluation.shared, 2)
+    """Before `close` the workers preview (the sites dealt among them); after it this process does, for
+    what follows a search: why it stopped and the ceiling walk."""
+    here, pooled = _context(tiny), _context(tiny, workers=2)
     try:
-        there = pool.map([(tiny, job[1], sites[:1]), job, job], "preview")  # the second worker gets work too
+        there = pooled.candidates(pooled.root)
     finally:
-        pool.close()
-    assert {site.pass_name for site in sites} >= {"fuse_ibn_expansion", "pad_channels"}  # lossy and exact
-    assert there == [here[:1], here, here]
+        pooled.close()
+    mine = here.candidates(here.root)
+    assert {c.step.pass_name for c in mine} >= {"fuse_ibn_expansion", "pad_channels"}  # lossy and exact
+    assert [(c.step, c.predicted_s) for c in there] == [(c.step, c.predicted_s) for c in mine]
+    walked = pooled.ceiling(pooled.root)[0]
+    assert len(walked.steps) > 1 and walked.steps == here.ceiling(here.root)[0].steps
 
 
 def test_zero_workers_is_refused(tiny):
