@@ -649,13 +649,14 @@ def targets(as_json):
               help="Fractions of --data that passes fit on, that the search judges candidates on, and that "
                    "only the result is judged on (the drop the report quotes).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-              help="Apply and evaluate candidates in N local processes; the result is the same bytes as with 1. "
-                   "Starting workers costs seconds: on a small model one process is faster.")
+              help="Preview, apply and evaluate candidates in N local processes, one thread each (N up to the "
+                   "machine's cores); the result is the same bytes as with 1. Starting workers costs seconds: on "
+                   "a small model one process is faster.")
 @click.option("--ray", "ray_address", metavar="auto|ADDRESS",
               help="Apply and evaluate candidates on a Ray cluster instead (needs the 'ray' extra).")
 @click.option("--cache-bytes", type=click.IntRange(min=0), metavar="BYTES",
               help="Memory each process may keep calibration tensors in across fits (0: none, every fit runs "
-                   "its models again). [default: 1/8 of the machine's memory]")
+                   "its models again). [default: 1/8 of the machine's memory, split among --workers]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The optimized model.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write report.json here.")
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="Write recipe.json here.")

@@ -25,22 +25,22 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from .. import accuracy
 from ..costmodel import cost_model_for
-from ..costmodel.delta import (KernelCosts, Unscored, changed_nodes, kernel_costs, neighbourhood, region_around,
-                               score, unscored_change, unscored_region_change)
+from ..costmodel.delta import KernelCosts, changed_nodes, kernel_costs, neighbourhood
 from ..costmodel.target import Target
 from ..ir import Model
-from ..ir.regions import extract
 from ..passes import Exactness, Site, Step, get_pass
 from ..passes.base import Pass
 from ..passes.tensor_cache import active_cache
 from .constraints import Constraints
-from .executor import Evaluation, Measured, Outcome, Shared, blas_threads, executor_for
+from .executor import Evaluation, Measured, Serial, Shared, executor_for
 from .measured import MeasuredSteps
+from .preview import Preview
 
 _log = logging.getLogger(__name__)  # every candidate's fate, at DEBUG: what `optimize -v` shows
 
@@ -54,25 +54,6 @@ MIN_GAIN = 5e-3
 # Drops closer than this (in any metric's units: points, cosine, dB) are the same drop: exact steps move a
 # drop by float noise (1e-11 of cosine on the tiny model), far below anything a budget could tell apart.
 SAME_DROP = 1e-6
-# How far (in kernels) around a site's kernels a region preview cuts: a rewrite changes its own kernels and the
-# shapes its neighbours read, whose fusion then changes; past that, most rewrites stay inside.
-REGION_HOPS = 1
-
-
-def region_change(cost_model, costs: KernelCosts, model: Model, rewrite: Pass, site: Site,
-                  params: dict) -> Unscored | None:
-    """`site`'s change found on a region cut out around it (`ir.regions`), or None when the region cannot be
-    trusted to give the whole model's answer: the pass does not find the same site there, or the rewrite reaches
-    the region's border (`costmodel.delta.unscored_region_change`). `costs`: `model`'s kernels."""
-    region = extract(model, region_around(model, costs, site.nodes, REGION_HOPS))
-    if region is None:
-        return None
-    local = next((s for s in rewrite.find(region, **params) if s.step == site.step), None)
-    if local is None or local.nodes != site.nodes:
-        return None
-    return unscored_region_change(cost_model, costs, model, region, rewrite.preview(region, local))
-
-
 @dataclass(frozen=True)
 class Judgement:
     """A model's metric on the split it was judged on, its drop against the original, and whether that is too much."""
@@ -156,15 +137,6 @@ class Node:
 
 
 @dataclass(frozen=True)
-class Preview:
-    """A candidate's predicted change, valid on every model whose region around `footprint` is unchanged."""
-
-    delta_s: float  # predicted latency change against the model it was previewed on
-    site_nodes: frozenset[str]
-    footprint: frozenset[str]  # the nodes of the kernels it changes, and their neighbours
-
-
-@dataclass(frozen=True)
 class Candidate:
     site: Site  # found on the parent node's model
     predicted_s: float | None  # None only in `fates`, for a candidate the budget left unpreviewed
@@ -202,10 +174,10 @@ class SearchContext:
         process uses the active one). Call `close` when done."""
         self.target = target
         self.pass_params = pass_params or {}
-        shared = Shared(original, target, constraints, data, MAX_LOCAL_ERROR, cache_bytes, blas_threads())
-        self._evaluation = Evaluation(shared, active_cache())  # this process's own measurements
         self.cost_model = cost_model_for(target)
-        self._outcomes: dict[tuple[str, Step], Outcome] = {}  # computed ahead by prefetch, not yet registered
+        shared = Shared(original, target, constraints, data, MAX_LOCAL_ERROR, cache_bytes, self.cost_model)
+        self._evaluation = Evaluation(shared, active_cache())  # this process's own measurements
+        self._outcomes: dict[tuple[str, Step], Future] = {}  # started ahead by prefetch, not yet registered
         self.measured = MeasuredSteps(target)  # times each step against its parent on targets measured here
         self.passes = [get_pass(name) for name in passes]
         self.constraints = constraints
@@ -238,8 +210,10 @@ class SearchContext:
             raise
 
     def close(self) -> None:
-        """Stop the executor's workers, if any."""
+        """Stop the executor's workers, if any. What is previewed after (why the search stopped, the
+        ceiling walk) is previewed in this process."""
         self.executor.close()
+        self.executor = Serial(self._evaluation)
 
     # -- budget -----------------------------------------------------------------------
 
@@ -321,43 +295,43 @@ class SearchContext:
 
     def candidates(self, node: Node) -> list[Candidate]:
         """Every applicable step on `node`, previewed, fastest predicted first (ties by name)."""
-        started, sites, pending = time.perf_counter(), [], {}
+        started, sites, new = time.perf_counter(), [], {}
         for rewrite in self.passes:
             if rewrite.exactness is Exactness.LOSSY and self.data is None:
                 continue
-            params = self.params_for(rewrite)
-            for site in rewrite.find(node.model, **params):
-                key = (node.key, site.step)
+            for site in rewrite.find(node.model, **self.params_for(rewrite)):
                 sites.append(site)
-                if key in self._previews or key in pending:
-                    continue
-                inherited = self._inherited(node, site)
-                if inherited is not None:
-                    self._previews[key] = inherited
-                else:
-                    pending[key] = (site, self._change(node, rewrite, site, params))
-        for (key, (site, _)), change in zip(pending.items(), score(self.cost_model, [c for _, c in pending.values()])):
-            self.stats.previewed += 1
-            footprint = neighbourhood(node.model, change.removed | site.nodes) | change.added
-            self._previews[key] = Preview(change.latency_s - node.latency_s, site.nodes, footprint)
+                key = (node.key, site.step)
+                if key not in self._previews and key not in new:
+                    inherited = self._inherited(node, site)
+                    if inherited is not None:
+                        self._previews[key] = inherited
+                    else:
+                        new[key] = site
+        self._previews.update(zip(new, self._preview(node, list(new.values()))))
         found = [Candidate(site, node.latency_s + self._previews[(node.key, site.step)].delta_s) for site in sites]
         found.sort(key=lambda c: (c.predicted_s, str(c.step)))
         self.stats.preview_s += time.perf_counter() - started
         return found
 
-    def _change(self, node: Node, rewrite, site: Site, params: dict) -> Unscored:
-        """The cheap rewrite's change against `node`'s kernels: on the region around the site when that can
-        tell, else on the whole model."""
-        costs = self._costs[node.key]
-        try:
-            change = region_change(self.cost_model, costs, node.model, rewrite, site, params)
-        except Exception:  # a region is only a shortcut: whatever goes wrong there, the whole model answers
-            _log.debug("region preview of %s failed", site.step, exc_info=True)
-            change = None
-        if change is None:
-            self.stats.whole += 1
-            change = unscored_change(self.cost_model, costs, rewrite.preview(node.model, site))
-        return change
+    def _preview(self, node: Node, sites: list[Site]) -> list[Preview]:
+        """Previews of these sites of `node`: here with one worker, else shared out among the workers
+        (a few jobs per worker, sites dealt round-robin, so that slow rewrites spread evenly)."""
+        self.stats.previewed += len(sites)
+        params = {rewrite.name: self.params_for(rewrite) for rewrite in self.passes}
+        width = self.executor.width
+        if width == 1 or len(sites) < 2:
+            previews, whole = self._evaluation.preview((node.model, self._costs[node.key], sites, params))
+            self.stats.whole += whole
+            return previews
+        jobs = min(len(sites), 2 * width)
+        dealt = self.executor.map([(node.model, self._costs[node.key], sites[i::jobs], params)
+                                   for i in range(jobs)], "preview")
+        previews: list[Preview] = [None] * len(sites)  # type: ignore[list-item]
+        for i, (chunk, whole) in enumerate(dealt):
+            previews[i::jobs] = chunk
+            self.stats.whole += whole
+        return previews
 
     def _inherited(self, node: Node, site: Site) -> Preview | None:
         """The parent's preview of the same step, when the step that made `node` left its footprint alone."""
@@ -438,8 +412,10 @@ class SearchContext:
         return False
 
     def prefetch(self, pairs: list[tuple[Node, Candidate]]) -> None:
-        """Apply and measure these candidates at once on the executor, for `expand` to register later;
-        nothing happens with one worker, where `expand` computes each when it comes."""
+        """Start applying and measuring these candidates on the executor's workers and return at once;
+        `expand` registers each when its turn comes, waiting for it only then, so that registering the
+        first (scoring each model whole) overlaps the workers' computing the rest. Nothing happens with
+        one worker, where `expand` computes each when it comes."""
         if self.executor.width == 1:
             return
         jobs = {}
@@ -448,7 +424,7 @@ class SearchContext:
             if key not in self._children and key not in self._outcomes:
                 jobs.setdefault(key, (node.model, candidate.site))
         if jobs:
-            self._outcomes.update(zip(jobs, self.executor.map(list(jobs.values()))))
+            self._outcomes.update(zip(jobs, self.executor.submit(list(jobs.values()))))
 
     def expand(self, node: Node, candidate: Candidate) -> Node | None:
         """Apply a candidate for real and measure the result; None when it is not worth evaluating."""
@@ -456,7 +432,8 @@ class SearchContext:
         if key in self._children:
             return self._children[key]
         started = time.perf_counter()
-        outcome = self._outcomes.pop(key, None) or self.executor.map([(node.model, candidate.site)])[0]
+        pending = self._outcomes.pop(key, None)
+        outcome = pending.result() if pending is not None else self.executor.map([(node.model, candidate.site)])[0]
         applied_s = time.perf_counter() - started
         self.stats.applied += 1
         error = outcome.local_error

@@ -1,41 +1,55 @@
-"""Where candidates are applied and measured: this process, a local process pool, or Ray.
+"""Where candidates are previewed, applied and measured: this process, a local process pool, or Ray.
 
 Applying a candidate (fitting it on the calibration split) and measuring the
-result (memory, the metric on the selection split) depends
-only on the parent model, the site and what every evaluation shares (the
-original, the target, the constraints, the data). That is the work the
-search hands out. The search keeps everything else: which candidates to try,
-in which order, and what the results mean; it registers results in the order
-a one-process search would have produced them, so a search's choices, and
-its output bytes, do not depend on where the work ran.
+result (memory, the metric on the selection split) depends only on the
+parent model, the site and what every evaluation shares (the original, the
+target, the constraints, the data). So does previewing a candidate (its
+cheap rewrite scored by the cost model against the parent's kernel costs),
+which would otherwise leave the workers idle while the search runs alone.
+That is the work the search hands out. The search keeps everything else:
+which candidates to try, in which order, and what the results mean; it
+registers results in the order a one-process search would have produced
+them, so a search's choices, and its output bytes, do not depend on where
+the work ran.
 
 - `Serial`: here, one at a time (`--workers 1`).
 - `Pool`: a `concurrent.futures.ProcessPoolExecutor`; each worker receives
-  the shared part once (its initializer) and keeps its own tensor cache.
+  the shared part once (its initializer), the search's fitted cost model
+  included, and keeps its own tensor cache (the default budget split among
+  them). `submit` hands out work and returns at once, so the search
+  registers the first results (scoring each model whole) while the workers
+  compute the rest.
 - `RayPool`: Ray actors, each holding the shared part and its own cache,
   fed through `ray.util.ActorPool` (`pip install "onnx-tailor[ray]"`).
 
-Every evaluation runs onnxruntime unoptimized on one thread and fits with
-numpy the same way wherever it runs, so a worker's result is the same bytes
-as the main process's.
+Every evaluation runs onnxruntime unoptimized on one thread, and numpy's
+BLAS on one thread (fits, norms, metrics), wherever it runs: a worker's
+result is the same bytes as the main process's, whatever the machine's
+cores, and N workers on N cores use N threads, not N times the BLAS default
+spinning against each other.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from collections import OrderedDict
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 from ..analysis import memory_summary
+from ..costmodel.delta import KernelCosts
+from ..costmodel.regressor import CostModel
 from ..costmodel.target import Target
 from ..errors import TailorError
 from ..ir import Model
 from ..passes import Site, apply_step
-from ..passes.tensor_cache import TensorCache, install, using
+from ..passes.least_squares import single_threaded_blas
+from ..passes.tensor_cache import TensorCache, default_budget, install, using
+from .preview import Preview, previews
 
 
 @dataclass(frozen=True)
@@ -48,10 +62,7 @@ class Shared:
     data: Any  # search.context.SearchData, or None
     max_local_error: float
     cache_bytes: int | None  # the tensor cache's budget per process; 0: no cache
-    # The BLAS threads of the process that started the search. Reductions outside the fits (a local
-    # error's norm, a metric's dot products) split their sums by thread, so their last bits depend
-    # on it: every worker uses the same number (Ray starts its workers with one).
-    blas_threads: int | None = None
+    cost_model: CostModel  # the target's, for previews
 
 
 @dataclass(frozen=True)
@@ -84,14 +95,17 @@ class Evaluation:
     def measure(self, model: Model, judged: bool) -> Measured:
         memory = memory_summary(model)
         shared = self.shared
-        judgement = shared.data.judge(model, shared.original) if judged and shared.data is not None else None
+        # One BLAS thread: a metric's dot products split their sums by thread, so their last bits
+        # would depend on the process's thread count (see the module docstring).
+        with single_threaded_blas():
+            judgement = shared.data.judge(model, shared.original) if judged and shared.data is not None else None
         return Measured(memory.param_bytes, memory.peak_activation_bytes, judgement,
                         shared.constraints.memory_violation(memory.param_bytes, memory.peak_activation_bytes))
 
     def __call__(self, job: tuple[Model, Site]) -> Outcome:
         parent, site = job
         calib = self.shared.data.calibration if self.shared.data is not None else None
-        with using(self.cache):
+        with using(self.cache), single_threaded_blas():  # a local error's norm, like a metric (see measure)
             applied = apply_step(parent, site, calib, reference=self.shared.original)
             error = applied.local_error
             if error is not None and error > self.shared.max_local_error:
@@ -99,8 +113,14 @@ class Evaluation:
             return Outcome(applied.model, error, self.measure(applied.model, judged=True))
 
     def evaluate(self, job: tuple[Model, Site]) -> Outcome:
-        """The same as calling it: the name a Ray actor's method is called by."""
+        """The same as calling it: the name the executors call it by."""
         return self(job)
+
+    def preview(self, job: tuple[Model, KernelCosts, list[Site], dict]) -> tuple[list[Preview], int]:
+        """The previews of these sites of a model whose kernel costs are given (and how many the whole
+        model answered: `search.preview.previews`)."""
+        model, costs, sites, params = job
+        return previews(self.shared.cost_model, model, costs, sites, params)
 
 
 def new_cache(budget_bytes: int | None) -> TensorCache | None:
@@ -108,10 +128,16 @@ def new_cache(budget_bytes: int | None) -> TensorCache | None:
     return None if budget_bytes == 0 else TensorCache(budget_bytes)
 
 
+Work = str  # the name of an Evaluation method: "evaluate" (a job (model, site) -> Outcome) or "preview"
+
+
 class Executor(Protocol):
     width: int  # how many evaluations run at once
 
-    def map(self, jobs: list[tuple[Model, Site]]) -> list[Outcome]: ...
+    def map(self, jobs: list, work: Work = "evaluate") -> list: ...
+
+    def submit(self, jobs: list, work: Work = "evaluate") -> list[Future]:
+        """Start these jobs and return at once: a future of each one's result, in order."""
 
     def close(self) -> None: ...
 
@@ -124,8 +150,11 @@ class Serial:
     def __init__(self, evaluation: Evaluation):
         self.evaluation = evaluation
 
-    def map(self, jobs):
-        return [self.evaluation(job) for job in jobs]
+    def map(self, jobs, work="evaluate"):
+        return [getattr(self.evaluation, work)(job) for job in jobs]
+
+    def submit(self, jobs, work="evaluate"):
+        return [done(result) for result in self.map(jobs, work)]
 
     def close(self) -> None:
         pass
@@ -134,17 +163,40 @@ class Serial:
 class WorkerEvaluation(Evaluation):
     """The evaluation of a worker process: its own tensor cache, active for the process's whole life."""
 
+    KEPT_MODELS = 8  # parents kept by content: a beam's frontier, with room
+
     def __init__(self, shared: Shared):
         super().__init__(shared, new_cache(shared.cache_bytes))
         install(self.cache)
-        if shared.blas_threads:
-            threadpool_limits(shared.blas_threads, user_api="blas")  # for the process's life
+        # Every evaluation limits BLAS to one thread anyway; limiting the whole process also keeps
+        # OpenBLAS from starting a thread per core that would spin beside the other workers.
+        threadpool_limits(1, user_api="blas")
+        self._models: OrderedDict[str, Model] = OrderedDict()
+
+    def _known(self, model: Model) -> Model:
+        """The copy of `model` this worker met first. Each job brings its parent anew, without the facts
+        derived from it (shapes, the tensor cache's cone digests: more than the job's own work on a small
+        model); the copy met before has them, as the one model object of a one-process search has."""
+        known = self._models.setdefault(model.content_hash, model)
+        self._models.move_to_end(model.content_hash)
+        while len(self._models) > self.KEPT_MODELS:
+            self._models.popitem(last=False)
+        return known
+
+    def evaluate(self, job: tuple[Model, Site]) -> Outcome:
+        parent, site = job
+        return self((self._known(parent), site))
+
+    def preview(self, job: tuple[Model, KernelCosts, list[Site], dict]) -> tuple[list[Preview], int]:
+        model, costs, sites, params = job
+        return super().preview((self._known(model), costs, sites, params))
 
 
-def blas_threads() -> int | None:
-    """How many threads this process's BLAS uses (None when threadpoolctl finds no BLAS)."""
-    counts = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
-    return max(counts) if counts else None
+def done(result) -> Future:
+    """A future that already holds `result`."""
+    future: Future = Future()
+    future.set_result(result)
+    return future
 
 
 _worker: Evaluation | None = None  # a pool worker's own evaluation state, set once by its initializer
@@ -155,8 +207,8 @@ def _start_worker(shared: Shared) -> None:
     _worker = WorkerEvaluation(shared)
 
 
-def _evaluate_in_worker(job: tuple[Model, Site]) -> Outcome:
-    return _worker(job)
+def _in_worker(work: Work, job):
+    return getattr(_worker, work)(job)
 
 
 class Pool:
@@ -168,8 +220,11 @@ class Pool:
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_start_worker, initargs=(shared,))
 
-    def map(self, jobs):
-        return list(self._pool.map(_evaluate_in_worker, jobs))
+    def map(self, jobs, work="evaluate"):
+        return [future.result() for future in self.submit(jobs, work)]
+
+    def submit(self, jobs, work="evaluate"):
+        return [self._pool.submit(_in_worker, work, job) for job in jobs]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -195,8 +250,11 @@ class RayPool:
         self._pool = ActorPool(self._actors)
         self._ray = ray
 
-    def map(self, jobs):
-        return list(self._pool.map(lambda actor, job: actor.evaluate.remote(job), jobs))
+    def map(self, jobs, work="evaluate"):
+        return list(self._pool.map(lambda actor, job: getattr(actor, work).remote(job), jobs))
+
+    def submit(self, jobs, work="evaluate"):
+        return [done(result) for result in self.map(jobs, work)]
 
     def close(self) -> None:
         for actor in self._actors:
@@ -219,4 +277,8 @@ def executor_for(shared: Shared, workers: int | None, ray: str | None, local: Ev
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise TailorError(f"--workers must be at least 1, not {workers}")
-    return Serial(local) if workers == 1 else Pool(shared, workers)
+    if workers == 1:
+        return Serial(local)
+    if shared.cache_bytes is None:  # the default budget is the machine's, not each process's
+        shared = replace(shared, cache_bytes=default_budget() // workers)
+    return Pool(shared, workers)

@@ -17,7 +17,7 @@ from onnx_tailor.ir import Model
 from onnx_tailor.ir.regions import extract
 from onnx_tailor.passes import all_passes, get_pass
 from onnx_tailor.passes.canonicalize import canonicalize, load
-from onnx_tailor.search.context import region_change
+from onnx_tailor.search.preview import region_change
 from tests.graphs import tiny_mobilenet
 
 PARAMS = {"align_channels": {"multiple": 16}, "pad_channels": {"multiple": 16}, "factor_low_rank": {"energy": 0.8}}

@@ -13,7 +13,7 @@ from onnx_tailor import accuracy
 from onnx_tailor.costmodel import load_target
 from onnx_tailor.passes import get_pass
 from onnx_tailor.passes.canonicalize import load
-from onnx_tailor.search import context
+from onnx_tailor.search import preview as previewing
 from onnx_tailor.search.constraints import Constraints
 from onnx_tailor.search.context import SearchContext
 from onnx_tailor.search.optimize import _search_data
@@ -65,7 +65,7 @@ def test_carried_over_previews_equal_whole_scores_along_the_ceiling_walk_with_lo
 def test_a_region_that_cannot_tell_falls_back_to_the_whole_model_and_is_counted(monkeypatch):
     """Regions cut at the site's own nodes cannot see the readers a rewrite reshapes: every preview is then
     scored whole, counted as such, and still predicts what the whole preview does."""
-    monkeypatch.setattr(context, "region_around", lambda model, costs, names, hops: set(names))
+    monkeypatch.setattr(previewing, "region_around", lambda model, costs, names, hops: set(names))
     model = load(DIGITS.path)
     ctx = SearchContext(model, load_target("npu-p32"), EXACT, Constraints(), None)
     candidates = ctx.candidates(ctx.root)

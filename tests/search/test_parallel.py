@@ -1,10 +1,13 @@
-"""Candidates applied and evaluated in parallel: a local process pool and Ray give the bytes one process gives.
+"""Candidates previewed, applied and evaluated in parallel: a local process pool and Ray give the bytes one
+process gives.
 
 Each strategy runs a short search on the tiny synthetic MobileNet with one
 worker and with two (and on a local Ray instance when Ray is installed): the
 best model, its steps, every model evaluated and the log of every
-candidate's fate must be the same; and `optimize --workers 2` writes the
-model and recipe bytes that `--workers 1` writes.
+candidate's fate (with its predicted gain) must be the same; and
+`optimize --workers 2` writes the model and recipe bytes that `--workers 1`
+writes. The previews a worker computes (from a model, its kernel costs and
+the cost model sent across) are the ones this process computes.
 """
 
 from __future__ import annotations
@@ -89,6 +92,26 @@ def test_the_command_line_with_two_workers_writes_the_bytes_of_one(tiny, tmp_pat
         assert result.exit_code == 0, result.output
         written[workers] = (output.read_bytes(), (tmp_path / f"recipe{workers}.json").read_bytes())
     assert written["1"] == written["2"]
+
+
+def _context(model: Model, **execution) -> SearchContext:
+    return SearchContext(model, load_target("npu-p32"), OPTIONS["passes"],
+                         Constraints(parse_max_drop("0.05"), None, None), _data(model), **execution)
+
+
+def test_previews_from_workers_are_the_ones_made_here(tiny):
+    """Before `close` the workers preview (the sites dealt among them); after it this process does, for
+    what follows a search: why it stopped and the ceiling walk."""
+    here, pooled = _context(tiny), _context(tiny, workers=2)
+    try:
+        there = pooled.candidates(pooled.root)
+    finally:
+        pooled.close()
+    mine = here.candidates(here.root)
+    assert {c.step.pass_name for c in mine} >= {"fuse_ibn_expansion", "pad_channels"}  # lossy and exact
+    assert [(c.step, c.predicted_s) for c in there] == [(c.step, c.predicted_s) for c in mine]
+    walked = pooled.ceiling(pooled.root)[0]
+    assert len(walked.steps) > 1 and walked.steps == here.ceiling(here.root)[0].steps
 
 
 def test_zero_workers_is_refused(tiny):

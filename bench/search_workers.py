@@ -1,0 +1,90 @@
+"""`optimize --workers N` against `--workers 1`: wall seconds and output bytes, run alternately.
+
+    python bench/search_workers.py [--models paddle_cls] [--search beam] [--workers 1,2] [--repeats 2]
+
+Each run is the command line itself (`python -m onnx_tailor optimize`) in a
+fresh process: the PaddleOCR classifier (onnx_tailor.zoo, cached in
+~/.cache/onnx-tailor) or digits, on seeded random inputs with output cosine
+against the original and a 1% budget, judged in fp32, target npu-p32, no
+time budget. Worker counts take turns (1, 2, 1, 2, ...) so that a shared
+machine's load falls on both alike; the load average is printed with every
+run. Per model: the median wall seconds per worker count, the speed-up
+against the first count, and whether every run wrote the same model and
+recipe bytes (it must: the search registers results in one-process order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.search_scaling import SHAPES, model_paths  # noqa: E402  (the repository on the path first)
+
+MODELS = ("paddle_cls", "digits")
+
+
+def run(path: Path, name: str, search: str, workers: int, scratch: Path) -> tuple[float, str]:
+    """One `optimize` run: its wall seconds and a digest of the model and recipe it wrote."""
+    output, recipe = scratch / f"{name}-{workers}.onnx", scratch / f"{name}-{workers}.json"
+    command = [sys.executable, "-m", "onnx_tailor", "optimize", str(path), "--target", "npu-p32",
+               "--precision", "fp32", "--search", search, "--workers", str(workers), "--quiet",
+               "-o", str(output), "--recipe", str(recipe)]
+    if name == "digits":
+        command += ["--data", str(path.parent / "digits_eval.npz"), "--max-drop", "1.0"]
+    else:
+        command += ["--data", "random", "--metric", "cosine", "--max-drop", "1%"]
+    for tensor, shape in SHAPES.get(name, {}).items():
+        command += ["--input-shape", f"{tensor}={','.join(map(str, shape))}"]
+    started = time.perf_counter()
+    done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{name} with {workers} worker(s) failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return wall, hashlib.sha256(output.read_bytes() + recipe.read_bytes()).hexdigest()[:16]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="paddle_cls")
+    parser.add_argument("--search", choices=("greedy", "beam", "evolutionary"), default="beam")
+    parser.add_argument("--workers", default="1,2", help="worker counts, the first the baseline")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    names = [n for n in args.models.split(",") if n]
+    if any(n not in MODELS for n in names):
+        raise SystemExit(f"choose models from {', '.join(MODELS)}")
+    counts = [int(w) for w in args.workers.split(",")]
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = model_paths(names, Path(scratch))
+        print(f"search {args.search}, workers {counts}, {args.repeats} round(s), {os.cpu_count()} cpus")
+        for name in names:
+            walls: dict[int, list[float]] = {w: [] for w in counts}
+            digests = set()
+            for round_ in range(args.repeats):
+                for workers in counts:
+                    load = os.getloadavg()[0]
+                    wall, digest = run(paths[name], name, args.search, workers, Path(scratch))
+                    walls[workers].append(wall)
+                    digests.add(digest)
+                    print(f"{name} round {round_ + 1} workers {workers}: {wall:.1f} s, output {digest}, "
+                          f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
+            base = statistics.median(walls[counts[0]])
+            for workers in counts:
+                median = statistics.median(walls[workers])
+                print(f"{name} workers {workers}: median {median:.1f} s, {base / median:.2f}x against "
+                      f"{counts[0]}")
+            print(f"{name}: {'the same bytes from every run' if len(digests) == 1 else 'DIFFERENT BYTES'}")
+
+
+if __name__ == "__main__":
+    main()
