@@ -585,8 +585,11 @@ def _target_parameters(row: dict) -> list[tuple[str, str]]:
               ("DRAM bandwidth", f"{row['dram_bytes_per_cycle']:g} B/cycle"),
               ("dispatch", f"{row['dispatch_cycles']} cycles per kernel"),
               ("element size", f"{row['element_bytes']} B: accuracy judged in {row['precision']}"),
-              ("fused activations", ", ".join(row["fusable_activations"]) or "-"),
-              ("measurements", row["measurements"] or "-")]
+              ("fused activations", ", ".join(row["fusable_activations"]) or "-")]
+    if row.get("grouped_activations"):
+        shown.append(("grouped activations", ", ".join(row["grouped_activations"])
+                      + " (spelled out as several ops, each runs as one kernel of its own)"))
+    shown.append(("measurements", row["measurements"] or "-"))
     return shown
 
 

@@ -209,6 +209,8 @@ def test_targets_lists_every_target_with_its_parameters():
         if target.simulated:
             assert re.search(rf"parallelism P +{target.parallelism}\n", block), block
         assert re.search(rf"dispatch +{target.dispatch_cycles} cycles per kernel\n", block), block
+        for kind in target.grouped_activations:  # a field only some targets have is shown where set
+            assert re.search(rf"grouped activations .*\b{kind}\b", block), block
     rows = json.loads(CliRunner().invoke(main, ["targets", "--json"]).output)
     assert [row["name"] for row in rows] == builtin_targets()
     for row in rows:
