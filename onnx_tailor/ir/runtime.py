@@ -156,9 +156,10 @@ def random_array(rng: np.random.Generator, dtype: type, shape: tuple[int, ...], 
     return rng.integers(0, limit or FALLBACK_INTEGER_LIMIT, shape).astype(dtype)
 
 
-def run(model: Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every graph output of `model` on `feeds`, unoptimized."""
-    sess = session(model)
+def run(model: Model, feeds: dict[str, np.ndarray],
+        optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_DISABLE_ALL) -> dict[str, np.ndarray]:
+    """Every graph output of `model` on `feeds`, unoptimized unless `optimization` says otherwise."""
+    sess = session(model, optimization)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds)))
 
@@ -241,6 +242,5 @@ def check_equivalence(original: Model, rewritten: Model, rtol: float = 1e-4, see
 def rounding_floor(model: Model, feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
     """How far, relative to each output's scale, onnxruntime's full graph optimization moves `model`'s
     outputs (`reference`, unoptimized) on `feeds`."""
-    sess = session(model, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    names = [o.name for o in sess.get_outputs()]
-    return compare_outputs(reference, dict(zip(names, sess.run(names, feeds)))).max_rel_error
+    optimized = run(model, feeds, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    return compare_outputs(reference, optimized).max_rel_error

@@ -10,7 +10,7 @@ the accuracy budget from an earlier model (`SearchContext.failed_before`), so
 its evaluations add up to the steps it takes plus the distinct steps that fail,
 not to the failures times the steps. A cap of 8 stopped the PaddleOCR detector
 (320x320, npu-p32, cosine 0.01 on rendered pages) at 1.19x with untried steps
-that fit; uncapped it reaches 1.28x (bench/search_scaling.py).
+that fit; uncapped it reaches 1.28x (bench/optimize_quality.py's docstring).
 """
 
 from __future__ import annotations
