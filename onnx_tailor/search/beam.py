@@ -14,8 +14,8 @@ def beam(ctx: SearchContext, width: int = 4, expansions_per_node: int = 6) -> No
     frontier = [ctx.root]
     while frontier and not ctx.out_of_time():
         children: dict[str, Node] = {}
-        # The whole round at once on the executor's workers (a no-op with one); registered in order below.
-        ctx.prefetch([(node, c) for node in frontier for c in ctx.planned(node, expansions_per_node)])
+        if ctx.executor.width > 1:  # the whole round at once on the workers; registered in order below
+            ctx.prefetch([(node, c) for node in frontier for c in ctx.planned(node, expansions_per_node)])
         for node in frontier:
             for child in ctx.children(node, expansions_per_node):
                 if child.feasible and child.latency_s < node.latency_s:

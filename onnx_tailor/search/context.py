@@ -364,19 +364,19 @@ class SearchContext:
         """`worth_applying` without noting anything: for planning what to compute ahead."""
         return node.latency_s - candidate.predicted_s > self.measured.min_gain(MIN_GAIN) * node.latency_s
 
-    def planned(self, node: Node, limit: int | None) -> list[Candidate]:
+    def planned(self, node: Node, limit: int | None, found: list[Candidate] | None = None) -> list[Candidate]:
         """The candidates `children(node, limit)` applies, time allowing (candidates come fastest predicted
-        first, so those worth applying lead the list)."""
-        return [c for c in self.candidates(node)
+        first, so those worth applying lead the list); `found`: `node`'s candidates, when already at hand."""
+        return [c for c in (self.candidates(node) if found is None else found)
                 if self.planned_worth(node, c) and not self.failed_before(node, c)][:limit]
 
     def children(self, node: Node, limit: int | None) -> Iterator[Node]:
         """Children of `node` from its `limit` most promising candidates worth applying, fastest
         predicted first, while time lasts; a candidate not worth evaluating yields nothing. With several
         workers the next ones are computed together, as many as there are workers."""
-        tried = 0
-        planned = self.planned(node, limit)
-        for candidate in self.candidates(node):
+        tried, found = 0, self.candidates(node)
+        planned = self.planned(node, limit, found) if self.executor.width > 1 else []  # nothing to compute ahead
+        for candidate in found:
             if (limit is not None and tried >= limit) or self.out_of_time():
                 return
             if not self.worth_applying(node, candidate):
