@@ -111,9 +111,10 @@ def time_session(session: ort.InferenceSession, feeds: dict, warmup: int = 5, ru
                   len(samples))
 
 
-def measure_model(model: Model, target: Target, warmup: int = 5, runs: int = 30) -> Timing:
-    """Whole-model latency on `target` at the model's input shapes."""
-    return time_session(session_for(model, target), seeded_inputs(model), warmup, runs)
+def measure_model(model: Model, target: Target, warmup: int = 5, runs: int = 30,
+                  clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Whole-model latency on `target` at the model's input shapes (wall time, unless `clock` says otherwise)."""
+    return time_session(session_for(model, target), seeded_inputs(model), warmup, runs, clock=clock)
 
 
 OVERHEAD_ID = "overhead"
@@ -122,8 +123,7 @@ OVERHEAD_ID = "overhead"
 def measure_overhead(target: Target) -> float:
     """The per-run overhead: a whole `session.run` of a trivial model (one element through one Relu), on the
     clock the kernels' networks are timed with (`run_clock`)."""
-    model = OVERHEAD_ENTRY.model()
-    return time_session(session_for(model, target), seeded_inputs(model), 20, 200, clock=run_clock(target)).median_s
+    return measure_model(OVERHEAD_ENTRY.model(), target, 20, 200, clock=run_clock(target)).median_s
 
 
 PROFILE_WARMUP, PROFILE_RUNS = 5, 30  # profile_on_device.py runs as many on a device
