@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -116,11 +116,11 @@ def fit_profile(base: Target, measurements_path: str | Path, name: str, output: 
     cost_model = CostModel.fit(base, read_measurements(source))  # fails here, not later, if the data cannot train
     out = Path(output)
     csv_path = out.with_suffix(".csv")
-    profile = {f.name: getattr(base, f.name) for f in fields(base) if f.name != "source"}
+    # The base's profile fields as JSON (less what to_dict derives for display), under the new name.
+    profile = {key: value for key, value in base.to_dict().items() if key not in ("precision", "profile")}
     profile.update(name=name, kind=_profile_kind(base),
                    description=f"{name}: fitted from {source.name} on the {base.name} profile",
-                   fusable_activations=list(base.fusable_activations),
-                   grouped_activations=list(base.grouped_activations), measurements=csv_path.name)
+                   measurements=csv_path.name)
     if profile["kind"] == "import":
         profile.pop("execution_provider")
     text = source.read_text()
