@@ -17,6 +17,8 @@ Exported models come in many spellings of the same network. Canonical form is:
 - every run of constant scale/shift ops (Mul, Add, Sub, Div, a stray
   BatchNormalization) folded into the Conv, ConvTranspose, Gemm or MatMul
   beside it where that is exact (`fold_affine`);
+- float weights with no subnormal values (`ir.subnormals`: the folds above
+  can make them, and a CPU multiplies by them slowly);
 - unique, stable node names (the anchors that sites and recipes refer to);
 - shapes inferred, with the batch dimension left as the model declared it;
 - the model's `doc_string` and `metadata_props` kept as they were.
@@ -36,9 +38,10 @@ The order, and why each step is where it is:
    spelled Reshape(constant, [1, C, 1, 1]) is a constant by then; it takes
    the runs onnxruntime leaves: before a layer, after a ConvTranspose,
    Gemm or MatMul, with Sub/Div or a BatchNormalization in them.
-6. `name_nodes` again: the nodes onnxruntime creates come out unnamed; names
+6. `flush_subnormal_weights`: after every fold that multiplies weights.
+7. `name_nodes` again: the nodes onnxruntime creates come out unnamed; names
    given in step 2 stay, so the same export always gets the same names.
-7. `infer_shapes` last: shapes for every tensor of the final graph.
+8. `infer_shapes` last: shapes for every tensor of the final graph.
 
 Adding a normalization is one line in `CANONICAL_STEPS`, and a test can run
 one step alone. `EXPORTED_STEPS` normalizes the representation only (what
@@ -62,6 +65,7 @@ from ..ir.cleanup import lift_constants, name_nodes, ort_basic_cleanup
 from ..ir.io import check_opset
 from ..ir.model import with_metadata
 from ..ir.shapes import infer_shapes
+from ..ir.subnormals import flush_subnormal_weights
 from .fold_affine import fold_all_affine
 from .fold_batchnorm import fold_all_batchnorms
 
@@ -73,6 +77,7 @@ CANONICAL_STEPS: tuple[Step, ...] = (
     fold_all_batchnorms,
     ort_basic_cleanup,
     fold_all_affine,
+    flush_subnormal_weights,
     name_nodes,
     infer_shapes,
 )

@@ -17,6 +17,7 @@ from onnx_tailor.ir import Model, check_equivalence, read_proto
 from onnx_tailor.ir.cleanup import (lift_constants, name_nodes, ort_basic_cleanup, strip_unused_domains,
                                     weight_bytes)
 from onnx_tailor.ir.shapes import infer_shapes
+from onnx_tailor.ir.subnormals import flush_subnormal_weights
 from onnx_tailor.passes.canonicalize import CANONICAL_STEPS, EXPORTED_STEPS, canonicalize, load
 from onnx_tailor.passes.fold_affine import fold_all_affine
 from onnx_tailor.passes.fold_batchnorm import fold_all_batchnorms
@@ -53,7 +54,7 @@ def relu_chain(names: list[str], kinds: list[str] | None = None) -> onnx.ModelPr
 
 def test_the_canonical_steps_in_their_order():
     assert CANONICAL_STEPS == (lift_constants, name_nodes, fold_all_batchnorms, ort_basic_cleanup, fold_all_affine,
-                               name_nodes, infer_shapes)
+                               flush_subnormal_weights, name_nodes, infer_shapes)
     assert EXPORTED_STEPS == (lift_constants, name_nodes, infer_shapes)
 
 
@@ -78,6 +79,48 @@ def test_batchnorm_is_folded_before_onnxruntime_cleans_up():
     assert op_types(fold_all_batchnorms(ort_basic_cleanup(proto))) == ["Conv", "Mul", "Relu"]  # the other order misses it
     assert check_equivalence(Model(proto), Model(canonical))
     assert op_types(proto) == ["Conv", "BatchNormalization", "Mul", "Relu"], "the input proto must not change"
+
+
+def test_a_batchnorm_that_switched_channels_off_leaves_no_subnormal_weight():
+    """Folding a BatchNorm whose scale is tiny makes subnormal weights (the PaddleOCR detector's did, and a
+    CPU multiplies by them in microcode); the canonical form has zeros there, and the same outputs."""
+    b = GraphBuilder(seed=2)
+    y = b.node("Relu", [b.batchnorm(b.conv("x", 3, 4, 3, name="conv"), 4, name="bn")])
+    proto = b.build({"x": (1, 3, 6, 6)}, [y])
+    scale = next(t for t in proto.graph.initializer if t.name == proto.graph.node[1].input[1])
+    scale.CopyFrom(numpy_helper.from_array(np.array([1.0, 1e-39, 1.0, -1e-40], np.float32), scale.name))
+    folded = fold_all_batchnorms(proto)
+    tiny = np.finfo(np.float32).tiny
+
+    def subnormals(p):
+        return sum(int(((a != 0) & (np.abs(a) < tiny)).sum())
+                   for a in (numpy_helper.to_array(t) for t in p.graph.initializer) if a.dtype == np.float32)
+
+    assert subnormals(folded) > 0, "the fold itself makes them (else this test shows nothing)"
+    canonical = canonicalize(proto)
+    assert subnormals(canonical) == 0
+    assert check_equivalence(Model(proto), Model(canonical))
+    assert subnormals(fold_all_batchnorms(proto)) > 0, "the input proto must not change"
+
+
+def test_flushing_copies_nothing_when_no_weight_is_subnormal_and_reaches_subgraphs():
+    proto = conv_bn_mul()
+    assert flush_subnormal_weights(proto) is proto
+    then = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "then", [],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                             [numpy_helper.from_array(np.array([1e-42, 2.0], np.float32), "w")])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["z"])], "else", [],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])])
+    graph = helper.make_graph([helper.make_node("If", ["c"], ["out"], then_branch=then, else_branch=other)], "g",
+                              [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                               helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])])
+    with_if = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    flushed = flush_subnormal_weights(with_if)
+    body = flushed.graph.node[0].attribute[0].g if flushed.graph.node[0].attribute[0].name == "then_branch" \
+        else flushed.graph.node[0].attribute[1].g
+    assert numpy_helper.to_array(body.initializer[0]).tolist() == [0.0, 2.0]
+    assert numpy_helper.to_array(then.initializer[0])[0] == np.float32(1e-42), "the input proto must not change"
 
 
 # -- each step alone -----------------------------------------------------------------------------
