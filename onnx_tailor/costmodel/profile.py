@@ -59,9 +59,11 @@ def measure_sweep(entries: Iterable[SweepEntry], target: Target,
 
 
 def measurements_from_profiles(sweep_dir: str | Path, profiles_dir: str | Path) -> Measurements:
-    """The measurements of a sweep profiled on another device by `profile_on_device.py`: each kernel's
-    own time from its network's trace, under its in-context id, less the profiler's per-node bias that
-    the script's calibration chains give; and the device's per-run overhead."""
+    """The measurements of a sweep profiled on another device by `profile_on_device.py`, as
+    `measure.measure_in_network` takes them here: each kernel's share of its network's node time in the
+    trace (each node less the profiler's per-node bias that the script's calibration chains give) times
+    the network's unprofiled run less the device's per-run overhead, under its in-context id; and that
+    overhead. Profiles written before the script timed the networks give the kernel's own node time."""
     profiles = Path(profiles_dir)
     timings_path = profiles / "timings.json"
     try:
@@ -72,14 +74,18 @@ def measurements_from_profiles(sweep_dir: str | Path, profiles_dir: str | Path) 
         raise ProfileError(f"{timings_path}: not the timings profile_on_device.py writes ({exc})") from None
     bias = profiler_bias_s(short, long, read_events(profiles / "calibration_long.json"), CALIBRATION_NODES,
                            PROFILE_WARMUP)
+    runs = timings.get("networks") or {}
     rows = [(OVERHEAD_ID, overhead)]
     for entry, network_path in read_networks(Path(sweep_dir)):
         stem = network_path.stem
         measured = read_profile(onnx.load(str(network_path)), profiles / f"{stem}.json",
                                 profiles / f"{stem}.optimized.onnx", PROFILE_WARMUP, bias)
-        rows.append((entry.id, max(measured.latency_s, MIN_KERNEL_S)))
+        latency = measured.share * max(float(runs[stem]) - overhead, 0.0) if stem in runs else measured.latency_s
+        rows.append((entry.id, max(latency, MIN_KERNEL_S)))
+    method = ("each kernel's share of its small network's profile times the network's run (profile_on_device.py)"
+              if runs else "each kernel profiled inside a small network (profile_on_device.py)")
     return Measurements(rows, {"machine": f"profiled elsewhere: {timings.get('machine', '?')}",
-                               "method": "each kernel profiled inside a small network (profile_on_device.py)",
+                               "method": method,
                                "profiler_bias_us": f"{bias * 1e6:.3f}", "entries": str(len(rows))})
 
 

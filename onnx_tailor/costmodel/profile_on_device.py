@@ -8,15 +8,19 @@ On the device:
 runs every kernel network of `sweep/manifest.json` ("networks") with onnxruntime's profiler
 and writes, into `sweep/profiles/`, each network's trace (`<network>.json`)
 and the graph onnxruntime optimized it into (`<network>.optimized.onnx`), and
-`timings.json`: the median wall time of a whole run of a trivial model (the
-per-run overhead no node event covers) and of two chains of trivial nodes,
-one of them also profiled (`calibration_long.json`), which say what the
-profiler adds to every node. Back on a machine with onnx-tailor:
+`timings.json`: the median time of a whole run of each network without the
+profiler ("networks") and of a trivial model (the per-run overhead no node
+event covers), on the clock whole models are timed with (the calling thread's
+CPU time for one thread, else wall time), and the wall time of two chains of
+trivial nodes, one of them also profiled (`calibration_long.json`), which say
+what the profiler adds to every node. Back on a machine with onnx-tailor:
 
     onnx-tailor costmodel measure --sweep sweep/ --profiles sweep/profiles -o mydev.csv
 
-reads each kernel's own node times from them (`costmodel.profiler`) into the
-measurements CSV that `costmodel fit` takes. It imports nothing of
+reads each kernel's share of its network's node time from them
+(`costmodel.profiler`), times the network's unprofiled run less the overhead
+(as `costmodel measure` does here), into the measurements CSV that
+`costmodel fit` takes. It imports nothing of
 onnx-tailor's, so that the device needs nothing but onnxruntime.
 """
 
@@ -55,15 +59,21 @@ def feeds_for(session: ort.InferenceSession) -> dict:
             for i in session.get_inputs()}
 
 
-def wall_median(session: ort.InferenceSession, warmup: int = 20, runs: int = 300) -> float:
-    """The median wall time of a whole `session.run`."""
+def run_median(session: ort.InferenceSession, warmup: int = 20, runs: int = 300, clock=time.perf_counter) -> float:
+    """The median time of a whole `session.run` on `clock` (wall time by default)."""
     feeds, samples = feeds_for(session), []
     for index in range(warmup + runs):
-        start = time.perf_counter()
+        start = clock()
         session.run(None, feeds)
         if index >= warmup:
-            samples.append(time.perf_counter() - start)
+            samples.append(clock() - start)
     return float(np.median(samples))
+
+
+def run_clock(threads: int):
+    """The thread's CPU time for one thread (onnxruntime computes on the calling thread: a run's time on an
+    idle core, which other processes cannot lengthen), else wall time (measure.run_clock)."""
+    return time.thread_time if threads == 1 else time.perf_counter
 
 
 def run_profiled(session: ort.InferenceSession, trace: Path) -> None:
@@ -84,16 +94,18 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     timings = {"machine": f"{platform.machine()} {platform.processor()}; onnxruntime {ort.__version__} "
                           f"{args.provider}; {args.threads} thread(s)"}
-    for key, file in (("overhead_s", "overhead.onnx"), ("calibration_short_s", "calibration_short.onnx"),
-                      ("calibration_long_s", "calibration_long.onnx")):
-        timings[key] = wall_median(ort.InferenceSession(str(args.sweep / file), options(args.threads),
-                                                        providers=[args.provider]))
+    clock = run_clock(args.threads)
+    for key, file, on in (("overhead_s", "overhead.onnx", clock),
+                          ("calibration_short_s", "calibration_short.onnx", time.perf_counter),
+                          ("calibration_long_s", "calibration_long.onnx", time.perf_counter)):
+        timings[key] = run_median(ort.InferenceSession(str(args.sweep / file), options(args.threads),
+                                                       providers=[args.provider]), clock=on)
     calibration = ort.InferenceSession(str(args.sweep / "calibration_long.onnx"),
                                        options(args.threads, prefix=out / "calibration_long",
                                                optimized=out / "calibration_long.optimized.onnx"),
                                        providers=[args.provider])
     run_profiled(calibration, out / "calibration_long.json")
-    (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    timings["networks"] = {}
     for index, entry in enumerate(manifest["networks"]):
         stem = Path(entry["network"]).stem
         session = ort.InferenceSession(str(args.sweep / entry["network"]),
@@ -101,8 +113,12 @@ def main() -> None:
                                                optimized=out / f"{stem}.optimized.onnx"),
                                        providers=[args.provider])
         run_profiled(session, out / f"{stem}.json")
+        plain = ort.InferenceSession(str(args.sweep / entry["network"]), options(args.threads),
+                                     providers=[args.provider])
+        timings["networks"][stem] = run_median(plain, WARMUP, RUNS, clock)
         if (index + 1) % 50 == 0:
             print(f"profiled {index + 1}/{len(manifest['networks'])}", flush=True)
+    (out / "timings.json").write_text(json.dumps(timings, indent=1))
 
 
 if __name__ == "__main__":

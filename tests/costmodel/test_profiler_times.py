@@ -15,12 +15,12 @@ from onnx import TensorProto, helper
 from onnx_tailor.cli import main
 from onnx_tailor.costmodel import load_target, read_measurements
 from onnx_tailor.costmodel import profile_on_device
-from onnx_tailor.costmodel.measure import (OVERHEAD_ID, PROFILE_RUNS, PROFILE_WARMUP, measure_entries,
+from onnx_tailor.costmodel.measure import (MIN_KERNEL_S, OVERHEAD_ID, PROFILE_RUNS, PROFILE_WARMUP, measure_entries,
                                            session_options)
 from onnx_tailor.costmodel.profile import measurements_from_profiles
 from onnx_tailor.costmodel.profiler import (ProfileError, absorbing_op_types, kernel_time, profile_network,
                                             profiler_bias_s, read_profile, robust_mean)
-from onnx_tailor.costmodel.sweep import CONTEXT_PREFIX, SweepEntry, write_sweep
+from onnx_tailor.costmodel.sweep import CONTEXT_PREFIX, SweepEntry, read_networks, write_sweep
 from onnx_tailor.ir import Model, seeded_inputs
 
 CPU = load_target("cpu-ort")
@@ -203,6 +203,18 @@ def test_a_sweep_profiled_on_a_device_reads_back_into_the_same_measurements(tmp_
     assert all(latency > 0 for _, latency in measurements.rows)
     assert "CPUExecutionProvider" in measurements.comments["machine"]
     assert float(measurements.comments["profiler_bias_us"]) >= 0
+    # each kernel is its share of its network's profile times the network's unprofiled run, as measured here
+    timings = json.loads((sweep / "profiles" / "timings.json").read_text())
+    assert "share" in measurements.comments["method"]
+    for entry_id, latency in measurements.rows[1:]:
+        path = next(path for entry, path in read_networks(sweep) if entry.id == entry_id)
+        stem = path.stem
+        kernel = read_profile(onnx.load(str(path)), sweep / "profiles" / f"{stem}.json",
+                              sweep / "profiles" / f"{stem}.optimized.onnx", PROFILE_WARMUP,
+                              float(measurements.comments["profiler_bias_us"]) * 1e-6)
+        assert 0 < kernel.share <= 1
+        assert latency == pytest.approx(max(kernel.share * (timings["networks"][stem] - timings["overhead_s"]),
+                                            MIN_KERNEL_S), rel=1e-2)
     # the same through the command line, which writes the CSV that `costmodel fit` takes
     out = tmp_path / "mydev.csv"
     result = CliRunner().invoke(main, ["costmodel", "measure", "--sweep", str(sweep), "--profiles",
