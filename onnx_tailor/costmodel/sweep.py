@@ -29,7 +29,9 @@ base entries stay as they were:
   HardSwish as Add/Clip/Mul(/Div), swish as x * Sigmoid(x), between convs,
   for targets that run them as one kernel (`Target.grouped_activations`);
   and convs with a HardSwish after them (`hardswish_entries`), which a
-  runtime may fuse at a cost of its own.
+  runtime may fuse at a cost of its own;
+- the smallest maps (`small_map_entries`): 1 to 6 pixels square, the last
+  stages of small-input models and every excitation gate's 1x1 convs.
 Given models add entries around their own kernels (their exact shapes and
 neighbouring channel counts), nn-Meter's adaptive sampling in its simplest
 form; no rule above names a model.
@@ -486,13 +488,43 @@ def hardswish_entries(seed: int = 4, size: int = 40, contexts: tuple[int, ...] =
     return list(dict.fromkeys(entries))
 
 
+# The smallest maps: the last stages of small-input models (32x32 images, MobileNets at 96-128 pixels) and
+# the 1x1 convs of every squeeze-excitation gate, below the base sweep's smallest resolution (7).
+SMALL_RESOLUTIONS = (1, 2, 3, 4, 5, 6)
+
+
+def small_map_entries(seed: int = 5, size: int = 60, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
+    """Convs (1x1 mostly: on a 1x1 map, an excitation gate's), depthwise convs, element-wise ops and
+    pools on `SMALL_RESOLUTIONS` maps, where a kernel's fixed costs outweigh its arithmetic; `size` entries
+    in all (per context)."""
+    rng = np.random.default_rng(seed)
+    plan = {"conv": 0.45, "depthwise": 0.3, "eltwise": 0.15, "pool": 0.1}
+    entries = []
+    for op, share in plan.items():
+        for _ in range(max(4, int(size * share))):
+            hw = int(rng.choice(SMALL_RESOLUTIONS))
+            if op == "conv":
+                k = 1 if hw < 3 else int(rng.choice((1, 1, 3)))
+                params = dict(ci=_channels(rng, hw), co=_channels(rng, hw), k=k, s=1, act=str(rng.choice(ACTIVATIONS)))
+            elif op == "depthwise":
+                params = dict(c=_channels(rng, hw) * int(rng.choice((1, 3, 6))) // 2 or 8, k=int(rng.choice((3, 5))),
+                              s=1, act=str(rng.choice(ACTIVATIONS)))
+            elif op == "eltwise":
+                params = dict(c=_channels(rng, hw), kind=str(rng.choice(ELEMENTWISE_OPS)))
+            else:
+                params = dict(c=_channels(rng, hw), kind="gap" if hw < 2 else str(rng.choice(POOL_OPS)))
+            for ctx in contexts:
+                entries.append(SweepEntry.make(op, ctx=ctx, hw=hw, **params))
+    return list(dict.fromkeys(entries))
+
+
 def sweep_entries(size: int = 600, models: Iterable[Model] = ()) -> list[SweepEntry]:
     """The base sweep of `size`, its text-line entries (a quarter as many), the spelled-out activations
-    (a twelfth as many), convs with a HardSwish (a fifteenth), plus the entries around the kernels of
-    `models`, each entry once."""
+    (a twelfth as many), convs with a HardSwish (a fifteenth), the smallest maps (a tenth), plus the entries
+    around the kernels of `models`, each entry once."""
     entries = (base_entries(size=size) + flat_entries(size=max(size // 4, 16))
                + spelled_activation_entries(size=max(size // 12, 8)) + hardswish_entries(size=max(size // 15, 8))
-               + entries_from_models(models))
+               + small_map_entries(size=max(size // 10, 8)) + entries_from_models(models))
     return list(dict.fromkeys(entries))
 
 

@@ -7,21 +7,30 @@ import json
 import pytest
 
 from onnx_tailor import load
-from onnx_tailor.costmodel.sweep import (base_entries, flat_entries, hardswish_entries, read_manifest,
-                                        spelled_activation_entries, sweep_entries, write_sweep)
+from onnx_tailor.costmodel.sweep import (SMALL_RESOLUTIONS, base_entries, flat_entries, hardswish_entries,
+                                        read_manifest, small_map_entries, spelled_activation_entries, sweep_entries,
+                                        write_sweep)
 from onnx_tailor.errors import TailorError
 from tests.conftest import DIGITS
 
 
 def test_sweep_entries_add_a_models_kernels_to_the_rule_based_sweep_once():
     base = (base_entries(size=20) + flat_entries(size=16) + spelled_activation_entries(size=8)
-            + hardswish_entries(size=8))
+            + hardswish_entries(size=8) + small_map_entries(size=8))
     assert sweep_entries(20) == base
     with_model = sweep_entries(20, [load(DIGITS.path)])
     assert with_model[:len(base)] == base and len(with_model) > len(base)
     assert len(set(with_model)) == len(with_model)
     assert {e.op for e in with_model[len(base):]} <= {"conv", "depthwise"}  # the model's own kernels and neighbours
     assert sweep_entries(20, [load(DIGITS.path)] * 2) == with_model
+
+
+def test_small_map_entries_are_below_the_base_sweeps_resolutions():
+    entries = small_map_entries(size=60)
+    assert {e.op for e in entries} == {"conv", "depthwise", "eltwise", "pool"}
+    assert {e.p["hw"] for e in entries} <= set(SMALL_RESOLUTIONS) and max(SMALL_RESOLUTIONS) < 7
+    assert all(e.p["k"] == 1 for e in entries if e.op == "conv" and e.p["hw"] < 3)  # a gate's 1x1 convs
+    assert not set(entries) & set(base_entries(size=60)), "its own seed: the base entries stay as they were"
 
 
 def test_the_manifest_gives_back_the_entries_written(tmp_path):
