@@ -42,13 +42,18 @@ RUNS = 60
 NCHWC_SUFFIX = "_nchwc"
 
 
-def owners(prediction, graph) -> dict[str, str]:
+def owners(prediction, model, graph) -> dict[str, str]:
     """Optimized node name -> the name of the kernel it belongs to (see the module docstring)."""
     by_node, by_tensor, readers = {}, {}, defaultdict(list)
+    writes = {node.name: node.output for node in model.proto.graph.node}
     for kp in prediction.kernels:
         kernel = kp.row.kernel
         for name in kernel.nodes:
             by_node[name] = kernel.name
+            # Inner tensors too: onnxruntime names a conv it fused an activation into after the conv's own
+            # output when it did not take the activation's name (HardSigmoid+Mul spelled out).
+            for tensor in writes.get(name, ()):
+                by_tensor[tensor] = kernel.name
         for tensor in kernel.outputs:
             by_tensor[tensor] = kernel.name
         for tensor in kernel.inputs:
@@ -80,7 +85,7 @@ def attribute(model, cost_model, target):
     bias = measure_profiler_bias(target)
     events, graph = profiled_run(model.proto, session_options(target), [target.execution_provider],
                                  seeded_inputs(model), PROFILE_WARMUP + RUNS)
-    owner = owners(prediction, graph)
+    owner = owners(prediction, model, graph)
     measured, left = defaultdict(float), defaultdict(float)
     for name, (op_type, runs) in node_durations_us(events).items():
         seconds = max(robust_mean(runs[PROFILE_WARMUP:] or runs) * 1e-6 - bias, 0.0)

