@@ -38,6 +38,7 @@ import numpy as np
 
 from ..analysis import CONV_WEIGHT, node_macs, tensor_shape
 from ..ir import Model
+from ..ir.conv_geometry import ConvGeometry
 from .kernels import Kernel, group_kernels
 from .target import Target
 
@@ -102,22 +103,12 @@ def valid_window(model: Model, node, info) -> float:
         return 1.0
     if source is None or out is None or len(source.shape) != len(window) + 2 or len(out.shape) != len(source.shape):
         return 1.0
-    rank = len(window)
-    strides = list(model.attr(node, "strides", None) or [1] * rank)
-    dilations = list(model.attr(node, "dilations", None) or [1] * rank)
-    pads = list(model.attr(node, "pads", None) or [0] * (2 * rank))
-    auto_pad = model.attr(node, "auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    geometry = ConvGeometry.of_window(node, tuple(window))
+    begins = geometry.explicit_pads(tuple(source.shape[2:]))
     share = 1.0
-    for axis in range(rank):
-        size, produced = source.shape[axis + 2], out.shape[axis + 2]
-        begin = pads[axis]
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            total = max((produced - 1) * strides[axis] + (window[axis] - 1) * dilations[axis] + 1 - size, 0)
-            begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
-        elif auto_pad == "VALID":
-            begin = 0
-        share *= _valid_taps(size, produced, window[axis], strides[axis], dilations[axis], begin)
+    for axis in range(len(window)):
+        share *= _valid_taps(source.shape[axis + 2], out.shape[axis + 2], window[axis], geometry.strides[axis],
+                             geometry.dilations[axis], begins[axis])
     return share
 
 

@@ -52,11 +52,11 @@ import numpy as np
 from ..analysis import upstream_nodes
 from ..errors import PassError
 from ..ir import Model, seeded_samples
+from ..ir.conv_geometry import ConvGeometry
 from .base import Param
 from .capture import Calibration, capture, capture_fit
 from .channel_edit import Keep, edit_group
 from .channel_groups import ChannelGroup, source_weight_axis, weight_rows
-from .conv_geometry import ConvGeometry
 from .graph_edit import constant_input, set_constant_input
 from .least_squares import Moments, single_threaded_blas
 

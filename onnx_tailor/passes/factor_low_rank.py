@@ -81,9 +81,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir import Model
+from ..ir.conv_geometry import ConvGeometry
 from .base import MAX_MULTIPLE, Declined, Exactness, Param, Pass, Site
 from .capture import Calibration, capture
-from .conv_geometry import ConvGeometry
 from .graph_edit import fresh_name, nodes_by_name
 
 ENERGY_SLACK = 1e-9  # a kept fraction this close below `energy` counts as reaching it (ties pick the smaller r)

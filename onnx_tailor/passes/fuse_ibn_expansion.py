@@ -99,9 +99,9 @@ from ..analysis import (ExpandDepthwisePair, IBNBlock, UnpairedExpand, find_ibn_
                         pair_ending_at)
 from ..errors import VerificationError
 from ..ir import Model
+from ..ir.conv_geometry import ConvGeometry
 from .base import Declined, Exactness, Param, Pass, Site
 from .capture import capture, capture_fit
-from .conv_geometry import ConvGeometry
 from .graph_edit import constant_input, fresh_name, nodes_by_name, set_constant_input
 from .least_squares import fit_conv
 from .local_error import relative_error

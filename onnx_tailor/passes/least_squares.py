@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn, so always installed
 
-from .conv_geometry import ConvGeometry
+from ..ir.conv_geometry import ConvGeometry
 
 CHUNK_ELEMENTS = 1 << 22  # design-matrix elements per chunk when accumulating moments
 

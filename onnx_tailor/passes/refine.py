@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import Model
-from .conv_geometry import ConvGeometry
+from ..ir.conv_geometry import ConvGeometry
 from .least_squares import patches, rows, single_threaded_blas
 
 BATCH_ELEMENTS = 1 << 22  # im2col elements per mini-batch (16 MB in float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from onnx_tailor.costmodel import load_target
@@ -77,6 +78,22 @@ def test_valid_window_counts_the_taps_that_read_the_input_not_its_padding():
     one = b.conv("x", 8, 8, 1, name="one")
     model = Model(b.build({"x": (1, 8, 3, 40)}, [one]))
     assert valid_window(model, model.node("one"), model.tensor_info) == 1.0
+
+
+@pytest.mark.parametrize("auto_pad,pads", [("SAME_UPPER", [1, 1, 2, 2]), ("SAME_LOWER", [2, 2, 1, 1])])
+def test_valid_window_reads_auto_pad_as_the_explicit_pads_it_stands_for(auto_pad, pads):
+    """SAME_* pads 4x4 stride-2 windows over a 5x7 map by 3 rows and 3 columns: the odd pixel at the end
+    (UPPER) or the beginning (LOWER); conv and pool alike."""
+    weight = np.ones((8, 8, 4, 4), np.float32)
+    for op, extra in (("Conv", {}), ("MaxPool", {"kernel_shape": [4, 4]})):
+        shares = []
+        for padding in ({"auto_pad": auto_pad}, {"pads": pads}):
+            b = GraphBuilder()
+            inputs = ["x", b.const(weight)] if op == "Conv" else ["x"]
+            y = b.node(op, inputs, name="window", strides=[2, 2], **extra, **padding)
+            model = Model(b.build({"x": (1, 8, 5, 7)}, [y]))
+            shares.append(valid_window(model, model.node("window"), model.tensor_info))
+        assert shares[0] == pytest.approx(shares[1]) and shares[0] < 1.0
 
 
 def test_channels_the_runtime_blocks_are_a_feature():

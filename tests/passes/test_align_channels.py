@@ -12,7 +12,7 @@ from onnx_tailor.errors import PassError
 from onnx_tailor.ir import Model, run
 from onnx_tailor.passes import apply_pass, get_pass
 from onnx_tailor.passes.canonicalize import canonicalize
-from onnx_tailor.passes.conv_geometry import ConvGeometry
+from onnx_tailor.ir.conv_geometry import ConvGeometry
 from onnx_tailor.passes.least_squares import design
 from tests.graphs import GraphBuilder, tensor_value, tiny_mobilenet
 

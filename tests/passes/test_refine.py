@@ -9,7 +9,7 @@ from onnx_tailor.analysis import find_ibn_blocks, match_activation
 from onnx_tailor.ir import Model, seeded_inputs
 from onnx_tailor.passes.canonicalize import canonicalize
 from onnx_tailor.passes.capture import capture
-from onnx_tailor.passes.conv_geometry import ConvGeometry
+from onnx_tailor.ir.conv_geometry import ConvGeometry
 from onnx_tailor.passes.refine import ConvPair, Elementwise, SqueezeExcitation
 from tests.graphs import GraphBuilder, ibn_block
 

@@ -1,10 +1,12 @@
-"""Where a Conv reads its input: kernel, strides, dilations and padding, `auto_pad` resolved.
+"""Where a Conv (or a pool) reads its input: kernel, strides, dilations and padding, `auto_pad` resolved.
 
 ONNX spells a Conv's padding two ways: explicit `pads` (begin of every
 spatial axis, then end of every spatial axis) or `auto_pad` (SAME_UPPER,
 SAME_LOWER, VALID), which leaves the numbers to the input size. Every rewrite
 that reads a Conv's input positions (im2col for a least-squares fit, the
-pixels a strided 1x1 conv reads) asks this one helper, so `auto_pad` is
+pixels a strided 1x1 conv reads) and the cost model's share of a window's
+taps that land inside the input ask this one helper (here, in the ground
+floor, so that passes and the cost model both can), so `auto_pad` is
 handled once and the same way everywhere:
 
     SAME_*: out = ceil(in / s), total = max((out - 1) * s + (k - 1) * d + 1 - in, 0)
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from ..ir import Model
+from .model import Model
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,17 @@ class ConvGeometry:
     @staticmethod
     def of(model: Model, conv: onnx.NodeProto) -> "ConvGeometry":
         """The geometry of a Conv (or ConvTranspose) with a constant or shape-declared weight."""
-        kernel = tuple(int(d) for d in model.declared_shape(conv.input[1])[2:])
+        return ConvGeometry.of_window(conv, tuple(int(d) for d in model.declared_shape(conv.input[1])[2:]))
+
+    @staticmethod
+    def of_window(node: onnx.NodeProto, kernel: tuple[int, ...]) -> "ConvGeometry":
+        """The geometry of a Conv or pool whose window is `kernel`: the rest is in its attributes
+        (an attribute given empty means its default, as absent)."""
         spatial = len(kernel)
-        auto_pad = model.attr(conv, "auto_pad", "NOTSET")
-        return ConvGeometry(kernel, tuple(model.attr(conv, "strides", [1] * spatial)),
-                            tuple(model.attr(conv, "dilations", [1] * spatial)),
-                            tuple(model.attr(conv, "pads", [0] * (2 * spatial))),
+        auto_pad = Model.attr(node, "auto_pad", "NOTSET")
+        return ConvGeometry(kernel, tuple(Model.attr(node, "strides", None) or [1] * spatial),
+                            tuple(Model.attr(node, "dilations", None) or [1] * spatial),
+                            tuple(Model.attr(node, "pads", None) or [0] * (2 * spatial)),
                             auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad))
 
     def explicit_pads(self, in_size: tuple[int, ...]) -> tuple[int, ...]:
