@@ -341,6 +341,16 @@ def _channels(rng, hw: int) -> int:
     return max(8, value - value % 8) if rng.random() < 0.5 else max(3, value)
 
 
+def _within_max_macs(ci: int, co: int, macs_per_pair: int, divisor: int = 1) -> tuple[int, int]:
+    """Input and output channels, both halved (down to 3) until ci * co * macs_per_pair // divisor MACs fit
+    under MAX_MACS. The sweeps count a conv's MACs slightly differently (the base sweep from the strided side,
+    (hw // s) ** 2, the others as h * w // s ** 2): kept as they were, so that the seeded entries, and the
+    measurements shipped for them, stay the same."""
+    while ci * co * macs_per_pair // divisor > MAX_MACS:
+        ci, co = max(3, ci // 2), max(3, co // 2)
+    return ci, co
+
+
 def base_entries(seed: int = 0, size: int = 600, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
     """The seeded base sweep; `size` scales the number of entries (about `size` per context)."""
     rng = np.random.default_rng(seed)
@@ -353,8 +363,7 @@ def base_entries(seed: int = 0, size: int = 600, contexts: tuple[int, ...] = (1,
             if op == "conv":
                 k, s = int(rng.choice((1, 1, 3, 5))), int(rng.choice((1, 1, 2)))
                 ci, co = _channels(rng, hw), _channels(rng, hw)
-                while ci * co * k * k * (hw // s) ** 2 > MAX_MACS:
-                    ci, co = max(3, ci // 2), max(3, co // 2)
+                ci, co = _within_max_macs(ci, co, k * k * (hw // s) ** 2)
                 params = dict(ci=ci, co=co, k=k, s=s, hw=hw, act=str(rng.choice(ACTIVATIONS)))
             elif op == "depthwise":
                 params = dict(c=_channels(rng, hw) * int(rng.choice((1, 3, 6))) // 2 or 8, k=int(rng.choice((3, 5))),
@@ -411,6 +420,14 @@ FLAT_HEIGHTS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 FLAT_MAX_ASPECT, FLAT_MAX_WIDTH = 64, 320
 
 
+def _flat_map(rng) -> tuple[int, int, int]:
+    """A text-line map: `FLAT_HEIGHTS` rows, 2 to `FLAT_MAX_ASPECT` times as wide (log-uniform, at most
+    `FLAT_MAX_WIDTH`); and the side of the square map of as many pixels, for the channel caps."""
+    h = int(rng.choice(FLAT_HEIGHTS))
+    w = min(FLAT_MAX_WIDTH, int(round(h * math.exp(rng.uniform(math.log(2), math.log(FLAT_MAX_ASPECT))))))
+    return h, w, max(1, int(math.sqrt(h * w)))
+
+
 def flat_entries(seed: int = 1, size: int = 150, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
     """Convs, depthwise convs, element-wise ops and pools on text-line maps (`FLAT_HEIGHTS` rows, 2 to
     `FLAT_MAX_ASPECT` times as wide, log-uniform): on a map 2 or 3 rows high most of a 5x5 window lands in
@@ -420,14 +437,11 @@ def flat_entries(seed: int = 1, size: int = 150, contexts: tuple[int, ...] = (1,
     entries = []
     for op, share in plan.items():
         for _ in range(max(4, int(size * share))):
-            h = int(rng.choice(FLAT_HEIGHTS))
-            w = min(FLAT_MAX_WIDTH, int(round(h * math.exp(rng.uniform(math.log(2), math.log(FLAT_MAX_ASPECT))))))
-            square = max(1, int(math.sqrt(h * w)))  # the square map of as many pixels, for the channel caps
+            h, w, square = _flat_map(rng)
             if op == "conv":
                 k, s = int(rng.choice((1, 3, 3, 5))), int(rng.choice((1, 1, 2)))
                 ci, co = _channels(rng, square), _channels(rng, square)
-                while ci * co * k * k * h * w // (s * s) > MAX_MACS:
-                    ci, co = max(3, ci // 2), max(3, co // 2)
+                ci, co = _within_max_macs(ci, co, k * k * h * w, s * s)
                 params = dict(ci=ci, co=co, k=k, s=s, act=str(rng.choice(ACTIVATIONS)))
             elif op == "depthwise":
                 params = dict(c=_channels(rng, square) * int(rng.choice((1, 3, 6))) // 2 or 8, k=int(rng.choice((3, 5))),
@@ -448,10 +462,8 @@ def spelled_activation_entries(seed: int = 2, size: int = 48, contexts: tuple[in
     for kind in SPELLED_ACTIVATIONS:
         for index in range(max(2, size // len(SPELLED_ACTIVATIONS))):
             if index % 2:
-                h = int(rng.choice(FLAT_HEIGHTS))
-                w = min(FLAT_MAX_WIDTH, int(round(h * math.exp(rng.uniform(math.log(2), math.log(FLAT_MAX_ASPECT))))))
+                h, w, square = _flat_map(rng)
                 shape = dict(hw=h, w=w)
-                square = max(1, int(math.sqrt(h * w)))
             else:
                 square = int(rng.choice(RESOLUTIONS))
                 shape = dict(hw=square)
@@ -468,17 +480,15 @@ def hardswish_entries(seed: int = 4, size: int = 40, contexts: tuple[int, ...] =
     entries = []
     for index in range(size):
         if index % 2:
-            h = int(rng.choice(FLAT_HEIGHTS))
-            w = min(FLAT_MAX_WIDTH, int(round(h * math.exp(rng.uniform(math.log(2), math.log(FLAT_MAX_ASPECT))))))
-            shape, square = dict(hw=h, w=w), max(1, int(math.sqrt(h * w)))
+            h, w, square = _flat_map(rng)
+            shape = dict(hw=h, w=w)
         else:
             square = int(rng.choice(RESOLUTIONS))
             shape, h, w = dict(hw=square), square, square
         if index % 5 < 3:
             k, s = int(rng.choice((1, 1, 3))), int(rng.choice((1, 1, 2)))
             ci, co = _channels(rng, square), _channels(rng, square)
-            while ci * co * k * k * h * w // (s * s) > MAX_MACS:
-                ci, co = max(3, ci // 2), max(3, co // 2)
+            ci, co = _within_max_macs(ci, co, k * k * h * w, s * s)
             op, params = "conv", dict(ci=ci, co=co, k=k, s=s)
         else:
             op, params = "depthwise", dict(c=_channels(rng, square) * int(rng.choice((3, 6))) // 2,
