@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from ..errors import ModelLoadError
 from . import large
+from .subgraphs import outer_reads, subgraphs
 from .temporaries import scratch_folder
 
 # ORT rule names, as its graph transformers register them. TransposeOptimizer
@@ -115,10 +116,10 @@ def ort_basic_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:
     """
     if computes_in_reduced_float(proto):
         return proto
-    held = {} if large.fits(proto) else large.lighten(proto).held
-    if held:
-        cleaned = _run_basic(_hide_large_weights(proto, held))
-        cleaned.graph.initializer.extend(held.values())
+    light = None if large.fits(proto) else large.lighten(proto)
+    if light is not None and light.held:
+        cleaned = _run_basic(_hide_large_weights(light))
+        cleaned.graph.initializer.extend(light.held.values())
         return strip_unused_domains(_restore_graph_inputs(cleaned, proto), keep_from=proto)
     cleaned = _run_basic(_hide_initializers(proto, is_quantized))
     if weight_bytes(cleaned.graph) > weight_bytes(proto.graph):
@@ -153,28 +154,12 @@ def _run_basic(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def weight_bytes(graph: onnx.GraphProto) -> int:
     """Bytes of the constant tensors of `graph` and of the bodies nested in its nodes."""
-    total = sum(_tensor_bytes(t) for t in graph.initializer)
+    total = sum(large.tensor_nbytes(t) for t in graph.initializer)
     for node in graph.node:
-        for attribute in node.attribute:
-            if node.op_type == "Constant" and attribute.name == "value":
-                total += _tensor_bytes(attribute.t)
-            total += sum(weight_bytes(g) for g in _bodies(attribute))
+        if node.op_type == "Constant":
+            total += sum(large.tensor_nbytes(a.t) for a in node.attribute if a.name == "value")
+        total += sum(weight_bytes(g) for _, g in subgraphs(node))
     return total
-
-
-def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, ValueError, TypeError):  # strings and types numpy cannot hold: count one byte each
-        itemsize = 1
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return count * itemsize
-
-
-def _bodies(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:
-    return ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
 
 
 def _shared_initializers(graph: onnx.GraphProto) -> set[str]:
@@ -185,9 +170,8 @@ def _shared_initializers(graph: onnx.GraphProto) -> set[str]:
         for node in g.node:
             for name in set(node.input):
                 readers[name] = readers.get(name, 0) + 1
-            for attribute in node.attribute:
-                for body in _bodies(attribute):
-                    count(body)
+            for _, body in subgraphs(node):
+                count(body)
 
     count(graph)
     return {t.name for t in graph.initializer if readers.get(t.name, 0) > 1}
@@ -203,25 +187,13 @@ def _keep_bodies_that_grew(cleaned: onnx.ModelProto, source: onnx.ModelProto) ->
         before = written.get(node.name)
         if before is None or before.op_type != node.op_type:
             continue
-        grown = sum(weight_bytes(g) for a in node.attribute for g in _bodies(a))
-        as_written = sum(weight_bytes(g) for a in before.attribute for g in _bodies(a))
-        outer = set().union(*(_outer_reads(g) for a in before.attribute for g in _bodies(a)))
+        grown = sum(weight_bytes(g) for _, g in subgraphs(node))
+        as_written = sum(weight_bytes(g) for _, g in subgraphs(before))
+        outer = set().union(*(outer_reads(g) for _, g in subgraphs(before)))
         if grown > as_written and outer <= available:
             del node.attribute[:]
             node.attribute.extend(before.attribute)
     return cleaned
-
-
-def _outer_reads(graph: onnx.GraphProto) -> set[str]:
-    """Names a body reads from enclosing scopes: read by its nodes (nested bodies included), defined in none."""
-    defined = ({i.name for i in graph.input} | {t.name for t in graph.initializer}
-               | {o for n in graph.node for o in n.output})
-    read = {name for n in graph.node for name in n.input if name}
-    for node in graph.node:
-        for attribute in node.attribute:
-            for body in _bodies(attribute):
-                read |= _outer_reads(body)
-    return read - defined
 
 
 def computes_in_reduced_float(proto: onnx.ModelProto) -> bool:
@@ -258,19 +230,19 @@ def _hide_initializers(proto: onnx.ModelProto, hide) -> onnx.ModelProto:
     return out
 
 
-def _hide_large_weights(proto: onnx.ModelProto, held: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
-    """The light form of a model past 2 GiB (`ir.large`) with its held weights turned into graph inputs.
+def _hide_large_weights(light: large.Light) -> onnx.ModelProto:
+    """The light form of a model past 2 GiB (`ir.large`) with its held weights turned into graph inputs
+    (in place: `light.proto` is the caller's own copy).
 
     onnxruntime then never needs their values (nor folds through them, as for `_hide_initializers`),
     so its clean-up costs no copy of gigabytes; `ort_basic_cleanup` puts them back. What is lost is
     folding a constant expression of such a weight, or a Conv+Add/Mul into such a weight: the
     `fold_affine` step after this one takes the latter."""
-    light = large.lighten(proto)
-    kept = [t for t in light.proto.graph.initializer if t.name not in held]
+    kept = [t for t in light.proto.graph.initializer if t.name not in light.held]
     del light.proto.graph.initializer[:]
     light.proto.graph.initializer.extend(kept)
     light.proto.graph.input.extend(onnx.helper.make_tensor_value_info(name, t.data_type, t.dims)
-                                   for name, t in held.items())
+                                   for name, t in light.held.items())
     return light.proto
 
 

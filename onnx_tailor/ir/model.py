@@ -26,6 +26,7 @@ from onnx import numpy_helper
 from ..errors import InputShapeError, ModelTooLargeError
 from . import large
 from .batch import batch_layout
+from .cleanup import lift_constants, name_nodes
 from .shapes import TensorInfo, concrete_tensor_info, infer_shapes
 from .subgraphs import TypedShape, implicit_reads, standalone_body, subgraphs
 
@@ -312,7 +313,8 @@ class Model:
 
     def bodies(self, node: onnx.NodeProto) -> list[tuple[str, "Model"]]:
         """(attribute, model) for every subgraph of `node`, each lifted into a model of its own whose
-        inputs have this model's concrete shapes (see `ir.subgraphs`); empty for ordinary nodes."""
+        inputs have this model's concrete shapes (see `ir.subgraphs`), its constants lifted and its nodes
+        named as the canonical form has them; empty for ordinary nodes."""
         owned = subgraphs(node)
         if not owned:
             return []
@@ -322,7 +324,8 @@ class Model:
         found = []
         for attribute, graph in owned:
             formal = _formal_inputs(self, node, graph)
-            found.append((attribute, Model(standalone_body(graph, formal, outer, constants, self._proto))))
+            body = standalone_body(graph, formal, outer, constants, self._proto)
+            found.append((attribute, Model(name_nodes(lift_constants(body)))))
         return found
 
     def _typed(self, tensor: str) -> TypedShape:

@@ -7,17 +7,18 @@ reader, or a rewrite changes a tensor behind the subgraph's back.
 
 To cost or analyse the nodes inside a subgraph, it is lifted into a
 standalone proto: its formal inputs and the outer tensors it reads become
-graph inputs with the shapes the caller knows, the outer constants it reads
-become initializers, and its `Constant` nodes are lifted and its nodes named
-as the canonical form of the main graph has them.
+graph inputs with the shapes the caller knows, and the outer constants it
+reads become initializers (`Model.bodies` then lifts its `Constant` nodes
+and names its nodes as the canonical form of the main graph has them).
+
+This module walks protos and imports nothing of `ir`, so that every
+clean-up and model helper can walk subgraphs through it.
 """
 
 from __future__ import annotations
 
 import onnx
 from onnx import helper
-
-from .cleanup import lift_constants, name_nodes
 
 TypedShape = tuple[tuple[int, ...] | None, int]  # (concrete shape or None when unknown, element type)
 
@@ -74,4 +75,4 @@ def standalone_body(graph: onnx.GraphProto, formal: list[TypedShape], outer: dic
     body = helper.make_graph(list(graph.node), graph.name or "body", inputs, list(graph.output), initializers)
     proto = helper.make_model(body, opset_imports=list(like.opset_import))
     proto.ir_version = like.ir_version
-    return name_nodes(lift_constants(proto))
+    return proto
