@@ -32,13 +32,16 @@ import re
 import secrets
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import google.protobuf.message
 import onnx
+from onnx.external_data_helper import uses_external_data
 
 from ..errors import ModelLoadError, OutputError, TailorError
 from . import large
 from .model import Model
+from .subgraphs import subgraphs
 from .temporaries import remove_stale_temporaries, tagged_prefix
 
 # Protobuf cannot serialize a message over 2 GiB; past this, weights go to a side file.
@@ -71,8 +74,11 @@ def check_opset(proto: onnx.ModelProto, source: str) -> None:
 def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
     """Parse an ONNX file (and its external data), turning every failure into one line.
 
-    The checker is given the path, not the proto: a model past 2 GiB cannot be serialized for it,
-    and by path it also checks that the external data files exist and stay inside the folder."""
+    The checker is given the proto as parsed, before its external data is read (a stream can be
+    read only once anyway). A file the checker must parse itself: a model with external data, since
+    the checker looks for the data files beside a path it is given but in the working directory for
+    a proto (that file holds the graph alone, so parsing it again costs little); and a proto too big
+    to serialize for the checker."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
@@ -88,7 +94,8 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph in it; is it truncated?)")
     check_opset(proto, str(path))  # before the checker, whose complaint about an old opset is cryptic
     try:
-        onnx.checker.check_model(str(path) if path.is_file() else proto)  # a stream cannot be read twice
+        external = any(uses_external_data(t) for t in _tensors(proto.graph))
+        onnx.checker.check_model(str(path) if path.is_file() and (external or not large.fits(proto)) else proto)
         _read_names(proto.graph)
     except onnx.checker.ValidationError as exc:
         first_line = str(exc).strip().splitlines()[0]
@@ -107,6 +114,18 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelLoadError(f"{path}: cannot read its external data: {first_line}") from None
     return proto
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor `graph` holds: its initializers and its nodes' tensor attributes, nested bodies included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+        for _, body in subgraphs(node):
+            yield from _tensors(body)
 
 
 def _read_names(graph: onnx.GraphProto) -> None:
