@@ -51,6 +51,15 @@ _log = logging.getLogger(__name__)  # every candidate's fate, at DEBUG: what `op
 MAX_LOCAL_ERROR = 0.5
 # A candidate must be predicted at least this much faster (relative) to be applied.
 MIN_GAIN = 5e-3
+# What became of a candidate, as a code set where its outcome is noted (the log's `fate`; report.json's
+# block `reasons`, the count of why nothing helped); the note beside it says the same in words, for people.
+FEASIBLE = "feasible"
+PREDICTED_SLOWER = "predicted_slower"
+LOCAL_ERROR_TOO_LARGE = "local_error_too_large"
+OVER_ACCURACY_BUDGET = "over_accuracy_budget"
+OVER_MEMORY_BUDGET = "over_memory_budget"
+NOT_MEASURABLY_FASTER = "not_measurably_faster"
+OTHER = "other"
 # Drops closer than this (in any metric's units: points, cosine, dB) are the same drop: exact steps move a
 # drop by float noise (1e-11 of cosine on the tiny model), far below anything a budget could tell apart.
 SAME_DROP = 1e-6
@@ -128,6 +137,7 @@ class Node:
     local_error: float | None = None  # of the last step, when it was lossy
     feasible: bool = True
     reason: str | None = None  # why it is infeasible
+    fate: str = FEASIBLE  # the same as a code (OVER_ACCURACY_BUDGET, ...)
     over_accuracy: bool = False  # infeasible because it broke the accuracy budget
     change: str = ""  # what its last step did, for people (the site's summary: "expansion 176 -> 128 channels")
 
@@ -265,17 +275,21 @@ class SearchContext:
         self._score_s = self._score_s or time.perf_counter() - started
         node = Node(model, steps, costs.latency_s, measured.param_bytes, measured.activation_bytes,
                     local_error=score_local)
-        node.reason = measured.memory_violation
+        node.reason, node.fate = measured.memory_violation, OVER_MEMORY_BUDGET
         if self.data is not None and steps:
             judgement = measured.judgement
             node.score, node.drop = judgement.score, judgement.drop
             node.over_accuracy = node.reason is None and judgement.over_budget is not None
-            node.reason = node.reason or judgement.over_budget
+            if node.over_accuracy:
+                node.reason, node.fate = judgement.over_budget, OVER_ACCURACY_BUDGET
             self.stats.evaluated += 1
         elif self.data is not None:
             node.score = self.data.original_score
-        node.reason = node.reason or self.measured.verdict(self, node)
+        if node.reason is None:
+            node.reason, node.fate = self.measured.verdict(self, node), NOT_MEASURABLY_FASTER
         node.feasible = node.reason is None
+        if node.feasible:
+            node.fate = FEASIBLE
         self._nodes[model.content_hash] = node
         self.evaluated.append(node)
         if node.feasible and (self.best is None or node.latency_s < self.best.latency_s):
@@ -356,7 +370,7 @@ class SearchContext:
     def worth_applying(self, node: Node, candidate: Candidate) -> bool:
         if not self.planned_worth(node, candidate):
             gain = node.latency_s - candidate.predicted_s
-            self._note(node, candidate, f"predicted slower or no faster ({-gain * 1e6:+.1f} us)")
+            self._note(node, candidate, PREDICTED_SLOWER, f"predicted slower or no faster ({-gain * 1e6:+.1f} us)")
             return False
         return True
 
@@ -383,8 +397,8 @@ class SearchContext:
                 continue
             if self.failed_before(node, candidate):  # not counted: the limit is for what can still pass
                 self._not_retried.add((node.key, candidate.step))
-                self._note(node, candidate, "over the accuracy budget from an earlier model that had lost no "
-                                            "more accuracy (not tried again)")
+                self._note(node, candidate, OTHER, "over the accuracy budget from an earlier model that had lost "
+                                                   "no more accuracy (not tried again)")
                 continue
             if (node.key, candidate.step) not in self._outcomes:
                 self.prefetch([(node, c) for c in planned[tried:tried + self.executor.width]])
@@ -438,7 +452,7 @@ class SearchContext:
         self.stats.applied += 1
         error = outcome.local_error
         if outcome.model is None:
-            self._note(node, candidate, f"local error {error:.2f} too large to evaluate")
+            self._note(node, candidate, LOCAL_ERROR_TOO_LARGE, f"local error {error:.2f} too large to evaluate")
             self._children[key] = None
             self._expand_s.append(time.perf_counter() - started)
             return None
@@ -447,15 +461,16 @@ class SearchContext:
         self._parents.setdefault(child.key, node)
         self._apply_s.setdefault(child.key, applied_s)
         self._expand_s.append(time.perf_counter() - started)
-        self._note(node, candidate, "feasible" if child.feasible else child.reason, child)
+        self._note(node, candidate, child.fate, "feasible" if child.feasible else child.reason, child)
         self._children[key] = child
         return child
 
-    def _note(self, node: Node, candidate: Candidate, outcome: str, child: Node | None = None) -> None:
+    def _note(self, node: Node, candidate: Candidate, fate: str, outcome: str, child: Node | None = None) -> None:
+        """Log what became of `candidate`: `fate` as a code, `outcome` in words."""
         _log.debug("candidate %s after %d step(s): %s", candidate.step, len(node.steps), outcome)
         self.log.append({"step": candidate.step.to_dict(), "nodes": sorted(candidate.site.nodes),
                          "after_steps": len(node.steps), "predicted_gain_us": (node.latency_s - candidate.predicted_s) * 1e6,
-                         "outcome": outcome, "local_error": child.local_error if child else None})
+                         "fate": fate, "outcome": outcome, "local_error": child.local_error if child else None})
 
     # -- why the search stopped ---------------------------------------------------------
 

@@ -33,7 +33,8 @@ from ..passes import Exactness, all_passes, get_pass
 from ..passes.tensor_cache import using
 from .beam import beam
 from .constraints import Constraints, check_binds, default_max_drop, drop_units, parse_max_drop
-from .context import Judgement, SearchContext, SearchData
+from .context import (LOCAL_ERROR_TOO_LARGE, NOT_MEASURABLY_FASTER, OVER_ACCURACY_BUDGET, OVER_MEMORY_BUDGET,
+                      PREDICTED_SLOWER, Judgement, SearchContext, SearchData)
 from .evolutionary import evolutionary
 from .executor import new_cache
 from .greedy import greedy
@@ -400,15 +401,15 @@ def _why_stopped(ctx: SearchContext, chosen, why: str) -> dict:
 
 
 def _why_nothing_helped(ctx: SearchContext) -> str:
-    outcomes = [e["outcome"] for e in ctx.log]
-    if not outcomes:
+    fates = [e["fate"] for e in ctx.log]
+    if not fates:
         return "nothing beat the original: no pass found a site to rewrite; the original is returned unchanged"
-    slower = sum("predicted slower" in o for o in outcomes)
-    budget = sum("over the budget" in o for o in outcomes)
-    error = sum("too large" in o for o in outcomes)
-    timed = sum("not measurably faster" in o for o in outcomes)
+    slower = fates.count(PREDICTED_SLOWER)
+    budget = fates.count(OVER_ACCURACY_BUDGET) + fates.count(OVER_MEMORY_BUDGET)
+    error = fates.count(LOCAL_ERROR_TOO_LARGE)
+    timed = fates.count(NOT_MEASURABLY_FASTER)
     measured = f", {timed} not measurably faster" if timed else ""
-    return (f"nothing beat the original ({len(outcomes)} candidates: {slower} predicted no faster, {budget} over "
+    return (f"nothing beat the original ({len(fates)} candidates: {slower} predicted no faster, {budget} over "
             f"a budget, {error} with too large a local error{measured}); the original is returned unchanged")
 
 

@@ -30,14 +30,14 @@ from ..analysis import analyze, find_ibn_blocks
 from ..costmodel import simulate
 from ..errors import TailorError
 from ..version import __version__
-from .context import Node, SearchContext
+from .context import (FEASIBLE, LOCAL_ERROR_TOO_LARGE, NOT_MEASURABLY_FASTER, OTHER, OVER_ACCURACY_BUDGET,
+                      OVER_MEMORY_BUDGET, PREDICTED_SLOWER, Node, SearchContext)
 
 REPORT_FORMAT = "onnx-tailor-report/1"
-# Why a block was left alone, as a code a pipeline can match, with the words of the outcome it comes from;
-# when a block's candidates met several fates, the first code in this order is the one given.
-REASONS = (("over_accuracy_budget", "over the budget"), ("local_error_too_large", "too large"),
-           ("not_measurably_faster", "not measurably faster"), ("predicted_slower", "predicted slower"))
-_MEMORY = ("parameters ", "peak activations ")  # how memory_violation's outcomes begin
+# Why a block was left alone, as a code a pipeline can match: the fates its candidates met (the search
+# log's codes), most telling first; its `why` is the words noted with the first of them.
+REASONS = (OVER_ACCURACY_BUDGET, LOCAL_ERROR_TOO_LARGE, NOT_MEASURABLY_FASTER, PREDICTED_SLOWER, OVER_MEMORY_BUDGET,
+           OTHER)
 
 
 def node_summary(node: Node) -> dict:
@@ -57,16 +57,9 @@ def block_name(node_names) -> str:
     return "/".join(common) if any(common) else ""
 
 
-def _reason(outcome: str) -> str:
-    if "over the budget" in outcome and outcome.startswith(_MEMORY):
-        return "over_memory_budget"
-    return next((code for code, words in REASONS if words in outcome), "other")
-
-
 def block_decisions(ctx: SearchContext, chosen: Node) -> list[dict]:
     """Per IBN block of the original: what the search did with it, and why (as codes and in words)."""
     taken = {(s.pass_name, s.anchor) for s in chosen.steps}
-    order = [code for code, _ in REASONS] + ["over_memory_budget", "other"]
     decisions = []
     blocks = find_ibn_blocks(ctx.original)
     names = [block_name([b.expand, b.project] + ([b.residual] if b.residual else [])) for b in blocks]
@@ -75,8 +68,8 @@ def block_decisions(ctx: SearchContext, chosen: Node) -> list[dict]:
     for index, (block, name) in enumerate(zip(blocks, names), 1):
         entries = [e for e in ctx.log if set(e["nodes"]) & block.nodes]
         applied = sorted({e["step"]["pass"] for e in entries if (e["step"]["pass"], e["step"]["anchor"]) in taken})
-        failed = [e["outcome"] for e in entries if e["outcome"] != "feasible"]
-        reasons = sorted({_reason(o) for o in failed}, key=order.index)
+        failed = [e for e in entries if e["fate"] != FEASIBLE]
+        reasons = sorted({e["fate"] for e in failed}, key=REASONS.index)
         if applied:
             decision, reasons, why = "rewritten", [], f"by {', '.join(applied)}"
         elif not entries:
@@ -87,7 +80,7 @@ def block_decisions(ctx: SearchContext, chosen: Node) -> list[dict]:
             why = "a feasible rewrite existed but a faster sequence was chosen"
         else:
             decision = "left alone"
-            why = min(failed, key=lambda o: order.index(_reason(o)))
+            why = min(failed, key=lambda e: REASONS.index(e["fate"]))["outcome"]
         decisions.append({"index": index, "name": name, "expand": block.expand,
                           "channels": [block.in_channels, block.expanded_channels, block.out_channels],
                           "resolution": list(block.resolution) if block.resolution else None,
