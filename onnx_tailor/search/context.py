@@ -59,7 +59,7 @@ LOCAL_ERROR_TOO_LARGE = "local_error_too_large"
 OVER_ACCURACY_BUDGET = "over_accuracy_budget"
 OVER_MEMORY_BUDGET = "over_memory_budget"
 NOT_MEASURABLY_FASTER = "not_measurably_faster"
-OTHER = "other"
+OTHER = "other"  # none noted now; report.json's schema still lists it
 # Drops closer than this (in any metric's units: points, cosine, dB) are the same drop: exact steps move a
 # drop by float noise (1e-11 of cosine on the tiny model), far below anything a budget could tell apart.
 SAME_DROP = 1e-6
@@ -397,8 +397,8 @@ class SearchContext:
                 continue
             if self.failed_before(node, candidate):  # not counted: the limit is for what can still pass
                 self._not_retried.add((node.key, candidate.step))
-                self._note(node, candidate, OTHER, "over the accuracy budget from an earlier model that had lost "
-                                                   "no more accuracy (not tried again)")
+                self._note(node, candidate, OVER_ACCURACY_BUDGET, "over the accuracy budget from an earlier model "
+                                                                  "that had lost no more accuracy (not tried again)")
                 continue
             if (node.key, candidate.step) not in self._outcomes:
                 self.prefetch([(node, c) for c in planned[tried:tried + self.executor.width]])

@@ -70,6 +70,8 @@ def test_a_step_over_the_accuracy_budget_is_not_tried_again_where_nothing_around
     skipping = run(tiny, max_drop="1e-9")
     skipped = [e for e in skipping.context.log if e["outcome"].startswith("over the accuracy budget from an earlier")]
     assert skipped and all(e["after_steps"] > 0 for e in skipped)
+    assert {e["fate"] for e in skipped} == {"over_accuracy_budget"}  # the code the report's blocks give, not 'other'
+    assert not any("other" in block["reasons"] for block in skipping.report["blocks"])
     for entry in skipped:  # each was evaluated, and failed on accuracy, from an earlier model
         assert any(e["step"] == entry["step"] and e["after_steps"] < entry["after_steps"]
                    and e["outcome"].startswith("cosine drops") for e in skipping.context.log)
