@@ -32,7 +32,7 @@ from ..ir import Model, session
 from ..passes import Exactness, all_passes, get_pass
 from ..passes.tensor_cache import using
 from .beam import beam
-from .constraints import Constraints, check_binds, default_max_drop, drop_units, parse_max_drop
+from .constraints import AccuracyBudget, Constraints, check_binds, default_max_drop, drop_units, parse_max_drop
 from .context import (LOCAL_ERROR_TOO_LARGE, NOT_MEASURABLY_FASTER, OVER_ACCURACY_BUDGET, OVER_MEMORY_BUDGET,
                       PREDICTED_SLOWER, Judgement, SearchContext, SearchData)
 from .evolutionary import evolutionary
@@ -115,15 +115,19 @@ def split_data(model: Model, data, seed: int, calibration: float):
     return accuracy.split_dataset(dataset, calibration=calibration, seed=seed)
 
 
-def _search_data(model: Model, data, metric: str | None, max_drop: str | None, seed: int, fractions,
-                 judging: tuple[str, str], lossy: bool, notes: list[str]) -> tuple[SearchData, dict]:
-    """The split data, the metric, the original's score and the budget; `judging` is (precision, acceptance).
-    Also the accuracy budget as understood, for the user before the search and for the report."""
-    precision, acceptance = judging
-    if max_drop is not None:
-        parse_max_drop(max_drop)  # a malformed budget fails before the data loads
+def _load_split(model: Model, data, seed: int, fractions) -> accuracy.SearchSplit:
+    """`data` (a path, 'random' or a Dataset) loaded and split into calibration, selection and test."""
     dataset = data if isinstance(data, accuracy.Dataset) else accuracy.load_data(data, model)
-    split = accuracy.split_three(dataset, accuracy.parse_split(fractions), seed)
+    return accuracy.split_three(dataset, accuracy.parse_split(fractions), seed)
+
+
+def _search_data(model: Model, split: accuracy.SearchSplit, metric: str | None, max_drop: str | None,
+                 given_budget: AccuracyBudget | None, judging: tuple[str, str], lossy: bool,
+                 notes: list[str]) -> tuple[SearchData, dict, AccuracyBudget]:
+    """The metric, the original's score and the budget on `split`; `judging` is (precision, acceptance);
+    `max_drop` as the user wrote it and `given_budget` parsed from it (None: the metric's default). Also the
+    accuracy budget as understood, for the user before the search and for the report, and as parsed."""
+    precision, acceptance = judging
     metric = metric or accuracy.default_metric(split.selection, True)
     given = max_drop is not None
     max_drop = str(max_drop) if given else default_max_drop(metric)
@@ -132,11 +136,12 @@ def _search_data(model: Model, data, metric: str | None, max_drop: str | None, s
     scoring = time.perf_counter()
     original_score = search_data.original_score = search_data.score(model, split.selection, model)
     search_data.judge_s = time.perf_counter() - scoring
-    budget = parse_max_drop(max_drop)
+    budget = given_budget if given_budget is not None else parse_max_drop(max_drop)
     allowed = budget.allowed_drop(original_score.value)
     check_binds(metric, budget, original_score.value, allowed)
     if lossy:
-        _check_resolution(len(dataset), split, original_score, metric, allowed)
+        samples = len(split.calibration) + len(split.selection) + len(split.test)
+        _check_resolution(samples, split, original_score, metric, allowed)
     # A zero budget admits only what changes nothing: there is no interval width to warn about.
     warning = accuracy.interval_warning(original_score, allowed) if original_score.half_width and allowed else None
     if warning:
@@ -154,7 +159,7 @@ def _search_data(model: Model, data, metric: str | None, max_drop: str | None, s
         notes.append("every model is judged in int8, as the target runs it: onnxruntime's static QDQ quantization "
                      "(per-channel int8 weights, MinMax-calibrated int8 activations) on the calibration split")
     search_data.allowed_drop = allowed
-    return search_data, understood
+    return search_data, understood, budget
 
 
 def describe_budget(budget: dict) -> str:
@@ -252,30 +257,31 @@ def _optimize(model, target, data, metric, max_drop, max_params, max_activation,
     notes: list[str] = []
     names = _passes(passes)
     pass_params = _pass_params(pass_params or {}, names)
-    search_data, accuracy_budget = None, None
-    if data is not None and max_drop is not None and parse_max_drop(max_drop).amount == 0:
+    search_data, accuracy_budget, drop_budget = None, None, None
+    # Parsed once, here: a malformed budget fails before the data loads, and is an error even where there
+    # is nothing to judge.
+    given_budget = parse_max_drop(max_drop) if max_drop is not None else None
+    if data is not None and given_budget is not None and given_budget.amount == 0:
         # "No loss" means no lossy rewrite: one that flips no sample of the selection split still changes
         # the outputs, and would be accepted by a zero budget on that split alone.
         names = [name for name in names if get_pass(name).exactness is Exactness.EXACT]
         notes.append("--max-drop 0: only exact rewrites were tried")
     if data is not None:
         lossy = any(get_pass(name).exactness is Exactness.LOSSY for name in names)
+        parts = _load_split(model, data, seed, split)  # once: a fall back to fp32 judges the same split
         try:
-            search_data, accuracy_budget = _search_data(model, data, metric, max_drop, seed, split,
-                                                        (precision, acceptance), lossy, notes)
+            search_data, accuracy_budget, drop_budget = _search_data(model, parts, metric, max_drop, given_budget,
+                                                                     (precision, acceptance), lossy, notes)
         except QuantizationError as exc:
             if chosen_precision is not None or precision == "fp32":
                 raise
             # The target's int8 was only a default: judging in fp32 with a note beats refusing the model.
             notes.append(f"judged in fp32, not in {target.name}'s int8: {exc}; the int8 model may lose more")
-            search_data, accuracy_budget = _search_data(model, data, metric, max_drop, seed, split,
-                                                        ("fp32", acceptance), lossy, notes)
+            search_data, accuracy_budget, drop_budget = _search_data(model, parts, metric, max_drop, given_budget,
+                                                                     ("fp32", acceptance), lossy, notes)
     else:
-        if max_drop is not None:
-            parse_max_drop(max_drop)  # malformed is an error even where there is nothing to judge
         notes.append("no --data: only exact passes ran (there is nothing to check accuracy against)")
-    constraints = Constraints(parse_max_drop(accuracy_budget["max_drop"]) if accuracy_budget else None, max_params,
-                              max_activation)
+    constraints = Constraints(drop_budget, max_params, max_activation)
     budget = {"accuracy": accuracy_budget, "max_param_bytes": max_params, "max_activation_bytes": max_activation,
               "time_budget_s": time_budget}
     if progress is not None:  # before the search: what the run will hold every candidate to

@@ -14,9 +14,9 @@ from onnx_tailor.costmodel import load_target
 from onnx_tailor.passes import get_pass
 from onnx_tailor.passes.canonicalize import load
 from onnx_tailor.search import preview as previewing
-from onnx_tailor.search.constraints import Constraints
+from onnx_tailor.search.constraints import Constraints, parse_max_drop
 from onnx_tailor.search.context import SearchContext
-from onnx_tailor.search.optimize import _search_data
+from onnx_tailor.search.optimize import _load_split, _search_data
 from tests.conftest import DIGITS
 
 EXACT = ["pad_channels", "densify_depthwise"]
@@ -46,8 +46,8 @@ def test_carried_over_previews_equal_whole_scores_along_the_ceiling_walk_with_lo
     """The ceiling walk applies previews of every pass, lossy ones too, so many sites carry over; on digits,
     from the seventh step on, some of them would predict wrongly if a step's changed region were ignored."""
     model = load(DIGITS.path)
-    data, _ = _search_data(model, DIGITS.path.parent / "digits_eval.npz", None, "1.0", 0, accuracy.DEFAULT_SPLIT,
-                           ("fp32", "point"), True, [])
+    split = _load_split(model, DIGITS.path.parent / "digits_eval.npz", 0, accuracy.DEFAULT_SPLIT)
+    data, _, _ = _search_data(model, split, None, "1.0", parse_max_drop("1.0"), ("fp32", "point"), True, [])
     passes = ["fuse_ibn_expansion", "align_channels", "pad_channels", "scale_depth", "densify_depthwise"]
     ctx = SearchContext(model, load_target("npu-p32"), passes, Constraints(), data)
     node, checked = ctx.root, 0

@@ -62,8 +62,15 @@ def test_int8_by_default_falls_back_to_fp32_with_a_note_when_onnxruntime_cannot_
     def refuse(model, calibration):
         raise QuantizationError("onnxruntime cannot quantize the model: 'scale'")
     monkeypatch.setattr(accuracy, "quantize_qdq", refuse)
+    loads, load_data = [], accuracy.load_data
+    monkeypatch.setattr(accuracy, "load_data", lambda *args, **kwargs: loads.append(1) or load_data(*args, **kwargs))
+    search_optimize = sys.modules["onnx_tailor.search.optimize"]  # the package's `optimize` is the function
+    parses, parse = [], search_optimize.parse_max_drop
+    monkeypatch.setattr(search_optimize, "parse_max_drop", lambda text: parses.append(text) or parse(text))
     result = run(tiny)  # npu-p32 judges in int8 unless told otherwise
     assert result.recipe.steps and any("judged in fp32" in note for note in result.notes)
+    assert len(loads) == 1  # judging in fp32 instead takes the data as loaded and split for int8
+    assert parses == ["0.05"]  # and the budget as parsed
     with pytest.raises(QuantizationError):  # asked for by name, int8 is not silently dropped
         run(tiny, precision="int8")
 
