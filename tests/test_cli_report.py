@@ -26,7 +26,7 @@ from onnx_tailor.passes.canonicalize import canonicalize
 from onnx_tailor.schemas import report_schema
 from onnx_tailor.search import DEFAULT_MAX_DROP, format_report, optimize
 from onnx_tailor.search.context import SearchContext
-from onnx_tailor.search.report import block_name, faster_but_larger
+from onnx_tailor.search.report import REASONS, block_name, faster_but_larger
 from tests.graphs import tiny_mobilenet
 from tests.test_api import json_keys
 
@@ -168,6 +168,12 @@ def test_blocks_carry_the_models_own_names_and_reasons_as_lists(run):
         assert isinstance(block["rewritten_by"], list) and isinstance(block["reasons"], list)
         assert (block["decision"] == "rewritten") == bool(block["rewritten_by"]) and bool(block["reasons"]) != bool(
             block["rewritten_by"])
+
+
+def test_the_schema_allows_every_reason_a_block_can_be_given():
+    """A measured target's blocks can be 'not_measurably_faster': the schema once lacked it."""
+    items = report_schema()["properties"]["blocks"]["items"]["properties"]["reasons"]["items"]["enum"]
+    assert set(REASONS) | {"not_reached", "outpaced"} == set(items)
 
 
 def test_block_name_is_the_shared_module_path_or_nothing():
