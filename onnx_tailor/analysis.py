@@ -66,10 +66,10 @@ class Activation:
 
 
 def _scalar(model: Model, tensor: str) -> float | None:
-    value = model.constant(tensor)
-    if value is None or value.size != 1:
+    proto = model.initializer(tensor)  # its dims first: a weight is not decoded to learn it is no scalar
+    if proto is None or math.prod(proto.dims) != 1:
         return None
-    return float(value.reshape(()))
+    return float(model.constant(tensor).reshape(()))
 
 
 def _clip_bounds(model: Model, node: onnx.NodeProto) -> tuple[float | None, float | None]:

@@ -29,6 +29,7 @@ runs it), so a model past 2 GiB needs several times its size in memory.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import google.protobuf.message
@@ -80,7 +81,7 @@ def tensor_nbytes(tensor: onnx.TensorProto) -> int:
         itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     except (KeyError, ValueError, TypeError):
         return 0
-    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+    return math.prod(tensor.dims) * itemsize  # Python ints: no overflow, and no numpy call per tensor
 
 
 def holdable(tensor: onnx.TensorProto, from_bytes: int = HOLD_FROM_BYTES) -> bool:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from functools import cached_property
 from typing import Mapping
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx import numpy_helper
 
 from ..errors import InputShapeError, ModelTooLargeError
@@ -56,11 +58,15 @@ class Model:
     """A canonical ONNX model (see `passes.canonicalize`) with lazily derived graph facts."""
 
     def __init__(self, proto: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None,
-                 probe_inputs: Mapping[str, np.ndarray] | None = None, shapes_inferred: bool = False):
+                 probe_inputs: Mapping[str, np.ndarray] | None = None, shapes_inferred: bool = False,
+                 sketch: bool = False):
         """`shapes_inferred`: the proto's value_info is onnx's inference on this very graph, stale shapes
-        dropped first (`from_graphsurgeon`), so `tensor_info` need not infer again at declared input shapes."""
+        dropped first (`from_graphsurgeon`), so `tensor_info` need not infer again at declared input shapes.
+        `sketch`: a model only ever scored, never run nor read for weight values: what a rewrite makes of it
+        (`from_graphsurgeon`) keeps only the type and dims of its large float weights (`SKETCHED_FROM`)."""
         self._proto = proto
         self.shapes_inferred = shapes_inferred
+        self.sketch = sketch
         self._probe_inputs = dict(probe_inputs) if probe_inputs else None
         self._shape_overrides = parse_input_shapes(input_shapes)
         unknown = set(self._shape_overrides) - {i.name for i in self.graph_inputs}
@@ -356,6 +362,8 @@ class Model:
         for tensor in graph.tensors().values():
             if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
                 tensor.shape = None
+            elif self.sketch and isinstance(tensor, gs.Constant):
+                _sketch_constant(tensor)
         proto = gs.export_onnx(graph, do_type_check=False)
         proto.ir_version = self._proto.ir_version
         del proto.opset_import[:]
@@ -363,10 +371,26 @@ class Model:
         proto.producer_name = self._proto.producer_name
         proto.producer_version = self._proto.producer_version
         del proto.graph.value_info[:]
-        return Model(infer_shapes(proto), self._shape_overrides, self._probe_inputs, shapes_inferred=True)
+        return Model(infer_shapes(proto), self._shape_overrides, self._probe_inputs, shapes_inferred=True,
+                     sketch=self.sketch)
 
     def __repr__(self) -> str:
         return f"<Model {self.graph.name or '?'}: {len(self.graph.node)} nodes, {self.content_hash[:12]}>"
+
+
+# Float weights of at least this many elements lose their values in a sketch. Smaller constants keep theirs: the
+# cost model reads scalars (activation bounds) and shape inference reads small float tensors (Resize's scales).
+SKETCHED_FROM = 256
+_SKETCHED_TYPES = {np.dtype(np.float32): onnx.TensorProto.FLOAT, np.dtype(np.float16): onnx.TensorProto.FLOAT16,
+                   np.dtype(np.float64): onnx.TensorProto.DOUBLE}
+
+
+def _sketch_constant(tensor: gs.Constant) -> None:
+    """Replace a large float weight's values by its type and dims alone: exporting, copying and inferring
+    shapes over values that nothing reads is most of a region preview's rewrite. Reading them fails loudly."""
+    data_type = _SKETCHED_TYPES.get(tensor.dtype) if tensor.export_dtype == tensor.dtype else None
+    if data_type is not None and math.prod(tensor.shape) >= SKETCHED_FROM:
+        tensor.values = LazyValues(onnx.TensorProto(name=tensor.name, data_type=data_type, dims=tensor.shape))
 
 
 def _formal_inputs(model: Model, node: onnx.NodeProto, graph: onnx.GraphProto) -> list[TypedShape]:

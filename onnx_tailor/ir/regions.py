@@ -44,13 +44,13 @@ def grow(model: Model, names: Iterable[str], hops: int) -> set[str]:
     for _ in range(hops):
         frontier = {a for n in frontier for a in adjacent(model, n)} - region
         region |= frontier
-    pending = list(region)
+    pending, constant_only = list(region), {}
     while pending:
         for tensor in model.reads(model.node(pending.pop())):
             producer = model.producer(tensor) if tensor else None
             if producer is None or producer.name in region:
                 continue
-            if not _float_valued(model, tensor) or _constant_only(model, producer):
+            if not _float_valued(model, tensor) or _constant_only(model, producer, constant_only):
                 region.add(producer.name)
                 pending.append(producer.name)
     return region
@@ -61,15 +61,20 @@ def _float_valued(model: Model, tensor: str) -> bool:
     return info is not None and info.elem_type in _VALUE_TYPES
 
 
-def _constant_only(model: Model, node: onnx.NodeProto) -> bool:
-    """Whether `node` computes from constants alone (a DequantizeLinear of int8 weights): a weight, not an input."""
-    return all(not t or model.is_constant(t) or ((p := model.producer(t)) is not None and _constant_only(model, p))
-               for t in model.reads(node))
+def _constant_only(model: Model, node: onnx.NodeProto, known: dict[str, bool]) -> bool:
+    """Whether `node` computes from constants alone (a DequantizeLinear of int8 weights): a weight, not an input.
+    `known`: the answers so far (the walk back meets the same producers again and again)."""
+    if node.name not in known:
+        known[node.name] = all(not t or model.is_constant(t)
+                               or ((p := model.producer(t)) is not None and _constant_only(model, p, known))
+                               for t in model.reads(node))
+    return known[node.name]
 
 
-def extract(model: Model, names: set[str]) -> Model | None:
+def extract(model: Model, names: set[str], sketch: bool = False) -> Model | None:
     """The nodes `names` of `model` as a model of their own (see the module docstring), in `model`'s order;
-    None when a tensor on its border has no concrete shape in `model`, or a node holds a subgraph."""
+    None when a tensor on its border has no concrete shape in `model`, or a node holds a subgraph.
+    `sketch`: the region is only rewritten and scored (`Model`'s `sketch`)."""
     nodes = [n for n in model.graph.node if n.name in names]
     produced = {o for n in nodes for o in n.output if o}
     inputs, weights, outputs = {}, {}, []
@@ -96,7 +101,7 @@ def extract(model: Model, names: set[str]) -> Model | None:
         initializer=list(weights.values()),
         value_info=[vi for vi in model.graph.value_info if vi.name in produced and vi.name not in outputs])
     proto = onnx.helper.make_model(graph, opset_imports=model.proto.opset_import, ir_version=model.proto.ir_version)
-    return Model(proto)
+    return Model(proto, sketch=sketch)
 
 
 def distances(model: Model, names: set[str], sources: set[str]) -> dict[str, int]:

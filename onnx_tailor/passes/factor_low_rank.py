@@ -71,6 +71,7 @@ misses and are passed over silently.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ from ..ir.conv_geometry import ConvGeometry
 from .base import MAX_MULTIPLE, Declined, Exactness, Param, Pass, Site
 from .capture import Calibration, capture
 from .graph_edit import fresh_name, nodes_by_name
+from .least_squares import single_threaded_blas
 
 ENERGY_SLACK = 1e-9  # a kept fraction this close below `energy` counts as reaching it (ties pick the smaller r)
 RIDGE = 1e-6  # whitened: G + RIDGE * mean(diag G) * I, so directions the data never shows still count a little
@@ -134,7 +136,7 @@ class FactorLowRank(Pass):
             if reason:
                 yield self.decline(node.name, reason)
                 continue
-            energies = _energy_profile(_matrix(model, node, found))
+            energies = _cached_energy_profile(model, node, found)
             if energies is None:
                 yield self.decline(node.name, f"its {found.k} x {found.n} weight is all zeros")
                 continue
@@ -332,6 +334,30 @@ def _matrix(model: Model, node: onnx.NodeProto, found: _Matrix) -> np.ndarray:
     if found.kind == "Gemm" and model.attr(node, "transB", 0):
         return value.T
     return value
+
+
+# Energy profiles by weight (its proto's digest, and how the site reads it): the search runs `find()` on every
+# model it reaches, and a step leaves all but a few weights as they were. Bounded: oldest out first.
+_ENERGIES: dict[tuple, np.ndarray | None] = {}
+_ENERGIES_KEPT = 4096
+
+
+def _cached_energy_profile(model: Model, node: onnx.NodeProto, found: _Matrix) -> np.ndarray | None:
+    """`_energy_profile` of the site's weight matrix, computed once per distinct weight."""
+    tensor = model.initializer(found.weight)
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:  # its bytes live in a file the digest cannot see
+        return _energy_profile(_matrix(model, node, found))
+    key = (hashlib.sha256(tensor.SerializeToString(deterministic=True)).digest(), found.kind,
+           bool(model.attr(node, "transB", 0)))
+    if key not in _ENERGIES:
+        with single_threaded_blas():  # small Gram matrices: threads only spin-wait on a busy machine (3x slower)
+            energies = _energy_profile(_matrix(model, node, found))
+        if energies is not None:
+            energies.flags.writeable = False  # shared by every later find
+        if len(_ENERGIES) >= _ENERGIES_KEPT:
+            del _ENERGIES[next(iter(_ENERGIES))]
+        _ENERGIES[key] = energies
+    return _ENERGIES[key]
 
 
 def _energy_profile(weight: np.ndarray) -> np.ndarray | None:

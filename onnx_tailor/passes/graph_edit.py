@@ -17,7 +17,9 @@ def nodes_by_name(graph: gs.Graph) -> dict[str, gs.Node]:
 
 def fresh_name(graph: gs.Graph, base: str) -> str:
     """A tensor/node name not yet used in `graph`, derived from `base`."""
-    taken = set(graph.tensors()) | {n.name for n in graph.nodes}
+    # What `graph.tensors()` names, without its per-tensor bookkeeping: this runs once per new constant.
+    taken = {t.name for t in graph.inputs} | {n.name for n in graph.nodes}
+    taken.update(t.name for n in graph.nodes for t in (*n.inputs, *n.outputs))
     if base not in taken:
         return base
     index = 1

@@ -17,9 +17,10 @@ the weights and correct the bias" rather than to zero as lam grows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
-from threadpoolctl import threadpool_limits  # a dependency of scikit-learn, so always installed
+from threadpoolctl import ThreadpoolController  # a dependency of scikit-learn, so always installed
 
 from ..ir.conv_geometry import ConvGeometry
 
@@ -31,7 +32,14 @@ def single_threaded_blas():
     features at most): one thread computes them as fast, repeatably, and without the
     spin-waiting multi-threaded OpenBLAS shows on a busy machine (seconds instead of
     milliseconds)."""
-    return threadpool_limits(1, user_api="blas")
+    return _blas().limit(limits=1, user_api="blas")
+
+
+@cache
+def _blas() -> ThreadpoolController:
+    # Finding the loaded BLAS libraries costs milliseconds, once per call of `threadpool_limits`: every preview
+    # of a channel removal paid it. They are loaded with numpy, before the first call.
+    return ThreadpoolController()
 
 
 def patches(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], pads: tuple[int, int, int, int],

@@ -8,8 +8,10 @@ no threads).
 
 A rewrite is previewed on a region cut out around its site (`ir.regions`)
 rather than on the whole model, whenever the region can tell the whole
-model's answer; the whole model answers otherwise. The new kernels of all the
-sites previewed together are predicted in one regressor call.
+model's answer; the whole model answers otherwise. The region is a sketch
+(`ir.Model`'s `sketch`): the rewrite's large weights keep their dims but not
+their values, which no score reads. The new kernels of all the sites
+previewed together are predicted in one regressor call.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def region_change(cost_model: CostModel, costs: KernelCosts, model: Model, rewri
     """`site`'s change found on a region cut out around it (`ir.regions`), or None when the region cannot be
     trusted to give the whole model's answer: the pass does not find the same site there, or the rewrite reaches
     the region's border (`costmodel.delta.unscored_region_change`). `costs`: `model`'s kernels."""
-    region = extract(model, region_around(model, costs, site.nodes, REGION_HOPS))
+    # A sketch: the rewrite's new weights are scored by their dims, never built into protos (`ir.Model`).
+    region = extract(model, region_around(model, costs, site.nodes, REGION_HOPS), sketch=True)
     if region is None:
         return None
     local = next((s for s in rewrite.find(region, **params) if s.step == site.step), None)

@@ -9,11 +9,16 @@ whenever the region claims it can tell (and it must, on most sites).
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import onnx
 import pytest
 
 from onnx_tailor.costmodel import cost_model_for, load_target
 from onnx_tailor.costmodel.delta import kernel_costs, predict_change, predict_region_change, score
 from onnx_tailor.ir import Model
+from onnx_tailor.ir.model import SKETCHED_FROM
 from onnx_tailor.ir.regions import extract
 from onnx_tailor.passes import all_passes, get_pass
 from onnx_tailor.passes.canonicalize import canonicalize, load
@@ -86,3 +91,30 @@ def test_a_region_cut_too_close_to_the_rewrite_declines_instead_of_guessing():
     assert predict_region_change(cost_model, costs, model, tight, rewrite.preview(tight, local)) is None
     wide = score(cost_model, [region_change(cost_model, costs, model, rewrite, site, {"multiple": 16})])[0]
     assert wide.latency_s == pytest.approx(cost_model.predict(rewrite.preview(model, site)).latency_s, rel=1e-9)
+
+
+def test_a_sketched_rewrite_prices_as_the_real_one_and_holds_no_large_weight_values():
+    """Region previews rewrite a sketch (`Model(sketch=True)`): the rewrite's large float weights keep only their
+    type and dims. On every pass and site, the sketch's rewrite must score as the real rewrite does, kernel by
+    kernel, and its large weights must really be gone (reading one fails instead of reading zeros)."""
+    model = Model(canonicalize(tiny_mobilenet()))
+    sketch = Model(model.proto, sketch=True)
+    cost_model = cost_model_for(load_target("npu-p32"))
+    checked, emptied = 0, 0
+    for pass_name in all_passes():
+        rewrite = get_pass(pass_name)
+        for site in rewrite.find(model, **PARAMS.get(pass_name, {})):
+            real, sketched = rewrite.preview(model, site), rewrite.preview(sketch, site)
+            assert sketched.sketch and not real.sketch
+            assert kernel_costs(cost_model, sketched).kernels.keys() == kernel_costs(cost_model, real).kernels.keys()
+            assert cost_model.predict(sketched).latency_s == cost_model.predict(real).latency_s, pass_name
+            large = [t for t in sketched.graph.initializer
+                     if t.data_type == onnx.TensorProto.FLOAT and math.prod(t.dims) >= SKETCHED_FROM]
+            assert large and all(not t.raw_data and not t.float_data for t in large), pass_name
+            with pytest.raises(ValueError):
+                sketched.constant(large[0].name)
+            small = [t.name for t in sketched.graph.initializer if math.prod(t.dims) < SKETCHED_FROM]
+            assert all(np.array_equal(sketched.constant(n), real.constant(n)) for n in small if real.is_constant(n))
+            checked += 1
+            emptied += len(large)
+    assert checked > 3 and emptied > checked

@@ -24,6 +24,7 @@ from onnx_tailor.errors import PassError
 from onnx_tailor.ir import Model, check_equivalence, run, save
 from onnx_tailor.passes import Site, apply_pass, apply_step, get_pass
 from onnx_tailor.passes.canonicalize import load
+from onnx_tailor.passes import factor_low_rank
 from onnx_tailor.passes.factor_low_rank import choose_rank, energy_kept
 from onnx_tailor.passes.local_error import local_error
 from tests.graphs import GraphBuilder, tensor_value
@@ -359,3 +360,20 @@ def test_whitened_beats_plain_svd_on_held_out_data(digits):
                             calib=split.calibration.inputs)
         errors[method] = local_error(digits, result.model, tensor, split.evaluation.inputs)
     assert errors["whitened"] < 0.6 * errors["svd"], errors
+
+
+def test_energy_profiles_are_computed_once_per_weight_and_follow_its_values(monkeypatch):
+    """find() reuses a weight's energy profile on every model that holds the same weight (the search finds on
+    every model it reaches), and a weight of the same name with other values gets its own."""
+    computed = []
+    real = factor_low_rank._energy_profile
+    monkeypatch.setattr(factor_low_rank, "_energy_profile", lambda w: computed.append(w.shape) or real(w))
+    monkeypatch.setattr(factor_low_rank, "_ENERGIES", {})
+    first = matmul_model(_randn(24, 16))
+    assert factor.find(first, energy=0.5) == factor.find(first, energy=0.5)
+    assert factor.find(Model(first.proto), energy=0.5)  # another model, the same weight
+    assert len(computed) == 1
+    low = np.outer(_randn(24), _randn(16)).astype(np.float32)  # rank 1: a different profile, a different rank
+    [site] = factor.find(matmul_model(low), energy=0.5)
+    assert len(computed) == 2 and site.param_dict["rank"] == 1
+    assert factor.find(first, energy=0.5)[0].param_dict["rank"] > 1
