@@ -71,8 +71,10 @@ misses and are passed over silently.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -88,6 +90,11 @@ from .graph_edit import fresh_name, nodes_by_name
 
 ENERGY_SLACK = 1e-9  # a kept fraction this close below `energy` counts as reaching it (ties pick the smaller r)
 RIDGE = 1e-6  # whitened: G + RIDGE * mean(diag G) * I, so directions the data never shows still count a little
+# Energy profiles by the weight's bytes: `find()` runs on every model a search reaches, and a step changes
+# few weights, so the eigenvalues of the others (most of a search's `find` time on MobileNetV2-224) are
+# the ones it computed before.
+_ENERGIES: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
+KEPT_ENERGIES = 4096
 _FACTOR_NAME = re.compile(r"/low_rank_[uv](_\d+)?$")
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.BFLOAT16)
@@ -335,12 +342,27 @@ def _matrix(model: Model, node: onnx.NodeProto, found: _Matrix) -> np.ndarray:
 
 
 def _energy_profile(weight: np.ndarray) -> np.ndarray | None:
-    """Cumulative energies of ranks 1..min(K, N); None for an all-zero matrix.
+    """Cumulative energies of ranks 1..min(K, N); None for an all-zero matrix (kept by the weight's bytes:
+    `_ENERGIES`; read-only, shared by every caller).
 
     The eigenvalues of the smaller Gram matrix are the squared singular
     values; that is cheaper than an SVD of a tall embedding table, and `find()`
     runs after every application.
     """
+    key = (weight.shape, weight.dtype.str, hashlib.blake2b(np.ascontiguousarray(weight).data, digest_size=16).digest())
+    if key in _ENERGIES:
+        _ENERGIES.move_to_end(key)
+        return _ENERGIES[key]
+    energies = _computed_energies(weight)
+    if energies is not None:
+        energies.flags.writeable = False
+    _ENERGIES[key] = energies
+    while len(_ENERGIES) > KEPT_ENERGIES:
+        _ENERGIES.popitem(last=False)
+    return energies
+
+
+def _computed_energies(weight: np.ndarray) -> np.ndarray | None:
     gram = weight.T @ weight if weight.shape[0] >= weight.shape[1] else weight @ weight.T
     s2 = np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
     total = s2.sum()

@@ -95,6 +95,9 @@ class SearchData:
     # for the uncertainty it brings, so that a walk along the budget on noise is not taken for free).
     acceptance: str = "margin"
     _quantized: dict = field(default_factory=dict, repr=False)  # content hash -> quantized model
+    # (original's content hash, precision) -> whether its outputs grow with the batch (`Evaluator.batches`):
+    # asked once, not at every judgement (an extra run of two samples each), since rewrites keep it.
+    _batches: dict = field(default_factory=dict, repr=False)
     judge_s: float = 0.0  # seconds the original's judgement took: the time budget's first estimate of one
 
     def quantized(self, model: Model) -> Model:
@@ -105,8 +108,12 @@ class SearchData:
 
     def score(self, model: Model, dataset, original: Model, precision: str | None = None):
         """`model`'s metric on `dataset` in this search's precision (or the one given), against `original`."""
-        run = model if (precision or self.precision) == "fp32" else self.quantized(model)
-        return self.evaluator.score(run, dataset, self.metric, reference=original)
+        precision = precision or self.precision
+        run = model if precision == "fp32" else self.quantized(model)
+        key = (original.content_hash, precision)
+        if key not in self._batches:
+            self._batches[key] = self.evaluator.batches(run, dataset)
+        return self.evaluator.score(run, dataset, self.metric, reference=original, batches=self._batches[key])
 
     def judge(self, model: Model, original: Model, original_score=None, on_test: bool = False) -> Judgement:
         """Score `model` against `original` on the selection split (or the test split, with the
@@ -298,6 +305,21 @@ class SearchContext:
                           + (f", {self.data.metric} {node.score.value:.2f}" if node.score is not None else "")
                           + f" after {len(steps)} step(s)")
         return node
+
+    def path(self, node: Node) -> list[Model] | None:
+        """The models from the original to `node`, one per step of `node.steps`, as the search built them
+        (each its parent's step applied on the calibration split, fitted against the original: what
+        replaying the steps computes again); None when the nodes it was reached through do not spell
+        out exactly those steps."""
+        chain = [node]
+        while chain[-1].key in self._parents and len(chain) <= len(node.steps):
+            chain.append(self._parents[chain[-1].key])
+        chain.reverse()
+        if chain[0] is not self.root or len(chain) != len(node.steps) + 1:
+            return None
+        if any(n.steps != node.steps[:i] for i, n in enumerate(chain)):
+            return None
+        return [n.model for n in chain]
 
     # -- candidates -------------------------------------------------------------------
 

@@ -359,3 +359,27 @@ def test_whitened_beats_plain_svd_on_held_out_data(digits):
                             calib=split.calibration.inputs)
         errors[method] = local_error(digits, result.model, tensor, split.evaluation.inputs)
     assert errors["whitened"] < 0.6 * errors["svd"], errors
+
+
+def test_find_computes_a_weights_spectrum_once_and_again_only_for_changed_bytes(monkeypatch):
+    """`find()` runs on every model a search reaches: a weight it has seen keeps its energy profile, and
+    a weight whose bytes changed gets its own (the sites stay what a fresh computation gives)."""
+    from collections import OrderedDict
+
+    from onnx_tailor.passes import factor_low_rank
+
+    monkeypatch.setattr(factor_low_rank, "_ENERGIES", OrderedDict())
+    real, calls = np.linalg.eigvalsh, []
+    monkeypatch.setattr(np.linalg, "eigvalsh", lambda gram: calls.append(gram.shape) or real(gram))
+    rewrite = get_pass("factor_low_rank")
+    weight = _randn(24, 16)
+    model = matmul_model(weight)
+    found = rewrite.find(model, rank=2)
+    assert calls == [(16, 16)] and found
+    rewrite.find(matmul_model(_randn(24, 16)), rank=2)  # other bytes: computed
+    assert len(calls) == 2
+    assert [s.summary for s in rewrite.find(matmul_model(weight.copy()), rank=2)] == [s.summary for s in found]
+    assert len(calls) == 2  # the same bytes: no new eigenvalues
+    monkeypatch.setattr(factor_low_rank, "_ENERGIES", OrderedDict())  # a fresh computation agrees
+    assert [s.summary for s in rewrite.find(model, rank=2)] == [s.summary for s in found]
+    assert len(calls) == 3
