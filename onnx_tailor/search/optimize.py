@@ -3,8 +3,11 @@
 One run: load the target and the data (split into calibration, which passes
 fit weights on, selection, which the search judges candidates on, and test),
 score the original, run the chosen search strategy within the time budget
-(Ctrl-C ends it early with the best so far), then rebuild the chosen model by
-replaying its recipe on the original, and judge it once on the test split,
+(Ctrl-C ends it early with the best so far), then take the models along the
+chosen model's path as the search built them (the recipe's steps, each fitted
+on its parent: what replaying the recipe on the original computes again; it is
+replayed only when the search's own path is not at hand), and judge the chosen
+model once on the test split,
 which the search never saw: that is the drop the report quotes. A search that
 picks among many candidates by their score on the selection split
 overestimates the winner there; when the chosen model breaks the budget on
@@ -225,7 +228,7 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     the search, then every new best model. `pass_params` fixes parameters of named passes for every site
     the search tries, e.g. {"fuse_ibn_expansion": {"refine": 0}}; the recipe records them.
     `time_budget` counts from this call and covers the work after the search: the search stops
-    early enough to leave what replaying, judging and checking the result will take.
+    early enough to leave what judging and checking the result will take.
     `workers` apply and evaluate candidates in parallel local processes (None: one per core), or
     `ray` ('auto' or a cluster address) on Ray; the result is the same bytes as with one worker.
     Local workers are started with 'spawn', which imports the calling script again: a script that
