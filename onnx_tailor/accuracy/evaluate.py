@@ -54,17 +54,20 @@ class Evaluator:
 
     # -- running -----------------------------------------------------------------------
 
-    def run(self, model: Model, dataset: Dataset) -> dict[str, np.ndarray]:
-        """Every graph output of `model` on every sample of `dataset` ([N, ...] each, in output order)."""
+    def run(self, model: Model, dataset: Dataset, batches: bool | None = None) -> dict[str, np.ndarray]:
+        """Every graph output of `model` on every sample of `dataset` ([N, ...] each, in output order).
+
+        `batches`: whether some output grows with the samples fed in one run (`batches`), when the caller
+        knows already; None finds out with an extra run of two samples."""
         key = (model.content_hash, dataset.fingerprint)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        return self._execute(model, dataset)
+        return self._execute(model, dataset, batches)
 
-    def reference_outputs(self, model: Model, dataset: Dataset) -> dict[str, np.ndarray]:
+    def reference_outputs(self, model: Model, dataset: Dataset, batches: bool | None = None) -> dict[str, np.ndarray]:
         """Like `run`, and keep the result: for the original model that variants are judged against."""
-        outputs = self.run(model, dataset)
+        outputs = self.run(model, dataset, batches)
         for array in outputs.values():  # shared by every later caller: nobody may edit it
             array.flags.writeable = False
         key = (model.content_hash, dataset.fingerprint)
@@ -74,17 +77,27 @@ class Evaluator:
             self._cache.popitem(last=False)
         return outputs
 
-    def _execute(self, model: Model, dataset: Dataset) -> dict[str, np.ndarray]:
+    def batches(self, model: Model, dataset: Dataset) -> bool:
+        """Whether some output of `model` grows with the samples fed in one run (two, to find out): a model
+        whose outputs do not (ddddocr's quantized CRNN gives [3, 1, 8210] for any batch) runs sample by
+        sample. A search asks once for its original: rewrites keep how the outputs grow with the batch."""
+        data = validate(dataset, model)
+        if len(data) < 2:
+            return True  # nothing to tell apart: one sample runs alone either way
+        sess = session(model, self.optimization, self.threads)
+        return self._batches(model, data, _runner(sess))
+
+    def _execute(self, model: Model, dataset: Dataset, batches: bool | None) -> dict[str, np.ndarray]:
         data = validate(dataset, model)
         sess = session(model, self.optimization, self.threads)
         names = [o.name for o in sess.get_outputs()]
-
-        def runner(feeds):
-            return dict(zip(names, sess.run(names, feeds)))
+        runner = _runner(sess)
 
         # run_samples feeds batches the model accepts (its fixed batch, if it has one) and joins each
         # output along its own batch axis; metrics read one row per sample, so that axis comes first.
-        if len(data) > 1 and not self._batches(model, data, runner):
+        if batches is None:
+            batches = len(data) < 2 or self._batches(model, data, runner)
+        if len(data) > 1 and not batches:
             return self._one_by_one(model, data, runner, names)
         outputs, axes = run_samples(model, data.inputs, self.batch_size, runner, data.description)
         # An output with no batch axis (a recurrent model's final state [layers, 1, hidden]) holds no row
@@ -116,25 +129,33 @@ class Evaluator:
     # -- scoring -----------------------------------------------------------------------
 
     def scores(self, model: Model, dataset: Dataset, metrics: Sequence[str | Metric],
-               reference: Model | None = None, output: str | None = None) -> dict[str, Score]:
-        """Several metrics of `model` on `dataset` from one run (and one cached run of `reference`)."""
+               reference: Model | None = None, output: str | None = None,
+               batches: bool | None = None) -> dict[str, Score]:
+        """Several metrics of `model` on `dataset` from one run (and one cached run of `reference`);
+        `batches` as `run` takes it, for both models."""
         resolved = [m if isinstance(m, Metric) else get_metric(m) for m in metrics]
         data = validate(dataset, model)
         if reference is not None:
             validate(data, reference)
         for metric in resolved:  # before any model runs: a missing label should not cost a run
             metric.check(data, reference is not None)
-        reference_outputs = self.reference_outputs(reference, data) if reference is not None else None
-        outputs = self.run(model, data)
+        reference_outputs = self.reference_outputs(reference, data, batches) if reference is not None else None
+        outputs = self.run(model, data, batches)
         if output is not None and output in self.unbatched:
             raise MetricError(f"output '{output}' has no batch axis (it does not grow with the number of samples): "
                               "metrics need one row per sample; choose another output")
         return {m.name: m(outputs, data, reference_outputs, output) for m in resolved}
 
     def score(self, model: Model, dataset: Dataset, metric: str | Metric,
-              reference: Model | None = None, output: str | None = None) -> Score:
+              reference: Model | None = None, output: str | None = None, batches: bool | None = None) -> Score:
         """One metric of `model` on `dataset` (against `reference`, for the fidelity metrics)."""
-        return next(iter(self.scores(model, dataset, [metric], reference, output).values()))
+        return next(iter(self.scores(model, dataset, [metric], reference, output, batches).values()))
+
+
+def _runner(sess: ort.InferenceSession):
+    """One batch of feeds -> every output of the session, by name."""
+    names = [o.name for o in sess.get_outputs()]
+    return lambda feeds: dict(zip(names, sess.run(names, feeds)))
 
 
 # One evaluator behind the functions below, so that calling `evaluate` in a loop

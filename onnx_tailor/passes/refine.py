@@ -49,6 +49,9 @@ from ..ir.conv_geometry import ConvGeometry
 from .least_squares import patches, rows, single_threaded_blas
 
 BATCH_ELEMENTS = 1 << 22  # im2col elements per mini-batch (16 MB in float32)
+# The im2col rows of every sample are made once per refinement, not once per step, when they take at most
+# this many elements (256 MB in float32): a mini-batch's rows are then a selection of them, the same values.
+PATCHED_ELEMENTS = 1 << 26
 LEARNING_RATE = 0.04  # Adam's step, relative to each tensor's RMS
 WARMUP = 10  # steps over which the step size rises linearly to LEARNING_RATE; then it decays to zero along a cosine
 BETAS = (0.9, 0.999)
@@ -306,13 +309,24 @@ class ConvPair:
         """Samples per mini-batch: as many as `BATCH_ELEMENTS` im2col elements hold, at least one."""
         return int(min(len(target), max(1, BATCH_ELEMENTS // (target[0, 0].size * len(self.w1)))))
 
-    def error(self, x: np.ndarray, target: np.ndarray) -> float:
-        """L on all of x: ||output - target||^2 / ||target||^2, a mini-batch at a time."""
+    def every_patch(self, x: np.ndarray, target: np.ndarray) -> np.ndarray | None:
+        """The im2col rows of each sample of x, [N, positions, features]; None over PATCHED_ELEMENTS."""
+        if len(x) * target[0, 0].size * len(self.w1) > PATCHED_ELEMENTS:
+            return None
+        return self.patches(x).reshape(len(x), target[0, 0].size, len(self.w1))
+
+    def _patches_of(self, x: np.ndarray, every: np.ndarray | None, samples) -> np.ndarray:
+        """The im2col rows of x[samples] (`samples` a slice or sorted indices), from `every` when made."""
+        return self.patches(x[samples]) if every is None else every[samples].reshape(-1, every.shape[2])
+
+    def error(self, x: np.ndarray, target: np.ndarray, every: np.ndarray | None = None) -> float:
+        """L on all of x: ||output - target||^2 / ||target||^2, a mini-batch at a time (`every`: x's rows)."""
         size, squared, energy = self.batch_size(target), 0.0, 0.0
         with single_threaded_blas():
             for start in range(0, len(x), size):
                 y = rows(target[start:start + size]).astype(np.float64)
-                out, _ = self.forward(self.patches(x[start:start + size]), len(y) // target[0, 0].size)
+                p = self._patches_of(x, every, slice(start, start + size))
+                out, _ = self.forward(p, len(y) // target[0, 0].size)
                 squared += float(np.sum((out - y) ** 2))
                 energy += float(np.sum(y * y))
         return squared / max(energy, 1e-30)
@@ -326,18 +340,19 @@ class ConvPair:
         current = ConvPair(self.geometry, self.activation, self.gate, w1.value, b1.value, w2.value, b2.value)
         rng = np.random.default_rng(seed)
         order = np.empty(0, np.int64)
+        every = self.every_patch(x, target)
         with single_threaded_blas():
             for t in range(1, steps + 1):
                 if len(order) < per_batch:  # a fresh seeded permutation each epoch
                     order = np.concatenate([order, rng.permutation(len(x))])
                 batch, order = np.sort(order[:per_batch]), order[per_batch:]
                 y = rows(target[batch])
-                out, cache = current.forward(current.patches(x[batch]), len(batch))
+                out, cache = current.forward(current._patches_of(x, every, batch), len(batch))
                 d_out = (out - y) * np.float32(2 / max(float(np.sum(y * y)), 1e-30))
                 rate = LEARNING_RATE * 0.5 * (1 + np.cos(np.pi * (t - 1) / steps)) * min(1.0, t / WARMUP)
                 for tensor, gradient in zip((w1, b1, w2, b2), current.gradients(cache, d_out, len(batch))):
                     tensor.step(gradient, rate, t)  # in place: `current` holds the same arrays
-        return current if current.error(x, target) < self.error(x, target) else self
+        return current if current.error(x, target, every) < self.error(x, target, every) else self
 
 
 def _output_size(geometry: ConvGeometry, size: tuple[int, ...]) -> tuple[int, ...]:

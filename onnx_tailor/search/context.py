@@ -95,6 +95,10 @@ class SearchData:
     # for the uncertainty it brings, so that a walk along the budget on noise is not taken for free).
     acceptance: str = "margin"
     _quantized: dict = field(default_factory=dict, repr=False)  # content hash -> quantized model
+    # precision -> whether the original's outputs grow with the batch (`Evaluator.batches`; a search's data
+    # judges variants of one original): asked once, not at every judgement (an extra two-sample run each),
+    # since rewrites keep it.
+    _batches: dict = field(default_factory=dict, repr=False)
     judge_s: float = 0.0  # seconds the original's judgement took: the time budget's first estimate of one
 
     def quantized(self, model: Model) -> Model:
@@ -105,8 +109,11 @@ class SearchData:
 
     def score(self, model: Model, dataset, original: Model, precision: str | None = None):
         """`model`'s metric on `dataset` in this search's precision (or the one given), against `original`."""
-        run = model if (precision or self.precision) == "fp32" else self.quantized(model)
-        return self.evaluator.score(run, dataset, self.metric, reference=original)
+        precision = precision or self.precision
+        run = model if precision == "fp32" else self.quantized(model)
+        if precision not in self._batches:
+            self._batches[precision] = self.evaluator.batches(run, dataset)
+        return self.evaluator.score(run, dataset, self.metric, reference=original, batches=self._batches[precision])
 
     def judge(self, model: Model, original: Model, original_score=None, on_test: bool = False) -> Judgement:
         """Score `model` against `original` on the selection split (or the test split, with the
@@ -237,9 +244,10 @@ class SearchContext:
 
     def reserve_s(self) -> float:
         """Seconds the work after the search takes, from what the search measured: replaying the best
-        model's recipe (each step fitted again, as long as it took here), judging the result on the test
-        split (with the original) and once more on the selection split, and scoring it for the report."""
-        replay, node = 0.0, self.best
+        model's recipe when the search's own path to it is not at hand (`path`; each step fitted again, as
+        long as it took here), judging the result on the test split (with the original) and once more on
+        the selection split, and scoring it for the report."""
+        replay, node = 0.0, self.best if self.best is not None and self.path(self.best) is None else None
         while node is not None and node.key in self._parents:
             replay += self._apply_s.get(node.key, 0.0)
             node = self._parents[node.key]
@@ -298,6 +306,21 @@ class SearchContext:
                           + (f", {self.data.metric} {node.score.value:.2f}" if node.score is not None else "")
                           + f" after {len(steps)} step(s)")
         return node
+
+    def path(self, node: Node) -> list[Model] | None:
+        """The models from the original to `node`, one per step of `node.steps`, as the search built them
+        (each its parent's step applied on the calibration split, fitted against the original: what
+        replaying the steps computes again); None when the nodes it was reached through do not spell
+        out exactly those steps."""
+        chain = [node]
+        while chain[-1].key in self._parents and len(chain) <= len(node.steps):
+            chain.append(self._parents[chain[-1].key])
+        chain.reverse()
+        if chain[0] is not self.root or len(chain) != len(node.steps) + 1:
+            return None
+        if any(n.steps != node.steps[:i] for i, n in enumerate(chain)):
+            return None
+        return [n.model for n in chain]
 
     # -- candidates -------------------------------------------------------------------
 

@@ -157,3 +157,32 @@ def test_compare_without_labels_reports_fidelity_only(tiny, tiny_data):
     assert result.a is None and result.b is None and set(result.fidelity) == {"agreement", "cosine", "sqnr"}
     with pytest.raises(MetricError, match="compare always reports agreement, cosine, sqnr of B against A"):
         accuracy.compare(tiny, tiny, tiny_data, "agreement")
+
+
+def test_a_caller_that_knows_how_outputs_grow_skips_the_two_sample_run(monkeypatch):
+    """`batches` answers once what every `run` would otherwise find out with an extra run of two samples;
+    given, no such run is made, and the outputs are those the extra run would have led to."""
+    node = helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("m", TensorProto.FLOAT, [])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    ignores = Model(proto)
+    grows = Model(helper.make_model(relu, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    evaluator = accuracy.Evaluator()
+    assert evaluator.batches(ignores, accuracy.Dataset({"x": x})) is False
+    assert evaluator.batches(grows, accuracy.Dataset({"x": x})) is True
+    probes = []
+    real = accuracy.Evaluator._batches
+    monkeypatch.setattr(accuracy.Evaluator, "_batches", lambda *a: probes.append(1) or real(*a))
+    found = accuracy.Evaluator().run(ignores, accuracy.Dataset({"x": x}))
+    assert probes == [1]
+    given = accuracy.Evaluator().run(ignores, accuracy.Dataset({"x": x}), batches=False)
+    assert probes == [1]
+    np.testing.assert_array_equal(given["m"], found["m"])
+    scored = accuracy.Evaluator().score(grows, accuracy.Dataset({"x": x}), "cosine", reference=grows, batches=True)
+    assert probes == [1] and scored.value == pytest.approx(1.0)

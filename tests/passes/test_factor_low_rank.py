@@ -377,3 +377,23 @@ def test_energy_profiles_are_computed_once_per_weight_and_follow_its_values(monk
     [site] = factor.find(matmul_model(low), energy=0.5)
     assert len(computed) == 2 and site.param_dict["rank"] == 1
     assert factor.find(first, energy=0.5)[0].param_dict["rank"] > 1
+
+
+def test_find_computes_a_weights_spectrum_once_and_again_only_for_changed_bytes(monkeypatch):
+    """`find()` runs on every model a search reaches: a weight it has seen keeps its energy profile, and
+    a weight whose bytes changed gets its own (the sites stay what a fresh computation gives)."""
+    monkeypatch.setattr(factor_low_rank, "_ENERGIES", {})
+    real, calls = np.linalg.eigvalsh, []
+    monkeypatch.setattr(np.linalg, "eigvalsh", lambda gram: calls.append(gram.shape) or real(gram))
+    rewrite = get_pass("factor_low_rank")
+    weight = _randn(24, 16)
+    model = matmul_model(weight)
+    found = rewrite.find(model, rank=2)
+    assert calls == [(16, 16)] and found
+    rewrite.find(matmul_model(_randn(24, 16)), rank=2)  # other bytes: computed
+    assert len(calls) == 2
+    assert [s.summary for s in rewrite.find(matmul_model(weight.copy()), rank=2)] == [s.summary for s in found]
+    assert len(calls) == 2  # the same bytes: no new eigenvalues
+    monkeypatch.setattr(factor_low_rank, "_ENERGIES", {})  # a fresh computation agrees
+    assert [s.summary for s in rewrite.find(model, rank=2)] == [s.summary for s in found]
+    assert len(calls) == 3

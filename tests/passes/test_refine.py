@@ -111,3 +111,34 @@ def test_gradients_are_the_derivatives_of_the_loss(spelling):
             down = loss()
             tensor[position] = kept
             assert gradient[position] == pytest.approx((up - down) / 2e-6, rel=1e-4, abs=1e-4)
+
+
+def test_rows_made_once_give_the_same_refinement_as_rows_made_per_step(monkeypatch):
+    """The im2col rows of every sample, made once, are selected for each mini-batch: the refined
+    weights are the same bytes as when each step makes its own (as it does over PATCHED_ELEMENTS)."""
+    from onnx_tailor.passes import refine as refine_module
+
+    model = _block_model("relu6")
+    [block] = find_ibn_blocks(model)
+    z_name = model.node(block.depthwise).output[0]
+    found = match_activation(model, z_name)
+    rng = np.random.default_rng(1)
+    ce, ci, co = 18, 6, 6
+    pair = ConvPair(ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+                    Elementwise.of(model, z_name, found.nodes, found.output), None,
+                    (rng.standard_normal((ci * 9, ce)) * 0.3).astype(np.float32), np.zeros(ce, np.float32),
+                    (rng.standard_normal((ce, co)) * 0.3).astype(np.float32), np.zeros(co, np.float32))
+    x = rng.standard_normal((7, ci, 5, 5)).astype(np.float32)
+    target = rng.standard_normal((7, co, 5, 5)).astype(np.float32)
+    monkeypatch.setattr(refine_module, "BATCH_ELEMENTS", 3 * 25 * ci * 9)  # mini-batches of 3 of the 7 samples
+    made = []
+    real = refine_module.patches
+    monkeypatch.setattr(refine_module, "patches", lambda *a: made.append(len(a[0])) or real(*a))
+    once = pair.refine(x, target, steps=12)
+    assert made == [7]
+    monkeypatch.setattr(refine_module, "PATCHED_ELEMENTS", 0)
+    per_step = pair.refine(x, target, steps=12)
+    assert len(made) > 12
+    assert once is not pair
+    for a, b in zip(once.onnx_weights(), per_step.onnx_weights()):
+        assert a.tobytes() == b.tobytes()

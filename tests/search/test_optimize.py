@@ -177,10 +177,10 @@ def test_passes_see_only_the_calibration_split_and_the_search_never_judges_on_te
     split = accuracy.split_three(dataset, accuracy.DEFAULT_SPLIT, seed=0)
     real_score = accuracy.Evaluator.score
 
-    def scoring(self, model, data, metric, reference=None, output=None):
+    def scoring(self, model, data, metric, reference=None, output=None, **options):
         if data.fingerprint == split.test.fingerprint:
             judged_on_test.append(model.content_hash)
-        return real_score(self, model, data, metric, reference, output)
+        return real_score(self, model, data, metric, reference, output, **options)
 
     monkeypatch.setattr(accuracy.Evaluator, "score", scoring)
     result = run(tiny, data=dataset, precision="fp32")  # int8 would judge quantized copies (tested below)
@@ -264,3 +264,38 @@ def test_python_api_round_trip(tiny, tmp_path):
     result.recipe.write(path)
     assert ot.apply_recipe(tiny, path, data="random").content_hash == result.model.content_hash
     assert ot.score(result.model, "npu-p32").latency_s < ot.score(tiny, "npu-p32").latency_s
+
+
+def test_the_search_asks_once_whether_outputs_grow_with_the_batch(tiny, monkeypatch):
+    """Every model a search judges is a rewrite of the original, whose outputs grow with the batch as
+    the original's do: one two-sample run answers it, not one per judgement."""
+    probes = []
+    real = accuracy.Evaluator._batches
+    monkeypatch.setattr(accuracy.Evaluator, "_batches", lambda *a: probes.append(1) or real(*a))
+    result = run(tiny, precision="fp32")
+    assert result.context.stats.evaluated > 1
+    assert probes == [1]
+
+
+def test_the_result_is_the_searchs_own_model_and_equals_a_replay_of_its_recipe(tiny, monkeypatch):
+    """The models along the chosen path are the ones the search built: nothing is fitted again after
+    it, and replaying the recipe gives the same bytes; without that path the recipe is replayed."""
+    import importlib
+
+    from onnx_tailor.search.context import SearchContext
+
+    optimize_module = importlib.import_module("onnx_tailor.search.optimize")  # the package exports the function
+
+    replays = []
+    real_replay = optimize_module.replay_each
+    monkeypatch.setattr(optimize_module, "replay_each", lambda *a: replays.append(1) or real_replay(*a))
+    dataset = accuracy.random_dataset(tiny, samples=60, seed=4)
+    result = run(tiny, data=dataset, precision="fp32")
+    assert result.recipe.steps and replays == []
+    calibration = accuracy.split_three(dataset, accuracy.DEFAULT_SPLIT, seed=0).calibration
+    replayed = replay(result.recipe, tiny, calibration.inputs, calibration.fingerprint)
+    assert replayed.content_hash == result.context.best.model.content_hash
+    monkeypatch.setattr(SearchContext, "path", lambda self, node: None)
+    again = run(tiny, data=dataset, precision="fp32")
+    assert replays == [1]
+    assert again.model.proto.SerializeToString() == result.model.proto.SerializeToString()

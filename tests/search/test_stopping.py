@@ -50,7 +50,7 @@ def test_the_search_leaves_the_reserve_for_the_work_after_it(tiny, monkeypatch):
     assert "no time was left to walk to the ceiling" in format_report(result.report)
 
 
-def test_the_reserve_covers_replaying_the_best_path_and_judging_it(tiny):
+def test_the_reserve_covers_judging_the_best_and_replaying_its_path_only_when_not_at_hand(tiny, monkeypatch):
     ctx = run(tiny).context
     path, node = [], ctx.best
     while node.steps:
@@ -59,6 +59,9 @@ def test_the_reserve_covers_replaying_the_best_path_and_judging_it(tiny):
     assert path, "the search took no step: nothing to replay"
     replay = sum(ctx._apply_s[n.key] for n in path)
     judge = sum(ctx._judge_s) / len(ctx._judge_s)
+    assert ctx.path(ctx.best) == [n.model for n in [node, *reversed(path)]]  # the written model's path, as built
+    assert ctx.reserve_s() == pytest.approx(3 * judge + 2 * ctx._score_s)
+    monkeypatch.setattr(SearchContext, "path", lambda self, node: None)  # then optimize replays the recipe
     assert ctx.reserve_s() == pytest.approx(replay + 3 * judge + 2 * ctx._score_s)
     assert ctx.reserve_s() > replay > 0
 
