@@ -220,10 +220,33 @@ class SearchContext:
             raise
 
     def close(self) -> None:
-        """Stop the executor's workers, if any. What is previewed after (why the search stopped, the
-        ceiling walk) is previewed in this process."""
+        """Stop the executor's workers, if any. What is previewed after is previewed in this process."""
         self.executor.close()
         self.executor = Serial(self._evaluation)
+
+    def settle(self) -> None:
+        """The search is over: drop what was computed ahead for it and not taken, so that the workers
+        are free for the work after it (why it stopped, the ceiling walk, `replayed`)."""
+        for pending in self._outcomes.values():
+            pending.cancel()
+        self._outcomes.clear()
+
+    def replayed(self, node: Node) -> list[Model] | None:
+        """The original and the model after each step of `node`'s, as replaying its recipe would make them,
+        or None when the search's own models cannot tell. Each step is fitted again on the model the search
+        applied it to, all at once on the workers; when each gives the search's next model, a replay from
+        the original gives them too, one after another (each step's result depends only on its parent)."""
+        path = [node]
+        while path[-1] is not self.root and path[-1].key in self._parents and len(path) <= len(node.steps):
+            path.append(self._parents[path[-1].key])
+        path.reverse()
+        if path[0] is not self.root or [n.steps for n in path] != [node.steps[:i] for i in range(len(path))]:
+            return None  # the search's record of parents does not name these steps
+        hashes = self.executor.map([(parent.model, child.steps[-1]) for parent, child in zip(path, path[1:])],
+                                   "replay")
+        if hashes != [child.key for child in path[1:]]:
+            return None
+        return [n.model for n in path]
 
     # -- budget -----------------------------------------------------------------------
 
@@ -237,12 +260,14 @@ class SearchContext:
 
     def reserve_s(self) -> float:
         """Seconds the work after the search takes, from what the search measured: replaying the best
-        model's recipe (each step fitted again, as long as it took here), judging the result on the test
+        model's recipe (each step fitted again, as long as it took here, shared among the workers), judging the result on the test
         split (with the original) and once more on the selection split, and scoring it for the report."""
-        replay, node = 0.0, self.best
+        applies, node = [], self.best
         while node is not None and node.key in self._parents:
-            replay += self._apply_s.get(node.key, 0.0)
+            applies.append(self._apply_s.get(node.key, 0.0))
             node = self._parents[node.key]
+        # The replay's steps are fitted side by side on the workers (`replayed`).
+        replay = max(sum(applies) / self.executor.width, max(applies, default=0.0))
         judge = sum(self._judge_s) / len(self._judge_s) if self._judge_s else 0.0
         return replay + 3 * judge + 2 * self._score_s
 
@@ -271,7 +296,8 @@ class SearchContext:
             if self.data is not None and steps:
                 self._judge_s.append(time.perf_counter() - started)
         started = time.perf_counter()
-        costs = self._costs[model.content_hash] = kernel_costs(self.cost_model, model)  # whole, always
+        # Whole, always: by the worker that applied it when one did.
+        costs = self._costs[model.content_hash] = measured.costs or kernel_costs(self.cost_model, model)
         self._score_s = self._score_s or time.perf_counter() - started
         node = Node(model, steps, costs.latency_s, measured.param_bytes, measured.activation_bytes,
                     local_error=score_local)

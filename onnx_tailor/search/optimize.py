@@ -4,7 +4,9 @@ One run: load the target and the data (split into calibration, which passes
 fit weights on, selection, which the search judges candidates on, and test),
 score the original, run the chosen search strategy within the time budget
 (Ctrl-C ends it early with the best so far), then rebuild the chosen model by
-replaying its recipe on the original, and judge it once on the test split,
+replaying its recipe on the original (each step fitted again on the model
+the search applied it to, side by side on the workers: when each gives the
+next, these are the replay's models), and judge it once on the test split,
 which the search never saw: that is the drop the report quotes. A search that
 picks among many candidates by their score on the selection split
 overestimates the winner there; when the chosen model breaks the budget on
@@ -16,6 +18,7 @@ exact passes run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -235,15 +238,15 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     started = time.perf_counter()
     if cache_bytes is not None and cache_bytes < 0:
         raise TailorError(f"--cache-bytes must be 0 or more, not {cache_bytes}")
-    with using(new_cache(cache_bytes)):
+    with using(new_cache(cache_bytes)), contextlib.ExitStack() as closing:
         return _optimize(model, target, data, metric, max_drop, max_params, max_activation, passes, search,
                          beam_width, time_budget, seed, split, precision, acceptance, measure, progress,
-                         pass_params, (workers, ray, cache_bytes), started)
+                         pass_params, (workers, ray, cache_bytes), started, closing)
 
 
 def _optimize(model, target, data, metric, max_drop, max_params, max_activation, passes, search, beam_width,
               time_budget, seed, split, precision, acceptance, measure, progress, pass_params,
-              execution, started) -> OptimizeResult:
+              execution, started, closing: contextlib.ExitStack) -> OptimizeResult:
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
     if not model.graph_inputs:  # no latency to win and nothing to judge: say so before any search or write
@@ -289,6 +292,8 @@ def _optimize(model, target, data, metric, max_drop, max_params, max_activation,
             progress(line)
     ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params,
                         started, *execution)
+    # The workers stay for the work after the search too (the ceiling walk's previews, the replay's fits).
+    closing.callback(ctx.close)
     if not ctx.root.latency_s:  # its outputs are its inputs or constants: no speed-up can be measured against 0
         raise TailorError("the model runs no kernel (its outputs are its inputs or constants): there is nothing "
                           "to optimize")
@@ -303,8 +308,8 @@ def _optimize(model, target, data, metric, max_drop, max_params, max_activation,
     except KeyboardInterrupt:
         interrupted = True
         notes.append("interrupted: the best model found so far is returned")
-    finally:
-        ctx.close()
+        ctx.close()  # Ctrl-C reached the workers too: what follows runs here
+    ctx.settle()
     exhausted = ctx.out_of_time()
     if exhausted:
         notes.append(f"the time budget of {time_budget:g} s ran out: the best model found so far is returned")
@@ -324,7 +329,9 @@ def _optimize(model, target, data, metric, max_drop, max_params, max_activation,
         data_info = {"source": str(data) if not isinstance(data, accuracy.Dataset) else IN_MEMORY,
                      "seed": seed, "fraction": fractions[0], "split": list(fractions)}
     recipe = Recipe(model.content_hash, chosen.steps, dict(model.input_shapes), fingerprint, data_info, target.name)
-    path = replay_each(recipe, model, calib, fingerprint)  # the original, then the model after each step
+    # The original, then the model after each step: the search's own models when fitting each step again
+    # on its parent gives the next (checked side by side on the workers), else a replay one after another.
+    path = ctx.replayed(chosen) or replay_each(recipe, model, calib, fingerprint)
     if path[-1].content_hash != chosen.model.content_hash:
         notes.append("replaying the recipe gave different bytes than the search's own model; the replay is written")
     test = None

@@ -23,12 +23,13 @@ from onnx_tailor.cli import main
 from onnx_tailor.costmodel import load_target
 from onnx_tailor.errors import TailorError
 from onnx_tailor.ir import Model, save
-from onnx_tailor.search import optimize
+from onnx_tailor.search import context, executor, optimize
 from onnx_tailor.search.beam import beam
 from onnx_tailor.search.constraints import Constraints, parse_max_drop
 from onnx_tailor.search.context import SearchContext, SearchData
 from onnx_tailor.search.evolutionary import evolutionary
 from onnx_tailor.search.greedy import greedy
+from onnx_tailor.search.recipe import Recipe, replay_each
 from tests.search.tiny_search import PASSES
 
 OPTIONS = dict(target="npu-p32", data="random", metric="cosine", max_drop="0.05", passes=PASSES)
@@ -100,8 +101,8 @@ def _context(model: Model, **execution) -> SearchContext:
 
 
 def test_previews_from_workers_are_the_ones_made_here(tiny):
-    """Before `close` the workers preview (the sites dealt among them); after it this process does, for
-    what follows a search: why it stopped and the ceiling walk."""
+    """Before `close` the workers preview (the sites dealt among them); after it this process does, and the
+    ceiling walk, which previews along its way, finds the same either way."""
     here, pooled = _context(tiny), _context(tiny, workers=2)
     try:
         there = pooled.candidates(pooled.root)
@@ -112,6 +113,52 @@ def test_previews_from_workers_are_the_ones_made_here(tiny):
     assert [(c.step, c.predicted_s) for c in there] == [(c.step, c.predicted_s) for c in mine]
     walked = pooled.ceiling(pooled.root)[0]
     assert len(walked.steps) > 1 and walked.steps == here.ceiling(here.root)[0].steps
+
+
+def test_the_replay_checked_on_workers_gives_the_models_of_a_replay_one_after_another(tiny):
+    """After the search the workers fit each step of the best path again, side by side: the search's own
+    models come back only when each step reproduces the next one, as a replay from the original would."""
+    ctx = _context(tiny, workers=2)
+    try:
+        beam(ctx, width=2, expansions_per_node=3)
+        ctx.settle()
+        best = ctx.best
+        assert len(best.steps) > 1  # several steps, each checked on its own parent
+        replayed = ctx.replayed(best)
+        one_by_one = replay_each(Recipe(tiny.content_hash, best.steps, dict(tiny.input_shapes)), tiny,
+                                 ctx.data.calibration)
+        assert [m.content_hash for m in replayed] == [m.content_hash for m in one_by_one]
+        # A step that does not give its node's model is caught: the search's record of the last step swapped
+        # for another step it applied to the same parent.
+        parent = ctx._parents[best.key]
+        other = next(step for (key, step), child in ctx._children.items()
+                     if key == parent.key and child is not None and child.key != best.key)
+        best.steps = best.steps[:-1] + (other,)
+        assert ctx.replayed(best) is None
+    finally:
+        ctx.close()
+
+
+def test_the_command_line_asks_for_a_worker_per_core_by_default(tiny, tmp_path, monkeypatch):
+    """Without --workers the search gets None, which is one worker per core this process may use."""
+    asked = []
+
+    def one_process(shared, workers, ray, local):  # what was asked for; the search itself runs here
+        asked.append(workers)
+        return executor.Serial(local)
+
+    monkeypatch.setattr(context, "executor_for", one_process)
+    save(tiny, tmp_path / "tiny.onnx")
+    result = CliRunner().invoke(main, ["optimize", str(tmp_path / "tiny.onnx"), "--target", "npu-p32", "--passes",
+                                       "pad_channels", "--quiet", "-o", str(tmp_path / "out.onnx")])
+    assert result.exit_code == 0, result.output
+    assert asked == [None]
+    monkeypatch.setattr(executor, "default_workers", lambda: 3)
+    pool = executor.executor_for(_context(tiny)._evaluation.shared, None, None, None)  # no worker starts yet
+    try:
+        assert pool.width == 3
+    finally:
+        pool.close()
 
 
 def test_zero_workers_is_refused(tiny):
