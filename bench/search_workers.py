@@ -8,9 +8,10 @@ fresh process: the PaddleOCR classifier (onnx_tailor.zoo, cached in
 against the original and a 1% budget, judged in fp32, target npu-p32, no
 time budget. Worker counts take turns (1, 2, 1, 2, ...) so that a shared
 machine's load falls on both alike; the load average is printed with every
-run. Per model: the median wall seconds per worker count, the speed-up
-against the first count, and whether every run wrote the same model and
-recipe bytes (it must: the search registers results in one-process order).
+run, and the CPU seconds each run used (itself and its workers: on a
+shared machine, what it had of the cores). Per model: the median wall
+seconds per worker count, the speed-up against the first count, and whether
+every run wrote the same model and recipe bytes (it must: the search registers results in one-process order).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,8 +35,9 @@ from bench.search_scaling import SHAPES, model_paths  # noqa: E402  (the reposit
 MODELS = ("paddle_cls", "digits")
 
 
-def run(path: Path, name: str, search: str, workers: int, scratch: Path) -> tuple[float, str]:
-    """One `optimize` run: its wall seconds and a digest of the model and recipe it wrote."""
+def run(path: Path, name: str, search: str, workers: int, scratch: Path) -> tuple[float, float, str]:
+    """One `optimize` run: its wall seconds, the CPU seconds of it and its workers (user and system), and a
+    digest of the model and recipe it wrote."""
     output, recipe = scratch / f"{name}-{workers}.onnx", scratch / f"{name}-{workers}.json"
     command = [sys.executable, "-m", "onnx_tailor", "optimize", str(path), "--target", "npu-p32",
                "--precision", "fp32", "--search", search, "--workers", str(workers), "--quiet",
@@ -45,12 +48,18 @@ def run(path: Path, name: str, search: str, workers: int, scratch: Path) -> tupl
         command += ["--data", "random", "--metric", "cosine", "--max-drop", "1%"]
     for tensor, shape in SHAPES.get(name, {}).items():
         command += ["--input-shape", f"{tensor}={','.join(map(str, shape))}"]
-    started = time.perf_counter()
+    before, started = _children_cpu_s(), time.perf_counter()
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, _children_cpu_s() - before
     if done.returncode != 0:
         raise SystemExit(f"{name} with {workers} worker(s) failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return wall, hashlib.sha256(output.read_bytes() + recipe.read_bytes()).hexdigest()[:16]
+    return wall, cpu, hashlib.sha256(output.read_bytes() + recipe.read_bytes()).hexdigest()[:16]
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's finished children, theirs included (a run waits for its workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -73,10 +82,11 @@ def main() -> None:
             for round_ in range(args.repeats):
                 for workers in counts:
                     load = os.getloadavg()[0]
-                    wall, digest = run(paths[name], name, args.search, workers, Path(scratch))
+                    wall, cpu, digest = run(paths[name], name, args.search, workers, Path(scratch))
                     walls[workers].append(wall)
                     digests.add(digest)
-                    print(f"{name} round {round_ + 1} workers {workers}: {wall:.1f} s, output {digest}, "
+                    print(f"{name} round {round_ + 1} workers {workers}: {wall:.1f} s ({cpu:.0f} CPU s), "
+                          f"output {digest}, "
                           f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
             base = statistics.median(walls[counts[0]])
             for workers in counts:

@@ -227,10 +227,16 @@ class SearchContext:
             raise
 
     def close(self) -> None:
-        """Stop the executor's workers, if any. What is previewed after (why the search stopped, the
-        ceiling walk) is previewed in this process."""
+        """Stop the executor's workers, if any. What is previewed after is previewed in this process."""
         self.executor.close()
         self.executor = Serial(self._evaluation)
+
+    def settle(self) -> None:
+        """The search is over: drop what was computed ahead for it and not taken, so that the workers
+        are free for the work after it (why it stopped, the ceiling walk)."""
+        for pending in self._outcomes.values():
+            pending.cancel()
+        self._outcomes.clear()
 
     # -- budget -----------------------------------------------------------------------
 
@@ -279,7 +285,8 @@ class SearchContext:
             if self.data is not None and steps:
                 self._judge_s.append(time.perf_counter() - started)
         started = time.perf_counter()
-        costs = self._costs[model.content_hash] = kernel_costs(self.cost_model, model)  # whole, always
+        # Whole, always: by the worker that applied it when one did.
+        costs = self._costs[model.content_hash] = measured.costs or kernel_costs(self.cost_model, model)
         self._score_s = self._score_s or time.perf_counter() - started
         node = Node(model, steps, costs.latency_s, measured.param_bytes, measured.activation_bytes,
                     local_error=score_local)

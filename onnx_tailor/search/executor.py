@@ -17,10 +17,12 @@ the work ran.
   the shared part once (its initializer), the search's fitted cost model
   included, and keeps its own tensor cache (the default budget split among
   them). `submit` hands out work and returns at once, so the search
-  registers the first results (scoring each model whole) while the workers
-  compute the rest.
+  registers the first results while the workers compute the rest; a
+  worker also scores each model it makes whole (`Measured.costs`), which
+  the search would otherwise do alone.
 - `RayPool`: Ray actors, each holding the shared part and its own cache,
-  fed through `ray.util.ActorPool` (`pip install "onnx-tailor[ray]"`).
+  each job sent to the actor with the fewest unfinished ones and handed
+  back as a future of its own (`pip install "onnx-tailor[ray]"`).
 
 Every evaluation runs onnxruntime unoptimized on one thread, and numpy's
 BLAS on one thread (fits, norms, metrics), wherever it runs: a worker's
@@ -41,7 +43,7 @@ from typing import Any, Protocol
 from threadpoolctl import threadpool_limits
 
 from ..analysis import memory_summary
-from ..costmodel.delta import KernelCosts
+from ..costmodel.delta import KernelCosts, kernel_costs
 from ..costmodel.regressor import CostModel
 from ..costmodel.target import Target
 from ..errors import TailorError
@@ -74,6 +76,7 @@ class Measured:
     activation_bytes: int
     judgement: Any = None  # search.context.Judgement on the selection split, when there is data
     memory_violation: str | None = None
+    costs: KernelCosts | None = None  # the whole model scored, by whoever applied it (None: not yet)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,10 @@ class Outcome:
 
 class Evaluation:
     """Applies and measures candidates in one process, with that process's tensor cache."""
+
+    # Whether a model applied here is also scored whole (its kernel costs): the search does that itself for
+    # each model new to it, so only a worker, whose time is not the search's own, does it beforehand.
+    scores_whole = False
 
     def __init__(self, shared: Shared, cache: TensorCache | None):
         self.shared = shared
@@ -110,7 +117,10 @@ class Evaluation:
             error = applied.local_error
             if error is not None and error > self.shared.max_local_error:
                 return Outcome(None, error, None)
-            return Outcome(applied.model, error, self.measure(applied.model, judged=True))
+            measured = self.measure(applied.model, judged=True)
+        if self.scores_whole:
+            measured = replace(measured, costs=kernel_costs(self.shared.cost_model, applied.model))
+        return Outcome(applied.model, error, measured)
 
     def evaluate(self, job: tuple[Model, Site]) -> Outcome:
         """The same as calling it: the name the executors call it by."""
@@ -164,6 +174,7 @@ class WorkerEvaluation(Evaluation):
     """The evaluation of a worker process: its own tensor cache, active for the process's whole life."""
 
     KEPT_MODELS = 8  # parents kept by content: a beam's frontier, with room
+    scores_whole = True
 
     def __init__(self, shared: Shared):
         super().__init__(shared, new_cache(shared.cache_bytes))
@@ -236,7 +247,6 @@ class RayPool:
     def __init__(self, shared: Shared, address: str, workers: int | None):
         try:
             import ray  # the optional 'ray' extra
-            from ray.util import ActorPool
         except ImportError:
             raise TailorError('--ray needs Ray: pip install "onnx-tailor[ray]"') from None
         if not ray.is_initialized():
@@ -247,14 +257,24 @@ class RayPool:
         self.width = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         remote = ray.remote(num_cpus=1)(WorkerEvaluation)
         self._actors = [remote.remote(shared) for _ in range(self.width)]
-        self._pool = ActorPool(self._actors)
+        self._queued: list[list[Future]] = [[] for _ in self._actors]  # each actor's futures, oldest first
         self._ray = ray
 
     def map(self, jobs, work="evaluate"):
-        return list(self._pool.map(lambda actor, job: getattr(actor, work).remote(job), jobs))
+        return [future.result() for future in self.submit(jobs, work)]
 
     def submit(self, jobs, work="evaluate"):
-        return [done(result) for result in self.map(jobs, work)]
+        """Each job to the actor with the fewest unfinished ones (an actor runs its calls in turn), as a
+        future that completes when that job does, not when the batch does."""
+        futures = []
+        for job in jobs:
+            for queue in self._queued:
+                queue[:] = [future for future in queue if not future.done()]
+            index = min(range(len(self._actors)), key=lambda i: len(self._queued[i]))
+            future = getattr(self._actors[index], work).remote(job).future()
+            self._queued[index].append(future)
+            futures.append(future)
+        return futures
 
     def close(self) -> None:
         for actor in self._actors:

@@ -19,6 +19,7 @@ exact passes run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -238,15 +239,15 @@ def optimize(model: Model, target: str | Target = "npu-p32", data=None, metric: 
     started = time.perf_counter()
     if cache_bytes is not None and cache_bytes < 0:
         raise TailorError(f"--cache-bytes must be 0 or more, not {cache_bytes}")
-    with using(new_cache(cache_bytes)):
+    with using(new_cache(cache_bytes)), contextlib.ExitStack() as closing:
         return _optimize(model, target, data, metric, max_drop, max_params, max_activation, passes, search,
                          beam_width, time_budget, seed, split, precision, acceptance, measure, progress,
-                         pass_params, (workers, ray, cache_bytes), started)
+                         pass_params, (workers, ray, cache_bytes), started, closing)
 
 
 def _optimize(model, target, data, metric, max_drop, max_params, max_activation, passes, search, beam_width,
               time_budget, seed, split, precision, acceptance, measure, progress, pass_params,
-              execution, started) -> OptimizeResult:
+              execution, started, closing: contextlib.ExitStack) -> OptimizeResult:
     if search not in STRATEGIES:
         raise TailorError(f"unknown search '{search}'; choose one of {', '.join(STRATEGIES)}")
     if not model.graph_inputs:  # no latency to win and nothing to judge: say so before any search or write
@@ -292,6 +293,8 @@ def _optimize(model, target, data, metric, max_drop, max_params, max_activation,
             progress(line)
     ctx = SearchContext(model, target, names, constraints, search_data, time_budget, progress, pass_params,
                         started, *execution)
+    # The workers stay for the work after the search too (the ceiling walk's previews, the replay's fits).
+    closing.callback(ctx.close)
     if not ctx.root.latency_s:  # its outputs are its inputs or constants: no speed-up can be measured against 0
         raise TailorError("the model runs no kernel (its outputs are its inputs or constants): there is nothing "
                           "to optimize")
@@ -306,8 +309,8 @@ def _optimize(model, target, data, metric, max_drop, max_params, max_activation,
     except KeyboardInterrupt:
         interrupted = True
         notes.append("interrupted: the best model found so far is returned")
-    finally:
-        ctx.close()
+        ctx.close()  # Ctrl-C reached the workers too: what follows runs here
+    ctx.settle()
     exhausted = ctx.out_of_time()
     if exhausted:
         notes.append(f"the time budget of {time_budget:g} s ran out: the best model found so far is returned")

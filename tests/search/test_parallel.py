@@ -23,7 +23,7 @@ from onnx_tailor.cli import main
 from onnx_tailor.costmodel import load_target
 from onnx_tailor.errors import TailorError
 from onnx_tailor.ir import Model, save
-from onnx_tailor.search import optimize
+from onnx_tailor.search import context, executor, optimize
 from onnx_tailor.search.beam import beam
 from onnx_tailor.search.constraints import Constraints, parse_max_drop
 from onnx_tailor.search.context import SearchContext, SearchData
@@ -100,8 +100,8 @@ def _context(model: Model, **execution) -> SearchContext:
 
 
 def test_previews_from_workers_are_the_ones_made_here(tiny):
-    """Before `close` the workers preview (the sites dealt among them); after it this process does, for
-    what follows a search: why it stopped and the ceiling walk."""
+    """Before `close` the workers preview (the sites dealt among them); after it this process does, and the
+    ceiling walk, which previews along its way, finds the same either way."""
     here, pooled = _context(tiny), _context(tiny, workers=2)
     try:
         there = pooled.candidates(pooled.root)
@@ -112,6 +112,30 @@ def test_previews_from_workers_are_the_ones_made_here(tiny):
     assert [(c.step, c.predicted_s) for c in there] == [(c.step, c.predicted_s) for c in mine]
     walked = pooled.ceiling(pooled.root)[0]
     assert len(walked.steps) > 1 and walked.steps == here.ceiling(here.root)[0].steps
+
+
+def test_the_command_line_runs_in_one_process_unless_asked_and_none_means_a_worker_per_core(tiny, tmp_path,
+                                                                                             monkeypatch):
+    """Without --workers the search runs in this process (two workers paid 1.3x on the classifier's beam
+    search, and lose on small models); the API's workers=None is one worker per core this process may use."""
+    asked = []
+
+    def one_process(shared, workers, ray, local):  # what was asked for; the search itself runs here
+        asked.append(workers)
+        return executor.Serial(local)
+
+    monkeypatch.setattr(context, "executor_for", one_process)
+    save(tiny, tmp_path / "tiny.onnx")
+    result = CliRunner().invoke(main, ["optimize", str(tmp_path / "tiny.onnx"), "--target", "npu-p32", "--passes",
+                                       "pad_channels", "--quiet", "-o", str(tmp_path / "out.onnx")])
+    assert result.exit_code == 0, result.output
+    assert asked == [1]
+    monkeypatch.setattr(executor, "default_workers", lambda: 3)
+    pool = executor.executor_for(_context(tiny)._evaluation.shared, None, None, None)  # no worker starts yet
+    try:
+        assert pool.width == 3
+    finally:
+        pool.close()
 
 
 def test_zero_workers_is_refused(tiny):
