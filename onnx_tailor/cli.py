@@ -653,10 +653,10 @@ def targets(as_json):
               metavar="CALIB,SELECT,TEST",
               help="Fractions of --data that passes fit on, that the search judges candidates on, and that "
                    "only the result is judged on (the drop the report quotes).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-              help="Preview, apply and evaluate candidates in N local processes, one thread each (N up to the "
-                   "machine's cores); the result is the same bytes as with 1. Starting workers costs seconds: on "
-                   "a small model one process is faster.")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="Preview, apply and evaluate candidates in N local processes, one thread each; the result is "
+                   "the same bytes as with 1. Starting workers costs seconds: on a small model 1 can be "
+                   "faster. [default: the cores this process may use]")
 @click.option("--ray", "ray_address", metavar="auto|ADDRESS",
               help="Apply and evaluate candidates on a Ray cluster instead (needs the 'ray' extra).")
 @click.option("--cache-bytes", type=click.IntRange(min=0), metavar="BYTES",

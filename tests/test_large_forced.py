@@ -104,8 +104,9 @@ def test_a_short_optimize_matches_the_ordinary_path(tmp_path, source, monkeypatc
     light form and the held tensors, `large.content_hash`, so a recipe replays on the model it came from.)"""
     data = tmp_path / "data.npz"
     np.savez(data, x=np.random.default_rng(0).standard_normal((48, K), dtype=np.float32))
+    # One process: the forced light path is a monkeypatch, which worker processes would not see.
     common = ["--data", data, "--metric", "cosine", "--passes", "factor_low_rank,pad_channels", "--target", "npu-p32",
-              "--quiet"]
+              "--quiet", "--workers", "1"]
     ordinary, light = tmp_path / "ordinary.onnx", tmp_path / "light.onnx"
     run("optimize", source, *common, "--recipe", tmp_path / "ordinary.json", "-o", ordinary)
     made = force_light(monkeypatch)
