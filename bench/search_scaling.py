@@ -28,6 +28,19 @@ Columns per model and version:
 - after only: the ceiling's predicted speed-up and the share of it taken, and
   the local-error evidence for MAX_LOCAL_ERROR (the largest local error of a
   feasible child, how many children the cap turned away).
+
+On 2 idle cores (load 0.6-1.1, 2026-12-03, main after issue 10's third
+round): `--mode full --models mobilenetv2_224 --versions after` converged in
+230 s (26 steps, 2.44x simulated, 97% of a 2.51x ceiling; 376 s a stop
+earlier, 1964 s at b49bdaf on a busy machine): the search now writes its
+own models instead of replaying the recipe, and factor_low_rank keeps each
+weight's spectrum. Most of what is left is fuse_ibn_expansion's refinement
+(Adam steps of single-threaded matrix products, ~15 s per deep block).
+`--mode previews --models paddle_det_640`: 13.4 -> 78.0 priced/s (5.8x; 92
+region previews on weight-less sketches, each about 8 ms against 15 ms a
+stop earlier); what is left of a preview is rebuilding the region through
+graphsurgeon (export, sort, clean-up, inference: 27%), comparing kernels
+(25%), importing it (15%), `find` on it (10%) and cutting it (10%).
 """
 
 from __future__ import annotations

@@ -114,10 +114,8 @@ def test_previews_from_workers_are_the_ones_made_here(tiny):
     assert len(walked.steps) > 1 and walked.steps == here.ceiling(here.root)[0].steps
 
 
-def test_the_command_line_runs_in_one_process_unless_asked_and_none_means_a_worker_per_core(tiny, tmp_path,
-                                                                                             monkeypatch):
-    """Without --workers the search runs in this process (two workers paid 1.3x on the classifier's beam
-    search, and lose on small models); the API's workers=None is one worker per core this process may use."""
+def test_the_command_line_asks_for_a_worker_per_core_by_default(tiny, tmp_path, monkeypatch):
+    """Without --workers the search gets None, which is one worker per core this process may use."""
     asked = []
 
     def one_process(shared, workers, ray, local):  # what was asked for; the search itself runs here
@@ -129,7 +127,7 @@ def test_the_command_line_runs_in_one_process_unless_asked_and_none_means_a_work
     result = CliRunner().invoke(main, ["optimize", str(tmp_path / "tiny.onnx"), "--target", "npu-p32", "--passes",
                                        "pad_channels", "--quiet", "-o", str(tmp_path / "out.onnx")])
     assert result.exit_code == 0, result.output
-    assert asked == [1]
+    assert asked == [None]
     monkeypatch.setattr(executor, "default_workers", lambda: 3)
     pool = executor.executor_for(_context(tiny)._evaluation.shared, None, None, None)  # no worker starts yet
     try:
