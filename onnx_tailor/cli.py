@@ -580,8 +580,6 @@ def _target_parameters(row: dict) -> list[tuple[str, str]]:
     if row["kind"] == "ort":
         shown = [("execution provider", row["execution_provider"]), ("threads", str(row["threads"])),
                  ("roofline hints", f"P={row['parallelism']}, V={row['vector_lanes']}")]
-    if row.get("channel_alignment"):
-        shown.append(("channel alignment", f"multiples of {row['channel_alignment']} run in the fast kernels"))
     shown += [("clock", f"{row['clock_hz'] / 1e9:g} GHz"),
               ("on-chip memory", _human_bytes(row["sram_bytes"])),
               ("DRAM bandwidth", f"{row['dram_bytes_per_cycle']:g} B/cycle"),

@@ -13,15 +13,15 @@ those from measurements, through features:
   tensor is relative to the on-chip memory (whether it can stay on chip);
 - whether the kernel reads a graph input or writes a graph output;
 - channels, kernel window, stride, and how many ops are fused in;
-- whether the input and output channels are whole multiples of what the
-  runtime's fast kernels take (`Target.aligned_channels`: the vector width,
-  or the profile's `channel_alignment`): onnxruntime moves a conv into its
-  NCHWc layout only for such channels (any multiple of 4, padded up to its
-  block), and runs the rest in plain NCHW (in the cpu-ort sweep a depthwise
-  conv took a median 46 ps a MAC when its channels were a multiple of 8, 63
-  when a multiple of 4 only, 486 otherwise; with multiples of 4 read as
-  unaligned, the digits model's 180-channel depthwise conv was predicted
-  24 us and ran 3);
+- whether the input and output channels are whole multiples of the vector
+  width: a runtime that blocks channels by its vector width (onnxruntime's
+  NCHWc layout) runs only those in its fast kernels (in the cpu-ort sweep a
+  depthwise conv took a median 46 ps a MAC when its channels were a multiple
+  of 8, 63 ps a multiple of 4 only, 486 ps otherwise). onnxruntime 1.32 takes
+  any multiple of 4 into NCHWc (padded to its block of 16), yet reading
+  multiples of 4 as aligned made held-out predictions worse (within 10% of
+  the median ratio: 88-92% -> 68-76%, three idle truths): the trees tell the
+  three classes apart better from this flag and the channel count;
 - the share of the window's taps that land inside the input rather than in
   its padding, which a CPU kernel skips: a 5x5 window over a map 2 or 3 rows
   high (text-line models) reads the input at only 40-60% of its taps.
@@ -161,8 +161,8 @@ def kernel_row(model: Model, kernel: Kernel, target: Target, borders: Model | No
         math.prod(weight_shape[2:]) if weight_shape else 1,
         max(model.attr(node, "strides", [1]) or [1]),
         len(kernel.fused),
-        float(in_ch > 0 and in_ch % target.aligned_channels == 0),
-        float(len(out_shape) > 1 and out_shape[1] % target.aligned_channels == 0),
+        float(in_ch > 0 and in_ch % target.vector_lanes == 0),
+        float(len(out_shape) > 1 and out_shape[1] % target.vector_lanes == 0),
         valid_window(model, node, info),
     ], dtype=np.float64)
     return KernelRow(kernel, prior_cycles / target.clock_hz, features)

@@ -37,9 +37,6 @@ class Target:
     description: str = ""
     parallelism: int = 8  # P: channels computed at once
     vector_lanes: int = 2  # V = P / 4 on the NPU
-    # The channel multiple the runtime's fast blocked-layout kernels take (onnxruntime's NCHWc: any multiple
-    # of 4, padded up to its block); 0 means the vector width.
-    channel_alignment: int = 0
     clock_hz: float = 1e9
     sram_bytes: int = 0
     dram_bytes_per_cycle: float = 16.0
@@ -60,11 +57,6 @@ class Target:
     def precision(self) -> str:
         """What the target computes in: int8 for one-byte elements (the npu-* targets), else fp32."""
         return "int8" if self.element_bytes == 1 else "fp32"
-
-    @property
-    def aligned_channels(self) -> int:
-        """The channel multiple the runtime runs in its fast kernels (`channel_alignment`, else V)."""
-        return self.channel_alignment or self.vector_lanes
 
     def to_dict(self) -> dict:
         """JSON-ready: every profile field (`onnx-tailor targets --json`), what accuracy is judged in as
@@ -97,7 +89,6 @@ _FIELDS = {
     "measurements": ("str?",), "fusable_activations": ("str list",), "grouped_activations": ("str list",),
     "parallelism": ("int", 1, 1 << 16),
     "vector_lanes": ("int", 1, 1 << 16),
-    "channel_alignment": ("int", 0, 1 << 16),
     "clock_hz": ("number", 1e3, 1e12),
     "sram_bytes": ("int", 0, 1 << 48),
     "dram_bytes_per_cycle": ("number", 1e-6, 1e9),

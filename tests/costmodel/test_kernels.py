@@ -96,24 +96,15 @@ def test_valid_window_reads_auto_pad_as_the_explicit_pads_it_stands_for(auto_pad
         assert shares[0] == pytest.approx(shares[1]) and shares[0] < 1.0
 
 
-def test_channels_the_runtime_blocks_are_a_feature():
-    """onnxruntime's NCHWc layout takes any multiple of 4 channels (padded to its block), not only multiples
-    of the vector width: the digits model's 180-channel depthwise conv ran as fast per MAC as a 176-channel
-    one, and was predicted 7x too slow while the feature said multiples of 8."""
+def test_channel_alignment_to_the_vector_width_is_a_feature():
     b = GraphBuilder()
     h = b.conv("x", 16, 24, 1, name="aligned")
-    h = b.conv(h, 24, 20, 1, name="by_four")
-    h = b.conv(h, 20, 18, 1, name="unaligned")
+    h = b.conv(h, 24, 20, 1, name="unaligned")
     model = Model(b.build({"x": (1, 16, 8, 8)}, [h]))
-    assert (CPU.vector_lanes, CPU.channel_alignment, CPU.aligned_channels) == (8, 4, 4)
     rows = {r.kernel.name: dict(zip(FEATURE_NAMES, r.features)) for r in kernel_rows(model, CPU)}
+    assert CPU.vector_lanes == 8
     assert (rows["aligned"]["in_aligned"], rows["aligned"]["out_aligned"]) == (1.0, 1.0)
-    assert (rows["by_four"]["in_aligned"], rows["by_four"]["out_aligned"]) == (1.0, 1.0)
     assert (rows["unaligned"]["in_aligned"], rows["unaligned"]["out_aligned"]) == (1.0, 0.0)
-    npu = load_target("npu-p32")  # no channel_alignment: the vector width decides
-    assert npu.channel_alignment == 0 and npu.aligned_channels == npu.vector_lanes == 8
-    rows = {r.kernel.name: dict(zip(FEATURE_NAMES, r.features)) for r in kernel_rows(model, npu)}
-    assert rows["by_four"]["out_aligned"] == 0.0 and rows["aligned"]["out_aligned"] == 1.0
 
 
 def test_text_line_entries_are_wider_than_high():
