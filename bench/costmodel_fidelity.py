@@ -70,24 +70,20 @@ misses then: the classifier's densified variants (-14..-26%: dense 5x5 convs
 on 3-row maps), digits +5..+18%, and 1.1 ms of subnormal weights in two 1x1
 convs of the PaddleOCR detector and recognizer. Since: the canonical form
 flushes subnormal weights (`ir.subnormals`: the model runs faster, rather
-than the cost model learning the slow-down); a conv's channels count as
-aligned when onnxruntime's NCHWc takes them (any multiple of 4,
-`Target.channel_alignment`; it had read multiples of 8, and predicted digits'
-180-channel depthwise conv 24 us for 3); maps of 1-6 pixels
+than the cost model learning the slow-down); maps of 1-6 pixels
 (`sweep.small_map_entries`); and the shipped sweep is measured with
-`--size 1200` (1897 kernels, 4 min idle), which tightened the shape of the
-predictions. Three truths taken right after that sweep, on an idle machine
-whose host ran about 20% slower than at 11:39 the same day (digits 0.449 ms
-against 0.359):
+`--size 1200` (1897 kernels, 4 min idle). Three truths taken right after
+that sweep, on an idle machine whose host ran about 20% slower than at 11:39
+the same day (digits 0.449 ms against 0.359):
 
-    sweep, features                   MAPE          within 10%    median pred/true   within 10% of the median
-    stop 18's CSV, NCHWc alignment    21.0-23.4%    4-8%          0.78-0.80          52-56%
-    size 1200, measured just before   10.5-12.5%    28-48%        1.07-1.11          68-76%
+    sweep                                  MAPE              within 10%   median pred/true   within 10% of the median
+    stop 18's (size 600, its own tree)     16.4/17.1/18.9%   16/16/4%     0.83/0.84/0.82     84/72/84%
+    size 1200, measured just before        10.5/10.1/7.5%    56/56/72%    1.10/1.10/1.06     88/88/92%
 
 The last column divides out one factor per truth (how fast the host ran):
 what the cost model gets right about models relative to each other. The
 middle column is what the goal counts, and on this host it moves with
-the neighbours: the median ratio drifted from 1.11 to 1.07 over the 90 s of
+the neighbours: the median ratio drifted from 1.10 to 1.06 over the 90 s of
 the three truths. The simulated targets stay at 100% within 10% on the same
 25 models (`--targets npu-p16,npu-p32,npu-p64 --block-targets ""`, after
 their sweeps were re-simulated over the whole sweep: MAPE 0.8%, 0.7% and
