@@ -15,6 +15,7 @@ import pytest
 
 from onnx_tailor import accuracy, zoo
 from onnx_tailor.passes.canonicalize import load
+from onnx_tailor.search import executor
 from onnx_tailor.search.context import SearchContext
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +30,15 @@ class ModelCase:
     path: Path
     input_shapes: dict
     ibn_blocks: int  # how many inverted-bottleneck blocks it has (known from its architecture)
+
+
+@pytest.fixture(autouse=True)
+def one_worker_unless_asked(monkeypatch):
+    """A search given no worker count runs in this process: the command line's default is the machine's
+    cores, and starting two worker processes for each of the suite's small searches took longer than the
+    searches (tests/test_cli_report.py: 42 s with them, 22 s without). Tests of the workers ask for them
+    (or patch `default_workers` themselves)."""
+    monkeypatch.setattr(executor, "default_workers", lambda: 1)
 
 
 @pytest.fixture(scope="session")
