@@ -168,10 +168,12 @@ def held_out(variants: int, det_size: int, third_party: list[str]):
     return out + third_party_models(third_party)
 
 
-def interleaved_medians(models, target, rounds: int = 7, runs: int = 7, warm: int = 2) -> tuple[list[float], list[float]]:
-    """Measured latency of every model, as (wall time, the calling thread's CPU time): in each round every
-    model in turn (`warm` untimed runs, then a median of `runs`), the median over rounds kept. The thread's CPU time is a
-    one-thread run's time on an idle core (`measure.run_clock`): what a shared machine's wall time is not."""
+def interleaved_medians(models, target, rounds: int = 7, runs: int = 7,
+                        warm: int = 2) -> tuple[list[float], list[float]]:
+    """Measured latency of every model, as (wall time, the calling thread's CPU time): in each round
+    every model in turn (`warm` untimed runs, then a median of `runs`), the median over rounds kept. The
+    thread's CPU time is a one-thread run's time on an idle core (`measure.run_clock`): what a shared
+    machine's wall time is not."""
     sessions = [(session_for(model, target), seeded_inputs(model)) for _, model in models]
     for sess, feeds in sessions:  # warm every session before any round counts
         for _ in range(2):

@@ -38,8 +38,8 @@ def flush_subnormal_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
             values = numpy_helper.to_array(tensor)
             subnormal = (values != 0) & (np.abs(values) < np.finfo(dtype).tiny)
             if subnormal.any():
-                flushed[graph_index, index] = numpy_helper.from_array(np.where(subnormal, np.copysign(0, values), values)
-                                                              .astype(dtype), tensor.name)
+                zeroed = np.where(subnormal, np.copysign(0, values), values).astype(dtype)
+                flushed[graph_index, index] = numpy_helper.from_array(zeroed, tensor.name)
     if not flushed:
         return proto
     out = onnx.ModelProto()
