@@ -351,6 +351,11 @@ def _within_max_macs(ci: int, co: int, macs_per_pair: int, divisor: int = 1) -> 
     return ci, co
 
 
+def _depthwise_channels(rng, hw: int) -> int:
+    """A depthwise conv's channels: an expansion's, `_channels` times 0.5, 1.5 or 3 (at least 8)."""
+    return _channels(rng, hw) * int(rng.choice((1, 3, 6))) // 2 or 8
+
+
 def base_entries(seed: int = 0, size: int = 600, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
     """The seeded base sweep; `size` scales the number of entries (about `size` per context)."""
     rng = np.random.default_rng(seed)
@@ -366,7 +371,7 @@ def base_entries(seed: int = 0, size: int = 600, contexts: tuple[int, ...] = (1,
                 ci, co = _within_max_macs(ci, co, k * k * (hw // s) ** 2)
                 params = dict(ci=ci, co=co, k=k, s=s, hw=hw, act=str(rng.choice(ACTIVATIONS)))
             elif op == "depthwise":
-                params = dict(c=_channels(rng, hw) * int(rng.choice((1, 3, 6))) // 2 or 8, k=int(rng.choice((3, 5))),
+                params = dict(c=_depthwise_channels(rng, hw), k=int(rng.choice((3, 5))),
                               s=int(rng.choice((1, 2))), hw=hw, act=str(rng.choice(ACTIVATIONS)))
             elif op == "deconv":
                 hw = min(hw, 80)
@@ -444,7 +449,7 @@ def flat_entries(seed: int = 1, size: int = 150, contexts: tuple[int, ...] = (1,
                 ci, co = _within_max_macs(ci, co, k * k * h * w, s * s)
                 params = dict(ci=ci, co=co, k=k, s=s, act=str(rng.choice(ACTIVATIONS)))
             elif op == "depthwise":
-                params = dict(c=_channels(rng, square) * int(rng.choice((1, 3, 6))) // 2 or 8, k=int(rng.choice((3, 5))),
+                params = dict(c=_depthwise_channels(rng, square), k=int(rng.choice((3, 5))),
                               s=int(rng.choice((1, 2))), act=str(rng.choice(ACTIVATIONS)))
             elif op == "eltwise":
                 params = dict(c=_channels(rng, square), kind=str(rng.choice(ELEMENTWISE_OPS)))
@@ -517,7 +522,7 @@ def small_map_entries(seed: int = 5, size: int = 60, contexts: tuple[int, ...] =
                 k = 1 if hw < 3 else int(rng.choice((1, 1, 3)))
                 params = dict(ci=_channels(rng, hw), co=_channels(rng, hw), k=k, s=1, act=str(rng.choice(ACTIVATIONS)))
             elif op == "depthwise":
-                params = dict(c=_channels(rng, hw) * int(rng.choice((1, 3, 6))) // 2 or 8, k=int(rng.choice((3, 5))),
+                params = dict(c=_depthwise_channels(rng, hw), k=int(rng.choice((3, 5))),
                               s=1, act=str(rng.choice(ACTIVATIONS)))
             elif op == "eltwise":
                 params = dict(c=_channels(rng, hw), kind=str(rng.choice(ELEMENTWISE_OPS)))
