@@ -60,7 +60,14 @@ class ConvGeometry:
         return tuple(small + large) if self.auto_pad == "SAME_UPPER" else tuple(large + small)
 
     @property
+    def pads_nothing(self) -> bool:
+        """Whether no output pixel reads padding, whatever the input size: VALID, explicit zero pads,
+        or SAME over a one-pixel window ((ceil(in / s) - 1) * s + 1 <= in: nothing to add)."""
+        if self.auto_pad == "NOTSET":
+            return not any(self.pads)
+        return self.auto_pad == "VALID" or all(k == 1 for k in self.kernel)
+
+    @property
     def is_identity_window(self) -> bool:
         """A 1x1 window with stride 1 and no padding: output pixel p reads input pixel p alone."""
-        return (all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides)
-                and (self.auto_pad != "NOTSET" or not any(self.pads)))
+        return all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides) and self.pads_nothing

@@ -38,6 +38,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir import Model
+from ..ir.conv_geometry import ConvGeometry
 from ..ir.shapes import infer_shapes
 from .graph_edit import constant_input, fresh_name, nodes_by_name, set_constant_input
 
@@ -207,9 +208,7 @@ def _takes_input_shift(model: Model, layer: onnx.NodeProto) -> bool:
         return True
     if layer.op_type != "Conv":
         return False
-    auto_pad = model.attr(layer, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    return auto_pad == "VALID" or (auto_pad == "NOTSET" and not any(model.attr(layer, "pads", [])))
+    return ConvGeometry.of(model, layer).pads_nothing
 
 
 def _activation_input(model: Model, node: onnx.NodeProto) -> str:

@@ -129,6 +129,20 @@ def test_a_shift_alone_before_a_padded_conv_stays():
     assert fold_all_affine(proto) is proto
 
 
+@pytest.mark.parametrize("auto_pad, kernel, expected", [
+    ("SAME_UPPER", 1, ["Relu", "Conv"]),  # a one-pixel SAME window pads nothing: the shift folds
+    ("VALID", 3, ["Relu", "Conv"]),
+    ("SAME_LOWER", 3, ["Relu", "Add", "Conv"]),  # reads padding at the borders: the shift stays
+])
+def test_a_shift_before_an_auto_padded_conv_folds_where_no_padding_is_read(auto_pad, kernel, expected):
+    b = GraphBuilder(seed=12)
+    y = b.node("Add", [b.node("Relu", ["x"]), channel_values(b, 4, (1, 4, 1, 1), -1, 1)])
+    weight = b.const(b.rng.standard_normal((3, 4, kernel, kernel)).astype(np.float32), "w")
+    conv = b.node("Conv", [y, weight, b.const(np.ones(3, np.float32))], kernel_shape=[kernel, kernel],
+                  auto_pad=auto_pad)
+    folded(b.build({"x": (1, 4, 6, 6)}, [conv]), expected)
+
+
 def test_a_scale_and_shift_before_a_gemm_fold_and_before_a_matmul_the_shift_stays():
     b = GraphBuilder(seed=11)
     y = b.node("Add", [b.node("Mul", [b.node("Relu", ["x"]), channel_values(b, 5, (5,))]),
