@@ -108,6 +108,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from onnx_tailor import zoo  # noqa: E402
 from onnx_tailor.analysis import find_ibn_blocks  # noqa: E402
 from onnx_tailor.costmodel import CostModel, cost_model_for, load_target, read_measurements, simulate  # noqa: E402
+from onnx_tailor.costmodel.anchor import Anchoring, measure_anchors  # noqa: E402
 from onnx_tailor.costmodel.measure import (machine_description, measure_model, measure_overhead,  # noqa: E402
                                            session_for)
 from onnx_tailor.costmodel.regressor import Measurements  # noqa: E402
@@ -194,10 +195,12 @@ def interleaved_medians(models, target, rounds: int = 7, runs: int = 7,
     return [float(np.median(w)) for w in walls], [float(np.median(c)) for c in cpus]
 
 
-def measured_truth(models, target, saved: Path | None) -> tuple[list[float], list[float]]:
-    """`interleaved_medians`, or the truths a run saved to `saved` for these models and target (a run that
-    finds no such file measures and writes it, with the machine and its load): measure once on an idle
-    machine, compare cost models later on a busy one."""
+def measured_truth(models, target, saved: Path | None) -> tuple[list[float], list[float], Anchoring | None]:
+    """`interleaved_medians`, bracketed by the target's anchor kernels re-timed just before and just after
+    (`costmodel.anchor`: how fast the host ran the sweep's kernels while the truths were taken), or the
+    truths and anchors a run saved to `saved` for these models and target (a run that finds no such file
+    measures and writes it, with the machine and its load): measure once on an idle machine, compare cost
+    models later on a busy one. Files written before anchors were kept give None for them."""
     labels = [label for label, _ in models]
     stored = json.loads(saved.read_text()) if saved is not None and saved.exists() else {}
     entry = stored.get(target.name)
@@ -205,13 +208,18 @@ def measured_truth(models, target, saved: Path | None) -> tuple[list[float], lis
         if entry["models"] != labels:
             sys.exit(f"{saved}: its {target.name} truths are for other held-out models; remove it to re-measure")
         print(f"{target.name}: truths read from {saved} (measured {entry['when']} at load {entry['load']})")
-        return entry["wall"], entry["cpu"]
+        anchors = entry.get("anchors")
+        return entry["wall"], entry["cpu"], None if anchors is None else Anchoring.from_dict(anchors)
+    shipped = read_measurements(target.measurements_path())
+    before = measure_anchors(target, shipped)
     wall, cpu = interleaved_medians(models, target)
+    anchors = Anchoring.merged([before, measure_anchors(target, shipped)])
     if saved is not None:
         stored[target.name] = {"models": labels, "wall": wall, "cpu": cpu, "machine": machine_description(target),
-                               "load": round(os.getloadavg()[0], 2), "when": time.strftime("%Y-%m-%d %H:%M")}
+                               "load": round(os.getloadavg()[0], 2), "when": time.strftime("%Y-%m-%d %H:%M"),
+                               "anchors": anchors.to_dict()}
         saved.write_text(json.dumps(stored, indent=1))
-    return wall, cpu
+    return wall, cpu, anchors
 
 
 def isolated_measurements(target) -> Measurements:
@@ -229,9 +237,10 @@ def isolated_measurements(target) -> Measurements:
 
 def _row(label: str, predicted, true, fit_s: float, score_times) -> str:
     errors = np.array(predicted) / np.array(true) - 1
-    return (f"{label:<22} {len(true):>6} {spearmanr(predicted, true).correlation:>9.4f} "
+    return (f"{label:<32} {len(true):>6} {spearmanr(predicted, true).correlation:>9.4f} "
             f"{np.mean(np.abs(errors)):>7.1%} {np.mean(np.abs(errors) <= 0.10):>11.0%} "
-            f"{np.max(np.abs(errors)):>8.1%} {fit_s:>6.1f} {np.median(score_times) * 1e3:>9.1f}")
+            f"{np.max(np.abs(errors)):>8.1%} {np.median(errors + 1):>10.3f} {fit_s:>6.1f} "
+            f"{np.median(score_times) * 1e3:>9.1f}")
 
 
 def _predict(cost_model, models):
@@ -245,8 +254,8 @@ def _predict(cost_model, models):
 
 
 def fidelity_table(models, target_names, before: str | None = None, truth: Path | None = None):
-    print(f"\n{'target':<22} {'models':>6} {'Spearman':>9} {'MAPE':>7} {'within 10%':>11} {'worst':>8} {'fit s':>6} "
-          f"{'score ms':>9}")
+    print(f"\n{'target':<32} {'models':>6} {'Spearman':>9} {'MAPE':>7} {'within 10%':>11} {'worst':>8} "
+          f"{'pred/true':>10} {'fit s':>6} {'score ms':>9}")
     details = {}
     for name in target_names:
         target = load_target(name)
@@ -258,17 +267,27 @@ def fidelity_table(models, target_names, before: str | None = None, truth: Path 
             details[name] = {"predicted": predicted, "true": [simulate(model, target).latency_s for _, model in models]}
             print(_row(name, predicted, details[name]["true"], fit_s, score_times))
             continue
-        wall, cpu = measured_truth(models, target, truth)
+        wall, cpu, anchors = measured_truth(models, target, truth)
         details[name] = {"predicted": predicted, "true": cpu, "wall": wall}
-        rows = [("", predicted, fit_s, score_times)]
+        fitted = [("", cost_model, read_measurements(target.measurements_path()), fit_s)]
         if before is not None:
             measurements = isolated_measurements(target) if before == "isolated" else read_measurements(Path(before))
             start = time.perf_counter()
             old = CostModel.fit(target, measurements)
-            old_fit_s = time.perf_counter() - start
-            old_predicted, old_times = _predict(old, models)
-            details[name]["before"] = old_predicted
-            rows.insert(0, (" before", old_predicted, old_fit_s, old_times))
+            fitted.insert(0, (" before", old, measurements, time.perf_counter() - start))
+        rows = []
+        for label, model, measurements, seconds in fitted:
+            values, times = (predicted, score_times) if model is cost_model else _predict(model, models)
+            rows.append((label, values, seconds, times))
+            if label == " before":
+                details[name]["before"] = values
+            factor = None if anchors is None else anchors.factor_for(measurements)
+            if factor is None:
+                continue
+            print(f"{name}{label}: re-anchored x{factor:.3f} (median over {len(anchors.ratios(measurements))} "
+                  f"anchor kernels re-timed at {anchors.when}), overhead {anchors.overhead_s * 1e6:.1f} us")
+            rows.append((f"{label} anchored", _predict(anchors.rescale(model, measurements), models)[0], seconds,
+                         times))
         for clock, true in (("wall", wall), ("cpu", cpu)):
             for label, values, seconds, times in rows:
                 print(_row(f"{name}{label} ({clock})", values, true, seconds, times))
