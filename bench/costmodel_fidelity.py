@@ -286,8 +286,9 @@ def fidelity_table(models, target_names, before: str | None = None, truth: Path 
                 continue
             print(f"{name}{label}: re-anchored x{factor:.3f} (median over {len(anchors.ratios(measurements))} "
                   f"anchor kernels re-timed at {anchors.when}), overhead {anchors.overhead_s * 1e6:.1f} us")
-            rows.append((f"{label} anchored", _predict(anchors.rescale(model, measurements), models)[0], seconds,
-                         times))
+            anchored = _predict(anchors.rescale(model, measurements), models)[0]
+            details[name]["anchored" if model is cost_model else "before anchored"] = anchored
+            rows.append((f"{label} anchored", anchored, seconds, times))
         for clock, true in (("wall", wall), ("cpu", cpu)):
             for label, values, seconds, times in rows:
                 print(_row(f"{name}{label} ({clock})", values, true, seconds, times))
@@ -298,12 +299,14 @@ def per_model_table(models, details) -> None:
     for name, d in details.items():
         if "wall" not in d:
             continue
-        old = d.get("before", [float("nan")] * len(models))
+        missing = [float("nan")] * len(models)
+        columns = [("before", d.get("before", missing)), ("after", d["predicted"]),
+                   ("anchored", d.get("anchored", missing))]
         print(f"\n{name}: per held-out model (ms; errors against the thread's CPU time)")
-        print(f"{'model':<24} {'wall':>9} {'cpu':>9} {'before':>9} {'err':>7} {'after':>9} {'err':>7}")
-        for (label, _), wall, true, before, after in zip(models, d["wall"], d["true"], old, d["predicted"]):
-            print(f"{label:<24} {wall * 1e3:>9.3f} {true * 1e3:>9.3f} {before * 1e3:>9.3f} {before / true - 1:>+7.1%} "
-                  f"{after * 1e3:>9.3f} {after / true - 1:>+7.1%}")
+        print(f"{'model':<24} {'wall':>9} {'cpu':>9}" + "".join(f" {c:>9} {'err':>7}" for c, _ in columns))
+        for index, ((label, _), wall, true) in enumerate(zip(models, d["wall"], d["true"])):
+            print(f"{label:<24} {wall * 1e3:>9.3f} {true * 1e3:>9.3f}"
+                  + "".join(f" {v[index] * 1e3:>9.3f} {v[index] / true - 1:>+7.1%}" for _, v in columns))
 
 
 def block_fusion_table(det_size: int, target_name: str):
