@@ -21,7 +21,13 @@ those from measurements, through features:
   any multiple of 4 into NCHWc (padded to its block of 16), yet reading
   multiples of 4 as aligned made held-out predictions worse (within 10% of
   the median ratio: 88-92% -> 68-76%, three idle truths): the trees tell the
-  three classes apart better from this flag and the channel count;
+  three classes apart better from this flag and the channel count. Nor did
+  the fill of the last block help (output channels over output channels
+  rounded up to 16, onnxruntime's NCHWc block here, where 12 -> 36 and
+  12 -> 48 convs both take 40 us): against the same three idle truths the
+  share within 10% went 60/60/76% -> 56/56/72%, within 10% of the median
+  ratio 84/88/92% -> 84/80/84% (with the input channels' fill too,
+  68/68/84%), though the digits family came 2-4 points closer;
 - the share of the window's taps that land inside the input rather than in
   its padding, which a CPU kernel skips: a 5x5 window over a map 2 or 3 rows
   high (text-line models) reads the input at only 40-60% of its taps;
