@@ -27,7 +27,9 @@ those from measurements, through features:
   12 -> 48 convs both take 40 us): against the same three idle truths the
   share within 10% went 60/60/76% -> 56/56/72%, within 10% of the median
   ratio 84/88/92% -> 84/80/84% (with the input channels' fill too,
-  68/68/84%), though the digits family came 2-4 points closer;
+  68/68/84%), though the digits family came 2-4 points closer; and flags
+  for multiples of 4 beside those of 8 brought the digits model from +24%
+  to -5% but the share within 10% of the median ratio down to 64/72/68%;
 - the share of the window's taps that land inside the input rather than in
   its padding, which a CPU kernel skips: a 5x5 window over a map 2 or 3 rows
   high (text-line models) reads the input at only 40-60% of its taps;
