@@ -441,7 +441,7 @@ def cost(model, target_name, per_op, as_json, anchor, input_shapes, data):
     prediction. The first use of a target fits its cost model from its
     measurements (seconds; cached afterwards). --json gives latencies in ms.
     A measured target's sweep records the machine's speed when it was
-    measured; --anchor (a few seconds) corrects for its speed now, not for
+    measured; --anchor (about 10 s) corrects for its speed now, not for
     shapes the cost model gets wrong.
 
     \b

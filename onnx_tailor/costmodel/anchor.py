@@ -116,7 +116,7 @@ class Anchoring:
 
 def measure_anchors(target: Target, measurements: Measurements, count: int | None = None) -> Anchoring:
     """Re-time `anchor_ids(measurements)` on `target` now, the way `measure.measure_entries` timed the
-    sweep (the profiler's bias and the per-run overhead measured first). A few seconds."""
+    sweep (the profiler's bias and the per-run overhead measured first): 7-10 s on an idle core."""
     if target.kind != "ort":
         raise TargetError(f"target {target.name} is {'simulated' if target.simulated else 'imported'}: only a "
                           "target measured with onnxruntime on this machine can be re-anchored here")
