@@ -33,6 +33,7 @@ import click
 from . import accuracy, api
 from .costmodel import DEFAULT_TARGET, builtin_targets, fit_profile, load_target, measure_sweep, score
 from .costmodel import simulate as npu_simulate
+from .costmodel.anchor import anchored_cost_model
 from .costmodel.profile import measurements_from_profiles
 from .costmodel.regressor import write_measurements
 from .costmodel.sweep import read_manifest, sweep_entries, write_sweep
@@ -428,25 +429,36 @@ target_option = click.option(
 @target_option
 @click.option("--per-op", is_flag=True, help="Print every executed kernel's predicted latency.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--anchor", is_flag=True,
+              help="Measured targets: re-time a few dozen of the sweep's kernels now and scale every prediction "
+                   "by how much slower or faster this machine runs them than when the sweep was measured.")
 @input_shape_option
 @probe_data_option
-def cost(model, target_name, per_op, as_json, input_shapes, data):
+def cost(model, target_name, per_op, as_json, anchor, input_shapes, data):
     """Predicted latency and memory of MODEL on a target (the learned cost model).
 
     For simulated targets the simulator's ground truth is shown beside the
     prediction. The first use of a target fits its cost model from its
     measurements (seconds; cached afterwards). --json gives latencies in ms.
+    A measured target's sweep records the machine's speed when it was
+    measured; --anchor (about 10 s) corrects for its speed now, not for
+    shapes the cost model gets wrong.
 
     \b
     Examples:
       onnx-tailor cost models/digits_mbv2.onnx --target npu-p32 --per-op
       onnx-tailor cost models/digits_mbv2.onnx --target cpu-ort --json
+      onnx-tailor cost models/digits_mbv2.onnx --target cpu-ort --anchor
     """
     target = load_target(target_name)
     loaded = api.with_data(api.load(model, input_shapes), data)
-    result = score(loaded, target)
+    cost_model, anchoring, factor = anchored_cost_model(target) if anchor else (None, None, None)
+    result = score(loaded, target, cost_model=cost_model)
     if as_json:
-        click.echo(json.dumps({"model": model, **result.to_dict(per_kernel=per_op)}, indent=2))
+        anchored = {} if anchoring is None else {"anchor": {"factor": factor, "kernels": len(anchoring.now_s),
+                                                            "overhead_ms": anchoring.overhead_s * 1e3,
+                                                            "took_s": anchoring.took_s}}
+        click.echo(json.dumps({"model": model, **result.to_dict(per_kernel=per_op), **anchored}, indent=2))
         return
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -459,6 +471,9 @@ def cost(model, target_name, per_op, as_json, input_shapes, data):
         click.echo("")
     click.echo(f"{model} on {target.name}")
     click.echo(f"  predicted latency  {result.latency_s * 1e3:.3f} ms")
+    if anchoring is not None:
+        click.echo(f"  re-anchored        x{factor:.3f}: {len(anchoring.now_s)} of the sweep's kernels ran that many "
+                   f"times as long now as when it was measured ({anchoring.took_s:.1f} s)")
     if result.simulated_s is not None:
         click.echo(f"  simulated latency  {result.simulated_s * 1e3:.3f} ms "
                    f"(prediction {result.latency_s / result.simulated_s - 1:+.1%})")

@@ -21,10 +21,23 @@ those from measurements, through features:
   any multiple of 4 into NCHWc (padded to its block of 16), yet reading
   multiples of 4 as aligned made held-out predictions worse (within 10% of
   the median ratio: 88-92% -> 68-76%, three idle truths): the trees tell the
-  three classes apart better from this flag and the channel count;
+  three classes apart better from this flag and the channel count. Nor did
+  the fill of the last block help (output channels over output channels
+  rounded up to 16, onnxruntime's NCHWc block here, where 12 -> 36 and
+  12 -> 48 convs both take 40 us): against the same three idle truths the
+  share within 10% went 60/60/76% -> 56/56/72%, within 10% of the median
+  ratio 84/88/92% -> 84/80/84% (with the input channels' fill too,
+  68/68/84%), though the digits family came 2-4 points closer; and flags
+  for multiples of 4 beside those of 8 brought the digits model from +24%
+  to -5% but the share within 10% of the median ratio down to 64/72/68%;
 - the share of the window's taps that land inside the input rather than in
   its padding, which a CPU kernel skips: a 5x5 window over a map 2 or 3 rows
-  high (text-line models) reads the input at only 40-60% of its taps.
+  high (text-line models) reads the input at only 40-60% of its taps;
+- for a softmax, the elements after its axis and how many axes they span
+  (none when the axis is the last): onnxruntime computes a softmax over
+  another axis by transposing it last and back, 2 ns an element over axis 1
+  of [1, 16, 8400], 9 ns of [1, 16, 4, 2100] (yolov8n's), 0.44 ns over the
+  last axis of [196, 1000].
 The target's profile supplies P, V, the clock, the memory sizes, bandwidth
 and dispatch overhead, the way a datasheet would.
 """
@@ -46,7 +59,8 @@ MAC_ARRAY_KINDS = ("conv", "grouped_conv", "matmul", "deconv", "recurrent", "con
 FEATURE_NAMES = ("log_prior", "fold_work_vs_prior", "traffic_vs_prior", "log_ideal_compute", "log_fold_work", "log_traffic", "log_macs", "log_in_bytes",
                  "log_out_bytes", "log_weight_bytes", "in_over_sram", "out_over_sram", "reads_graph_input",
                  "writes_graph_output", "log_in_channels", "log_out_channels", "window", "stride", "fused",
-                 "in_aligned", "out_aligned", "valid_window")
+                 "in_aligned", "out_aligned", "valid_window", "log_softmax_inner",
+                 "softmax_inner_axes")
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,23 @@ def valid_window(model: Model, node, info) -> float:
     return share
 
 
+SOFTMAX_OPS = ("Softmax", "LogSoftmax", "Hardmax")
+
+
+def softmax_inner(model: Model, node, info) -> tuple[int, int]:
+    """Elements after a softmax's axis, and how many axes they span ((0, 0) when the axis is the last, and
+    for other ops). Before opset 13 a softmax flattened its input at the axis into rows, always contiguous."""
+    source = info.get(node.input[0]) if node.op_type in SOFTMAX_OPS else None
+    opset = next((o.version for o in model.proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if source is None or opset < 13 or not source.shape:
+        return 0, 0
+    axis = model.attr(node, "axis", -1)
+    axis = axis + len(source.shape) if axis < 0 else axis
+    if not 0 <= axis < len(source.shape) - 1:
+        return 0, 0
+    return math.prod(source.shape[axis + 1:]), len(source.shape) - 1 - axis
+
+
 def kernel_rows(model: Model, target: Target) -> list[KernelRow]:
     """Features and prior of every executed (non-free) kernel of `model` on `target`."""
     kernels = group_kernels(model, target.fusable_activations, target.grouped_activations)
@@ -148,6 +179,7 @@ def kernel_row(model: Model, kernel: Kernel, target: Target, borders: Model | No
         and len(info[kernel.inputs[0]].shape) > 1 else 0
     out_shape = info[node.output[0]].shape if node.output[0] in info else ()
     weight_shape = model.declared_shape(node.input[1]) if node.op_type == "Conv" else None
+    inner, inner_axes = softmax_inner(model, node, info)
     features = np.array([
         math.log(prior_cycles), math.log1p(fold_work) - math.log(prior_cycles),
         math.log1p(traffic) - math.log(prior_cycles), math.log1p(ideal), math.log1p(fold_work),
@@ -164,5 +196,6 @@ def kernel_row(model: Model, kernel: Kernel, target: Target, borders: Model | No
         float(in_ch > 0 and in_ch % target.vector_lanes == 0),
         float(len(out_shape) > 1 and out_shape[1] % target.vector_lanes == 0),
         valid_window(model, node, info),
+        math.log1p(inner), float(inner_axes),
     ], dtype=np.float64)
     return KernelRow(kernel, prior_cycles / target.clock_hz, features)

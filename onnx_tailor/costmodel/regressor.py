@@ -113,7 +113,7 @@ def _training_row(entry: SweepEntry, target: Target) -> KernelRow | None:
     return next((r for r in rows if r.kernel.name == "op"), None)
 
 
-FEATURES_VERSION = "7"  # bump when features.py (or how kernels.py groups and classifies) changes what it computes
+FEATURES_VERSION = "8"  # bump when features.py (or how kernels.py groups and classifies) changes what it computes
 
 
 def _cache_dir() -> Path:
@@ -182,11 +182,21 @@ class Prediction:
 class CostModel:
     """Per-kind regressors of log(latency / prior) for one target."""
 
-    def __init__(self, target: Target, regressors: dict, overhead_s: float, trained_rows: int):
+    def __init__(self, target: Target, regressors: dict, overhead_s: float, trained_rows: int, scale: float = 1.0):
         self.target = target
         self.regressors = regressors  # kind -> fitted estimator, or a float (median log ratio)
         self.overhead_s = overhead_s
         self.trained_rows = trained_rows
+        self.scale = scale  # every kernel's prediction times this (`rescaled`)
+
+    def rescaled(self, factor: float, overhead_s: float | None = None) -> "CostModel":
+        """The same regressors with every kernel's prediction times `factor`, and the per-run overhead
+        `overhead_s` (default: as it was): a host that runs the sweep's kernels `factor` times as long
+        now as when they were measured (`costmodel.anchor`). Rankings of kernels do not change."""
+        if not factor > 0:
+            raise ValueError(f"a cost model's scale must be positive, got {factor}")
+        return CostModel(self.target, self.regressors, self.overhead_s if overhead_s is None else overhead_s,
+                         self.trained_rows, self.scale * factor)
 
     @classmethod
     def fit(cls, target: Target, measurements: Measurements) -> "CostModel":
@@ -216,7 +226,7 @@ class CostModel:
             else:
                 ratio = regressor.predict(np.vstack([rows[i].features for i in index]))
             out[index] *= np.exp(ratio)
-        return out.tolist()
+        return (out * self.scale).tolist()
 
     def predict(self, model: Model) -> Prediction:
         rows = kernel_rows(model, self.target)

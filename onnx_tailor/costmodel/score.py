@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..analysis import memory_summary
 from ..ir import Model
 from .npu import simulate
-from .regressor import cost_model_for
+from .regressor import CostModel, cost_model_for
 from .target import Target
 
 
@@ -52,8 +52,10 @@ class CostReport:
         return row
 
 
-def score(model: Model, target: Target, with_simulation: bool = True) -> CostReport:
-    prediction = cost_model_for(target).predict(model)
+def score(model: Model, target: Target, with_simulation: bool = True,
+          cost_model: CostModel | None = None) -> CostReport:
+    """`cost_model`: another model of `target` than its own (e.g. `anchor.anchored_cost_model`'s)."""
+    prediction = (cost_model or cost_model_for(target)).predict(model)
     simulated = {}
     warnings = [f"no measurements for {kind} kernels on {target.name}: costed by the roofline prior alone"
                 for kind in prediction.unlearned_kinds]

@@ -19,7 +19,7 @@ own nodes from its neighbours' (`costmodel.profiler`).
 
 Shapes are drawn with a fixed seed the way MobileNet-like networks use them:
 channels from 8 to 1280, half of them not multiples of 8, wider at low
-resolution; kernels 1/3/5, strides 1/2, resolutions 7 to 224. Two rules add
+resolution; kernels 1/3/5, strides 1/2, resolutions 7 to 224. Rules add
 what the square base sweep never shows, each with its own seed so that the
 base entries stay as they were:
 - text-line maps (`flat_entries`): 1 to 24 rows high, 2 to 64 times as wide
@@ -31,7 +31,9 @@ base entries stay as they were:
   and convs with a HardSwish after them (`hardswish_entries`), which a
   runtime may fuse at a cost of its own;
 - the smallest maps (`small_map_entries`): 1 to 6 pixels square, the last
-  stages of small-input models and every excitation gate's 1x1 convs.
+  stages of small-input models and every excitation gate's 1x1 convs;
+- softmax over a middle axis (`softmax_axis_entries`), which onnxruntime
+  transposes last and back (a detector's distribution head).
 Given models add entries around their own kernels (their exact shapes and
 neighbouring channel counts), nn-Meter's adaptive sampling in its simplest
 form; no rule above names a model.
@@ -294,8 +296,15 @@ def _memory(p, rng):
 
 
 def _softmax(p, rng):
+    """Softmax over the last axis of [m, n]; with `inner`, over the middle axis of [m, n, inner]; with `hw`,
+    over axis 1 of [m, n, hw, w] (a detector's distribution head: yolov8n's DFL takes it over axis 1 of
+    [1, 16, 4, anchors])."""
     g = _Graph(rng)
-    return g.finish({"x": [p["m"], p["n"]]}, lambda x: g.add("Softmax", [x["x"]], name="op", axis=-1), p["ctx"])
+    if "hw" in p:
+        shape, axis = [p["m"], p["n"], p["hw"], p["w"]], 1
+    else:
+        shape, axis = ([p["m"], p["n"], p["inner"]], 1) if "inner" in p else ([p["m"], p["n"]], -1)
+    return g.finish({"x": shape}, lambda x: g.add("Softmax", [x["x"]], name="op", axis=axis), p["ctx"])
 
 
 def _gather(p, rng):
@@ -533,13 +542,40 @@ def small_map_entries(seed: int = 5, size: int = 60, contexts: tuple[int, ...] =
     return list(dict.fromkeys(entries))
 
 
+SOFTMAX_AXIS_SIZES = (2, 4, 8, 16, 32, 80, 100)
+SOFTMAX_MAX_ELEMENTS = 1 << 21
+
+
+def softmax_axis_entries(seed: int = 6, size: int = 30, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
+    """Softmax over axis 1 of a 3-D or (every other entry) a 4-D tensor, `SOFTMAX_AXIS_SIZES` long, the
+    elements after it log-uniform from 2 to 40000 (at most `SOFTMAX_MAX_ELEMENTS` in all): onnxruntime
+    computes a softmax over an axis that is not the last by transposing that axis last and back, which
+    costs several times the softmax itself, and more for a 4-D tensor than a 3-D one of as many elements
+    (9 ns an element against 2 over an axis of 16); the base sweep's softmax is over the last axis."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for index in range(size):
+        m, n = int(rng.choice((1, 1, 4))), int(rng.choice(SOFTMAX_AXIS_SIZES))
+        inner = int(round(math.exp(rng.uniform(math.log(2), math.log(40000)))))
+        inner = max(2, min(inner, SOFTMAX_MAX_ELEMENTS // (m * n)))
+        if index % 2:  # split the elements after the axis into two axes, the first 1 to 64 long
+            h = max(1, min(inner, int(round(math.exp(rng.uniform(0, math.log(64)))))))
+            params = dict(hw=h, w=max(1, inner // h))
+        else:
+            params = dict(inner=inner)
+        for ctx in contexts:
+            entries.append(SweepEntry.make("softmax", ctx=ctx, m=m, n=n, **params))
+    return list(dict.fromkeys(entries))
+
+
 def sweep_entries(size: int = 600, models: Iterable[Model] = ()) -> list[SweepEntry]:
     """The base sweep of `size`, its text-line entries (a quarter as many), the spelled-out activations
-    (a twelfth as many), convs with a HardSwish (a fifteenth), the smallest maps (a tenth), plus the entries
-    around the kernels of `models`, each entry once."""
+    (a twelfth as many), convs with a HardSwish (a fifteenth), the smallest maps (a tenth), softmax over
+    a middle axis (a thirtieth), plus the entries around the kernels of `models`, each entry once."""
     entries = (base_entries(size=size) + flat_entries(size=max(size // 4, 16))
                + spelled_activation_entries(size=max(size // 12, 8)) + hardswish_entries(size=max(size // 15, 8))
-               + small_map_entries(size=max(size // 10, 8)) + entries_from_models(models))
+               + small_map_entries(size=max(size // 10, 8)) + softmax_axis_entries(size=max(size // 30, 8))
+               + entries_from_models(models))
     return list(dict.fromkeys(entries))
 
 

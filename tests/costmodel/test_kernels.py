@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
 from onnx_tailor.costmodel import load_target
 from onnx_tailor.costmodel.features import FEATURE_NAMES, kernel_rows, valid_window
@@ -115,3 +116,20 @@ def test_text_line_entries_are_wider_than_high():
         dims = [d.dim_value for d in entry.build().graph.input[0].type.tensor_type.shape.dim]
         assert dims[2:] == [entry.p["hw"], entry.p["w"]] and dims[3] > dims[2]
     assert {e.p["hw"] for e in entries} <= set(FLAT_HEIGHTS)
+
+
+@pytest.mark.parametrize("shape, axis, opset, expected", [
+    ((1, 16, 8400), 1, 17, (8400, 1)),
+    ((1, 16, 4, 2100), 1, 17, (8400, 2)),  # yolov8n's distribution head: onnxruntime transposes it twice
+    ((1, 16, 4, 2100), -1, 17, (0, 0)),
+    ((196, 1000), 1, 17, (0, 0)),
+    ((1, 16, 4, 2100), 1, 11, (0, 0)),  # before opset 13 the axis flattens the rest into contiguous rows
+])
+def test_a_softmax_over_a_middle_axis_is_described_by_what_follows_it(shape, axis, opset, expected):
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], name="op", axis=axis)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
+    model = Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+    row = dict(zip(FEATURE_NAMES, kernel_rows(model, CPU)[0].features))
+    assert (row["log_softmax_inner"], row["softmax_inner_axes"]) == pytest.approx((np.log1p(expected[0]),
+                                                                                  expected[1]))

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from onnx_tailor import load
-from onnx_tailor.costmodel.sweep import (SMALL_RESOLUTIONS, base_entries, flat_entries, hardswish_entries,
-                                        read_manifest, small_map_entries, spelled_activation_entries, sweep_entries,
-                                        write_sweep)
+from onnx_tailor.costmodel.sweep import (SMALL_RESOLUTIONS, SOFTMAX_MAX_ELEMENTS, SweepEntry, base_entries,
+                                        flat_entries, hardswish_entries, read_manifest, small_map_entries,
+                                        softmax_axis_entries, spelled_activation_entries, sweep_entries, write_sweep)
 from onnx_tailor.errors import TailorError
 from tests.conftest import DIGITS
 
 
 def test_sweep_entries_add_a_models_kernels_to_the_rule_based_sweep_once():
     base = (base_entries(size=20) + flat_entries(size=16) + spelled_activation_entries(size=8)
-            + hardswish_entries(size=8) + small_map_entries(size=8))
+            + hardswish_entries(size=8) + small_map_entries(size=8) + softmax_axis_entries(size=8))
     assert sweep_entries(20) == base
     with_model = sweep_entries(20, [load(DIGITS.path)])
     assert with_model[:len(base)] == base and len(with_model) > len(base)
@@ -39,6 +40,21 @@ def test_the_manifest_gives_back_the_entries_written(tmp_path):
     assert path == tmp_path / "sweep" / "manifest.json"
     assert read_manifest(tmp_path / "sweep") == entries
     assert read_manifest(str(tmp_path / "sweep")) == entries
+
+
+def test_softmax_axis_entries_take_a_3d_or_4d_softmax_over_a_middle_axis():
+    entries = softmax_axis_entries(size=20)
+    ranks = set()
+    for entry in entries:
+        assert entry.op == "softmax" and SweepEntry.from_id(entry.id) == entry
+        proto = entry.build()
+        node = next(n for n in proto.graph.node if n.name == "op")
+        dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        assert next(a.i for a in node.attribute if a.name == "axis") == 1 and len(dims) > 2
+        assert dims[1] == entry.p["n"] and 0 < np.prod(dims) <= SOFTMAX_MAX_ELEMENTS
+        ranks.add(len(dims))
+    assert ranks == {3, 4}
+    assert not set(entries) & set(base_entries(size=600)), "its own seed: the base entries stay as they were"
 
 
 def test_a_folder_without_a_manifest_says_how_to_write_one(tmp_path):

@@ -1,0 +1,81 @@
+"""Re-anchoring a measured target's cost model to the host's speed now (`costmodel.anchor`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from onnx_tailor.cli import main
+from onnx_tailor.costmodel import TargetError, cost_model_for, load_target, read_measurements
+from onnx_tailor.costmodel import anchor
+from onnx_tailor.costmodel.anchor import ANCHOR_MAX_S, ANCHOR_MIN_S, Anchoring, anchor_ids, measure_anchors
+from onnx_tailor.costmodel.measure import OVERHEAD_ID
+from onnx_tailor.costmodel.regressor import Measurements
+from onnx_tailor.costmodel.sweep import base_entries
+from onnx_tailor.passes.canonicalize import load
+from tests.conftest import DIGITS
+
+CPU = load_target("cpu-ort")
+SHIPPED = read_measurements(CPU.measurements_path())
+
+
+def test_anchors_are_chosen_by_id_spread_over_kinds_and_within_the_time_window():
+    ids = anchor_ids(SHIPPED)
+    times = dict(SHIPPED.rows)
+    assert len(ids) == anchor.ANCHOR_COUNT == len(set(ids)) and OVERHEAD_ID not in ids
+    assert all(ANCHOR_MIN_S <= times[i] <= ANCHOR_MAX_S for i in ids)
+    assert {"conv", "depthwise", "eltwise", "matmul", "pool"} <= {i.partition(":")[0] for i in ids}
+    shuffled = Measurements(list(reversed(SHIPPED.rows)))
+    assert anchor_ids(shuffled) == ids  # the CSV's row order does not matter, only its ids
+
+
+def test_factor_is_the_median_of_now_over_then_on_the_anchors_the_csv_holds():
+    then = Measurements([("a:x=1", 1e-5), ("a:x=2", 2e-5), ("a:x=3", 4e-5), (OVERHEAD_ID, 5e-6)])
+    anchoring = Anchoring({"a:x=1": 1.1e-5, "a:x=2": 3e-5, "a:x=3": 4.8e-5, "a:x=9": 1.0}, 6e-6)
+    assert anchoring.factor_for(then) == pytest.approx(1.2)  # ratios 1.1, 1.5, 1.2; a:x=9 is not in the CSV
+    assert Anchoring({"b:x=1": 1e-5}, 6e-6).factor_for(then) is None
+    merged = Anchoring.merged([anchoring, Anchoring({"a:x=1": 1.3e-5}, 4e-6)])
+    assert merged.now_s["a:x=1"] == pytest.approx(1.2e-5) and merged.overhead_s == pytest.approx(5e-6)
+    assert Anchoring.from_dict(json.loads(json.dumps(anchoring.to_dict()))) == anchoring
+
+
+def test_a_rescaled_cost_model_scales_every_kernel_and_takes_the_new_overhead():
+    model = load(DIGITS.path)
+    raw = cost_model_for(CPU)
+    scaled = raw.rescaled(1.25, 7e-6)
+    before, after = raw.predict(model), scaled.predict(model)
+    assert after.overhead_s == 7e-6 and before.overhead_s == SHIPPED.overhead_s  # the original is unchanged
+    assert [k.latency_s for k in after.kernels] == pytest.approx([1.25 * k.latency_s for k in before.kernels])
+    assert after.latency_s == pytest.approx(7e-6 + 1.25 * (before.latency_s - before.overhead_s))
+    assert scaled.rescaled(0.8).scale == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        raw.rescaled(0.0)
+    with pytest.raises(TargetError, match="none of the"):
+        Anchoring({"conv:nothing=1": 1e-5}, 5e-6).rescale(raw, SHIPPED)
+
+
+def test_anchors_are_re_timed_with_the_sweeps_method():
+    entries = [e for e in base_entries(size=40) if e.op in ("eltwise", "pool") and e.p["ctx"] == 1][:3]
+    then = Measurements([(e.id, 2e-5) for e in entries])
+    anchoring = measure_anchors(CPU, then, count=3)
+    assert set(anchoring.now_s) == {e.id for e in entries}
+    assert all(t > 0 for t in anchoring.now_s.values()) and anchoring.overhead_s > 0
+    assert anchoring.factor_for(then) > 0
+    with pytest.raises(TargetError, match="simulated"):
+        measure_anchors(load_target("npu-p32"), then)
+
+
+def test_cost_anchor_scales_the_prediction_on_measured_targets_and_refuses_simulated_ones(monkeypatch):
+    monkeypatch.setattr(anchor, "ANCHOR_COUNT", 6)  # a quick re-timing: the arithmetic is what is tested
+    runner = CliRunner()
+    raw = json.loads(runner.invoke(main, ["cost", str(DIGITS.path), "--target", "cpu-ort", "--json"]).output)
+    result = runner.invoke(main, ["cost", str(DIGITS.path), "--target", "cpu-ort", "--json", "--anchor"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["anchor"]["kernels"] == 6 and data["anchor"]["factor"] > 0
+    kernels_ms = raw["latency_ms"] - SHIPPED.overhead_s * 1e3
+    assert data["latency_ms"] == pytest.approx(data["anchor"]["overhead_ms"] + data["anchor"]["factor"] * kernels_ms)
+    refused = runner.invoke(main, ["cost", str(DIGITS.path), "--target", "npu-p32", "--anchor"])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1 and "simulated" in refused.output
