@@ -29,6 +29,7 @@ from ..errors import InputShapeError, ModelTooLargeError
 from . import large
 from .batch import batch_layout
 from .cleanup import lift_constants, name_nodes
+from .roundtrip import export, import_recorded, toposort
 from .shapes import TensorInfo, concrete_tensor_info, infer_shapes
 from .subgraphs import TypedShape, implicit_reads, standalone_body, subgraphs
 
@@ -349,8 +350,9 @@ class Model:
 
     def to_graphsurgeon(self) -> gs.Graph:
         """A fresh graph to rewrite. Its constants share arrays with this model: replace
-        a `gs.Constant`'s values with a new array, never edit them in place."""
-        return gs.import_onnx(self._proto)
+        a `gs.Constant`'s values with a new array, never edit them in place. A sketch's graph remembers its
+        nodes' protos, so that only what the rewrite changed is exported again (`ir.roundtrip`)."""
+        return import_recorded(self._proto) if self.sketch else gs.import_onnx(self._proto)
 
     def from_graphsurgeon(self, graph: gs.Graph) -> "Model":
         """Wrap a rewritten graph as a new model with this model's input shapes.
@@ -358,19 +360,18 @@ class Model:
         Stale intermediate shapes are dropped and inferred again, because a
         rewrite may change channel counts that the old value_info still states.
         """
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        toposort(graph.cleanup(remove_unused_graph_inputs=False))
         for tensor in graph.tensors().values():
             if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
                 tensor.shape = None
             elif self.sketch and isinstance(tensor, gs.Constant):
                 _sketch_constant(tensor)
-        proto = gs.export_onnx(graph, do_type_check=False)
+        proto = export(graph)
         proto.ir_version = self._proto.ir_version
         del proto.opset_import[:]
         proto.opset_import.extend(self._proto.opset_import)
         proto.producer_name = self._proto.producer_name
         proto.producer_version = self._proto.producer_version
-        del proto.graph.value_info[:]
         return Model(infer_shapes(proto), self._shape_overrides, self._probe_inputs, shapes_inferred=True,
                      sketch=self.sketch)
 

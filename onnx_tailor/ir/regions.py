@@ -94,13 +94,15 @@ def extract(model: Model, names: set[str], sketch: bool = False) -> Model | None
     info = model.tensor_info
     if any(t not in info for t in (*inputs, *outputs)):
         return None
-    graph = onnx.helper.make_graph(
-        nodes, model.graph.name or "region",
-        [onnx.helper.make_tensor_value_info(t, info[t].elem_type, info[t].shape) for t in inputs],
-        [onnx.helper.make_tensor_value_info(t, info[t].elem_type, info[t].shape) for t in outputs],
-        initializer=list(weights.values()),
-        value_info=[vi for vi in model.graph.value_info if vi.name in produced and vi.name not in outputs])
-    proto = onnx.helper.make_model(graph, opset_imports=model.proto.opset_import, ir_version=model.proto.ir_version)
+    # Written straight into the model's graph: `onnx.helper.make_model` would copy the graph, weights and all.
+    proto = onnx.ModelProto(ir_version=model.proto.ir_version, opset_import=model.proto.opset_import)
+    graph = proto.graph
+    graph.name = model.graph.name or "region"
+    graph.node.extend(nodes)
+    graph.input.extend(onnx.helper.make_tensor_value_info(t, info[t].elem_type, info[t].shape) for t in inputs)
+    graph.output.extend(onnx.helper.make_tensor_value_info(t, info[t].elem_type, info[t].shape) for t in outputs)
+    graph.initializer.extend(weights.values())
+    graph.value_info.extend(vi for vi in model.graph.value_info if vi.name in produced and vi.name not in outputs)
     return Model(proto, sketch=sketch)
 
 

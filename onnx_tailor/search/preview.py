@@ -16,7 +16,7 @@ previewed together are predicted in one regressor call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import logging
 
@@ -48,7 +48,8 @@ def previews(cost_model: CostModel, model: Model, costs: KernelCosts, sites: lis
              params: dict[str, dict]) -> tuple[list[Preview], int]:
     """Each site's preview on `model` (whose kernel costs are `costs`), and how many of them the whole
     model had to answer. `params`: each pass's parameters, as the search finds its sites with."""
-    changes = [change(cost_model, model, costs, site, params.get(site.pass_name, {})) for site in sites]
+    cuts: dict[frozenset[str], _Cut] = {}
+    changes = [change(cost_model, model, costs, site, params.get(site.pass_name, {}), cuts) for site in sites]
     found = []
     for site, scored in zip(sites, score(cost_model, [unscored for unscored, _ in changes])):
         footprint = neighbourhood(model, scored.removed | site.nodes) | scored.added
@@ -56,13 +57,13 @@ def previews(cost_model: CostModel, model: Model, costs: KernelCosts, sites: lis
     return found, sum(whole for _, whole in changes)
 
 
-def change(cost_model: CostModel, model: Model, costs: KernelCosts, site: Site,
-           params: dict) -> tuple[Unscored, bool]:
+def change(cost_model: CostModel, model: Model, costs: KernelCosts, site: Site, params: dict,
+           cuts: dict | None = None) -> tuple[Unscored, bool]:
     """The cheap rewrite's change against `model`'s kernels, and whether the whole model had to answer: on
-    the region around the site when that can tell, else on the whole model."""
+    the region around the site when that can tell, else on the whole model. `cuts`: as `region_change`'s."""
     rewrite = get_pass(site.pass_name)
     try:
-        found = region_change(cost_model, costs, model, rewrite, site, params)
+        found = region_change(cost_model, costs, model, rewrite, site, params, cuts)
     except Exception:  # a region is only a shortcut: whatever goes wrong there, the whole model answers
         _log.debug("region preview of %s failed", site.step, exc_info=True)
         found = None
@@ -72,15 +73,34 @@ def change(cost_model: CostModel, model: Model, costs: KernelCosts, site: Site,
 
 
 def region_change(cost_model: CostModel, costs: KernelCosts, model: Model, rewrite: Pass, site: Site,
-                  params: dict) -> Unscored | None:
+                  params: dict, cuts: dict | None = None) -> Unscored | None:
     """`site`'s change found on a region cut out around it (`ir.regions`), or None when the region cannot be
     trusted to give the whole model's answer: the pass does not find the same site there, or the rewrite reaches
-    the region's border (`costmodel.delta.unscored_region_change`). `costs`: `model`'s kernels."""
-    # A sketch: the rewrite's new weights are scored by their dims, never built into protos (`ir.Model`).
-    region = extract(model, region_around(model, costs, site.nodes, REGION_HOPS), sketch=True)
-    if region is None:
+    the region's border (`costmodel.delta.unscored_region_change`). `costs`: `model`'s kernels. `cuts`: the
+    regions of `model` cut so far, by their nodes: sites of several passes on one block share a region (58
+    regions for the detector's 92 sites), and with it what passes derive from it (consumers, shapes)."""
+    cuts = {} if cuts is None else cuts
+    names = frozenset(region_around(model, costs, site.nodes, REGION_HOPS))
+    if names not in cuts:
+        # A sketch: the rewrite's new weights are scored by their dims, never built into protos (`ir.Model`).
+        cuts[names] = _Cut(extract(model, set(names), sketch=True))
+    cut = cuts[names]
+    if cut.region is None:
         return None
-    local = next((s for s in rewrite.find(region, **params) if s.step == site.step), None)
+    found = (rewrite.name, repr(sorted(params.items())))
+    if found not in cut.sites:
+        cut.sites[found] = {}
+        for local in rewrite.find(cut.region, **params):
+            cut.sites[found].setdefault(local.step, local)
+    local = cut.sites[found].get(site.step)
     if local is None or local.nodes != site.nodes:
         return None
-    return unscored_region_change(cost_model, costs, model, region, rewrite.preview(region, local))
+    return unscored_region_change(cost_model, costs, model, cut.region, rewrite.preview(cut.region, local))
+
+
+@dataclass
+class _Cut:
+    """A region cut out of a model, and the sites each pass found on it (by pass and parameters)."""
+
+    region: Model | None
+    sites: dict = field(default_factory=dict)

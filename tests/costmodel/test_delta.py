@@ -4,7 +4,8 @@ For every pass and every site it finds on the test models, the preview's
 latency predicted from the parent's kernels (minus the removed, plus the
 added) must equal the learned cost model's prediction of the whole preview;
 so must the prediction from the rewrite of a region cut out around the site,
-whenever the region claims it can tell (and it must, on most sites).
+whenever the region claims it can tell (and it must, on most sites), and so
+must every site's preview when all are previewed together, sharing regions.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from onnx_tailor.ir.model import SKETCHED_FROM
 from onnx_tailor.ir.regions import extract
 from onnx_tailor.passes import all_passes, get_pass
 from onnx_tailor.passes.canonicalize import canonicalize, load
-from onnx_tailor.search.preview import region_change
+from onnx_tailor.search.preview import previews, region_change
 from tests.graphs import tiny_mobilenet
 
 PARAMS = {"align_channels": {"multiple": 16}, "pad_channels": {"multiple": 16}, "factor_low_rank": {"energy": 0.8}}
@@ -32,7 +33,7 @@ def _check_every_site(model: Model, target: str) -> int:
     cost_model = cost_model_for(load_target(target))
     costs = kernel_costs(cost_model, model)
     assert costs.latency_s == pytest.approx(cost_model.predict(model).latency_s, rel=1e-12)
-    checked, by_region = 0, 0
+    checked, by_region, sites, wholes = 0, 0, [], []
     for pass_name in all_passes():
         rewrite = get_pass(pass_name)
         params = PARAMS.get(pass_name, {})
@@ -50,7 +51,14 @@ def _check_every_site(model: Model, target: str) -> int:
                 assert (region.removed, region.added) == (change.removed, change.added), f"{pass_name}@{site.anchor}"
                 by_region += 1
             checked += 1
+            sites.append(site)
+            wholes.append(whole)
     assert by_region >= 0.9 * checked, f"only {by_region} of {checked} sites previewed on a region"
+    # All together, as the search previews them: sites of several passes share a region and its sites.
+    found, whole_answers = previews(cost_model, model, costs, sites, PARAMS)
+    for site, preview, whole in zip(sites, found, wholes):
+        assert costs.latency_s + preview.delta_s == pytest.approx(whole, rel=1e-9, abs=1e-15), site.step
+    assert whole_answers <= checked - by_region
     return checked
 
 
