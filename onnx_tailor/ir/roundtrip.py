@@ -106,8 +106,7 @@ def export(graph: gs.Graph) -> onnx.ModelProto:
     """`gs.export_onnx(graph, do_type_check=False)` without value_info, reusing the protos of the nodes left
     as `import_recorded` imported them. The caller sets the opset, IR version and producer."""
     record = graph.__dict__.get(_IMPORTED)
-    tensors = graph.tensors()
-    constants = [t for t in tensors.values() if isinstance(t, gs.Constant)]
+    constants = [] if record is None else [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
     if record is None or graph.functions or any(isinstance(t._values, SparseValues) for t in constants):
         proto = gs.export_onnx(graph, do_type_check=False)
         del proto.graph.value_info[:]
