@@ -7,7 +7,7 @@ graph input or output (`features.kernel_row`). Those make a kernel's
 *signature*. A rewritten model's latency is then its parent's, minus the
 kernels whose signature is gone, plus the kernels whose signature is new;
 only the new ones are featurized and predicted. Fusion is the target's own
-rule applied to the rewritten model (`kernels.group_kernels`), so a kernel
+rule applied to the rewritten model (`kernels.kernels_for`), so a kernel
 at the region's border whose fused chain or outside readers change gets a
 new signature and is scored again.
 
@@ -31,7 +31,7 @@ from functools import cached_property
 from ..ir import Model
 from ..ir.regions import adjacent, border, distances, grow
 from .features import KernelRow, kernel_row
-from .kernels import Kernel, group_kernels
+from .kernels import Kernel, kernels_for
 from .regressor import CostModel
 
 Signature = tuple
@@ -56,7 +56,7 @@ def kernel_signature(model: Model, kernel: Kernel, borders: Model | None = None)
 def executed_kernels(model: Model, cost_model: CostModel) -> list[Kernel]:
     """The kernels the cost model scores (free ones, layout only, cost nothing)."""
     target = cost_model.target
-    return [k for k in group_kernels(model, target.fusable_activations, target.grouped_activations) if k.kind != "free"]
+    return [k for k in kernels_for(model, target) if k.kind != "free"]
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def unscored_region_change(cost_model: CostModel, parent: KernelCosts, model: Mo
     if touched is None:
         return None
     target = cost_model.target
-    kernels = group_kernels(rewritten, target.fusable_activations, target.grouped_activations)
+    kernels = kernels_for(rewritten, target)
     owner = {name: k for k in kernels for name in k.nodes}
     involved = set(touched)
     while True:  # close over kernels on both sides: a kernel that differs may span nodes nothing touched
@@ -225,9 +225,6 @@ def neighbourhood(model: Model, names) -> frozenset[str]:
     write): a kernel's fusion and outside readers are decided there."""
     found = set(names)
     for name in names:
-        if not model.has_node(name):
-            continue
-        node = model.node(name)
-        found.update(p.name for t in model.reads(node) if (p := model.producer(t)) is not None)
-        found.update(c.name for t in node.output if t for c in model.consumers(t))
+        if model.has_node(name):  # a name of the other model (removed, or added by the rewrite)
+            found |= adjacent(model, name)
     return frozenset(found)

@@ -52,7 +52,7 @@ import numpy as np
 from ..analysis import CONV_WEIGHT, node_macs, tensor_shape
 from ..ir import Model
 from ..ir.conv_geometry import ConvGeometry
-from .kernels import Kernel, group_kernels
+from .kernels import Kernel, kernels_for
 from .target import Target
 
 MAC_ARRAY_KINDS = ("conv", "grouped_conv", "matmul", "deconv", "recurrent", "control")
@@ -145,7 +145,7 @@ def softmax_inner(model: Model, node, info) -> tuple[int, int]:
 
 def kernel_rows(model: Model, target: Target) -> list[KernelRow]:
     """Features and prior of every executed (non-free) kernel of `model` on `target`."""
-    kernels = group_kernels(model, target.fusable_activations, target.grouped_activations)
+    kernels = kernels_for(model, target)
     return [kernel_row(model, kernel, target) for kernel in kernels if kernel.kind != "free"]
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from ..analysis import (CONTROL_FLOW, CONV_WEIGHT, MATMUL_WEIGHT, RECURRENT_GATES, match_activation,
                         match_activation_chain)
 from ..ir import Model
+from .target import Target
 
 ANCHORS = {"Conv", "MatMul", "Gemm"}
 FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity",  # layout only: no work, no dispatch
@@ -131,6 +132,11 @@ def _grouped_activation(model: Model, first, grouped: frozenset[str]) -> list:
             return [model.node(n) for n in act.nodes]
         return []
     return []
+
+
+def kernels_for(model: Model, target: Target) -> list[Kernel]:
+    """The model's kernels as `target`'s compiler forms them: its fusable and grouped activations."""
+    return group_kernels(model, target.fusable_activations, target.grouped_activations)
 
 
 def group_kernels(model: Model, fusable_activations: tuple[str, ...] | frozenset[str],

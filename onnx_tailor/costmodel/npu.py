@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 from ..analysis import CONV_WEIGHT, body_info, recurrent_shape, subgraph_runs, tensor_shape
 from ..ir import Model
-from .kernels import FREE, Kernel, group_kernels
+from .kernels import FREE, Kernel, kernels_for
 from .target import Target
 
 
@@ -243,7 +243,7 @@ def simulate(model: Model, target: Target) -> Simulation:
         raise ValueError(f"target {target.name} is measured, not simulated")
     tensors = _Tensors(model, target)
     costs, unmodelled, warnings = [], set(), []
-    for kernel in group_kernels(model, target.fusable_activations, target.grouped_activations):
+    for kernel in kernels_for(model, target):
         if kernel.kind == "control":
             costs.append(_control_flow(kernel, model, target, warnings))
             continue
