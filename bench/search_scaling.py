@@ -1,13 +1,16 @@
 """The search before and after incremental scoring, side by side, on models of growing size.
 
     python bench/search_scaling.py [--models digits,paddle_det_320] [--mode previews|full]
-                                   [--before b49bdaf] [--preview-seconds 120]
+                                   [--before b49bdaf] [--preview-seconds 120] [--workers 1|N|cores]
 
 "before" is the search at commit `--before` (default b49bdaf, the last one
 that scored every candidate's whole model), checked out in a git worktree
 next to this repository; "after" is this checkout. Each (version, model) runs
 `optimize` in its own subprocess whose PYTHONPATH is that version's tree, so
 the two never share a module, a cache in memory or a process's peak memory.
+`--workers` is what `optimize` is given: 1 (the Python API's default, and
+this bench's), a count, or `cores` (None: one per core, the command line's
+default), so that what a user of either gets can be measured.
 
 Models: digits (models/digits_mbv2.onnx with its held-out set, 1 point of
 top-1), the PaddleOCR classifier and detector (onnx_tailor.zoo, cached in
@@ -122,9 +125,9 @@ def model_paths(names: list[str], scratch: Path) -> dict[str, Path]:
     return paths
 
 
-def run_child(root: Path, name: str, path: Path, mode: str, seconds: float) -> dict:
+def run_child(root: Path, name: str, path: Path, mode: str, seconds: float, workers: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", name, str(path), mode, str(seconds)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", name, str(path), mode, str(seconds), workers]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
@@ -151,7 +154,11 @@ def main() -> None:
     parser.add_argument("--preview-seconds", type=float, default=120.0)
     parser.add_argument("--before", default="b49bdaf")
     parser.add_argument("--versions", default="before,after", help="which of before,after to run")
+    parser.add_argument("--workers", default="1", help="optimize's workers: a count, or 'cores' (the CLI's "
+                        "default: one per core); the Python API's default is 1")
     args = parser.parse_args()
+    if args.workers != "cores" and not (args.workers.isdigit() and int(args.workers) >= 1):
+        raise SystemExit(f"--workers must be a count of at least 1 or 'cores', not '{args.workers}'")
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
@@ -163,19 +170,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         paths = model_paths(names, Path(scratch))
         print(f"mode {args.mode}" + (f", search stopped after {args.preview_seconds:g} s" if args.mode == "previews"
-                                     else ", no time budget") + f"; load average {os.getloadavg()[0]:.1f}")
+                                     else ", no time budget") + f"; workers {args.workers}"
+              + f"; load average {os.getloadavg()[0]:.1f}")
         print("| model | version | priced/s | s/step (steps) | optimize s | sim x | peak MB | ceiling | "
               "max feasible local err / capped |")
         print("|---|---|---|---|---|---|---|---|---|")
         for name in names:
             for version, root in versions.items():
-                print(row(name, version, run_child(root, name, paths[name], args.mode, args.preview_seconds)),
+                print(row(name, version, run_child(root, name, paths[name], args.mode, args.preview_seconds,
+                                                          args.workers)),
                       flush=True)
 
 
 # -- the child: one optimize run of one version, measured from outside the library ------------
 
-def child(name: str, path: str, mode: str, seconds: float) -> None:
+def child(name: str, path: str, mode: str, seconds: float, workers: str) -> None:
     from onnx_tailor.passes.canonicalize import load
     from onnx_tailor.search.context import SearchContext
 
@@ -213,6 +222,7 @@ def child(name: str, path: str, mode: str, seconds: float) -> None:
     started = time.perf_counter()
     result = optimize_module.optimize(model, "npu-p32", data=data, metric=metric, max_drop=budget,
                                       precision="fp32", time_budget=seconds if mode == "previews" else None,
+                                      workers=None if workers == "cores" else int(workers),
                                       progress=lambda m: steps.append(m) if m.startswith("step ") else None)
     optimize_s = time.perf_counter() - started
     ctx, report = result.context, result.report
@@ -234,6 +244,6 @@ def child(name: str, path: str, mode: str, seconds: float) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+        child(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6])
     else:
         main()

@@ -57,6 +57,10 @@ sequence of rewrites started from, in `optimize`, recipe replay and
 block on the already-rewritten network towards the original's outputs
 (sequential calibration): a block makes up for its predecessors' error
 instead of compounding it.
+With a `passes.fit_memo` active (inside a search), a block's final weights
+are kept by the cone digests of what the fit reads and aims at: the same
+block asked for again on a model whose upstream is unchanged gets them back
+without fitting, the very bytes a fit would make.
 Every application reports its local error: the relative L2 error of the
 block's projection output on calibration inputs (for a bare pair, of the
 depthwise conv's output, the tensor stage 1 fits).
@@ -102,6 +106,7 @@ from ..ir import Model
 from ..ir.conv_geometry import ConvGeometry
 from .base import Declined, Exactness, Param, Pass, Site
 from .capture import capture, capture_fit
+from .fit_memo import active_memo, fit_key
 from .graph_edit import constant_input, fresh_name, nodes_by_name, set_constant_input
 from .least_squares import fit_conv
 from .local_error import relative_error
@@ -182,29 +187,43 @@ class FuseIbnExpansion(Pass):
             return composed
         depthwise = model.node(pair.depthwise)
         project = model.node(block.project) if block is not None else None
+        memo = active_memo() if project is not None and calib is not None else None
+        key = None if memo is None else fit_key(model, [project.output[0]], reference,
+                                                [pair.output, project.output[0]], calib, str(site.step))
+        known = None if memo is None else memo.get(key)
+        if known is not None:  # the same block, fed and aimed at the same tensors, fitted before
+            return _fitted_block(composed, fused, block, known)
         # Stage 1: the fused conv reproduces the depthwise output from the expand conv's input. Every
         # stage aims at the reference's tensors, so it also makes up for what earlier steps changed upstream.
         seen, aimed = capture_fit(model, [pair.input], [pair.output, *([project.output[0]] if project else [])],
                                   calib, reference)
-        weight, bias = fit_conv(seen[pair.input], aimed[pair.output], ConvGeometry.of(model, depthwise))
-        fitted = _replace_weights(composed, fused, weight, bias)
+        fused_weight, fused_bias = fit_conv(seen[pair.input], aimed[pair.output], ConvGeometry.of(model, depthwise))
+        fitted = _replace_weights(composed, fused, fused_weight, fused_bias)
         if project is None:  # a bare pair: stage 1 is its whole fit
             return fitted
         # Stage 2: the projection reproduces the original block output from its new input.
         new_input = capture(fitted, [project.input[0]], calib)[project.input[0]]
         weight, bias = fit_conv(new_input, aimed[project.output[0]], ConvGeometry.of(model, project))
         fitted = _replace_weights(fitted, block.project, weight, bias)
-        if followed is None or isinstance(followed, str):
-            return fitted
-        # Stage 3: both convs refined together through the activation and the SE gate.
-        convs = ConvPair.of(ConvGeometry.of(model, depthwise), *followed, _weights(fitted, fused),
-                            _weights(fitted, block.project))
-        _check(convs, fitted, block, calib)
-        refined = convs.refine(seen[pair.input], aimed[project.output[0]], site.param_dict["refine"])
-        if refined is convs:  # the steps did not lower the error: stage 2's model, bytes and all
-            return fitted
-        w1, b1, w2, b2 = refined.onnx_weights()
-        return _replace_weights(_replace_weights(fitted, fused, w1, b1), block.project, w2, b2)
+        weights = {"w1": fused_weight, "b1": fused_bias, "w2": weight, "b2": bias}
+        if followed is not None and not isinstance(followed, str):
+            # Stage 3: both convs refined together through the activation and the SE gate.
+            convs = ConvPair.of(ConvGeometry.of(model, depthwise), *followed, _weights(fitted, fused),
+                                _weights(fitted, block.project))
+            _check(convs, fitted, block, calib)
+            refined = convs.refine(seen[pair.input], aimed[project.output[0]], site.param_dict["refine"])
+            if refined is not convs:  # else the steps did not lower the error: stage 2's weights stand
+                weights = dict(zip(("w1", "b1", "w2", "b2"), refined.onnx_weights()))
+        if memo is not None:
+            memo.put(key, weights)  # type: ignore[arg-type]
+        return _fitted_block(composed, fused, block, weights)
+
+
+def _fitted_block(composed: Model, fused: str, block: IBNBlock, weights: dict[str, np.ndarray]) -> Model:
+    """The composed graph with the fitted weights of the fused conv and the projection: each conv's weights
+    replaced once, whichever stage made them, so that a memo's hit writes the bytes its fit would."""
+    return _replace_weights(_replace_weights(composed, fused, weights["w1"], weights["b1"]), block.project,
+                            weights["w2"], weights["b2"])
 
 
 def _followed(model: Model, block: IBNBlock) -> tuple[Elementwise, SqueezeExcitation | None] | str:

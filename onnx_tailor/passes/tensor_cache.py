@@ -91,12 +91,7 @@ class TensorCache:
         known = self._data.get(id(samples))
         if known is not None and known[0] is samples:
             return known[1]
-        digest = hashlib.sha256()
-        for name in sorted(samples):
-            array = np.ascontiguousarray(samples[name])
-            digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
-            digest.update(array.tobytes())
-        found = digest.hexdigest()
+        found = fingerprint(samples)
         if len(self._data) >= 8:  # a few live feed dicts at a time; the dict is held so its id stays its own
             self._data.pop(next(iter(self._data)))
         self._data[id(samples)] = (samples, found)
@@ -170,6 +165,16 @@ class TensorCache:
             self._interest[tensor] = None
         while len(self._interest) > MAX_INTEREST:
             self._interest.pop(next(iter(self._interest)))
+
+
+def fingerprint(samples: Mapping[str, np.ndarray]) -> str:
+    """What the samples are, by content: their names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(samples):
+        array = np.ascontiguousarray(samples[name])
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _estimated_bytes(model: Model, tensor: str, samples: int) -> int | None:

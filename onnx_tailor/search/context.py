@@ -19,11 +19,21 @@ process, or in worker processes that compute several candidates at once.
 Either way the results are registered here in the order a one-process search
 takes them (`prefetch` computes ahead, `expand` registers), so the log, the
 best node and the output bytes do not depend on the number of workers.
+
+What greedy computes ahead (`ahead`): greedy almost always takes its first
+candidate, so the second worker computing the second candidate on the same
+parent was computing for nothing (the README's digits run: 91.2 s with one
+worker, 91.4 s with two). Beside the first it now computes those whose fit
+taking the first leaves as it is (upstream of it, or beside it): on the child
+the same fit is asked for again, fed the same tensors, and `passes.fit_memo`
+(one directory shared by the workers) hands back the weights a worker made.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -38,7 +48,7 @@ from ..passes import Exactness, Site, Step, get_pass
 from ..passes.base import Pass
 from ..passes.tensor_cache import active_cache
 from .constraints import Constraints
-from .executor import Evaluation, Measured, Serial, Shared, executor_for
+from .executor import Evaluation, Measured, Serial, Shared, default_workers, executor_for
 from .measured import MeasuredSteps
 from .preview import Preview
 
@@ -192,7 +202,11 @@ class SearchContext:
         self.target = target
         self.pass_params = pass_params or {}
         self.cost_model = cost_model_for(target)
-        shared = Shared(original, target, constraints, data, MAX_LOCAL_ERROR, cache_bytes, self.cost_model)
+        # With workers, one directory where each leaves the fits it made for the others (`passes.fit_memo`).
+        parallel = bool(ray) or (default_workers() if workers is None else workers) > 1
+        self._memo_dir = tempfile.mkdtemp(prefix="onnx-tailor-fits-") if parallel else None
+        shared = Shared(original, target, constraints, data, MAX_LOCAL_ERROR, cache_bytes, self.cost_model,
+                        self._memo_dir)
         self._evaluation = Evaluation(shared, active_cache())  # this process's own measurements
         self._outcomes: dict[tuple[str, Step], Future] = {}  # started ahead by prefetch, not yet registered
         self.measured = MeasuredSteps(target)  # times each step against its parent on targets measured here
@@ -219,7 +233,12 @@ class SearchContext:
         self.original = original
         self.best: Node | None = None  # the fastest feasible node so far (set by node())
         self.evaluated: list[Node] = []
-        self.executor = executor_for(shared, workers, ray, self._evaluation)
+        try:
+            self.executor = executor_for(shared, workers, ray, self._evaluation)
+        except BaseException:  # no Ray at that address, no workers below 1: nothing left behind
+            if self._memo_dir is not None:
+                shutil.rmtree(self._memo_dir, ignore_errors=True)
+            raise
         try:
             self.root = self.node(original, (), score_local=None)
         except BaseException:
@@ -230,6 +249,9 @@ class SearchContext:
         """Stop the executor's workers, if any. What is previewed after is previewed in this process."""
         self.executor.close()
         self.executor = Serial(self._evaluation)
+        if self._memo_dir is not None:
+            shutil.rmtree(self._memo_dir, ignore_errors=True)
+            self._memo_dir = None
 
     def settle(self) -> None:
         """The search is over: drop what was computed ahead for it and not taken, so that the workers
@@ -431,11 +453,36 @@ class SearchContext:
                                                                   "that had lost no more accuracy (not tried again)")
                 continue
             if (node.key, candidate.step) not in self._outcomes:
-                self.prefetch([(node, c) for c in planned[tried:tried + self.executor.width]])
+                self.prefetch([(node, c) for c in self.ahead(node, planned[tried:])])
             tried += 1
             child = self.expand(node, candidate)
             if child is not None:
                 yield child
+
+    def ahead(self, node: Node, planned: list[Candidate]) -> list[Candidate]:
+        """What to compute at once on the workers from `planned` (next first): the next, and beside it those
+        after it whose fit taking the next would not change, before the rest. Greedy mostly takes the next;
+        a candidate upstream of it (or beside it) is then asked for again on the child, fed the same
+        tensors, and its fit, left by a worker in the memo (`passes.fit_memo`), is not computed again;
+        a candidate downstream of it is computed for nothing."""
+        if not planned:
+            return []
+        if self.executor.width == 1 or len(planned) < 2:
+            return planned[:1]
+        model, first = node.model, planned[0]
+        # Everything computed from what the next changes: its site's nodes, and from them on (a refitted
+        # consumer, a projection, is downstream of them).
+        downstream, frontier = set(), [n for n in first.site.nodes if model.has_node(n)]
+        while frontier:
+            name = frontier.pop()
+            if name not in downstream:
+                downstream.add(name)
+                frontier.extend(c.name for o in model.node(name).output for c in model.consumers(o))
+        untouched, touched = [], []
+        for candidate in planned[1:]:  # what its fit reads is upstream of its site and footprint
+            region = candidate.site.nodes | self._previews[(node.key, candidate.step)].footprint
+            (touched if region & downstream else untouched).append(candidate)
+        return [first, *untouched, *touched][:self.executor.width]
 
     def failed_before(self, node: Node, candidate: Candidate) -> bool:
         """Whether this very step, on an unchanged site, broke the accuracy budget from an ancestor of

@@ -19,7 +19,9 @@ the work ran.
   them). `submit` hands out work and returns at once, so the search
   registers the first results while the workers compute the rest; a
   worker also scores each model it makes whole (`Measured.costs`), which
-  the search would otherwise do alone.
+  the search would otherwise do alone. The workers share the fits they make
+  through a directory (`Shared.memo_dir`, `passes.fit_memo`): a fit one
+  computed ahead serves whichever is asked for it later.
 - `RayPool`: Ray actors, each holding the shared part and its own cache,
   each job sent to the actor with the fewest unfinished ones and handed
   back as a future of its own (`pip install "onnx-tailor[ray]"`).
@@ -49,6 +51,8 @@ from ..costmodel.target import Target
 from ..errors import TailorError
 from ..ir import Model
 from ..passes import Site, apply_step
+from ..passes.fit_memo import FitMemo
+from ..passes.fit_memo import using as using_memo
 from ..passes.least_squares import single_threaded_blas
 from ..passes.tensor_cache import TensorCache, default_budget, install, using
 from .preview import Preview, previews
@@ -65,6 +69,7 @@ class Shared:
     max_local_error: float
     cache_bytes: int | None  # the tensor cache's budget per process; 0: no cache
     cost_model: CostModel  # the target's, for previews
+    memo_dir: str | None = None  # where the workers share fitted weights (`passes.fit_memo`); None: each its own
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class Evaluation:
     def __init__(self, shared: Shared, cache: TensorCache | None):
         self.shared = shared
         self.cache = cache
+        self.memo = FitMemo(shared.memo_dir)  # a fit asked for again, by any worker, is not computed again
 
     def measure(self, model: Model, judged: bool) -> Measured:
         memory = memory_summary(model)
@@ -112,7 +118,8 @@ class Evaluation:
     def __call__(self, job: tuple[Model, Site]) -> Outcome:
         parent, site = job
         calib = self.shared.data.calibration if self.shared.data is not None else None
-        with using(self.cache), single_threaded_blas():  # a local error's norm, like a metric (see measure)
+        # One BLAS thread for a local error's norm too, like a metric (see measure).
+        with using(self.cache), using_memo(self.memo), single_threaded_blas():
             applied = apply_step(parent, site, calib, reference=self.shared.original)
             error = applied.local_error
             if error is not None and error > self.shared.max_local_error:

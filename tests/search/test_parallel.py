@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -149,3 +150,26 @@ def test_ray_finds_and_logs_what_one_process_does(tiny, serial):
     finally:
         ray.shutdown()
     assert _fingerprint(on_ray) == serial["beam"]
+
+
+def test_work_ahead_prefers_candidates_the_next_step_leaves_alone(tiny):
+    """Computed beside the next candidate: first those whose fit taking it would leave as it is (upstream of
+    it), which the memo then serves on the child; one downstream of it only when nothing else is planned."""
+    ctx = _context(tiny, workers=2)
+    try:
+        order = [n.name for n in tiny.nodes]
+        fusions = sorted((c for c in ctx.candidates(ctx.root) if c.step.pass_name == "fuse_ibn_expansion"),
+                         key=lambda c: order.index(c.site.anchor))
+        assert len(fusions) >= 3
+        before, first, after = fusions[0], fusions[1], fusions[-1]
+        assert ctx.ahead(ctx.root, [first, after, before]) == [first, before]
+        assert ctx.ahead(ctx.root, [first, before, after]) == [first, before]
+        assert ctx.ahead(ctx.root, [first, after]) == [first, after]
+        assert ctx.ahead(ctx.root, []) == []
+        shared_fits = ctx._memo_dir
+        assert shared_fits is not None and os.path.isdir(shared_fits)
+    finally:
+        ctx.close()
+    assert not os.path.exists(shared_fits)  # the workers' shared fits go with them
+    alone = _context(tiny)
+    assert alone.ahead(alone.root, [first, before]) == [first]  # one process: nothing computed ahead
