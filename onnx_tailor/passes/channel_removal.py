@@ -262,6 +262,14 @@ def _greedy(sinks: list[_Sink], moments: list[Moments], channels: int, keep_coun
         lam = max(m.penalty(gram, ridge), 1e-9 * m.penalty(gram, 1.0))
         inverse = np.linalg.inv(gram + lam * np.eye(len(gram)))
         states.append([inverse, inverse @ cross, sink.features_per_channel, max(m.yy, 1e-30)])
+    if all(f == 1 for _, _, f, _ in states):
+        return _greedy_in_place(states, channels, keep_count)
+    return _greedy_blocks(states, channels, keep_count)
+
+
+def _greedy_blocks(states: list, channels: int, keep_count: int) -> np.ndarray:
+    """`_greedy`'s elimination for any number of features per channel: [inverse, weight, features per
+    channel, energy] per consumer, each state's matrices replaced by smaller ones at every elimination."""
     kept = list(range(channels))
     while len(kept) > keep_count:
         cost = np.zeros(len(kept))
@@ -286,6 +294,40 @@ def _greedy(sinks: list[_Sink], moments: list[Moments], channels: int, keep_coun
             state[1] = _without(weight, lo, hi, 0) - h_rb @ weight[lo:hi]
         kept.pop(drop)
     return np.array(kept)
+
+
+def _greedy_in_place(states: list, channels: int, keep_count: int) -> np.ndarray:
+    """`_greedy` where every consumer reads one feature per channel (1x1 convs, Gemm, MatMul): the dropped
+    channel is swapped to the end and the matrices shrink in place, instead of being copied without it at
+    every elimination. With one feature per channel each update is a single product then a difference per
+    element, as `_greedy` computes it, so every cost is the same number wherever its channel sits; ties
+    (dead channels cost exactly 0) go to the lowest channel, as `_greedy`'s argmin over channels in order."""
+    inverses = [np.array(inverse) for inverse, *_ in states]  # copies: shrunk in place
+    weights = [np.array(weight) for _, weight, *_ in states]
+    energies = [energy for *_, energy in states]
+    order = np.arange(channels)  # the channel at each position
+    scratch = np.empty((channels, channels))
+    for size in range(channels, keep_count, -1):
+        cost = np.zeros(size)
+        pivots = []
+        for inverse, weight, energy in zip(inverses, weights, energies):
+            h_bb_inv = np.linalg.inv(np.diagonal(inverse)[:size].reshape(size, 1, 1))
+            w_b = weight[:size].reshape(size, 1, -1)
+            cost += np.einsum("cfo,cfg,cgo->c", w_b, h_bb_inv, w_b) / energy
+            pivots.append(h_bb_inv)
+        lowest = np.isnan(cost) if np.isnan(cost).any() else cost == cost.min()  # argmin's pick, NaN first
+        drop = int(np.flatnonzero(lowest)[np.argmin(order[:size][lowest])])
+        last = size - 1
+        order[[drop, last]] = order[[last, drop]]
+        for inverse, weight, h_bb_inv in zip(inverses, weights, pivots):
+            inverse[[drop, last]] = inverse[[last, drop]]
+            inverse[:, [drop, last]] = inverse[:, [last, drop]]
+            weight[[drop, last]] = weight[[last, drop]]
+            h_rb = inverse[:last, last:size] * h_bb_inv[drop, 0, 0]  # [last, 1]: H_rB (H_BB)^-1
+            product = np.multiply(h_rb, inverse[last:size, :last], out=scratch[:last, :last])
+            np.subtract(inverse[:last, :last], product, out=inverse[:last, :last])
+            weight[:last] -= h_rb * weight[last:size]
+    return np.sort(order[:keep_count])
 
 
 def _without(matrix: np.ndarray, lo: int, hi: int, axis: int) -> np.ndarray:
