@@ -39,6 +39,16 @@ earlier, 1964 s at b49bdaf on a busy machine): the search now writes its
 own models instead of replaying the recipe, and factor_low_rank keeps each
 weight's spectrum. Most of what is left is fuse_ibn_expansion's refinement
 (Adam steps of single-threaded matrix products, ~15 s per deep block).
+What a user gets (2 cores, 2026-12-03, `--mode full --models mobilenetv2_224
+--before b6502ea`): `--workers 1` 206 -> 203 s (load 1.6 -> 1.2), `--workers
+cores` 201 -> 180 s (1.12x; load 1.0 -> 1.5), the same 26 steps and 2.44x
+simulated: with two workers greedy computed the second-ranked candidate on
+the same parent, wasted whenever it took the first (the main process spent
+its whole search waiting on the first: 722 of 782 s in a profile on a busy
+machine); it now computes candidates upstream of the first, whose fits the
+next step asks for again and `passes.fit_memo` serves. The rest is the
+refinement and the onnxruntime runs of each fit (captures, local error,
+judging), one candidate at a time.
 `--mode previews --models paddle_det_640`: 13.4 -> 78.0 priced/s (5.8x; 92
 region previews on weight-less sketches, each about 8 ms against 15 ms a
 stop earlier). With the round trip exporting only what a rewrite changed
