@@ -113,6 +113,24 @@ What it does not take out: the share within 10% of the median ratio stays
 anchors (small networks, their data in the core's own caches) slowed down
 less than whole models did (x1.04, where the models ran x1.16 their raw
 predictions).
+
+On an idle machine (load 1.0) it does not help, and the goal is not met:
+the sweep re-measured at 16:11-16:15 (`costmodel measure --size 1200`, 1937
+kernels with the middle-axis softmax, 236 s), then three truths with their
+anchors at 16:15-16:17 (`--before` the 13:00 CSV, `--truth
+/tmp/s20/truthN.json`; CPU time):
+
+    sweep                     raw: MAPE          within 10%   pred/true          anchored: factor        within 10%
+    13:00 (stop 19's)         14.6/15.6/14.7%    24/16/16%    1.15/1.16/1.15     x1.02/0.98/0.98         12/36/40%
+    16:11 (shipped now)       13.5/14.7/13.8%    32/24/28%    1.14/1.15/1.15     x1.08/1.03/1.04          8/16/16%
+
+Spearman 0.995-0.996, within 10% of the median ratio 80-88%. The anchors
+re-timed a minute after the sweep read the host 3-8% slower than the sweep
+had (per-anchor ratios scatter 0.8-1.7): one re-timing of 32 kernels is
+that noisy. And the kernels' sum over-predicted every model by a common
+1.14-1.15 against truths taken right after the sweep (1.06-1.10 at 13:12):
+not drift, which anchors can take out, but a bias of summing in-network
+kernel times that changes from one sweep to the next.
 """
 
 from __future__ import annotations
