@@ -14,15 +14,17 @@ nothing a search chooses or writes depends on whether it hit.
 Entries live in this process's memory (the last MEMORY_ENTRIES) and, when a
 directory is given (a search with workers: one directory shared by them all),
 as .npz files there, written atomically and read without pickles, so that a
-fit one worker made serves the others. The active memo is a context
-variable (`using`), like the tensor cache; without one, fits are computed
-every time.
+fit one worker made serves the others; the search removes the directory when
+it closes, and the next search removes one whose process was killed
+(`shared_directory`). The active memo is a context variable (`using`), like
+the tensor cache; without one, fits are computed every time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -91,6 +93,29 @@ class FitMemo:
         self._entries.move_to_end(key)
         while len(self._entries) > MEMORY_ENTRIES:
             self._entries.popitem(last=False)
+
+
+DIRECTORY_PREFIX = "onnx-tailor-fits-"
+
+
+def shared_directory() -> str:
+    """A new directory for workers to share fits through, named after this process. The search removes
+    its own when it closes; one left by a search that was killed (its process gone) is removed here."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{DIRECTORY_PREFIX}*-*"):
+        pid = stale.name[len(DIRECTORY_PREFIX):].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{DIRECTORY_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def fit_key(model: Model, tensors: list[str], reference: Model | None, aimed: list[str],

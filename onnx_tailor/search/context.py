@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from ..costmodel.target import Target
 from ..ir import Model
 from ..passes import Exactness, Site, Step, get_pass
 from ..passes.base import Pass
+from ..passes.fit_memo import shared_directory
 from ..passes.tensor_cache import active_cache
 from .constraints import Constraints
 from .executor import Evaluation, Measured, Serial, Shared, default_workers, executor_for
@@ -204,7 +204,7 @@ class SearchContext:
         self.cost_model = cost_model_for(target)
         # With workers, one directory where each leaves the fits it made for the others (`passes.fit_memo`).
         parallel = bool(ray) or (default_workers() if workers is None else workers) > 1
-        self._memo_dir = tempfile.mkdtemp(prefix="onnx-tailor-fits-") if parallel else None
+        self._memo_dir = shared_directory() if parallel else None
         shared = Shared(original, target, constraints, data, MAX_LOCAL_ERROR, cache_bytes, self.cost_model,
                         self._memo_dir)
         self._evaluation = Evaluation(shared, active_cache())  # this process's own measurements

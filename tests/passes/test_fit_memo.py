@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from onnx_tailor.analysis import find_ibn_blocks
 from onnx_tailor.passes import apply_pass
 from onnx_tailor.passes.canonicalize import load
-from onnx_tailor.passes.fit_memo import FitMemo, fit_key, using
+from onnx_tailor.passes.fit_memo import DIRECTORY_PREFIX, FitMemo, fit_key, shared_directory, using
 from tests.conftest import DIGITS
 
 REFINE = {"init": "lsq", "refine": 5}  # a few steps: the memo keeps whatever the fit made
@@ -71,3 +77,16 @@ def test_the_key_names_the_cone_the_fit_reads(digits_split, upstream):
     key = fit_key(model, [output], None, [], calib, "step")
     assert (fit_key(changed, [output], None, [], calib, "step") != key) is upstream
     assert fit_key(model, [output], None, [], calib, "another step") != key
+
+
+def test_a_directory_left_by_a_killed_search_is_removed_and_a_live_ones_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{DIRECTORY_PREFIX}{gone.stdout.strip()}-abc"  # its process has exited
+    live = tmp_path / f"{DIRECTORY_PREFIX}{os.getpid()}-def"
+    for directory in (stale, live):
+        directory.mkdir()
+        (directory / "fit.npz").write_bytes(b"x")
+    made = Path(shared_directory())
+    assert not stale.exists() and live.is_dir()
+    assert made.parent == tmp_path and made.name.startswith(f"{DIRECTORY_PREFIX}{os.getpid()}-")
