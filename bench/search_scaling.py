@@ -54,7 +54,12 @@ region previews on weight-less sketches, each about 8 ms against 15 ms a
 stop earlier). With the round trip exporting only what a rewrite changed
 (`ir.roundtrip`) and sites on one region sharing its cut (load 5.4 -> 3.8,
 2026-12-03, `--mode previews --models paddle_det_640,digits`):
-paddle_det_640 13.9 -> 110.5 priced/s (7.9x), digits 38.1 -> 389.8 (10.2x).
+paddle_det_640 13.9 -> 110.5 priced/s (7.9x), digits 38.1 -> 389.8 (10.2x);
+on idle cores (load 0.9, the same day) paddle_det_640 15.6 -> 102.3 (6.6x;
+a run just before gave the after side 113.5), peak memory 2238 -> 3638 MB
+(the previews alone peak at 230 vs 239 MB; the after side gets further into
+its first fit in the same 120 s, whose captures at 640x640 the tensor cache
+keeps: not confirmed).
 What is left of a region preview (about 7 ms of process time on the busy
 machine): importing the region into graphsurgeon (~1.5 ms: two dozen nodes
 and constants built as Python objects), rebuilding it (~1.9 ms: clean-up,
@@ -229,11 +234,13 @@ def child(name: str, path: str, mode: str, seconds: float, workers: str) -> None
     else:
         data, metric, budget = "random", "cosine", "1%"
     steps = []
+    # A tree from before workers existed takes no `workers` and runs in one process, as workers=1 does.
+    parallel = {} if workers == "1" else {"workers": None if workers == "cores" else int(workers)}
     started = time.perf_counter()
     result = optimize_module.optimize(model, "npu-p32", data=data, metric=metric, max_drop=budget,
                                       precision="fp32", time_budget=seconds if mode == "previews" else None,
-                                      workers=None if workers == "cores" else int(workers),
-                                      progress=lambda m: steps.append(m) if m.startswith("step ") else None)
+                                      progress=lambda m: steps.append(m) if m.startswith("step ") else None,
+                                      **parallel)
     optimize_s = time.perf_counter() - started
     ctx, report = result.context, result.report
     taken = len(steps)
