@@ -130,7 +130,21 @@ had (per-anchor ratios scatter 0.8-1.7): one re-timing of 32 kernels is
 that noisy. And the kernels' sum over-predicted every model by a common
 1.14-1.15 against truths taken right after the sweep (1.06-1.10 at 13:12):
 not drift, which anchors can take out, but a bias of summing in-network
-kernel times that changes from one sweep to the next.
+kernel times that changes from one sweep to the next. Three more truths
+35 minutes later (16:52-16:53, load 1.0) put the same shipped sweep at
+92/76/48% within 10% (MAPE 5.7/7.7/10.1%, pred/true 1.06/1.07/1.11): the
+truths themselves move that much within minutes.
+
+Tried and not kept: charging a sweep kernel only the layout reorders on
+its plain side (a ReorderOutput to the node that reads it, a ReorderInput
+to the node that wrote it, as costmodel_attribution.py gives them), not
+both reorders around it. That fixes a real double count (an 8-channel 1x1
+conv at 160x160 measured 448 us in its network with both, 363 us with its
+own, and runs 230 us inside the PaddleOCR detector), but the sweep
+re-measured with it (16:46-16:51, idle) scored 60/44/32% on those three
+truths against 92/76/48% for the shipped one; two sweeps taken half an
+hour apart differ per kernel by -16%..+15% (10th-90th percentile, convs), so
+its effect could not be told from the sweep's own noise.
 """
 
 from __future__ import annotations
