@@ -52,6 +52,7 @@ import numpy as np
 from ..analysis import CONV_WEIGHT, node_macs, tensor_shape
 from ..ir import Model
 from ..ir.conv_geometry import ConvGeometry
+from ..ir.io import opset_of
 from .kernels import Kernel, kernels_for
 from .target import Target
 
@@ -133,8 +134,7 @@ def softmax_inner(model: Model, node, info) -> tuple[int, int]:
     """Elements after a softmax's axis, and how many axes they span ((0, 0) when the axis is the last, and
     for other ops). Before opset 13 a softmax flattened its input at the axis into rows, always contiguous."""
     source = info.get(node.input[0]) if node.op_type in SOFTMAX_OPS else None
-    opset = next((o.version for o in model.proto.opset_import if o.domain in ("", "ai.onnx")), 13)
-    if source is None or opset < 13 or not source.shape:
+    if source is None or not source.shape or opset_of(model.proto) < 13:
         return 0, 0
     axis = model.attr(node, "axis", -1)
     axis = axis + len(source.shape) if axis < 0 else axis
