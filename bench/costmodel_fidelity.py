@@ -96,8 +96,8 @@ the three truths. The simulated targets stay at 100% within 10% on the same
 their sweeps were re-simulated over the whole sweep: MAPE 0.8%, 0.7% and
 1.1%, worst 2.6%, 1.9% and 2.5%).
 
-Re-anchoring (`costmodel.anchor`; `onnx-tailor cost --anchor`) takes out
-the host's drift: 32 sweep kernels re-timed (5-13 s at these loads), the median of now /
+Re-anchoring (`costmodel.anchor`; `onnx-tailor cost --anchor`) is meant
+to take out the host's drift: 32 sweep kernels re-timed (5-13 s at these loads), the median of now /
 then scales every kernel. The shipped cpu-ort.csv (measured idle at about
 13:00) against three truths taken 14:56-15:13 while other helpers kept the
 two cores busy (load 4.7, 6.7, 6.3; `--targets cpu-ort --block-targets ""
