@@ -34,6 +34,7 @@ from . import accuracy, api
 from .costmodel import DEFAULT_TARGET, builtin_targets, fit_profile, load_target, measure_sweep, score
 from .costmodel import simulate as npu_simulate
 from .costmodel.anchor import anchored_cost_model
+from .costmodel.netfactor import write_training_networks
 from .costmodel.profile import measurements_from_profiles
 from .costmodel.regressor import write_measurements
 from .costmodel.sweep import read_manifest, sweep_entries, write_sweep
@@ -495,7 +496,9 @@ def costmodel():
         onnx-tailor costmodel measure --sweep sweep/ --profiles sweep/profiles -o m.csv
       onnx-tailor costmodel fit --target cpu-ort --measurements m.csv --name mydev -o mydev.json
     Either way each kernel is timed inside a small network by onnxruntime's
-    profiler (its own nodes' times), not alone.
+    profiler (its own nodes' times), not alone, and whole training networks
+    are timed beside them (`network:` rows), from which `fit` learns how a
+    whole network's run relates to the sum of its kernels.
     """
 
 
@@ -508,7 +511,8 @@ def costmodel_sweep(output, models, size):
     """Write the op sweep's microbenchmarks and their manifest.json."""
     entries = sweep_entries(size, [api.load(m) for m in models])
     path = write_sweep(entries, Path(output))
-    click.echo(f"wrote {len(entries)} microbenchmarks and {path}", err=True)
+    networks = write_training_networks(Path(output))
+    click.echo(f"wrote {len(entries)} microbenchmarks, {len(networks)} training networks and {path}", err=True)
 
 
 @costmodel.command("measure")
@@ -560,8 +564,10 @@ def costmodel_fit(target_name, measurements, name, output):
     """
     fitted = fit_profile(load_target(target_name), measurements, name, output)
     model = fitted.cost_model
+    factor = (f"; kernels scaled x{model.network_factor:.3f} to whole training networks"
+              if model.network_factor != 1.0 else "")
     click.echo(f"wrote {fitted.path} ({model.trained_rows} kernels learned; "
-               f"kinds: {', '.join(sorted(model.regressors))})", err=True)
+               f"kinds: {', '.join(sorted(model.regressors))}{factor})", err=True)
 
 
 @main.command()

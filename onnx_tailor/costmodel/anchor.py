@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .measure import OVERHEAD_ID, measure_in_network, measure_overhead, measure_profiler_bias
+from .measure import measure_in_network, measure_overhead, measure_profiler_bias
 from .regressor import CostModel, Measurements, cost_model_for, read_measurements
 from .sweep import SweepEntry
 from .target import Target, TargetError
@@ -58,8 +58,8 @@ def anchor_ids(measurements: Measurements, count: int | None = None) -> list[str
     its entries. Rows outside `ANCHOR_MIN_S`..`ANCHOR_MAX_S` are left out."""
     count = ANCHOR_COUNT if count is None else count
     by_op: dict[str, list[str]] = {}
-    for entry_id, latency in measurements.rows:
-        if entry_id != OVERHEAD_ID and ANCHOR_MIN_S <= latency <= ANCHOR_MAX_S:
+    for entry_id, latency in measurements.kernel_rows:
+        if ANCHOR_MIN_S <= latency <= ANCHOR_MAX_S:
             by_op.setdefault(entry_id.partition(":")[0], []).append(entry_id)
     total = sum(len(ids) for ids in by_op.values())
     chosen = []

@@ -117,6 +117,33 @@ def measure_model(model: Model, target: Target, warmup: int = 5, runs: int = 30,
     return time_session(session_for(model, target), seeded_inputs(model), warmup, runs, clock=clock)
 
 
+def interleaved_medians(models: list[Model], target: Target, rounds: int = 7, runs: int = 7,
+                        warm: int = 2) -> tuple[list[float], list[float]]:
+    """Whole-run latency of every model, as (wall time, the calling thread's CPU time): in each round
+    every model in turn (`warm` untimed runs, then a median of `runs`), the median over rounds kept, so
+    that a slow spell of a shared machine hits every model alike. The thread's CPU time is a one-thread
+    run's time on an idle core (`run_clock`). How the fidelity bench times its truths, and the measure
+    run its training networks (`costmodel.netfactor`)."""
+    sessions = [(session_for(model, target), seeded_inputs(model)) for model in models]
+    for sess, feeds in sessions:  # warm every session before any round counts
+        for _ in range(2):
+            sess.run(None, feeds)
+    walls, cpus = [[] for _ in models], [[] for _ in models]
+    for _ in range(rounds):
+        for index, (sess, feeds) in enumerate(sessions):
+            for _ in range(warm):  # the model before it evicted this one's weights from the caches: a tiny
+                sess.run(None, feeds)  # model's first run after the detector took twice as long, its second 20%
+            wall, cpu = [], []
+            for _ in range(runs):
+                start_wall, start_cpu = time.perf_counter(), time.thread_time()
+                sess.run(None, feeds)
+                cpu.append(time.thread_time() - start_cpu)
+                wall.append(time.perf_counter() - start_wall)
+            walls[index].append(np.median(wall))
+            cpus[index].append(np.median(cpu))
+    return [float(np.median(w)) for w in walls], [float(np.median(c)) for c in cpus]
+
+
 OVERHEAD_ID = "overhead"
 
 

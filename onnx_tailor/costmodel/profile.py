@@ -29,6 +29,7 @@ import onnx
 
 from ..ir.io import write_text_atomic
 from .measure import MIN_KERNEL_S, OVERHEAD_ID, PROFILE_WARMUP, machine_description, measure_entries
+from .netfactor import measure_networks, parse_network_id
 from .profiler import ProfileError, profiler_bias_s, read_events, read_profile
 from .regressor import CostModel, Measurements, read_measurements, simulate_entries
 from .sweep import CALIBRATION_NODES, SweepEntry, read_networks
@@ -36,11 +37,14 @@ from .target import Target, TargetError, parse_target
 
 
 def measure_sweep(entries: Iterable[SweepEntry], target: Target,
-                  progress: Callable[[int, int], None] | None = None) -> Measurements:
+                  progress: Callable[[int, int], None] | None = None,
+                  networks: list[str] | None = None) -> Measurements:
     """The latency of every sweep entry on `target`, with where and how it was taken as comments.
 
     `progress(done, total)` is called after each entry timed with onnxruntime
-    (simulating is quick and reports nothing).
+    (simulating is quick and reports nothing). An `ort` target also times
+    the training networks `networks` whole (default: `netfactor.training_network_ids()`), right after
+    the kernels; a simulated one needs none (its kernels sum to the network by construction).
     """
     entries = list(entries)
     start = time.perf_counter()
@@ -50,6 +54,11 @@ def measure_sweep(entries: Iterable[SweepEntry], target: Target,
         how = {}
     elif target.kind == "ort":
         rows, how = measure_entries(entries, target, progress)
+        # Whole training networks, right after their kernels: how their sum relates to a whole run.
+        timed = measure_networks(target, networks)
+        rows += timed
+        how["networks"] = (f"{len(timed)} training networks timed whole (costmodel.netfactor): "
+                           "the thread's CPU time, interleaved medians")
         machine = machine_description(target)
     else:
         raise TargetError(f"target {target.name} is imported: measure the sweep on its device and `costmodel fit` it")
@@ -82,6 +91,15 @@ def measurements_from_profiles(sweep_dir: str | Path, profiles_dir: str | Path) 
                                 profiles / f"{stem}.optimized.onnx", PROFILE_WARMUP, bias)
         latency = measured.share * max(float(runs[stem]) - overhead, 0.0) if stem in runs else measured.latency_s
         rows.append((entry.id, max(latency, MIN_KERNEL_S)))
+    for entry_id, latency in (timings.get("training_networks") or {}).items():
+        try:
+            parse_network_id(entry_id)
+            if not float(latency) > 0:
+                raise ValueError(latency)
+            rows.append((entry_id, float(latency)))
+        except (TypeError, ValueError):
+            raise ProfileError(f"{timings_path}: training network {entry_id!r}: not an id with a time "
+                               "(write the sweep again with `onnx-tailor costmodel sweep`)") from None
     method = ("each kernel's share of its small network's profile times the network's run (profile_on_device.py)"
               if runs else "each kernel profiled inside a small network (profile_on_device.py)")
     return Measurements(rows, {"machine": f"profiled elsewhere: {timings.get('machine', '?')}",

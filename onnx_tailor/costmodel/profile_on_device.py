@@ -13,7 +13,11 @@ profiler ("networks") and of a trivial model (the per-run overhead no node
 event covers), on the clock whole models are timed with (the calling thread's
 CPU time for one thread, else wall time), and the wall time of two chains of
 trivial nodes, one of them also profiled (`calibration_long.json`), which say
-what the profiler adds to every node. Back on a machine with onnx-tailor:
+what the profiler adds to every node; and the whole training networks of the
+manifest ("training_networks", `costmodel.netfactor`), timed without the
+profiler in interleaved rounds ("training_networks": the median over rounds of
+each round's median), which say how a whole network's run relates to the sum
+of its kernels. Back on a machine with onnx-tailor:
 
     onnx-tailor costmodel measure --sweep sweep/ --profiles sweep/profiles -o mydev.csv
 
@@ -118,7 +122,29 @@ def main() -> None:
         timings["networks"][stem] = run_median(plain, WARMUP, RUNS, clock)
         if (index + 1) % 50 == 0:
             print(f"profiled {index + 1}/{len(manifest['networks'])}", flush=True)
+    whole = manifest.get("training_networks", [])
+    timings["training_networks"] = dict(zip([n["id"] for n in whole], interleaved_medians(
+        [ort.InferenceSession(str(args.sweep / n["file"]), options(args.threads), providers=[args.provider])
+         for n in whole], clock)))
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
+
+
+def interleaved_medians(sessions: list, clock, rounds: int = 7, runs: int = 7, warm: int = 2) -> list[float]:
+    """Each session's whole-run time: in each round every session in turn (`warm` untimed runs, then the
+    median of `runs`), the median over rounds kept (measure.interleaved_medians)."""
+    feeds = [feeds_for(session) for session in sessions]
+    medians = [[] for _ in sessions]
+    for _ in range(rounds):
+        for session, feed, kept in zip(sessions, feeds, medians):
+            for _ in range(warm):
+                session.run(None, feed)
+            samples = []
+            for _ in range(runs):
+                start = clock()
+                session.run(None, feed)
+                samples.append(clock() - start)
+            kept.append(float(np.median(samples)))
+    return [float(np.median(kept)) for kept in medians]
 
 
 if __name__ == "__main__":

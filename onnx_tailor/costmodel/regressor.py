@@ -12,7 +12,11 @@ their median ratio; kinds with none use the prior alone (and say so).
 
 A model's predicted latency is the per-run overhead (measured targets pay it
 once per inference) plus the sum over its executed kernels, grouped with the
-target's own fusion rules.
+target's own fusion rules, each kernel scaled by the network factor when the
+CSV holds whole training networks (`network:` rows, `costmodel.netfactor`):
+the median over them of (whole run - overhead) / predicted kernel sum, which
+takes out what summing kernels timed in small networks over- or
+under-predicts whole networks by. A CSV without such rows keeps the factor 1.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ..ir import Model
 from ..ir.io import Outputs, write_text_atomic
 from .features import FEATURE_NAMES, KernelRow, kernel_rows
 from .measure import MIN_KERNEL_S, OVERHEAD_ID
+from .netfactor import is_network_id, network_model, parse_network_id
 from .npu import simulate
 from .sweep import SweepEntry
 from .target import Target, TargetError
@@ -51,6 +56,16 @@ class Measurements:
     @property
     def overhead_s(self) -> float:
         return next((v for k, v in self.rows if k == OVERHEAD_ID), 0.0)
+
+    @property
+    def kernel_rows(self) -> list[tuple[str, float]]:
+        """The sweep kernels' rows: neither the overhead nor a whole training network."""
+        return [(k, v) for k, v in self.rows if k != OVERHEAD_ID and not is_network_id(k)]
+
+    @property
+    def network_rows(self) -> list[tuple[str, float]]:
+        """The whole training networks' rows (`costmodel.netfactor`)."""
+        return [(k, v) for k, v in self.rows if is_network_id(k)]
 
 
 def read_measurements(path: Path) -> Measurements:
@@ -81,10 +96,11 @@ def read_measurements(path: Path) -> Measurements:
             raise MeasurementsError(f"{path}: row {number}: latency_s must be a positive number, got {latency}")
         if record["id"] != OVERHEAD_ID:
             try:
-                SweepEntry.from_id(record["id"])
+                parse_network_id(record["id"]) if is_network_id(record["id"]) else SweepEntry.from_id(record["id"])
             except ValueError:
                 raise MeasurementsError(f"{path}: row {number}: '{record['id']}' is not a sweep id "
-                                        "(`onnx-tailor costmodel sweep` writes them)") from None
+                                        "(`onnx-tailor costmodel sweep` writes them) nor a training network's "
+                                        "(`network:depth=..,hw=..,seed=..`)") from None
         rows.append((record["id"], latency))
     if not rows:
         raise MeasurementsError(f"{path}: no measurements in it")
@@ -145,8 +161,8 @@ def training_matrix(target: Target, measurements: Measurements) -> tuple[np.ndar
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt
     kinds, features, ratios = [], [], []
-    for entry_id, latency in measurements.rows:
-        if entry_id == OVERHEAD_ID or latency <= MIN_KERNEL_S:
+    for entry_id, latency in measurements.kernel_rows:
+        if latency <= MIN_KERNEL_S:
             continue
         row = _training_row(SweepEntry.from_id(entry_id), target)
         if row is None:
@@ -182,12 +198,14 @@ class Prediction:
 class CostModel:
     """Per-kind regressors of log(latency / prior) for one target."""
 
-    def __init__(self, target: Target, regressors: dict, overhead_s: float, trained_rows: int, scale: float = 1.0):
+    def __init__(self, target: Target, regressors: dict, overhead_s: float, trained_rows: int, scale: float = 1.0,
+                 network_factor: float = 1.0):
         self.target = target
         self.regressors = regressors  # kind -> fitted estimator, or a float (median log ratio)
         self.overhead_s = overhead_s
         self.trained_rows = trained_rows
-        self.scale = scale  # every kernel's prediction times this (`rescaled`)
+        self.scale = scale  # every kernel's prediction times this (the network factor, then `rescaled`)
+        self.network_factor = network_factor  # the part of `scale` that fitting learned from training networks
 
     def rescaled(self, factor: float, overhead_s: float | None = None) -> "CostModel":
         """The same regressors with every kernel's prediction times `factor`, and the per-run overhead
@@ -196,7 +214,7 @@ class CostModel:
         if not factor > 0:
             raise ValueError(f"a cost model's scale must be positive, got {factor}")
         return CostModel(self.target, self.regressors, self.overhead_s if overhead_s is None else overhead_s,
-                         self.trained_rows, self.scale * factor)
+                         self.trained_rows, self.scale * factor, self.network_factor)
 
     @classmethod
     def fit(cls, target: Target, measurements: Measurements) -> "CostModel":
@@ -212,7 +230,12 @@ class CostModel:
                 regressors[kind] = float(np.median(ratios))
                 continue
             regressors[kind] = _Trees().fit(np.vstack(features), np.array(ratios))
-        return cls(target, regressors, measurements.overhead_s, sum(len(r) for _, r in by_kind.values()))
+        fitted = cls(target, regressors, measurements.overhead_s, sum(len(r) for _, r in by_kind.values()))
+        ratios = network_ratios(fitted, measurements)
+        if not ratios:
+            return fitted
+        factor = float(np.median(ratios))
+        return cls(target, regressors, fitted.overhead_s, fitted.trained_rows, factor, factor)
 
     def predict_rows(self, rows: list[KernelRow]) -> list[float]:
         out = np.array([r.prior_s for r in rows], dtype=np.float64)
@@ -234,6 +257,19 @@ class CostModel:
         unlearned = sorted({r.kind for r in rows} - set(self.regressors))
         kernels = tuple(KernelPrediction(r, t) for r, t in zip(rows, latencies))
         return Prediction(self.overhead_s + sum(latencies), self.overhead_s, kernels, tuple(unlearned))
+
+
+def network_ratios(cost_model: CostModel, measurements: Measurements) -> list[float]:
+    """(whole run - overhead) / `cost_model`'s kernel sum (as scaled), per training network in `measurements`.
+
+    The whole run less the overhead, not the whole run over the whole prediction: the factor scales the
+    kernels alone, so that a small network (most of its run the overhead) weighs like a large one."""
+    ratios = []
+    for entry_id, latency in measurements.network_rows:
+        kernels = sum(cost_model.predict_rows(kernel_rows(network_model(entry_id), cost_model.target)))
+        if kernels > 0 and latency > measurements.overhead_s:
+            ratios.append((latency - measurements.overhead_s) / kernels)
+    return ratios
 
 
 class _Trees:

@@ -49,7 +49,7 @@ def test_a_rescaled_cost_model_scales_every_kernel_and_takes_the_new_overhead():
     assert after.overhead_s == 7e-6 and before.overhead_s == SHIPPED.overhead_s  # the original is unchanged
     assert [k.latency_s for k in after.kernels] == pytest.approx([1.25 * k.latency_s for k in before.kernels])
     assert after.latency_s == pytest.approx(7e-6 + 1.25 * (before.latency_s - before.overhead_s))
-    assert scaled.rescaled(0.8).scale == pytest.approx(1.0)
+    assert scaled.rescaled(0.8).scale == pytest.approx(raw.scale)  # raw.scale: the network factor (netfactor)
     with pytest.raises(ValueError):
         raw.rescaled(0.0)
     with pytest.raises(TargetError, match="none of the"):
