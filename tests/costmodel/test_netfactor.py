@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 
+from onnx_tailor.cli import main
 from onnx_tailor.costmodel import MeasurementsError, fit_profile, load_target, measure_sweep, read_measurements
 from onnx_tailor.costmodel.anchor import anchor_ids
 from onnx_tailor.costmodel.features import kernel_rows
@@ -126,13 +128,19 @@ def test_a_csv_without_network_rows_keeps_the_factor_one(kernels):
 
 
 def test_a_device_profile_fits_with_or_without_network_rows(tmp_path, kernels):
-    for name, measurements in (("with", _with_networks(kernels, [1.5] * len(NETWORKS))), ("without", Measurements(kernels))):
+    for name, measurements in (("with", _with_networks(kernels, [1.5] * len(NETWORKS))),
+                               ("without", Measurements(kernels))):
         path = tmp_path / f"{name}-data.csv"
         write_measurements(path, measurements)
         fitted = fit_profile(P32, path, f"dev-{name}", tmp_path / f"dev-{name}.json")
         loaded = CostModel.fit(fitted.target, read_measurements(fitted.target.measurements_path()))
         assert loaded.network_factor == fitted.cost_model.network_factor
         assert loaded.network_factor == (pytest.approx(1.5, rel=1e-2) if name == "with" else 1.0)  # 6 digits
+        # `costmodel fit` says when it scaled the kernels
+        result = CliRunner().invoke(main, ["costmodel", "fit", "--target", "npu-p32", "--measurements", str(path),
+                                           "--name", f"cli-{name}", "-o", str(tmp_path / f"cli-{name}.json")])
+        assert result.exit_code == 0, result.output
+        assert ("kernels scaled x1.50" in result.output) == (name == "with")
 
 
 def test_a_measured_sweep_times_its_training_networks_after_the_kernels():
