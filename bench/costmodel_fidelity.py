@@ -192,6 +192,18 @@ under 1 ms); a per-kernel factor exp(a + b log(t / 100 us)) fitted to the
 training networks (b = 0.035) took digits to +13..+23% but within 10% to
 56/84/80%, and would make the cost model no longer a constant times a sum
 of kernels (`costmodel.delta` scores a rewrite by that sum's change): not kept.
+
+Where the sweep's own bias comes from (not fixed): a c -> c conv + ReLU
+timed the sweep's way (`measure_in_network`, median of three) against the
+same conv inside a chain of them ((12-copy chain - 2-copy chain) / 10,
+interleaved medians; 18:33, load 5.8): 8 channels 1x1 at 160x160 493 us
+against 346 (x1.43), 8 channels 3x3 at 160 931 against 793 (x1.17), 16
+channels 1x1 at 160 x1.08, 32 at 80 x1.12, 64 at 40 x1.06, 128 3x3 at 20
+x0.91. The excess is largest where the kernel is cheapest per byte of its
+map (few channels, full resolution), where the layout reorders around
+the kernel in its small network cost most next to it; a chain difference
+has none of them. Timing each kernel as such a difference would be the fix
+at the source (a conv whose channels change needs a partner to chain with).
 """
 
 from __future__ import annotations
