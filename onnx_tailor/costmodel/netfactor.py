@@ -44,7 +44,7 @@ import onnx
 
 from ..ir import Model
 from .measure import interleaved_medians
-from .sweep import _Graph
+from .sweep import GraphBuilder
 from .target import Target
 
 NETWORK_OP = "network"
@@ -95,7 +95,7 @@ class _Builder:
     """A network being built: the current tensor, its channels and map size, and the MACs so far."""
 
     def __init__(self, rng, activation: str, c: int, h: int, w: int):
-        self.g, self.rng, self.act = _Graph(rng), rng, activation
+        self.g, self.rng, self.act = GraphBuilder(rng), rng, activation
         self.x, self.c, self.h, self.w, self.macs = "x", c, h, w, 0
 
     def conv(self, x: str, ci: int, co: int, k: int, s: int, act: str, group: int = 1) -> str:
@@ -170,7 +170,7 @@ def build_network(entry_id: str) -> onnx.ModelProto:
         flat = net.g.add("Flatten", [pooled], axis=1)
         classes = int(rng.choice((10, 100, 1000)))
         out = net.g.add("Gemm", [flat, net.g.weight(classes, wide), net.g.weight(classes)], transB=1)
-    return net.g._model({"x": [1, 3, p["hw"], p["w"]]}, out)
+    return net.g.model_proto({"x": [1, 3, p["hw"], p["w"]]}, out)
 
 
 def network_model(entry_id: str) -> Model:

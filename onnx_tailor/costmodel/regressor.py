@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -136,6 +137,32 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("ONNX_TAILOR_CACHE", Path.home() / ".cache" / "onnx-tailor")) / "costmodel"
 
 
+def _target_key(target: Target) -> list:
+    """What a target's rows depend on besides the measurements: features and the machine's description."""
+    return [FEATURES_VERSION, FEATURE_NAMES, sorted((f.name, getattr(target, f.name)) for f in fields(Target)
+                                                    if f.name not in ("source", "name", "description", "measurements"))]
+
+
+def _cached_arrays(key_source: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`build()`'s arrays, kept as an .npz (read with allow_pickle=False) under a digest of `key_source`."""
+    path = _cache_dir() / f"{hashlib.sha256(key_source.encode()).hexdigest()[:24]}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as cached:
+                return {name: cached[name] for name in cached.files}
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt
+    arrays = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with Outputs() as outputs:  # a unique temporary: two fits of one target never collide
+            np.savez(outputs.reserve(path, suffix=".npz"), **arrays)
+            outputs.commit()
+    except (OSError, TailorError):
+        pass  # no writable cache: build from scratch next time too
+    return arrays
+
+
 def training_matrix(target: Target, measurements: Measurements) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(kind, features, log(latency / prior)) per measured kernel.
 
@@ -147,38 +174,46 @@ def training_matrix(target: Target, measurements: Measurements) -> tuple[np.ndar
 
     Building the features means building and shape-inferring every
     microbenchmark (a few ms each), so the matrix is cached as plain arrays
-    (an .npz read with allow_pickle=False) keyed by everything it depends on.
+    keyed by everything it depends on.
     """
-    key_source = repr((FEATURES_VERSION, FEATURE_NAMES, sorted((f.name, getattr(target, f.name)) for f in fields(Target)
-                                                                if f.name not in ("source", "name", "description",
-                                                                                  "measurements")),
-                       measurements.rows))
-    path = _cache_dir() / f"{hashlib.sha256(key_source.encode()).hexdigest()[:24]}.npz"
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as cached:
-                return cached["kinds"], cached["features"], cached["ratios"]
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache is rebuilt
-    kinds, features, ratios = [], [], []
-    for entry_id, latency in measurements.kernel_rows:
-        if latency <= MIN_KERNEL_S:
-            continue
-        row = _training_row(SweepEntry.from_id(entry_id), target)
-        if row is None:
-            continue
-        kinds.append(row.kind)
-        features.append(row.features)
-        ratios.append(math.log(latency / row.prior_s))
-    arrays = np.array(kinds, dtype=str), np.vstack(features), np.array(ratios)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with Outputs() as outputs:  # a unique temporary: two fits of one target never collide
-            np.savez(outputs.reserve(path, suffix=".npz"), kinds=arrays[0], features=arrays[1], ratios=arrays[2])
-            outputs.commit()
-    except (OSError, TailorError):
-        pass  # no writable cache: fit from scratch next time too
-    return arrays
+    def build() -> dict[str, np.ndarray]:
+        kinds, features, ratios = [], [], []
+        for entry_id, latency in measurements.kernel_rows:
+            if latency <= MIN_KERNEL_S:
+                continue
+            row = _training_row(SweepEntry.from_id(entry_id), target)
+            if row is None:
+                continue
+            kinds.append(row.kind)
+            features.append(row.features)
+            ratios.append(math.log(latency / row.prior_s))
+        return {"kinds": np.array(kinds, dtype=str), "features": np.vstack(features), "ratios": np.array(ratios)}
+
+    # Keyed by the kernel rows alone: the matrix does not depend on the training networks beside them.
+    key = repr((*_target_key(target), [r for r in measurements.rows if not is_network_id(r[0])]))
+    arrays = _cached_arrays(key, build)
+    return arrays["kinds"], arrays["features"], arrays["ratios"]
+
+
+def network_kernels(target: Target, measurements: Measurements) -> dict[str, np.ndarray]:
+    """Every executed kernel of the training networks in `measurements`: its network (an index into
+    `network_rows`), kind, prior and features; cached like `training_matrix` (building the 40 networks'
+    rows took a second of every fit)."""
+    ids = [entry_id for entry_id, _ in measurements.network_rows]
+
+    def build() -> dict[str, np.ndarray]:
+        networks, kinds, priors, features = [], [], [], []
+        for index, entry_id in enumerate(ids):
+            for row in kernel_rows(network_model(entry_id), target):
+                networks.append(index)
+                kinds.append(row.kind)
+                priors.append(row.prior_s)
+                features.append(row.features)
+        return {"networks": np.array(networks, dtype=np.int64), "kinds": np.array(kinds, dtype=str),
+                "priors": np.array(priors, dtype=np.float64),
+                "features": np.vstack(features) if features else np.zeros((0, len(FEATURE_NAMES)))}
+
+    return _cached_arrays(repr(("networks", *_target_key(target), ids)), build)
 
 
 @dataclass(frozen=True)
@@ -238,18 +273,25 @@ class CostModel:
         return cls(target, regressors, fitted.overhead_s, fitted.trained_rows, factor, factor)
 
     def predict_rows(self, rows: list[KernelRow]) -> list[float]:
-        out = np.array([r.prior_s for r in rows], dtype=np.float64)
-        for kind in {r.kind for r in rows}:
-            index = [i for i, r in enumerate(rows) if r.kind == kind]
-            regressor = self.regressors.get(kind)
+        if not rows:
+            return []
+        return self.predict_arrays(np.array([r.kind for r in rows]), np.array([r.prior_s for r in rows]),
+                                   np.vstack([r.features for r in rows])).tolist()
+
+    def predict_arrays(self, kinds: np.ndarray, priors: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Each kernel's predicted latency from its kind, prior and features (one row of `features` each)."""
+        out = np.array(priors, dtype=np.float64)
+        for kind in np.unique(kinds):
+            index = np.flatnonzero(kinds == kind)
+            regressor = self.regressors.get(str(kind))
             if regressor is None:
                 continue
             if isinstance(regressor, float):
                 ratio = np.full(len(index), regressor)
             else:
-                ratio = regressor.predict(np.vstack([rows[i].features for i in index]))
+                ratio = regressor.predict(features[index])
             out[index] *= np.exp(ratio)
-        return (out * self.scale).tolist()
+        return out * self.scale
 
     def predict(self, model: Model) -> Prediction:
         rows = kernel_rows(model, self.target)
@@ -264,12 +306,12 @@ def network_ratios(cost_model: CostModel, measurements: Measurements) -> list[fl
 
     The whole run less the overhead, not the whole run over the whole prediction: the factor scales the
     kernels alone, so that a small network (most of its run the overhead) weighs like a large one."""
-    ratios = []
-    for entry_id, latency in measurements.network_rows:
-        kernels = sum(cost_model.predict_rows(kernel_rows(network_model(entry_id), cost_model.target)))
-        if kernels > 0 and latency > measurements.overhead_s:
-            ratios.append((latency - measurements.overhead_s) / kernels)
-    return ratios
+    kernels = network_kernels(cost_model.target, measurements)
+    predicted = cost_model.predict_arrays(kernels["kinds"], kernels["priors"], kernels["features"])
+    sums = np.bincount(kernels["networks"], weights=predicted, minlength=len(measurements.network_rows))
+    overhead = measurements.overhead_s
+    return [(latency - overhead) / total for (_, latency), total in zip(measurements.network_rows, sums)
+            if total > 0 and latency > overhead]
 
 
 class _Trees:

@@ -136,7 +136,10 @@ def _seed(text: str) -> int:
 NETWORK_CONV, NETWORK_NEG = "network_conv", "network_neg"
 
 
-class _Graph:
+class GraphBuilder:
+    """An ONNX graph built node by node from seeded random weights: a sweep entry's network, or a training
+    network (`costmodel.netfactor`)."""
+
     def __init__(self, rng):
         self.rng, self.nodes, self.inits, self.count = rng, [], [], 0
 
@@ -179,7 +182,7 @@ class _Graph:
         out = body(feeds)
         if ctx:
             out = self.add("Neg", [out], name="post")
-        return self._model(inputs, out)
+        return self.model_proto(inputs, out)
 
     def _network(self, inputs: dict[str, list[int]], body, conv: bool) -> onnx.ModelProto:
         def channels(shape):
@@ -187,11 +190,11 @@ class _Graph:
         feeds = {name: self.neighbour(name, channels(shape), CONTEXT_PREFIX + "pre_" + name)
                  for name, shape in inputs.items()}
         out = body(feeds)
-        inferred = onnx.shape_inference.infer_shapes(self._model(inputs, out))  # the op's output channels
+        inferred = onnx.shape_inference.infer_shapes(self.model_proto(inputs, out))  # the op's output channels
         shape = [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim]
-        return self._model(inputs, self.neighbour(out, channels(shape), CONTEXT_PREFIX + "post"))
+        return self.model_proto(inputs, self.neighbour(out, channels(shape), CONTEXT_PREFIX + "post"))
 
-    def _model(self, inputs: dict[str, list[int]], out: str) -> onnx.ModelProto:
+    def model_proto(self, inputs: dict[str, list[int]], out: str) -> onnx.ModelProto:
         graph = helper.make_graph(
             self.nodes, "sweep", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
             [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
@@ -201,7 +204,7 @@ class _Graph:
 
 
 def _conv(p, rng, depthwise=False):
-    g = _Graph(rng)
+    g = GraphBuilder(rng)
     ci = p["c"] if depthwise else p["ci"]
     co = ci if depthwise else p["co"]
     k, s = p["k"], p["s"]
@@ -220,7 +223,7 @@ def _size(p) -> list[int]:
 
 def _deconv(p, rng):
     """ConvTranspose k=s (the upsampling of detector necks)."""
-    g = _Graph(rng)
+    g = GraphBuilder(rng)
     ci, co, k = p["ci"], p["co"], p["k"]
     return g.finish({"x": [1, ci, p["hw"], p["hw"]]},
                     lambda x: g.add("ConvTranspose", [x["x"], g.weight(ci, co, k, k), g.weight(co)], name="op",
@@ -228,14 +231,14 @@ def _deconv(p, rng):
 
 
 def _matmul(p, rng):
-    g = _Graph(rng)
+    g = GraphBuilder(rng)
     return g.finish({"x": [p["m"], p["k"]]},
                     lambda x: g.add("Gemm", [x["x"], g.weight(p["k"], p["n"]), g.weight(p["n"])], name="op"),
                     p["ctx"])
 
 
 def _eltwise(p, rng):
-    g = _Graph(rng)
+    g = GraphBuilder(rng)
     c, kind = p["c"], p["kind"]
     shape = [1, c, *_size(p)]
     inputs = {"x": shape, "y": shape} if kind in ("add", "mul") else {"x": shape}
@@ -255,7 +258,7 @@ def _eltwise(p, rng):
     return g.finish(inputs, body, p["ctx"])
 
 
-def _spelled_activation(g: _Graph, x: str, kind: str) -> str:
+def _spelled_activation(g: GraphBuilder, x: str, kind: str) -> str:
     """HardSwish as Add(3) -> Clip(0, 6) -> Mul(x) [-> Div(6)]; swish as x * Sigmoid(x).
     The first op is named `op`: it anchors the kernel."""
     if kind == "swish_ops":
@@ -266,7 +269,7 @@ def _spelled_activation(g: _Graph, x: str, kind: str) -> str:
 
 
 def _pool(p, rng):
-    g = _Graph(rng)
+    g = GraphBuilder(rng)
     kind = p["kind"]
 
     def body(x):
@@ -278,7 +281,7 @@ def _pool(p, rng):
 
 
 def _memory(p, rng):
-    g = _Graph(rng)
+    g = GraphBuilder(rng)
     c, kind = p["c"], p["kind"]
     shape = [1, c, *_size(p)]
     inputs = {"x": shape, "y": shape} if kind == "concat" else {"x": shape}
@@ -299,7 +302,7 @@ def _softmax(p, rng):
     """Softmax over the last axis of [m, n]; with `inner`, over the middle axis of [m, n, inner]; with `hw`,
     over axis 1 of [m, n, hw, w] (a detector's distribution head: yolov8n's DFL takes it over axis 1 of
     [1, 16, 4, anchors])."""
-    g = _Graph(rng)
+    g = GraphBuilder(rng)
     if "hw" in p:
         shape, axis = [p["m"], p["n"], p["hw"], p["w"]], 1
     else:
@@ -308,7 +311,7 @@ def _softmax(p, rng):
 
 
 def _gather(p, rng):
-    g = _Graph(rng)
+    g = GraphBuilder(rng)
     table = g.weight(p["rows"], p["dim"])
     indices = g.const((np.arange(p["n"]) % p["rows"]).astype(np.int64))
 
