@@ -366,7 +366,11 @@ class Model:
                 tensor.shape = None
             elif self.sketch and isinstance(tensor, gs.Constant):
                 _sketch_constant(tensor)
-        proto = export(graph)
+        return self.rewritten(export(graph))
+
+    def rewritten(self, proto: onnx.ModelProto) -> "Model":
+        """A rewrite of this model, whose graph `proto` holds without value_info: as a model with this one's
+        opset, IR version, producer, input shapes and sketch flag, its shapes inferred again."""
         proto.ir_version = self._proto.ir_version
         del proto.opset_import[:]
         proto.opset_import.extend(self._proto.opset_import)

@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 
 from ..ir import Model
 from .channel_groups import ChannelGroup, flattened_shape, sink_weight_axis, source_weight_axis, weight_rows
-from .graph_edit import constant_input, nodes_by_name, set_constant_input
+from .node_edits import Edit, SetAttribute, SetConstant, Written, apply_edits
 
 WriteWeights = Callable[[gs.Graph, gs.Node], None]
 
@@ -73,35 +73,45 @@ def edit_group(model: Model, group: ChannelGroup, edit: ChannelEdit,
                written: Mapping[str, WriteWeights] | None = None) -> Model:
     """`model` with `edit` applied to every role of `group` (found on `model`); the sources and
     sinks named in `written` get their weights from those functions instead."""
+    return apply_edits(model, edit_plan(model, group, edit, written))
+
+
+def edit_plan(model: Model, group: ChannelGroup, edit: ChannelEdit,
+              written: Mapping[str, WriteWeights] | None = None) -> list[Edit]:
+    """`edit_group`'s edits of `model`, in the order they are applied (which names the new constants)."""
     written = written or {}
     suffix = edit.suffix
-    graph = model.to_graphsurgeon()
-    nodes = nodes_by_name(graph)
+    plan: list[Edit] = []
     for name in sorted(group.sources | set(group.sinks)):
-        node = nodes[name]
+        node = model.node(name)
         if name in written:
-            written[name](graph, node)
+            plan.append(Written(name, written[name]))
             continue
-        weight, bias = constant_input(node, 1), constant_input(node, 2)
+        weight, bias = _constant_input(model, node, 1), _constant_input(model, node, 2)
         if name in group.sources:  # a conv inside a residual stage is a source and a sink
-            weight = edit.along(weight, source_weight_axis(node.op))
+            weight = edit.along(weight, source_weight_axis(node.op_type))
             if bias is not None:
-                set_constant_input(graph, node, 2, edit.along(bias, 0), f"bias_{suffix}")
+                plan.append(SetConstant(name, 2, edit.along(bias, 0), f"bias_{suffix}"))
         if name in group.sinks:
-            weight = edit.along(weight, sink_weight_axis(node.op, node.attrs), per_channel=group.sinks[name])
-        set_constant_input(graph, node, 1, weight, f"weight_{suffix}")
+            transposed = {"transB": model.attr(node, "transB", 0)}
+            weight = edit.along(weight, sink_weight_axis(node.op_type, transposed), per_channel=group.sinks[name])
+        plan.append(SetConstant(name, 1, weight, f"weight_{suffix}"))
     for name in sorted(group.depthwise):
-        node = nodes[name]
-        set_constant_input(graph, node, 1, edit.along(constant_input(node, 1), 0), f"weight_{suffix}")
-        if constant_input(node, 2) is not None:
-            set_constant_input(graph, node, 2, edit.along(constant_input(node, 2), 0), f"bias_{suffix}")
-        node.attrs["group"] = edit.count(int(node.attrs["group"]))
+        node = model.node(name)
+        plan.append(SetConstant(name, 1, edit.along(_constant_input(model, node, 1), 0), f"weight_{suffix}"))
+        bias = _constant_input(model, node, 2)
+        if bias is not None:
+            plan.append(SetConstant(name, 2, edit.along(bias, 0), f"bias_{suffix}"))
+        plan.append(SetAttribute(name, "group", edit.count(int(model.attr(node, "group", 1)))))
     for (name, index), (axis, fill) in sorted(group.constants.items()):
-        node = nodes[name]
-        set_constant_input(graph, node, index, edit.along(constant_input(node, index), axis, fill),
-                           f"in{index}_{suffix}")
+        value = _constant_input(model, model.node(name), index)
+        plan.append(SetConstant(name, index, edit.along(value, axis, fill), f"in{index}_{suffix}"))
     delta = edit.count(group.channels) - group.channels
     for name, tensor in sorted(group.reshapes.items()):
-        set_constant_input(graph, nodes[name], 1, flattened_shape(model, model.node(name), tensor, delta),
-                           f"shape_{suffix}")
-    return model.from_graphsurgeon(graph)
+        plan.append(SetConstant(name, 1, flattened_shape(model, model.node(name), tensor, delta), f"shape_{suffix}"))
+    return plan
+
+
+def _constant_input(model: Model, node, index: int) -> np.ndarray | None:
+    """`graph_edit.constant_input` read on `model`: the value of input `index` when it is a constant."""
+    return model.constant(node.input[index]) if index < len(node.input) and node.input[index] else None

@@ -20,6 +20,11 @@ def fresh_name(graph: gs.Graph, base: str) -> str:
     # What `graph.tensors()` names, without its per-tensor bookkeeping: this runs once per new constant.
     taken = {t.name for t in graph.inputs} | {n.name for n in graph.nodes}
     taken.update(t.name for n in graph.nodes for t in (*n.inputs, *n.outputs))
+    return unique_name(base, taken)
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """`base`, or the first of `base_1`, `base_2`... not in `taken`."""
     if base not in taken:
         return base
     index = 1
