@@ -20,7 +20,7 @@ import numpy as np
 
 from ..ir import Model
 from .base import Declined, Exactness, Pass, Site
-from .graph_edit import constant_input, nodes_by_name, set_constant_input
+from .node_edits import SetAttribute, SetConstant, apply_edits
 
 
 class DensifyDepthwise(Pass):
@@ -41,16 +41,15 @@ class DensifyDepthwise(Pass):
                             summary=f"group {groups} -> 1, weights {shape[1]} -> {shape[1] * groups} input channels")
 
     def rewrite(self, model: Model, site: Site, calib=None, reference: Model | None = None) -> Model:
-        graph = model.to_graphsurgeon()
-        conv = nodes_by_name(graph)[site.anchor]
-        groups = int(conv.attrs["group"])
-        weight = constant_input(conv, 1)
+        conv = model.node(site.anchor)
+        groups = int(model.attr(conv, "group"))
+        weight = model.constant(conv.input[1])
         out_channels, in_per_group = weight.shape[:2]
         out_per_group = out_channels // groups
         dense = np.zeros((out_channels, in_per_group * groups) + weight.shape[2:], dtype=weight.dtype)
         for g in range(groups):
             rows = slice(g * out_per_group, (g + 1) * out_per_group)
             dense[rows, g * in_per_group:(g + 1) * in_per_group] = weight[rows]
-        set_constant_input(graph, conv, 1, dense, "weight_dense")
-        conv.attrs["group"] = 1
-        return model.from_graphsurgeon(graph)
+        # Edits that keep the wiring: a sketch's preview edits its proto directly (`node_edits`).
+        return apply_edits(model, [SetConstant(site.anchor, 1, dense, "weight_dense"),
+                                   SetAttribute(site.anchor, "group", 1)])

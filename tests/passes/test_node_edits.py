@@ -1,11 +1,12 @@
 """A sketch edited on its proto (`passes.node_edits.on_sketch`) is what graphsurgeon's round trip makes of it.
 
-Channel edits (pad_channels, align_channels, scale_depth) edit a sketch's
-proto directly instead of going through graphsurgeon. For every pass and
+Rewrites that keep the graph's wiring (the channel edits of pad_channels,
+align_channels and scale_depth; densify_depthwise) edit a sketch's proto
+directly instead of going through graphsurgeon. For every pass and
 every site on the test models, on the region the search previews it on and
 on a sketch of the whole model, the preview must be the same proto, byte for
 byte, with the direct path on and off; and the direct path must really be
-taken for the channel edits (else this test would compare graphsurgeon with
+taken for those (else this test would compare graphsurgeon with
 itself).
 """
 
@@ -26,7 +27,7 @@ from tests.graphs import tiny_mobilenet
 
 PARAMS = {"align_channels": {"multiple": 16}, "pad_channels": {"multiple": 16}, "scale_depth": {"multiple": 16},
           "factor_low_rank": {"energy": 0.8}}
-CHANNEL_EDITS = {"pad_channels", "align_channels", "scale_depth"}
+DIRECT = {"pad_channels", "align_channels", "scale_depth", "densify_depthwise"}
 
 
 def _previews(monkeypatch, rewrite, subject: Model, site, native: bool) -> tuple[Model, int]:
@@ -65,7 +66,7 @@ def _check_every_site(monkeypatch, model: Model) -> tuple[int, int]:
                 assert native.proto.SerializeToString() == graphsurgeon.proto.SerializeToString(), \
                     f"{pass_name}@{site.anchor}"
                 assert native.sketch and native.shapes_inferred
-                if pass_name in CHANNEL_EDITS:
+                if pass_name in DIRECT:
                     assert calls == 1, f"{pass_name}@{site.anchor} did not edit the sketch directly"
                 checked, direct = checked + 1, direct + calls
     return checked, direct
