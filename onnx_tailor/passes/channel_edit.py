@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 
 from ..ir import Model
 from .channel_groups import ChannelGroup, flattened_shape, sink_weight_axis, source_weight_axis, weight_rows
-from .node_edits import Edit, SetAttribute, SetConstant, Written, apply_edits
+from .node_edits import Edit, SetAttribute, SetConstant, Written, apply_edits, constant_value
 
 WriteWeights = Callable[[gs.Graph, gs.Node], None]
 
@@ -87,7 +87,7 @@ def edit_plan(model: Model, group: ChannelGroup, edit: ChannelEdit,
         if name in written:
             plan.append(Written(name, written[name]))
             continue
-        weight, bias = _constant_input(model, node, 1), _constant_input(model, node, 2)
+        weight, bias = constant_value(model, node, 1), constant_value(model, node, 2)
         if name in group.sources:  # a conv inside a residual stage is a source and a sink
             weight = edit.along(weight, source_weight_axis(node.op_type))
             if bias is not None:
@@ -98,20 +98,15 @@ def edit_plan(model: Model, group: ChannelGroup, edit: ChannelEdit,
         plan.append(SetConstant(name, 1, weight, f"weight_{suffix}"))
     for name in sorted(group.depthwise):
         node = model.node(name)
-        plan.append(SetConstant(name, 1, edit.along(_constant_input(model, node, 1), 0), f"weight_{suffix}"))
-        bias = _constant_input(model, node, 2)
+        plan.append(SetConstant(name, 1, edit.along(constant_value(model, node, 1), 0), f"weight_{suffix}"))
+        bias = constant_value(model, node, 2)
         if bias is not None:
             plan.append(SetConstant(name, 2, edit.along(bias, 0), f"bias_{suffix}"))
         plan.append(SetAttribute(name, "group", edit.count(int(model.attr(node, "group", 1)))))
     for (name, index), (axis, fill) in sorted(group.constants.items()):
-        value = _constant_input(model, model.node(name), index)
+        value = constant_value(model, model.node(name), index)
         plan.append(SetConstant(name, index, edit.along(value, axis, fill), f"in{index}_{suffix}"))
     delta = edit.count(group.channels) - group.channels
     for name, tensor in sorted(group.reshapes.items()):
         plan.append(SetConstant(name, 1, flattened_shape(model, model.node(name), tensor, delta), f"shape_{suffix}"))
     return plan
-
-
-def _constant_input(model: Model, node, index: int) -> np.ndarray | None:
-    """`graph_edit.constant_input` read on `model`: the value of input `index` when it is a constant."""
-    return model.constant(node.input[index]) if index < len(node.input) and node.input[index] else None

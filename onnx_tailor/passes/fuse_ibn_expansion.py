@@ -97,17 +97,17 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from ..analysis import (ExpandDepthwisePair, IBNBlock, UnpairedExpand, find_ibn_blocks, match_activation_chain,
                         pair_ending_at)
-from ..errors import VerificationError
+from ..errors import PassError, VerificationError
 from ..ir import Model
 from ..ir.conv_geometry import ConvGeometry
 from .base import Declined, Exactness, Param, Pass, Site
 from .capture import capture, capture_fit
 from .fit_memo import active_memo, fit_key
-from .graph_edit import constant_input, fresh_name, nodes_by_name, set_constant_input
+from .graph_edit import nodes_by_name, set_constant_input
+from .node_edits import AddNode, NewTensor, apply_edits, constant_value, plain_attributes
 from .least_squares import fit_conv
 from .local_error import relative_error
 from .refine import ConvPair, Elementwise, SqueezeExcitation
@@ -256,26 +256,25 @@ def _weights(model: Model, conv_name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _compose(model: Model, pair: ExpandDepthwisePair) -> tuple[Model, str]:
     """The fused graph with the product of the kernels as weights, and the fused conv's name."""
-    graph = model.to_graphsurgeon()
-    nodes = nodes_by_name(graph)
-    expand, depthwise = nodes[pair.expand], nodes[pair.depthwise]
-    w_e, w_d = constant_input(expand, 1), constant_input(depthwise, 1)
-    b_e = constant_input(expand, 2)
-    b_d = constant_input(depthwise, 2)
+    expand, depthwise = model.node(pair.expand), model.node(pair.depthwise)
+    w_e, w_d = constant_value(model, expand, 1), constant_value(model, depthwise, 1)
+    b_e = constant_value(model, expand, 2)
+    b_d = constant_value(model, depthwise, 2)
     ce = w_e.shape[0]
     b_e = np.zeros(ce, w_e.dtype) if b_e is None else b_e
     b_d = np.zeros(ce, w_e.dtype) if b_d is None else b_d
     fused_w = (w_d[:, 0][:, None] * w_e[:, :, 0, 0][:, :, None, None]).astype(w_e.dtype)  # [Ce, Ci, K, K]
     fused_b = (b_d + b_e * w_d.reshape(ce, -1).sum(axis=1)).astype(w_e.dtype)
-    fused = gs.Node("Conv", name=fresh_name(graph, f"{expand.name}_fused"),
-                    attrs={k: v for k, v in depthwise.attrs.items() if k != "group"} | {"group": 1},
-                    inputs=[expand.inputs[0],
-                            gs.Constant(fresh_name(graph, f"{expand.name}.weight_fused"), fused_w),
-                            gs.Constant(fresh_name(graph, f"{expand.name}.bias_fused"), fused_b)],
-                    outputs=list(depthwise.outputs))
-    depthwise.outputs.clear()
-    graph.nodes.append(fused)
-    return model.from_graphsurgeon(graph), fused.name
+    attrs = plain_attributes(depthwise)
+    if attrs is None:
+        raise PassError(f"fuse_ibn_expansion at {pair.expand}: the depthwise conv has an attribute that is not a "
+                        "plain value")
+    # A new node and what it leaves unread dropped: a sketch's preview edits its proto directly (`node_edits`).
+    fused = AddNode("Conv", f"{expand.name}_fused", {k: v for k, v in attrs.items() if k != "group"} | {"group": 1},
+                    (expand.input[0], NewTensor(f"{expand.name}.weight_fused", fused_w),
+                     NewTensor(f"{expand.name}.bias_fused", fused_b)), tuple(depthwise.output))
+    composed = apply_edits(model, [fused])
+    return composed, composed.producer(pair.output).name
 
 
 def _replace_weights(model: Model, conv_name: str, weight: np.ndarray, bias: np.ndarray) -> Model:

@@ -27,17 +27,20 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx import numpy_helper
 
 from ..ir import Model
 from ..ir.model import SKETCHED_FROM
-from .graph_edit import nodes_by_name, set_constant_input, unique_name
+from .graph_edit import fresh_name, nodes_by_name, set_constant_input, unique_name
 
 # Whether sketches are edited on their protos; False makes every edit go through graphsurgeon (for the tests
 # that compare the two).
 NATIVE = True
 # The float types whose large constants a sketch keeps as type and dims only (`ir.model._sketch_constant`).
 _SKETCHED = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+_PLAIN = (onnx.AttributeProto.INT, onnx.AttributeProto.FLOAT, onnx.AttributeProto.STRING, onnx.AttributeProto.INTS,
+          onnx.AttributeProto.FLOATS, onnx.AttributeProto.STRINGS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,7 +68,28 @@ class Written:
     write: Callable[[gs.Graph, gs.Node], None]
 
 
-Edit = SetConstant | SetAttribute | Written
+@dataclass(frozen=True, eq=False)
+class NewTensor:
+    """A new constant input of an `AddNode`, named `name` (made unique)."""
+
+    name: str
+    value: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class AddNode:
+    """A new node named `name` (made unique) that reads `inputs` (tensor names or new constants) and writes
+    `outputs` in place of their producers, which stop writing them; what then feeds no graph output is
+    dropped, as graphsurgeon's cleanup drops it. `attrs`: plain values (`plain_attributes`)."""
+
+    op: str
+    name: str
+    attrs: dict
+    inputs: tuple
+    outputs: tuple[str, ...]
+
+
+Edit = SetConstant | SetAttribute | Written | AddNode
 
 
 def apply_edits(model: Model, edits: Sequence[Edit]) -> Model:
@@ -75,10 +99,34 @@ def apply_edits(model: Model, edits: Sequence[Edit]) -> Model:
     return by_graphsurgeon(model, edits)
 
 
+def constant_value(model: Model, node: onnx.NodeProto, index: int) -> np.ndarray | None:
+    """`graph_edit.constant_input` read on `model`: the value of input `index` when it is a constant."""
+    return model.constant(node.input[index]) if index < len(node.input) and node.input[index] else None
+
+
+def plain_attributes(node: onnx.NodeProto) -> dict | None:
+    """`node`'s attributes as graphsurgeon imports them (strings decoded, lists as lists), or None when one
+    is not a plain number, string or list of them."""
+    found = {}
+    for attribute in node.attribute:
+        if attribute.ref_attr_name or attribute.type not in _PLAIN:
+            return None
+        value = onnx.helper.get_attribute_value(attribute)
+        if attribute.type == onnx.AttributeProto.STRING:
+            value = value.decode()
+        elif attribute.type == onnx.AttributeProto.STRINGS:
+            value = [v.decode() for v in value]
+        found[attribute.name] = list(value) if isinstance(value, (list, tuple)) else value
+    return found
+
+
 def by_graphsurgeon(model: Model, edits: Sequence[Edit]) -> Model:
     graph = model.to_graphsurgeon()
     nodes = nodes_by_name(graph)
     for edit in edits:
+        if isinstance(edit, AddNode):
+            _add_by_graphsurgeon(graph, edit)
+            continue
         node = nodes[edit.node]
         if isinstance(edit, SetConstant):
             set_constant_input(graph, node, edit.index, edit.value, edit.suffix)
@@ -87,6 +135,18 @@ def by_graphsurgeon(model: Model, edits: Sequence[Edit]) -> Model:
         else:
             edit.write(graph, node)
     return model.from_graphsurgeon(graph)
+
+
+def _add_by_graphsurgeon(graph: gs.Graph, edit: AddNode) -> None:
+    tensors = graph.tensors()
+    name = fresh_name(graph, edit.name)
+    inputs = [gs.Constant(fresh_name(graph, i.name), np.ascontiguousarray(i.value)) if isinstance(i, NewTensor)
+              else tensors[i] for i in edit.inputs]
+    outputs = [tensors[t] for t in edit.outputs]
+    for tensor in outputs:
+        for producer in list(tensor.inputs):
+            producer.outputs.remove(tensor)
+    graph.nodes.append(gs.Node(edit.op, name=name, attrs=dict(edit.attrs), inputs=inputs, outputs=outputs))
 
 
 def on_sketch(model: Model, edits: Sequence[Edit]) -> Model:
@@ -98,7 +158,12 @@ def on_sketch(model: Model, edits: Sequence[Edit]) -> Model:
     nodes = list(source.node)
     position = {node.name: i for i, node in enumerate(nodes)}
     constants = {t.name: t for t in source.initializer}
+    added = False
     for edit in edits:
+        if isinstance(edit, AddNode):
+            nodes.append(_add_on_proto(source, nodes, constants, edit))
+            added = True
+            continue
         i = position[edit.node]
         node = onnx.NodeProto()
         node.CopyFrom(nodes[i])
@@ -114,6 +179,8 @@ def on_sketch(model: Model, edits: Sequence[Edit]) -> Model:
         else:
             raise TypeError(f"a sketch cannot be edited by {edit!r}")
         nodes[i] = node
+    if added:
+        nodes = _needed(nodes, {t.name for t in source.output})
     nodes = _sorted(nodes)
     if nodes is None:
         return by_graphsurgeon(model, edits)
@@ -131,27 +198,75 @@ def on_sketch(model: Model, edits: Sequence[Edit]) -> Model:
     return model.rewritten(proto)
 
 
+def _add_on_proto(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], constants: dict,
+                  edit: AddNode) -> onnx.NodeProto:
+    """The new node of `edit` (its producers' outputs taken over in `nodes`), its new constants in `constants`."""
+    name = _fresh_name(graph, nodes, edit.name)
+    inputs = []
+    for tensor in edit.inputs:
+        if isinstance(tensor, NewTensor):
+            inputs.append(_fresh_name(graph, nodes, tensor.name))
+            constants[inputs[-1]] = _constant(inputs[-1], np.ascontiguousarray(tensor.value))
+        else:
+            inputs.append(tensor)
+    taken = set(edit.outputs)
+    for i, node in enumerate(nodes):
+        if taken.intersection(node.output):
+            kept = onnx.NodeProto()
+            kept.CopyFrom(node)
+            del kept.output[:]
+            kept.output.extend(t for t in node.output if t not in taken)
+            nodes[i] = kept
+    node = onnx.helper.make_node(edit.op, inputs=inputs, outputs=list(edit.outputs), name=name)
+    node.attribute.extend(OnnxExporter.export_attributes(dict(edit.attrs)))
+    return node
+
+
+def _needed(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """The nodes that some graph output depends on, in their order (graphsurgeon's cleanup)."""
+    producer = {t: node for node in nodes for t in node.output if t}
+    kept, pending = set(), [producer[t] for t in outputs if t in producer]
+    while pending:
+        node = pending.pop()
+        if id(node) in kept:
+            continue
+        kept.add(id(node))
+        pending.extend(producer[t] for t in node.input if t in producer)
+    return [node for node in nodes if id(node) in kept]
+
+
 def _sorted(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto] | None:
-    """The nodes in graphsurgeon's order (`ir.roundtrip.toposort`: a stable sort by depth, one more than the
-    deepest producer's), or None when a node comes before one of its producers or holds a subgraph (whose
-    reads count too): graphsurgeon's own sort then decides."""
+    """The nodes in graphsurgeon's order, or None when a node holds a subgraph (whose reads count too) or the
+    graph has a cycle: graphsurgeon then decides. Its `toposort` gives each node a depth (one more than its
+    deepest producer's), recording nodes as a depth-first walk from each node in turn to its producers (in
+    the order it reads them) finishes them, and sorts that record stably by depth."""
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute):
         return None
-    producers = {t: i for i, node in enumerate(nodes) for t in node.output if t}
-    levels = []
-    for i, node in enumerate(nodes):
-        deepest = -1
-        for tensor in node.input:
-            j = producers.get(tensor) if tensor else None
-            if j is None:
-                continue
-            if j >= i:
-                return None
-            deepest = max(deepest, levels[j])
-        levels.append(deepest + 1)
-    if all(a <= b for a, b in zip(levels, levels[1:])):
+    producer = {t: i for i, node in enumerate(nodes) for t in node.output if t}
+    producers = [list(dict.fromkeys(producer[t] for t in node.input if t in producer)) for node in nodes]
+    depth: dict[int, int] = {}
+    finished: list[int] = []
+    for root in range(len(nodes)):
+        if root in depth:
+            continue
+        stack, walking = [(root, iter(producers[root]))], {root}
+        while stack:
+            i, pending = stack[-1]
+            for j in pending:
+                if j not in depth:
+                    if j in walking:
+                        return None
+                    walking.add(j)
+                    stack.append((j, iter(producers[j])))
+                    break
+            else:
+                stack.pop()
+                walking.discard(i)
+                depth[i] = 1 + max((depth[j] for j in producers[i]), default=-1)
+                finished.append(i)
+    if finished == sorted(finished) and all(depth[a] <= depth[b] for a, b in zip(finished, finished[1:])):
         return nodes
-    return [node for _, node in sorted(zip(levels, nodes), key=lambda pair: pair[0])]
+    return [nodes[i] for i in sorted(finished, key=depth.__getitem__)]
 
 
 def _fresh_name(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], base: str) -> str:

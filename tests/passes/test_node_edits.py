@@ -27,7 +27,7 @@ from tests.graphs import tiny_mobilenet
 
 PARAMS = {"align_channels": {"multiple": 16}, "pad_channels": {"multiple": 16}, "scale_depth": {"multiple": 16},
           "factor_low_rank": {"energy": 0.8}}
-DIRECT = {"pad_channels", "align_channels", "scale_depth", "densify_depthwise"}
+DIRECT = {"pad_channels", "align_channels", "scale_depth", "densify_depthwise", "fuse_ibn_expansion"}
 
 
 def _previews(monkeypatch, rewrite, subject: Model, site, native: bool) -> tuple[Model, int]:
