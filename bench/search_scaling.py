@@ -60,8 +60,17 @@ a run just before gave the after side 113.5), peak memory 2238 -> 3638 MB
 (the previews alone peak at 230 vs 239 MB; the after side gets further into
 its first fit in the same 120 s, whose captures at 640x640 the tensor cache
 keeps: not confirmed).
-What is left of a region preview (about 7 ms of process time on the busy
-machine): importing the region into graphsurgeon (~1.5 ms: two dozen nodes
+With the rewrites that make most candidates (pad_channels, align_channels,
+scale_depth, densify_depthwise, fuse_ibn_expansion) editing a sketch's proto
+directly instead of graphsurgeon's round trip (`passes.node_edits`; load
+4.1 -> 6.2, 2026-12-03, `--mode previews --models paddle_det_640,digits`):
+paddle_det_640 9.3 -> 101.8 priced/s (10.9x), digits 24.1 -> 341.7 (14.2x),
+peak memory 2120 -> 2674 and 458 -> 1288 MB. A profile of the detector's
+92 previews after it: comparing kernels (touched nodes, grouping, rows)
+about 40%, `find` on the regions about 20%, the rewrites themselves (the
+plan, the proto, shape inference) about 18%, cutting the regions about 10%.
+Before it, what was left of a region preview (about 7 ms of process time on
+the busy machine): importing the region into graphsurgeon (~1.5 ms: two dozen nodes
 and constants built as Python objects), rebuilding it (~1.9 ms: clean-up,
 export, shape inference, wrapping), comparing kernels (~2 ms: grouping the
 rewritten region, the touched nodes, the cut's distances), `find` on the

@@ -1,21 +1,24 @@
-"""Edits that keep a graph's wiring: new constants for some nodes' inputs, new values for some attributes.
+"""Small rewrites as data: new constants for nodes' inputs, new attribute values, a node added in place of others.
 
 A channel edit (`channel_edit`) or a densified depthwise conv
-(`densify_depthwise`) adds, removes and rewires no node: it points weight
-inputs at new constants and sets attributes (a conv's `group`). Planned once
-as a list of such edits, it is applied either by
-onnx-graphsurgeon, as every rewrite that is run or saved is, or, on a sketch
-(`ir.Model`'s `sketch`: a model only ever scored), straight to a copy of the
-proto, which gives the model graphsurgeon's round trip gives (the same nodes,
-constants in the same order and sketched alike, the same inferred shapes)
-without importing, cleaning, sorting and exporting the graph (about a
-quarter of a region preview on the 640x640 detector).
+(`densify_depthwise`) rewires no node: it points weight inputs at new
+constants and sets attributes (a conv's `group`); a fused expansion
+(`fuse_ibn_expansion`) adds one node that takes over a tensor, and what fed
+only the old producer falls away. Planned once as a list of such edits, a
+rewrite is applied either by onnx-graphsurgeon, as every rewrite that is run
+or saved is, or, on a sketch (`ir.Model`'s `sketch`: a model only ever
+scored), straight to a copy of the proto. That gives the model graphsurgeon's
+round trip gives (the same nodes in graphsurgeon's order, its cleanup's
+leftovers dropped, constants in the same order and sketched alike, the same
+inferred shapes) without importing, cleaning, sorting and exporting the graph
+(about a quarter of a region preview on the 640x640 detector).
 
-    plan (channel_edit.edit_plan)  ->  by_graphsurgeon(model, edits)   a real model
-                                   ->  on_sketch(model, edits)         a sketch: the proto, edited in place of a copy
+    plan (channel_edit.edit_plan, ...)  ->  by_graphsurgeon(model, edits)   a real model
+                                        ->  on_sketch(model, edits)         a sketch: a copy of its proto, edited
 
-tests/passes/test_node_edits.py checks that both give the same proto on every
-site of every pass on the test models (`NATIVE` switches the second off).
+tests/passes/test_node_edits.py checks that both give the same proto, byte for
+byte, on every site of every pass on the test models (`NATIVE` switches the
+second off).
 """
 
 from __future__ import annotations
