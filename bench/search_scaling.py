@@ -65,7 +65,14 @@ scale_depth, densify_depthwise, fuse_ibn_expansion) editing a sketch's proto
 directly instead of graphsurgeon's round trip (`passes.node_edits`; load
 4.1 -> 6.2, 2026-12-03, `--mode previews --models paddle_det_640,digits`):
 paddle_det_640 9.3 -> 101.8 priced/s (10.9x), digits 24.1 -> 341.7 (14.2x),
-peak memory 2120 -> 2674 and 458 -> 1288 MB. A profile of the detector's
+peak memory 2120 -> 2674 and 458 -> 1288 MB. On a quieter machine (load
+2.1, the same day, each side by the bench's child in turn) paddle_det_640
+14.7 -> 175.4 priced/s (11.9x). The after side's larger peak is the tensor
+cache (`passes.tensor_cache`): the search gets further into its first fit in
+the same 120 s, and keeps its captures at 640x640; with `cache_bytes=0`
+(load 2.9) the after side peaks at 2211 MB against 3618 MB with the default
+cache, at the same 195 priced/s (the previews alone peak at about 230 MB).
+A profile of the detector's
 92 previews after it: comparing kernels (touched nodes, grouping, rows)
 about 40%, `find` on the regions about 20%, the rewrites themselves (the
 plan, the proto, shape inference) about 18%, cutting the regions about 10%.
