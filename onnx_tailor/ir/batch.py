@@ -188,17 +188,18 @@ Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def run_samples(model: Model, samples: Mapping[str, np.ndarray], batch_size: int | None = None,
-                runner: Runner | None = None, what: str = "its inputs") -> tuple[dict[str, np.ndarray],
-                                                                                  dict[str, int | None]]:
+                runner: Runner | None = None, what: str = "its inputs",
+                layout: BatchLayout | None = None) -> tuple[dict[str, np.ndarray], dict[str, int | None]]:
     """Every graph output of `model` on `samples` (samples layout), and each output's batch axis.
 
     The samples run `batch_size` at a time (all at once when None), or exactly the model's fixed batch
     at a time, the last run padded and the padding dropped again. Outputs keep the model's layout, joined
     along their batch axis. An output without a batch axis comes back as one run gave it, and only
     when one run was enough. `runner` runs one batch of feeds (default: an unoptimized session);
-    `what` names the data in errors.
+    `what` names the data in errors; `layout` is the model's when given (a cut of a model takes its
+    batch where the whole model had it there, whatever its declared shapes suggest: `ir.cut`).
     """
-    layout = batch_layout(model)
+    layout = batch_layout(model) if layout is None else layout
     count = len(next(iter(samples.values())))
     size = layout.fixed or batch_size or count
     if runner is None:

@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from ..errors import InputShapeError, InputTypeError
 from .indices import index_limits
-from .large import inference_session, light_session, lighten
+from .large import Light, inference_session, light_session, lighten
 
 if TYPE_CHECKING:  # annotations only: model imports shapes, which runs models with this module
     from .model import Model
@@ -52,8 +52,12 @@ def exposing_session(model: Model, tensors: list[str]) -> tuple[onnx.ModelProto,
     light = lighten(model.proto)
     present = {o.name for o in light.proto.graph.output}
     light.proto.graph.output.extend(onnx.ValueInfoProto(name=t) for t in dict.fromkeys(tensors) if t not in present)
-    options = _cpu_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL, 1)
-    return light.proto, light_session(light, options, ["CPUExecutionProvider"])
+    return light.proto, light_cpu_session(light)
+
+
+def light_cpu_session(light: Light) -> ort.InferenceSession:
+    """An unoptimized single-threaded CPU session of a light form (`ir.large`), as `session` makes for a model."""
+    return light_session(light, _cpu_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL, 1), ["CPUExecutionProvider"])
 
 
 def _cpu_options(optimization: ort.GraphOptimizationLevel, threads: int) -> ort.SessionOptions:

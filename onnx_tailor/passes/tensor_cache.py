@@ -60,10 +60,12 @@ class CacheStats:
     hits: int = 0  # tensors served from the cache
     misses: int = 0  # tensors asked for and computed
     runs: int = 0  # onnxruntime runs made to compute them
+    cut_runs: int = 0  # of them, runs of a cut from cached tensors rather than of the whole model
     refused: int = 0  # computed tensors not kept, for the budget
 
     def to_dict(self) -> dict:
-        return {"hits": self.hits, "misses": self.misses, "runs": self.runs, "refused": self.refused}
+        return {"hits": self.hits, "misses": self.misses, "runs": self.runs, "cut_runs": self.cut_runs,
+                "refused": self.refused}
 
 
 class TensorCache:
@@ -75,6 +77,7 @@ class TensorCache:
         self.bytes = 0
         self._entries: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # least recently used first
         self._pinned: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._axes: dict[tuple[str, str], int | None] = {}  # each kept tensor's batch axis, as `run_samples` joined it
         self._digests: weakref.WeakKeyDictionary[Model, dict[str, str]] = weakref.WeakKeyDictionary()
         self._interest: dict[str, None] = {}  # tensor names fits have read, oldest first
         self._data: dict[int, tuple[Mapping, str]] = {}  # id of a feed dict -> (the dict, its fingerprint)
@@ -115,6 +118,12 @@ class TensorCache:
         self.stats.misses += len(tensors) - len(found)
         return found
 
+    def batch_axis(self, model: Model, tensor: str, data: str) -> tuple[bool, int | None]:
+        """(whether `tensor` of `model` on `data` is kept, its batch axis as it was joined), without touching
+        the statistics or the order of eviction."""
+        key = (self.digests(model).get(tensor), data)
+        return (key[0] is not None and (key in self._entries or key in self._pinned)), self._axes.get(key)
+
     def wanted(self, model: Model, data: str, asked: list[str], samples: int) -> list[str]:
         """What one run of `model` on `samples` samples should compute when `asked` misses: `asked`, and the
         tensors fits have read before that `model` has, not cached yet, and fit the budget by their estimated size."""
@@ -134,8 +143,10 @@ class TensorCache:
             extra.append(tensor)
         return [*asked, *extra]
 
-    def store(self, model: Model, values: Mapping[str, np.ndarray], data: str, pinned: bool = False) -> None:
-        """Keep `values` (tensors of `model` on `data`) as far as the budget allows."""
+    def store(self, model: Model, values: Mapping[str, np.ndarray], data: str, pinned: bool = False,
+              axes: Mapping[str, int | None] | None = None) -> None:
+        """Keep `values` (tensors of `model` on `data`, joined along `axes` when run on samples) as far as the
+        budget allows."""
         digests = self.digests(model)
         entries = self._pinned if pinned else self._entries
         for tensor, value in values.items():
@@ -147,6 +158,7 @@ class TensorCache:
                 continue
             value.flags.writeable = False  # shared by every later reader
             entries[(digest, data)] = value
+            self._axes[(digest, data)] = None if axes is None else axes.get(tensor)
             self.bytes += value.nbytes
 
     def _make_room(self, size: int, pinned: bool) -> bool:
@@ -155,7 +167,8 @@ class TensorCache:
             return False
         for entries in (self._entries, self._pinned) if pinned else (self._entries,):
             while self.bytes + size > self.budget_bytes and entries:
-                _, evicted = entries.popitem(last=False)
+                key, evicted = entries.popitem(last=False)
+                self._axes.pop(key, None)
                 self.bytes -= evicted.nbytes
         return self.bytes + size <= self.budget_bytes
 

@@ -112,6 +112,23 @@ def test_cached_values_are_the_bytes_of_a_fresh_run_and_cost_no_second_run(tiny,
     assert not first[block.input].flags.writeable  # shared: nobody may edit a cached value
 
 
+@pytest.mark.parametrize("samples", [6, None])
+def test_a_miss_below_cached_tensors_runs_their_cut_and_gives_the_bytes_of_a_whole_run(tiny, fused_last, samples):
+    """The rewritten model's output is downstream of its change, its block's input upstream and cached: the
+    run that computes the output starts there (`ir.cut`), on calibration samples or on one batch."""
+    rewritten, block = fused_last
+    calib = None if samples is None else seeded_samples(tiny, samples)
+    output = rewritten.graph.output[0].name
+    fresh = capture(rewritten, [output], calib)  # no cache: the whole model from its inputs
+    cache = TensorCache(1 << 30)
+    with using(cache):
+        capture(tiny, [block.input], calib)
+        assert (cache.stats.runs, cache.stats.cut_runs) == (1, 0)  # nothing cached yet: the whole model
+        got = capture(rewritten, [output], calib)
+        assert (cache.stats.runs, cache.stats.cut_runs) == (2, 1)
+    assert got[output].tobytes() == fresh[output].tobytes()
+
+
 def test_other_data_is_another_key(tiny):
     cache = TensorCache(1 << 30)
     name = tiny.graph.output[0].name
