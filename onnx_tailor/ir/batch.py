@@ -228,7 +228,8 @@ def run_samples(model: Model, samples: Mapping[str, np.ndarray], batch_size: int
             axes = _found_axes(model, layout, results, fed, lambda: runner(layout.feeds(first)))
         for name, value in results.items():
             axis = axes[name]
-            parts.setdefault(name, []).append(value if axis is None else np.take(value, range(rows), axis=axis))
+            whole = axis is None or value.shape[axis] == rows  # no padding to drop: the run's own array, uncopied
+            parts.setdefault(name, []).append(value if whole else np.take(value, range(rows), axis=axis))
         runs += 1
     assert axes is not None  # samples hold at least one sample
     joined = {}
