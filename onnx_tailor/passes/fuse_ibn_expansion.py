@@ -46,7 +46,8 @@ the calibration inputs, in two stages and, with `refine`, a third:
    network computes it, Y the reference block's projection output: the
    target of stage 2. Before refining, the numpy block is checked against
    onnxruntime on a few samples; after, the refined weights are kept only if
-   they lowered that error on all the calibration data. A block whose
+   they lowered that error on all the calibration data (and the steps stop
+   at half of N when they have not lowered it by then). A block whose
    activation or SE numpy cannot follow (Elu, Gelu, PRelu, ...) keeps its
    stage-2 weights; its site's summary says so. `refine=0` is stages 1 and 2
    alone, byte for byte as before the parameter existed.

@@ -113,24 +113,65 @@ def test_gradients_are_the_derivatives_of_the_loss(spelling):
             assert gradient[position] == pytest.approx((up - down) / 2e-6, rel=1e-4, abs=1e-4)
 
 
-def test_rows_made_once_give_the_same_refinement_as_rows_made_per_step(monkeypatch):
-    """The im2col rows of every sample, made once, are selected for each mini-batch: the refined
-    weights are the same bytes as when each step makes its own (as it does over PATCHED_ELEMENTS)."""
-    from onnx_tailor.passes import refine as refine_module
-
+def _relu6_pair(seed: int = 1) -> tuple[ConvPair, np.ndarray, np.ndarray]:
+    """A 6 -> 18 -> 6 relu6 pair (3x3 then 1x1) with random weights, and random 5x5 inputs and targets."""
     model = _block_model("relu6")
     [block] = find_ibn_blocks(model)
     z_name = model.node(block.depthwise).output[0]
     found = match_activation(model, z_name)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     ce, ci, co = 18, 6, 6
     pair = ConvPair(ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
                     Elementwise.of(model, z_name, found.nodes, found.output), None,
                     (rng.standard_normal((ci * 9, ce)) * 0.3).astype(np.float32), np.zeros(ce, np.float32),
                     (rng.standard_normal((ce, co)) * 0.3).astype(np.float32), np.zeros(co, np.float32))
     x = rng.standard_normal((7, ci, 5, 5)).astype(np.float32)
-    target = rng.standard_normal((7, co, 5, 5)).astype(np.float32)
-    monkeypatch.setattr(refine_module, "BATCH_ELEMENTS", 3 * 25 * ci * 9)  # mini-batches of 3 of the 7 samples
+    return pair, x, rng.standard_normal((7, co, 5, 5)).astype(np.float32)
+
+
+def _counting_steps(monkeypatch) -> list:
+    from onnx_tailor.passes import refine as refine_module
+
+    taken = []
+    real = refine_module.ConvPair.gradients
+    monkeypatch.setattr(refine_module.ConvPair, "gradients", lambda *a: taken.append(1) or real(*a))
+    return taken
+
+
+def test_a_refinement_that_has_not_lowered_the_error_by_its_checkpoint_stops_there(monkeypatch):
+    """The pair computes its target exactly (L = 0): Adam's first steps can only raise L, so the steps stop
+    at GIVE_UP_AT of them and the pair comes back unchanged."""
+    from onnx_tailor.passes import refine as refine_module
+
+    pair, x, _ = _relu6_pair()
+    exact = pair(x)
+    taken = _counting_steps(monkeypatch)
+    assert pair.refine(x, exact, steps=100) is pair
+    assert len(taken) == round(100 * refine_module.GIVE_UP_AT) < 100
+
+
+def test_a_refinement_below_its_start_at_the_checkpoint_takes_every_step_to_the_same_bytes(monkeypatch):
+    """Random targets: the steps lower L, the checkpoint changes nothing, and the weights are the bytes
+    of a refinement without one."""
+    from onnx_tailor.passes import refine as refine_module
+
+    pair, x, target = _relu6_pair()
+    taken = _counting_steps(monkeypatch)
+    checked = pair.refine(x, target, steps=70)
+    assert checked is not pair and len(taken) == 70
+    monkeypatch.setattr(refine_module, "GIVE_UP_AT", 2.0)  # past the last step: never checked
+    unchecked = pair.refine(x, target, steps=70)
+    for a, b in zip(checked.onnx_weights(), unchecked.onnx_weights()):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_rows_made_once_give_the_same_refinement_as_rows_made_per_step(monkeypatch):
+    """The im2col rows of every sample, made once, are selected for each mini-batch: the refined
+    weights are the same bytes as when each step makes its own (as it does over PATCHED_ELEMENTS)."""
+    from onnx_tailor.passes import refine as refine_module
+
+    pair, x, target = _relu6_pair()
+    monkeypatch.setattr(refine_module, "BATCH_ELEMENTS", 3 * 25 * x.shape[1] * 9)  # mini-batches of 3 of the 7 samples
     made = []
     real = refine_module.patches
     monkeypatch.setattr(refine_module, "patches", lambda *a: made.append(len(a[0])) or real(*a))
