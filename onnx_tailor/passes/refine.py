@@ -29,13 +29,14 @@ that was already close (a few steps, or a block least squares fits almost
 exactly): the refined weights are kept only if L on all the data went down.
 Where it has not gone down after `GIVE_UP_AT` of the steps (and at least
 twice the warm-up), the rest are not taken: the least-squares weights stand.
-On the blocks of bench/fusion_refinement.py's models (every block of digits,
-the PaddleOCR classifier and MobileNetV2-224 fused in turn, 100 steps),
-every refinement that ended below its start was at step 30 at most 0.85 of
-it, and every one still above it at step 30 ended above it, but one that
-ended 0.5% below (numbers in that bench's docstring): a block that Adam's
-first steps threw far off (MobileNetV2-224's deep blocks with seeded random
-weights, which least squares fits almost exactly) costs 30 steps, not 100.
+With every block of digits (9), the PaddleOCR classifier (11) and
+MobileNetV2-224 with seeded random weights (16) fused in turn, 100 steps
+(bench/refine_checkpoint.py), each refinement that ended below its start was
+below it at step 50 (at most 0.84 of it; 0.997 for two of MobileNetV2-224's),
+and each that did not was at least 1.055 of it there: on those models the
+checkpoint changes no weights, and the 11 MobileNetV2-224 blocks refinement
+cannot improve (the deep ones least squares fits almost exactly) cost 50
+steps, not 100. At step 30 three kept blocks were still above their start.
 
 Activations are evaluated by `Elementwise`: the ONNX nodes that spell them
 (`analysis.match_activation_chain`), interpreted in numpy with their derivative
