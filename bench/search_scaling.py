@@ -49,6 +49,19 @@ machine); it now computes candidates upstream of the first, whose fits the
 next step asks for again and `passes.fit_memo` serves. The rest is the
 refinement and the onnxruntime runs of each fit (captures, local error,
 judging), one candidate at a time.
+Captures that run only the cut between cached tensors and the missing ones
+(`ir.cut`), and refinements that give up at half their steps when they have
+not lowered the error (`passes.refine.GIVE_UP_AT`), 2026-12-03, `--mode full
+--models mobilenetv2_224 --before 68ea1f6`, the same 26 steps, 2.44x
+simulated and largest feasible local error (0.478, 9 capped): `--workers 1`
+190 -> 128 s (1.48x; load 2.8 -> 2.1), `--workers cores` 187 -> 162 s (1.15x;
+load 1.2 -> 3.1) and, beside other work, 345 -> 165 s (load 5.4 -> 2.9). With
+two workers each keeps its own tensor cache, so fewer captures start from
+cached tensors: on this shared machine one worker is now the faster (not
+profiled further). A profile with one worker (load 4-6): captures 103 ->
+34 s, local errors 60 -> 12 s; what is left is refinement of the blocks it
+does improve, judging (about 45 s: whole-model runs on the selection split)
+and the cost model's fit at the start (about 23 s).
 `--mode previews --models paddle_det_640`: 13.4 -> 78.0 priced/s (5.8x; 92
 region previews on weight-less sketches, each about 8 ms against 15 ms a
 stop earlier). With the round trip exporting only what a rewrite changed
