@@ -32,6 +32,7 @@ is a pair.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
@@ -347,7 +348,19 @@ def _match_se(model: Model, tensor: str) -> tuple[tuple[str, ...], str] | None:
 
 
 def find_ibn_blocks(model: Model) -> list[IBNBlock]:
-    """Every inverted-bottleneck block, in graph order: an expand-depthwise pair followed by a projection."""
+    """Every inverted-bottleneck block, in graph order: an expand-depthwise pair followed by a projection.
+    Kept per model (a model never changes): scale_depth and fuse_ibn_expansion both ask it of every region
+    a search's previews cut."""
+    found = _IBN_BLOCKS.get(model)
+    if found is None:
+        found = _IBN_BLOCKS[model] = tuple(_find_ibn_blocks(model))
+    return list(found)
+
+
+_IBN_BLOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> find_ibn_blocks(model)
+
+
+def _find_ibn_blocks(model: Model) -> list[IBNBlock]:
     blocks = []
     for pair in find_expand_depthwise_pairs(model):
         dw = model.node(pair.depthwise)

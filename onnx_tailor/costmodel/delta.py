@@ -31,7 +31,7 @@ from functools import cached_property
 from ..ir import Model
 from ..ir.regions import adjacent, border, distances, grow
 from .features import KernelRow, kernel_row
-from .kernels import Kernel, kernels_for
+from .kernels import Kernel, kernel_members, kernels_for, make_kernel
 from .regressor import CostModel
 
 Signature = tuple
@@ -161,11 +161,13 @@ def unscored_region_change(cost_model: CostModel, parent: KernelCosts, model: Mo
     if touched is None:
         return None
     target = cost_model.target
-    kernels = kernels_for(rewritten, target)
-    owner = {name: k for k in kernels for name in k.nodes}
+    # Grouped whole (a node's kernel depends on what earlier ones claimed), described only where it matters.
+    groups = [tuple(m.name for m in members)
+              for members in kernel_members(rewritten, target.fusable_activations, target.grouped_activations)]
+    owner = {name: names for names in groups for name in names}
     involved = set(touched)
     while True:  # close over kernels on both sides: a kernel that differs may span nodes nothing touched
-        grown = involved | {m for n in involved if n in owner for m in owner[n].nodes}
+        grown = involved | {m for n in involved if n in owner for m in owner[n]}
         grown |= parent.nodes({parent.owners[n] for n in involved if n in parent.owners})
         if grown == involved:
             break
@@ -177,8 +179,9 @@ def unscored_region_change(cost_model: CostModel, parent: KernelCosts, model: Mo
     if any(near.get(name, MARGIN) < MARGIN for name in involved & inside):
         return None
     # In the orders the whole model's change sums them, so that equal changes predict bit-equal latencies.
-    signatures = {kernel_signature(rewritten, k, model): k for k in kernels
-                  if k.kind != "free" and involved.intersection(k.nodes)}
+    kernels = (make_kernel(rewritten, [rewritten.node(name) for name in names]) for names in groups
+               if involved.intersection(names))
+    signatures = {kernel_signature(rewritten, k, model): k for k in kernels if k.kind != "free"}
     new = [kernel for signature, kernel in signatures.items() if signature not in parent.kernels]
     before = {parent.owners[n] for n in involved if n in parent.owners}
     gone = [signature for signature in parent.kernels if signature in before and signature not in signatures]

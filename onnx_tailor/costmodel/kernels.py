@@ -142,6 +142,14 @@ def kernels_for(model: Model, target: Target) -> list[Kernel]:
 def group_kernels(model: Model, fusable_activations: tuple[str, ...] | frozenset[str],
                   grouped_activations: tuple[str, ...] | frozenset[str] = ()) -> list[Kernel]:
     """The model's nodes grouped into kernels, in execution (topological) order."""
+    return [make_kernel(model, members) for members in kernel_members(model, fusable_activations,
+                                                                      grouped_activations)]
+
+
+def kernel_members(model: Model, fusable_activations: tuple[str, ...] | frozenset[str],
+                   grouped_activations: tuple[str, ...] | frozenset[str] = ()) -> list[list]:
+    """`group_kernels`' grouping alone: each kernel's nodes, anchor first, in execution order. Describing a
+    kernel (`make_kernel`) costs more than grouping it; a rewrite's change needs only the kernels it touches."""
     fusable, grouped = frozenset(fusable_activations), frozenset(grouped_activations)
     claimed: set[str] = set()
     groups = []
@@ -155,10 +163,11 @@ def group_kernels(model: Model, fusable_activations: tuple[str, ...] | frozenset
             members = _grouped_activation(model, node, grouped) or members
         claimed.update(m.name for m in members)
         groups.append(members)
-    return [_make_kernel(model, members) for members in groups]
+    return groups
 
 
-def _make_kernel(model: Model, members: list) -> Kernel:
+def make_kernel(model: Model, members: list) -> Kernel:
+    """The kernel of `members` (`kernel_members`' nodes) in `model`."""
     names = {m.name for m in members}
     produced = {o for m in members for o in m.output if o}
     inputs, weights = [], []

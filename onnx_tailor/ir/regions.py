@@ -16,6 +16,7 @@ a tensor is a *real* graph input or output has to be asked of the model.
 
 from __future__ import annotations
 
+import weakref
 from typing import Iterable
 
 import onnx
@@ -27,12 +28,21 @@ from .model import Model
 _VALUE_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
-def adjacent(model: Model, name: str) -> set[str]:
-    """Names of the nodes one edge away from node `name`: producers of what it reads, readers of what it writes."""
-    node = model.node(name)
-    found = {p.name for t in model.reads(node) if t and (p := model.producer(t)) is not None}
-    found.update(c.name for t in node.output if t for c in model.consumers(t))
+def adjacent(model: Model, name: str) -> frozenset[str]:
+    """Names of the nodes one edge away from node `name`: producers of what it reads, readers of what it writes.
+    Kept per model (a model never changes): a search asks it of the same parent's nodes for every candidate's
+    region."""
+    known = _ADJACENT.setdefault(model, {})
+    found = known.get(name)
+    if found is None:
+        node = model.node(name)
+        found = {p.name for t in model.reads(node) if t and (p := model.producer(t)) is not None}
+        found.update(c.name for t in node.output if t for c in model.consumers(t))
+        found = known[name] = frozenset(found)
     return found
+
+
+_ADJACENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> node name -> adjacent(model, name)
 
 
 def grow(model: Model, names: Iterable[str], hops: int) -> set[str]:

@@ -161,19 +161,22 @@ def on_sketch(model: Model, edits: Sequence[Edit]) -> Model:
     nodes = list(source.node)
     position = {node.name: i for i, node in enumerate(nodes)}
     constants = {t.name: t for t in source.initializer}
+    names = _Names(source, nodes)
     added = False
     for edit in edits:
         if isinstance(edit, AddNode):
-            nodes.append(_add_on_proto(source, nodes, constants, edit))
+            nodes.append(_add_on_proto(names, nodes, constants, edit))
             added = True
             continue
         i = position[edit.node]
         node = onnx.NodeProto()
         node.CopyFrom(nodes[i])
         if isinstance(edit, SetConstant):
-            name = _fresh_name(source, nodes, f"{edit.node}.{edit.suffix}")
+            name = names.fresh(f"{edit.node}.{edit.suffix}")
+            names.take(name)
             constants[name] = _constant(name, np.ascontiguousarray(edit.value))
             if edit.index < len(node.input):
+                names.release(node.input[edit.index])
                 node.input[edit.index] = name
             else:  # graphsurgeon pads the missing optional inputs with empty ones
                 node.input.extend([""] * (edit.index - len(node.input)) + [name])
@@ -201,17 +204,18 @@ def on_sketch(model: Model, edits: Sequence[Edit]) -> Model:
     return model.rewritten(proto)
 
 
-def _add_on_proto(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], constants: dict,
-                  edit: AddNode) -> onnx.NodeProto:
+def _add_on_proto(names: _Names, nodes: list[onnx.NodeProto], constants: dict, edit: AddNode) -> onnx.NodeProto:
     """The new node of `edit` (its producers' outputs taken over in `nodes`), its new constants in `constants`."""
-    name = _fresh_name(graph, nodes, edit.name)
+    # Each name is fresh against `nodes` without the new node, which is not among them yet.
+    name = names.fresh(edit.name)
     inputs = []
     for tensor in edit.inputs:
         if isinstance(tensor, NewTensor):
-            inputs.append(_fresh_name(graph, nodes, tensor.name))
+            inputs.append(names.fresh(tensor.name))
             constants[inputs[-1]] = _constant(inputs[-1], np.ascontiguousarray(tensor.value))
         else:
             inputs.append(tensor)
+    names.take(name, *inputs, *edit.outputs)
     taken = set(edit.outputs)
     for i, node in enumerate(nodes):
         if taken.intersection(node.output):
@@ -272,11 +276,46 @@ def _sorted(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto] | None:
     return [nodes[i] for i in sorted(finished, key=depth.__getitem__)]
 
 
-def _fresh_name(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], base: str) -> str:
-    """`graph_edit.fresh_name` on the graph as edited so far."""
-    taken = {t.name for t in graph.input} | {n.name for n in nodes}
-    taken.update(t for n in nodes for t in (*n.input, *n.output))
-    return unique_name(base, taken)
+class _Names:
+    """`graph_edit.fresh_name` on the graph as edited so far (its inputs, and the nodes' names and tensors),
+    without walking every node for each new name: the names at the start, plus those the edits took since.
+    A tensor an edit stopped reading may be free again; where the answer could hang on one, every node is
+    walked as before."""
+
+    def __init__(self, graph: onnx.GraphProto, nodes: list[onnx.NodeProto]):
+        self._graph, self._nodes = graph, nodes
+        self._taken = self._walk()
+        self._released: set[str] = set()
+
+    def _walk(self) -> set[str]:
+        taken = {t.name for t in self._graph.input} | {n.name for n in self._nodes}
+        taken.update(t for n in self._nodes for t in (*n.input, *n.output))
+        return taken
+
+    def fresh(self, base: str) -> str:
+        name = unique_name(base, self._taken)
+        if self._released and any(tried in self._released for tried in _tried(base, name)):
+            name = unique_name(base, self._walk())
+        return name
+
+    def take(self, *names: str) -> None:
+        """`names` now in `nodes`."""
+        self._taken.update(names)
+
+    def release(self, name: str) -> None:
+        """`name` no longer read where it was (perhaps read elsewhere still)."""
+        self._released.add(name)
+
+
+def _tried(base: str, found: str):
+    """The names `unique_name(base, ...)` tried before `found`."""
+    if found == base:
+        return
+    yield base
+    index = 1
+    while (tried := f"{base}_{index}") != found:
+        yield tried
+        index += 1
 
 
 def _constant(name: str, value: np.ndarray) -> onnx.TensorProto:

@@ -117,3 +117,18 @@ def test_a_plan_names_each_input_it_replaces_once(edit):
     assert all(e.value.dtype == model.constant(model.node(e.node).input[e.index]).dtype
                for e in plan if isinstance(e, node_edits.SetConstant) and e.index < len(model.node(e.node).input)
                and model.is_constant(model.node(e.node).input[e.index]))
+
+
+def test_a_name_an_edit_stopped_reading_is_free_again_as_in_graphsurgeon(monkeypatch):
+    """New constants are named against the graph as edited so far: the third edit's `<node>.a` is free again
+    once the second edit stopped reading the first one's, and is taken as graphsurgeon takes it."""
+    model = Model(canonicalize(tiny_mobilenet()), sketch=True)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    weight = np.zeros(model.declared_shape(conv.input[1]), np.float32)
+    edits = [node_edits.SetConstant(conv.name, 1, weight, suffix) for suffix in ("a", "b", "a")]
+    monkeypatch.setattr(node_edits, "NATIVE", True)
+    native = node_edits.apply_edits(model, edits)
+    monkeypatch.setattr(node_edits, "NATIVE", False)
+    graphsurgeon = node_edits.apply_edits(model, edits)
+    assert native.node(conv.name).input[1] == f"{conv.name}.a"
+    assert native.proto.SerializeToString() == graphsurgeon.proto.SerializeToString()
