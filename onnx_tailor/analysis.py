@@ -242,8 +242,20 @@ def find_expand_depthwise_pairs(model: Model) -> list[ExpandDepthwisePair]:
 
 
 def pair_ending_at(model: Model, dw: onnx.NodeProto) -> ExpandDepthwisePair | UnpairedExpand | None:
-    """The pair whose depthwise conv is `dw`; or why not, when a 1x1 conv feeds `dw` through element-wise
-    ops only but something else reads what lies between; None when no 1x1 conv feeds it so."""
+    """The pair whose depthwise conv is `dw` (a node of `model`); or why not, when a 1x1 conv feeds `dw`
+    through element-wise ops only but something else reads what lies between; None when no 1x1 conv feeds it
+    so. Kept per model (a model never changes): fuse_ibn_expansion asks it of every node, after
+    `find_ibn_blocks` did."""
+    known = _PAIRS.setdefault(model, {})
+    if dw.name not in known:
+        known[dw.name] = _pair_ending_at(model, dw)
+    return known[dw.name]
+
+
+_PAIRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> node name -> pair_ending_at
+
+
+def _pair_ending_at(model: Model, dw: onnx.NodeProto) -> ExpandDepthwisePair | UnpairedExpand | None:
     if not is_depthwise(model, dw) or len(model.declared_shape(dw.input[1])) != 4:
         return None
     between, expand = _elementwise_path(model, dw.input[0])
