@@ -59,9 +59,19 @@ load 1.2 -> 3.1) and, beside other work, 345 -> 165 s (load 5.4 -> 2.9). With
 two workers each keeps its own tensor cache, so fewer captures start from
 cached tensors: on this shared machine one worker is now the faster (not
 profiled further). A profile with one worker (load 4-6): captures 103 ->
-34 s, local errors 60 -> 12 s; what is left is refinement of the blocks it
-does improve, judging (about 45 s: whole-model runs on the selection split)
-and the cost model's fit at the start (about 23 s).
+34 s, local errors 60 -> 12 s. A profile after it (one worker, load 2,
+147 s under cProfile): refinement 59 s (its forward and gradient matrix
+products 50 s), judging 27 s (whole-model runs on the selection split),
+channel removal 25 s (the greedy choice 18 s, 13 s of it Python),
+captures 14 s, local errors 7 s; the search's first step starts 5 s in.
+On idle cores (load 1.0, 19:26-19:32) `--workers 1` took 212 -> 151 s
+(1.40x) and `--workers cores` 182 -> 118 s (1.54x; load 1.0 -> 1.7), the
+same 26 steps and result each time; the host ran the before side 11% slower
+than at the helper's run above. With two workers on a loaded machine (the
+helper's 162 s) the three processes fight for the cores; idle, two workers
+are the faster. Previews the same hour (idle, load 0.8 -> 1.0, `--mode
+previews --models paddle_det_640`, everything above merged): 12.5 -> 165.1
+priced/s (13.2x), peak memory 2243 -> 4486 MB (the tensor cache, as above).
 `--mode previews --models paddle_det_640`: 13.4 -> 78.0 priced/s (5.8x; 92
 region previews on weight-less sketches, each about 8 ms against 15 ms a
 stop earlier). With the round trip exporting only what a rewrite changed
