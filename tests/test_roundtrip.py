@@ -20,7 +20,7 @@ from onnx_tailor.costmodel.delta import kernel_costs, region_around
 from onnx_tailor.ir import Model
 from onnx_tailor.ir import roundtrip
 from onnx_tailor.ir.regions import extract
-from onnx_tailor.passes import all_passes, get_pass
+from onnx_tailor.passes import all_passes, get_pass, node_edits
 from onnx_tailor.passes.canonicalize import canonicalize, load
 from tests.graphs import tiny_mobilenet
 
@@ -61,6 +61,9 @@ def _check_every_site(model: Model, monkeypatch) -> tuple[int, int]:
         return real(self, graph)
 
     monkeypatch.setattr(Model, "from_graphsurgeon", checked)
+    # Every rewrite through graphsurgeon: the passes that edit a sketch's proto directly (`passes.node_edits`,
+    # checked against graphsurgeon's round trip in tests/passes/test_node_edits.py) fall back to it, too.
+    monkeypatch.setattr(node_edits, "NATIVE", False)
     for pass_name in all_passes():
         rewrite = get_pass(pass_name)
         params = PARAMS.get(pass_name, {})
