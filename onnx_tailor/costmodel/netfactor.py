@@ -157,11 +157,11 @@ def build_network(entry_id: str) -> onnx.ModelProto:
         co = co - co % 8 if rng.random() < 0.5 else co
         kind = str(rng.choice(("ibn", "ibn", "separable", "conv")))
         k, excite = int(rng.choice((3, 3, 5))), bool(rng.random() < 0.25)
-        before = (net.g.count, len(net.g.nodes), len(net.g.inits), net.macs, net.x, net.c, net.h, net.w)
+        graph, before = net.g.mark(), (net.macs, net.x, net.c, net.h, net.w)
         net.block(kind, max(co, 3), k, s, excite)
         if net.macs > MAX_NETWORK_MACS and index:
-            count, nodes, inits, net.macs, net.x, net.c, net.h, net.w = before
-            net.g.count, net.g.nodes, net.g.inits = count, net.g.nodes[:nodes], net.g.inits[:inits]
+            net.g.rewind(graph)
+            net.macs, net.x, net.c, net.h, net.w = before
             break
     out = net.x
     if rng.random() < 0.5:

@@ -143,6 +143,15 @@ class GraphBuilder:
     def __init__(self, rng):
         self.rng, self.nodes, self.inits, self.count = rng, [], [], 0
 
+    def mark(self) -> tuple[int, int, int]:
+        """Where the graph stands now, for `rewind`."""
+        return self.count, len(self.nodes), len(self.inits)
+
+    def rewind(self, mark: tuple[int, int, int]) -> None:
+        """Drop what was added since `mark`, names included."""
+        self.count, nodes, inits = mark
+        del self.nodes[nodes:], self.inits[inits:]
+
     def const(self, value) -> str:
         self.count += 1
         name = f"w{self.count}"
