@@ -33,7 +33,7 @@ import click
 from . import accuracy, api
 from .costmodel import DEFAULT_TARGET, builtin_targets, fit_profile, load_target, measure_sweep, score
 from .costmodel import simulate as npu_simulate
-from .costmodel.anchor import anchored_cost_model
+from .costmodel.anchor import anchored_cost_model, measured_elsewhere
 from .costmodel.netfactor import write_training_networks
 from .costmodel.profile import measurements_from_profiles
 from .costmodel.regressor import write_measurements
@@ -455,14 +455,21 @@ def cost(model, target_name, per_op, as_json, anchor, input_shapes, data):
     loaded = api.with_data(api.load(model, input_shapes), data)
     cost_model, anchoring, factor = anchored_cost_model(target) if anchor else (None, None, None)
     result = score(loaded, target, cost_model=cost_model)
+    elsewhere = None if anchor else measured_elsewhere(target)
     if as_json:
         anchored = {} if anchoring is None else {"anchor": {"factor": factor, "kernels": len(anchoring.now_s),
                                                             "overhead_ms": anchoring.overhead_s * 1e3,
                                                             "took_s": anchoring.took_s}}
-        click.echo(json.dumps({"model": model, **result.to_dict(per_kernel=per_op), **anchored}, indent=2))
+        elsewhere_note = {"measured_on_another_machine": elsewhere} if elsewhere else {}
+        click.echo(json.dumps({"model": model, **result.to_dict(per_kernel=per_op), **anchored, **elsewhere_note},
+                              indent=2))
         return
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
+    if elsewhere:
+        click.echo(f"note: {target.name}'s kernels were measured on another machine ({elsewhere}): absolute times "
+                   "may be off by a common factor, rankings hold. --anchor re-times a few of them here (about "
+                   "10 s); `onnx-tailor costmodel --help` says how to measure this machine (minutes).", err=True)
     if per_op:
         w = max(24, *(len(k.name) for k in result.kernels))
         click.echo(f"{'kernel':<{w}} {'ops':<28} {'predicted us':>12} {'simulated us':>12}")

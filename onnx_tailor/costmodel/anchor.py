@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .measure import measure_in_network, measure_overhead, measure_profiler_bias
+from .measure import machine_description, measure_in_network, measure_overhead, measure_profiler_bias
 from .regressor import CostModel, Measurements, cost_model_for, read_measurements
 from .sweep import SweepEntry
 from .target import Target, TargetError
@@ -137,3 +137,15 @@ def anchored_cost_model(target: Target) -> tuple[CostModel, Anchoring, float]:
     measurements = read_measurements(path)
     anchoring = measure_anchors(target, measurements)
     return anchoring.rescale(cost_model_for(target), measurements), anchoring, anchoring.factor_for(measurements)
+
+
+def measured_elsewhere(target: Target) -> str | None:
+    """The machine a target's measurements were taken on, when it is not this one (as `costmodel measure`
+    describes a machine: CPU, cores, kernel, onnxruntime, provider, threads); None for this machine, a
+    simulated target, or a file that does not say. Two hosts of one cloud that describe their CPU alike
+    still differ by their kernel build, and ran the same kernels 30% apart here."""
+    path = target.measurements_path()
+    if target.kind != "ort" or path is None:
+        return None
+    measured = read_measurements(path).comments.get("machine")
+    return measured if measured and measured != machine_description(target) else None

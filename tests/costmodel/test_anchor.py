@@ -11,7 +11,7 @@ from onnx_tailor.cli import main
 from onnx_tailor.costmodel import TargetError, cost_model_for, load_target, read_measurements
 from onnx_tailor.costmodel import anchor
 from onnx_tailor.costmodel.anchor import ANCHOR_MAX_S, ANCHOR_MIN_S, Anchoring, anchor_ids, measure_anchors
-from onnx_tailor.costmodel.measure import OVERHEAD_ID
+from onnx_tailor.costmodel.measure import OVERHEAD_ID, machine_description
 from onnx_tailor.costmodel.regressor import Measurements
 from onnx_tailor.costmodel.sweep import base_entries
 from onnx_tailor.passes.canonicalize import load
@@ -79,3 +79,26 @@ def test_cost_anchor_scales_the_prediction_on_measured_targets_and_refuses_simul
     assert data["latency_ms"] == pytest.approx(data["anchor"]["overhead_ms"] + data["anchor"]["factor"] * kernels_ms)
     refused = runner.invoke(main, ["cost", str(DIGITS.path), "--target", "npu-p32", "--anchor"])
     assert refused.exit_code == 1 and refused.output.count("\n") == 1 and "simulated" in refused.output
+
+
+def _cpu_target_measured_on(tmp_path, machine: str):
+    """cpu-ort with the shipped kernel times, filed as measured on `machine`."""
+    lines = [f"# machine: {machine}" if line.startswith("# machine:") else line
+             for line in CPU.measurements_path().read_text().splitlines()]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    profile = json.loads((CPU.source).read_text())
+    (tmp_path / "mine.json").write_text(json.dumps({**profile, "name": "mine", "measurements": "m.csv"}))
+    return load_target(str(tmp_path / "mine.json"))
+
+
+def test_cost_notes_measurements_taken_on_another_machine(tmp_path):
+    here = _cpu_target_measured_on(tmp_path, machine_description(CPU))
+    assert anchor.measured_elsewhere(here) is None and anchor.measured_elsewhere(load_target("npu-p32")) is None
+    elsewhere = _cpu_target_measured_on(tmp_path, "Some Other CPU; 64 cores")
+    assert anchor.measured_elsewhere(elsewhere) == "Some Other CPU; 64 cores"
+    runner = CliRunner()
+    text = runner.invoke(main, ["cost", str(DIGITS.path), "--target", str(tmp_path / "mine.json")])
+    assert text.exit_code == 0 and "measured on another machine (Some Other CPU; 64 cores)" in text.stderr
+    data = json.loads(runner.invoke(main, ["cost", str(DIGITS.path), "--target", str(tmp_path / "mine.json"),
+                                           "--json"]).stdout)
+    assert data["measured_on_another_machine"] == "Some Other CPU; 64 cores"
