@@ -33,7 +33,9 @@ base entries stay as they were:
 - the smallest maps (`small_map_entries`): 1 to 6 pixels square, the last
   stages of small-input models and every excitation gate's 1x1 convs;
 - softmax over a middle axis (`softmax_axis_entries`), which onnxruntime
-  transposes last and back (a detector's distribution head).
+  transposes last and back (a detector's distribution head);
+- nearest upsampling spelled as exporters write it (`exported_resize_entries`),
+  by 2, 4 or 8, which onnxruntime copies by whole pixels.
 Given models add entries around their own kernels (their exact shapes and
 neighbouring channel counts), nn-Meter's adaptive sampling in its simplest
 form; no rule above names a model.
@@ -64,6 +66,9 @@ ACTIVATIONS = ("none", "relu", "relu6")
 ELEMENTWISE_OPS = ("add", "mul", "scale", "relu", "relu6", "sigmoid", "hardsigmoid", "hardswish")
 POOL_OPS = ("gap", "maxpool", "avgpool")
 MEMORY_OPS = ("concat", "resize", "transpose", "slice")
+# A nearest upsample as PyTorch and Paddle export it; the base sweep's Resize takes ONNX's defaults (half_pixel,
+# round_prefer_floor), which no exporter writes for it and onnxruntime runs 3-5x slower (`exported_resize_entries`).
+EXPORTED_NEAREST = {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
 CONTEXT_PREFIX = "ctx_"
 # Entries whose neighbours in a network are convolutions (onnxruntime keeps them in its blocked NCHWc
 # layout there: measured between Neg ops they would pay layout reorders that no network pays).
@@ -298,8 +303,11 @@ def _memory(p, rng):
     def body(x):
         if kind == "concat":
             return g.add("Concat", [x["x"], x["y"]], name="op", axis=1)
-        if kind == "resize":
-            return g.add("Resize", [x["x"], "", g.const(np.array([1, 1, 2, 2], np.float32))], name="op", mode="nearest")
+        if kind == "resize":  # nearest, by `scale` (2 unless the id says); spelled as exporters do with `coord`
+            scale = p.get("scale", 2)
+            spelling = EXPORTED_NEAREST if p.get("coord") == "asymmetric" else {}
+            return g.add("Resize", [x["x"], "", g.const(np.array([1, 1, scale, scale], np.float32))], name="op",
+                         mode="nearest", **spelling)
         if kind == "transpose":
             return g.add("Transpose", [x["x"]], name="op", perm=[0, 2, 3, 1])
         return g.add("Slice", [x["x"], g.const(np.array([0])), g.const(np.array([max(c // 2, 1)])),
@@ -554,6 +562,27 @@ def small_map_entries(seed: int = 5, size: int = 60, contexts: tuple[int, ...] =
     return list(dict.fromkeys(entries))
 
 
+RESIZE_SCALES = (2, 2, 2, 4, 8)  # a detector neck's upsampling: mostly by 2, to a common size by 4 or 8
+RESIZE_MAX_ELEMENTS = 1 << 22  # the upsampled map, at most 16 MB in float32
+
+
+def exported_resize_entries(seed: int = 7, size: int = 30, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
+    """Nearest upsampling spelled as exporters write it (`EXPORTED_NEAREST`: each output pixel copies input
+    pixel floor(o / scale)), by `RESIZE_SCALES`, from maps of 7 to 112 pixels: onnxruntime copies such a
+    resize by whole pixels, in its blocked conv layout when its neighbours are there (96 channels 80 -> 160:
+    2176 us spelled with the defaults, 439 us so, inside a sweep network)."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for _ in range(size):
+        scale = int(rng.choice(RESIZE_SCALES))
+        hw = int(rng.choice([r for r in RESOLUTIONS if r * scale <= 224]))
+        c = max(3, min(_channels(rng, hw * scale), RESIZE_MAX_ELEMENTS // (hw * scale) ** 2))
+        for ctx in contexts:
+            entries.append(SweepEntry.make("memory", ctx=ctx, c=c, hw=hw, kind="resize", coord="asymmetric",
+                                           scale=scale))
+    return list(dict.fromkeys(entries))
+
+
 SOFTMAX_AXIS_SIZES = (2, 4, 8, 16, 32, 80, 100)
 SOFTMAX_MAX_ELEMENTS = 1 << 21
 
@@ -583,11 +612,12 @@ def softmax_axis_entries(seed: int = 6, size: int = 30, contexts: tuple[int, ...
 def sweep_entries(size: int = 600, models: Iterable[Model] = ()) -> list[SweepEntry]:
     """The base sweep of `size`, its text-line entries (a quarter as many), the spelled-out activations
     (a twelfth as many), convs with a HardSwish (a fifteenth), the smallest maps (a tenth), softmax over
-    a middle axis (a thirtieth), plus the entries around the kernels of `models`, each entry once."""
+    a middle axis (a thirtieth), nearest upsampling as exported (a fortieth), plus the entries around the
+    kernels of `models`, each entry once."""
     entries = (base_entries(size=size) + flat_entries(size=max(size // 4, 16))
                + spelled_activation_entries(size=max(size // 12, 8)) + hardswish_entries(size=max(size // 15, 8))
                + small_map_entries(size=max(size // 10, 8)) + softmax_axis_entries(size=max(size // 30, 8))
-               + entries_from_models(models))
+               + exported_resize_entries(size=max(size // 40, 8)) + entries_from_models(models))
     return list(dict.fromkeys(entries))
 
 

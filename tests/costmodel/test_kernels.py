@@ -133,3 +133,19 @@ def test_a_softmax_over_a_middle_axis_is_described_by_what_follows_it(shape, axi
     row = dict(zip(FEATURE_NAMES, kernel_rows(model, CPU)[0].features))
     assert (row["log_softmax_inner"], row["softmax_inner_axes"]) == pytest.approx((np.log1p(expected[0]),
                                                                                   expected[1]))
+
+
+@pytest.mark.parametrize("op, attributes, expected", [
+    ("Resize", {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, 1.0),
+    ("Resize", {"mode": "nearest"}, 0.0),  # ONNX's default half_pixel: computed per output pixel
+    ("Resize", {"mode": "linear", "coordinate_transformation_mode": "asymmetric"}, 0.0),
+    ("Upsample", {"mode": "nearest"}, 1.0),
+])
+def test_a_nearest_upsample_that_copies_whole_pixels_is_told_apart(op, attributes, expected):
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    inputs = ["x", "", "scales"] if op == "Resize" else ["x", "scales"]
+    graph = helper.make_graph([helper.make_node(op, inputs, ["y"], name="op", **attributes)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], [scales])
+    model = Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17 if op == "Resize" else 9)]))
+    assert dict(zip(FEATURE_NAMES, kernel_rows(model, CPU)[0].features))["repeats_pixels"] == expected

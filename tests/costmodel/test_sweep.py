@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 
 from onnx_tailor import load
-from onnx_tailor.costmodel.sweep import (SMALL_RESOLUTIONS, SOFTMAX_MAX_ELEMENTS, SweepEntry, base_entries,
-                                        flat_entries, hardswish_entries, read_manifest, small_map_entries,
-                                        softmax_axis_entries, spelled_activation_entries, sweep_entries, write_sweep)
+from onnx_tailor.costmodel.sweep import (EXPORTED_NEAREST, RESIZE_MAX_ELEMENTS, SMALL_RESOLUTIONS, SOFTMAX_MAX_ELEMENTS,
+                                        SweepEntry, base_entries, exported_resize_entries, flat_entries,
+                                        hardswish_entries, read_manifest, small_map_entries, softmax_axis_entries,
+                                        spelled_activation_entries, sweep_entries, write_sweep)
 from onnx_tailor.errors import TailorError
 from tests.conftest import DIGITS
 
 
 def test_sweep_entries_add_a_models_kernels_to_the_rule_based_sweep_once():
     base = (base_entries(size=20) + flat_entries(size=16) + spelled_activation_entries(size=8)
-            + hardswish_entries(size=8) + small_map_entries(size=8) + softmax_axis_entries(size=8))
+            + hardswish_entries(size=8) + small_map_entries(size=8) + softmax_axis_entries(size=8)
+            + exported_resize_entries(size=8))
     assert sweep_entries(20) == base
     with_model = sweep_entries(20, [load(DIGITS.path)])
     assert with_model[:len(base)] == base and len(with_model) > len(base)
@@ -54,6 +56,25 @@ def test_softmax_axis_entries_take_a_3d_or_4d_softmax_over_a_middle_axis():
         assert dims[1] == entry.p["n"] and 0 < np.prod(dims) <= SOFTMAX_MAX_ELEMENTS
         ranks.add(len(dims))
     assert ranks == {3, 4}
+    assert not set(entries) & set(base_entries(size=600)), "its own seed: the base entries stay as they were"
+
+
+def test_exported_resize_entries_upsample_by_whole_pixels_as_exporters_spell_it():
+    entries = exported_resize_entries(size=30)
+    scales = set()
+    for entry in entries:
+        assert entry.op == "memory" and entry.p["kind"] == "resize" and SweepEntry.from_id(entry.id) == entry
+        proto = entry.build()
+        node = next(n for n in proto.graph.node if n.name == "op")
+        attributes = {a.name: a.s.decode() for a in node.attribute}
+        assert attributes == {"mode": "nearest", **EXPORTED_NEAREST}
+        scale = next(i for i in proto.graph.initializer if i.name == node.input[2])
+        assert list(np.frombuffer(scale.raw_data, np.float32)) == [1, 1, entry.p["scale"], entry.p["scale"]]
+        assert entry.p["c"] * (entry.p["hw"] * entry.p["scale"]) ** 2 <= RESIZE_MAX_ELEMENTS
+        scales.add(entry.p["scale"])
+    assert scales == {2, 4, 8}
+    default = SweepEntry.from_id("memory:c=24,ctx=1,hw=7,kind=resize").build()  # ids without `coord` stay as they were
+    assert {a.name for a in next(n for n in default.graph.node if n.name == "op").attribute} == {"mode"}
     assert not set(entries) & set(base_entries(size=600)), "its own seed: the base entries stay as they were"
 
 
