@@ -130,7 +130,7 @@ def _training_row(entry: SweepEntry, target: Target) -> KernelRow | None:
     return next((r for r in rows if r.kernel.name == "op"), None)
 
 
-FEATURES_VERSION = "9"  # bump when features.py (or how kernels.py groups and classifies) changes what it computes
+FEATURES_VERSION = "10"  # bump when features.py (or how kernels.py groups and classifies) changes what it computes
 
 
 def _cache_dir() -> Path:

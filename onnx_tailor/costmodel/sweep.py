@@ -35,7 +35,9 @@ base entries stay as they were:
 - softmax over a middle axis (`softmax_axis_entries`), which onnxruntime
   transposes last and back (a detector's distribution head);
 - nearest upsampling spelled as exporters write it (`exported_resize_entries`),
-  by 2, 4 or 8, which onnxruntime copies by whole pixels.
+  by 2, 4 or 8, which onnxruntime copies by whole pixels;
+- squeeze-excitation gates' pool and Mul (`excitation_entries`) on the
+  2-28 pixel maps where models put them.
 Given models add entries around their own kernels (their exact shapes and
 neighbouring channel counts), nn-Meter's adaptive sampling in its simplest
 form; no rule above names a model.
@@ -583,6 +585,25 @@ def exported_resize_entries(seed: int = 7, size: int = 30, contexts: tuple[int, 
     return list(dict.fromkeys(entries))
 
 
+EXCITATION_RESOLUTIONS = (2, 3, 4, 5, 7, 8, 10, 14, 20, 28)  # where MobileNetV3-like models put their gates
+
+
+def excitation_entries(seed: int = 8, size: int = 40, contexts: tuple[int, ...] = (1, 0)) -> list[SweepEntry]:
+    """A squeeze-excitation gate's own kernels on the maps where models put them: the global average pool
+    that squeezes the map, and the Mul that scales it by the gate ([1,C,H,W] * [1,C,1,1]), in turn; the
+    base sweep draws them among many element-wise kinds and pools, rarely on a small map, and these few-us
+    kernels came out 3-5x under their in-network time (a Mul of 144 channels at 8x8: 1.8 against 8.5 us)."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for index in range(size):
+        hw = int(rng.choice(EXCITATION_RESOLUTIONS))
+        op, kind = ("pool", "gap") if index % 2 else ("eltwise", "scale")
+        c = _channels(rng, hw)
+        for ctx in contexts:
+            entries.append(SweepEntry.make(op, ctx=ctx, c=c, hw=hw, kind=kind))
+    return list(dict.fromkeys(entries))
+
+
 SOFTMAX_AXIS_SIZES = (2, 4, 8, 16, 32, 80, 100)
 SOFTMAX_MAX_ELEMENTS = 1 << 21
 
@@ -612,12 +633,13 @@ def softmax_axis_entries(seed: int = 6, size: int = 30, contexts: tuple[int, ...
 def sweep_entries(size: int = 600, models: Iterable[Model] = ()) -> list[SweepEntry]:
     """The base sweep of `size`, its text-line entries (a quarter as many), the spelled-out activations
     (a twelfth as many), convs with a HardSwish (a fifteenth), the smallest maps (a tenth), softmax over
-    a middle axis (a thirtieth), nearest upsampling as exported (a fortieth), plus the entries around the
-    kernels of `models`, each entry once."""
+    a middle axis (a thirtieth), nearest upsampling as exported (a fortieth), squeeze-excitation gates'
+    pools and Muls (a thirtieth), plus the entries around the kernels of `models`, each entry once."""
     entries = (base_entries(size=size) + flat_entries(size=max(size // 4, 16))
                + spelled_activation_entries(size=max(size // 12, 8)) + hardswish_entries(size=max(size // 15, 8))
                + small_map_entries(size=max(size // 10, 8)) + softmax_axis_entries(size=max(size // 30, 8))
-               + exported_resize_entries(size=max(size // 40, 8)) + entries_from_models(models))
+               + exported_resize_entries(size=max(size // 40, 8)) + excitation_entries(size=max(size // 30, 8))
+               + entries_from_models(models))
     return list(dict.fromkeys(entries))
 
 

@@ -149,3 +149,20 @@ def test_a_nearest_upsample_that_copies_whole_pixels_is_told_apart(op, attribute
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], [scales])
     model = Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17 if op == "Resize" else 9)]))
     assert dict(zip(FEATURE_NAMES, kernel_rows(model, CPU)[0].features))["repeats_pixels"] == expected
+
+
+@pytest.mark.parametrize("op, second, expected", [
+    ("Mul", [1, 8, 1, 1], (2.0, 1.0)),  # a squeeze-excitation gate's Mul
+    ("Add", [1, 8, 4, 4], (2.0, 0.0)),  # a residual Add
+    ("Relu", None, (1.0, 0.0)),
+])
+def test_an_element_wise_kernel_says_how_many_activations_it_reads_and_whether_one_is_broadcast(op, second,
+                                                                                                expected):
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])]
+    if second:
+        inputs.append(helper.make_tensor_value_info("g", TensorProto.FLOAT, second))
+    node = helper.make_node(op, [i.name for i in inputs], ["y"], name="op")
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])])
+    model = Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    row = dict(zip(FEATURE_NAMES, kernel_rows(model, CPU)[0].features))
+    assert (row["activation_inputs"], row["broadcast_input"]) == expected

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from onnx_tailor import load
-from onnx_tailor.costmodel.sweep import (EXPORTED_NEAREST, RESIZE_MAX_ELEMENTS, SMALL_RESOLUTIONS, SOFTMAX_MAX_ELEMENTS,
-                                        SweepEntry, base_entries, exported_resize_entries, flat_entries,
+from onnx_tailor.costmodel.sweep import (EXCITATION_RESOLUTIONS, EXPORTED_NEAREST, RESIZE_MAX_ELEMENTS,
+                                        SMALL_RESOLUTIONS, SOFTMAX_MAX_ELEMENTS, SweepEntry, base_entries,
+                                        excitation_entries, exported_resize_entries, flat_entries,
                                         hardswish_entries, read_manifest, small_map_entries, softmax_axis_entries,
                                         spelled_activation_entries, sweep_entries, write_sweep)
 from onnx_tailor.errors import TailorError
@@ -19,7 +20,7 @@ from tests.conftest import DIGITS
 def test_sweep_entries_add_a_models_kernels_to_the_rule_based_sweep_once():
     base = (base_entries(size=20) + flat_entries(size=16) + spelled_activation_entries(size=8)
             + hardswish_entries(size=8) + small_map_entries(size=8) + softmax_axis_entries(size=8)
-            + exported_resize_entries(size=8))
+            + exported_resize_entries(size=8) + excitation_entries(size=8))
     assert sweep_entries(20) == base
     with_model = sweep_entries(20, [load(DIGITS.path)])
     assert with_model[:len(base)] == base and len(with_model) > len(base)
@@ -75,6 +76,16 @@ def test_exported_resize_entries_upsample_by_whole_pixels_as_exporters_spell_it(
     assert scales == {2, 4, 8}
     default = SweepEntry.from_id("memory:c=24,ctx=1,hw=7,kind=resize").build()  # ids without `coord` stay as they were
     assert {a.name for a in next(n for n in default.graph.node if n.name == "op").attribute} == {"mode"}
+    assert not set(entries) & set(base_entries(size=600)), "its own seed: the base entries stay as they were"
+
+
+def test_excitation_entries_are_a_gates_pool_and_mul_on_small_maps():
+    entries = excitation_entries(size=40)
+    assert {(e.op, e.p["kind"]) for e in entries} == {("pool", "gap"), ("eltwise", "scale")}
+    assert {e.p["hw"] for e in entries} <= set(EXCITATION_RESOLUTIONS)
+    assert all(SweepEntry.from_id(e.id) == e for e in entries)
+    in_context = [e for e in entries if e.p["ctx"] == 1]
+    assert {e.in_context for e in entries} == set(in_context) and len(entries) == 2 * len(in_context)  # twins
     assert not set(entries) & set(base_entries(size=600)), "its own seed: the base entries stay as they were"
 
 
