@@ -30,6 +30,7 @@ import onnx
 
 from .. import accuracy
 from ..costmodel import load_target, simulate
+from ..costmodel.anchor import measured_elsewhere
 from ..costmodel.target import Target
 from ..errors import QuantizationError, TailorError
 from ..ir import Model, session
@@ -259,6 +260,10 @@ def _optimize(model, target, data, metric, max_drop, max_params, max_activation,
     if acceptance not in ACCEPTANCES:
         raise TailorError(f"unknown acceptance rule '{acceptance}'; choose one of {', '.join(ACCEPTANCES)}")
     notes: list[str] = []
+    elsewhere = measured_elsewhere(target)
+    if elsewhere:
+        notes.append(f"{target.name}'s kernels were measured on another machine ({elsewhere}): its predicted ms may "
+                     "be off by a common factor here; rankings hold, and steps are accepted on measurement here")
     names = _passes(passes)
     pass_params = _pass_params(pass_params or {}, names)
     search_data, accuracy_budget, drop_budget = None, None, None

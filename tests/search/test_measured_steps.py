@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from onnx_tailor.costmodel import load_target
@@ -12,6 +14,7 @@ from tests.search.tiny_search import PASSES
 from tests.test_cli_report import check_report
 
 CPU = load_target("cpu-ort")
+optimize_module = importlib.import_module("onnx_tailor.search.optimize")  # the package's `optimize` is the function
 
 
 @pytest.mark.parametrize("parent_ms, child_ms, faster, accepted", [
@@ -86,3 +89,14 @@ def test_a_simulated_target_accepts_on_the_cost_model(tiny, monkeypatch):
     result = optimize(tiny, "npu-p32", passes=PASSES, data="random", metric="cosine", max_drop="0.05")
     assert result.recipe.steps
     assert all(s["accepted_on"] == "cost model" and s["measured"] is None for s in result.report["steps"])
+
+
+def test_the_report_says_when_a_measured_targets_kernels_come_from_another_machine(tiny, monkeypatch):
+    monkeypatch.setattr(MeasuredSteps, "compare", _fake_compare(lambda parent, child: False))
+    monkeypatch.setattr(optimize_module, "measured_elsewhere", lambda target: "Some Other CPU; 64 cores")
+    notes = optimize(tiny, CPU, passes=PASSES, data="random", metric="cosine", max_drop="0.05").report["notes"]
+    assert any(note.startswith("cpu-ort's kernels were measured on another machine (Some Other CPU; 64 cores)")
+               for note in notes)
+    monkeypatch.setattr(optimize_module, "measured_elsewhere", lambda target: None)
+    notes = optimize(tiny, CPU, passes=PASSES, data="random", metric="cosine", max_drop="0.05").report["notes"]
+    assert not any("another machine" in note for note in notes)
