@@ -159,8 +159,12 @@ class FactorLowRank(Pass):
     # -- rewriting --------------------------------------------------------------------
 
     def preview(self, model: Model, site: Site) -> Model:
-        """The factored graph with the plain SVD's factors: the same structure whatever the method."""
-        return self._factored(model, site, None)
+        """The factored graph's structure, the same whatever the method: factors of the site's rank holding
+        zeros, since a preview is only scored and a score reads a weight's dims, never its values (the SVD of
+        MobileNetV2's 1000 x 1280 classifier took 0.65 s of every preview of it)."""
+        rank, found = int(site.param_dict["rank"]), site.match
+        dtype = model.constant(found.weight).dtype
+        return self._built(model, site, np.zeros((found.k, rank), dtype), np.zeros((rank, found.n), dtype))
 
     def rewrite(self, model: Model, site: Site, calib: Calibration | None = None,
                 reference: Model | None = None) -> Model:
@@ -170,12 +174,13 @@ class FactorLowRank(Pass):
 
     def _factored(self, model: Model, site: Site, gram: np.ndarray | None) -> Model:
         node, found = model.node(site.anchor), site.match
-        rank = int(site.param_dict["rank"])
-        weight = _matrix(model, node, found)
-        left, right = factor(weight, rank, gram)
+        left, right = factor(_matrix(model, node, found), int(site.param_dict["rank"]), gram)
         dtype = model.constant(found.weight).dtype
-        left, right = left.astype(dtype), right.astype(dtype)
+        return self._built(model, site, left.astype(dtype), right.astype(dtype))
 
+    def _built(self, model: Model, site: Site, left: np.ndarray, right: np.ndarray) -> Model:
+        """`model` with the site's op replaced by two ops of the factors `left` [K, r] and `right` [r, N]."""
+        found, dtype = site.match, left.dtype
         graph = model.to_graphsurgeon()
         original = nodes_by_name(graph)[site.anchor]
         hidden = gs.Variable(fresh_name(graph, f"{site.anchor}/low_rank_h"), dtype=dtype)

@@ -20,6 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_tailor import accuracy
+from onnx_tailor.costmodel import cost_model_for, load_target
 from onnx_tailor.errors import PassError
 from onnx_tailor.ir import Model, check_equivalence, run, save
 from onnx_tailor.passes import Site, apply_pass, apply_step, get_pass
@@ -149,6 +150,27 @@ def test_full_rank_is_exact(kind, method):
     assert comparison, comparison.detail
     assert ops(rewritten) == AFTER[kind]
     assert model.serialized == serialized, "the input model was modified"
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_a_preview_is_the_rewrite_s_structure_and_cost_without_its_svd(kind, monkeypatch):
+    model, target = BUILDERS[kind](), "npu-p32"  # the learned cost model reads dims and attributes
+    site = forced_rank(model, ANCHORS[kind], 5)
+    rewritten = factor.rewrite(model, site)
+
+    def no_svd(*args, **kwargs):
+        raise AssertionError("a preview factors nothing")
+    monkeypatch.setattr(factor_low_rank, "factor", no_svd)
+    preview = factor.preview(model, site)
+    assert _skeleton(preview) == _skeleton(rewritten)
+    cost_model = cost_model_for(load_target(target))
+    assert cost_model.predict(preview).latency_s == cost_model.predict(rewritten).latency_s
+
+
+def _skeleton(model: Model) -> tuple[list, list]:
+    """A model without its weights' values: nodes (op, tensors, attributes) and weights' names, dims and types."""
+    return ([(n.op_type, list(n.input), list(n.output), n.attribute) for n in model.nodes],
+            [(t.name, list(t.dims), t.data_type) for t in model.graph.initializer])
 
 
 def test_exact_at_the_matrix_rank_through_find():
