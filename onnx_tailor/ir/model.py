@@ -60,14 +60,18 @@ class Model:
 
     def __init__(self, proto: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None,
                  probe_inputs: Mapping[str, np.ndarray] | None = None, shapes_inferred: bool = False,
-                 sketch: bool = False):
+                 sketch: bool = False, tensor_info: Mapping[str, TensorInfo] | None = None):
         """`shapes_inferred`: the proto's value_info is onnx's inference on this very graph, stale shapes
         dropped first (`from_graphsurgeon`), so `tensor_info` need not infer again at declared input shapes.
         `sketch`: a model only ever scored, never run nor read for weight values: what a rewrite makes of it
-        (`from_graphsurgeon`) keeps only the type and dims of its large float weights (`SKETCHED_FROM`)."""
+        (`from_graphsurgeon`) keeps only the type and dims of its large float weights (`SKETCHED_FROM`).
+        `tensor_info`: the concrete shapes of its activations, when already known (a region cut out of a
+        model has that model's, `regions.extract`): `tensor_info` then infers nothing."""
         self._proto = proto
         self.shapes_inferred = shapes_inferred
         self.sketch = sketch
+        if tensor_info is not None:  # what the cached property below would compute, given
+            self.__dict__["tensor_info"] = dict(tensor_info)
         self._probe_inputs = dict(probe_inputs) if probe_inputs else None
         self._shape_overrides = parse_input_shapes(input_shapes)
         unknown = set(self._shape_overrides) - {i.name for i in self.graph_inputs}
@@ -243,23 +247,32 @@ class Model:
     # -- shapes -------------------------------------------------------------------
 
     @cached_property
+    def _shaped_value_infos(self) -> dict[str, onnx.ValueInfoProto]:
+        """The entry that declares each tensor's shape: of the graph's inputs, value_info and outputs, the last
+        with a shape. Its dims are read only when asked: a rewritten region is asked about a few of its tensors."""
+        return {vi.name: vi for vi in (*self.graph.input, *self.graph.value_info, *self.graph.output)
+                if vi.type.tensor_type.HasField("shape")}
+
+    @cached_property
     def _declared_shapes(self) -> dict[str, tuple]:
-        """Shapes from the proto's value_info: ints for fixed dims, str/None for symbolic ones."""
-        shapes = {}
-        for vi in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
-            tt = vi.type.tensor_type
-            if not tt.HasField("shape"):
-                continue
-            shapes[vi.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
-            )
-        for t in self.graph.initializer:
-            shapes[t.name] = tuple(t.dims)
-        return shapes
+        """The shapes read so far from `_shaped_value_infos`."""
+        return {}
 
     def declared_shape(self, tensor: str) -> tuple | None:
-        """The shape the proto declares (symbolic dims as names), or None if unknown."""
-        return self._declared_shapes.get(tensor)
+        """The shape the proto declares (symbolic dims as names), or None if unknown. A weight's own dims
+        win over any value_info entry."""
+        weight = self._initializers.get(tensor)
+        if weight is not None:
+            return tuple(weight.dims)
+        shape = self._declared_shapes.get(tensor)
+        if shape is None:
+            vi = self._shaped_value_infos.get(tensor)
+            if vi is None:
+                return None
+            shape = self._declared_shapes[tensor] = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim
+            )
+        return shape
 
     def channels(self, tensor: str) -> int | None:
         """Dimension 1 (channels, in NCHW) of a tensor when the model fixes it."""
@@ -276,13 +289,17 @@ class Model:
         input's batch axis, `batch.batch_layout`) becomes 1. Any other dynamic
         dimension needs an override: one error names every input that needs one.
         """
-        layout = batch_layout(self)
+        layout = None  # where the batch is matters only to an input with a dynamic dimension
         shapes, missing = {}, []
         for vi in self.graph_inputs:
             if vi.name in self._shape_overrides:
                 shapes[vi.name] = self._shape_overrides[vi.name]
                 continue
             dims = self.declared_shape(vi.name) or ()
+            if all(_fixed(d) for d in dims):
+                shapes[vi.name] = tuple(dims)
+                continue
+            layout = layout or batch_layout(self)
             batch = layout.inputs.get(vi.name)
             concrete = [d if _fixed(d) else (1 if axis == batch else None) for axis, d in enumerate(dims)]
             if None in concrete:

@@ -17,6 +17,7 @@ a tensor is a *real* graph input or output has to be asked of the model.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Iterable
 
 import onnx
@@ -43,6 +44,7 @@ def adjacent(model: Model, name: str) -> frozenset[str]:
 
 
 _ADJACENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> node name -> adjacent(model, name)
+_CONSTANT_ONLY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> node name -> _constant_only
 
 
 def grow(model: Model, names: Iterable[str], hops: int) -> set[str]:
@@ -54,7 +56,7 @@ def grow(model: Model, names: Iterable[str], hops: int) -> set[str]:
     for _ in range(hops):
         frontier = {a for n in frontier for a in adjacent(model, n)} - region
         region |= frontier
-    pending, constant_only = list(region), {}
+    pending, constant_only = list(region), _CONSTANT_ONLY.setdefault(model, {})
     while pending:
         for tensor in model.reads(model.node(pending.pop())):
             producer = model.producer(tensor) if tensor else None
@@ -73,7 +75,8 @@ def _float_valued(model: Model, tensor: str) -> bool:
 
 def _constant_only(model: Model, node: onnx.NodeProto, known: dict[str, bool]) -> bool:
     """Whether `node` computes from constants alone (a DequantizeLinear of int8 weights): a weight, not an input.
-    `known`: the answers so far (the walk back meets the same producers again and again)."""
+    `known`: the answers so far on `model` (the walk back meets the same producers again and again, and from
+    an activation it walks back to the graph's inputs: every region of a search's model asks it again)."""
     if node.name not in known:
         known[node.name] = all(not t or model.is_constant(t)
                                or ((p := model.producer(t)) is not None and _constant_only(model, p, known))
@@ -84,8 +87,10 @@ def _constant_only(model: Model, node: onnx.NodeProto, known: dict[str, bool]) -
 def extract(model: Model, names: set[str], sketch: bool = False) -> Model | None:
     """The nodes `names` of `model` as a model of their own (see the module docstring), in `model`'s order;
     None when a tensor on its border has no concrete shape in `model`, or a node holds a subgraph.
-    `sketch`: the region is only rewritten and scored (`Model`'s `sketch`)."""
-    nodes = [n for n in model.graph.node if n.name in names]
+    `sketch`: the region is only rewritten and scored (`Model`'s `sketch`). The region's activations have the
+    shapes they have in `model` (it computes them from the same inputs): none is inferred again."""
+    index = _index(model)
+    nodes = [model.node(name) for name in sorted((n for n in names if model.has_node(n)), key=index.nodes.get)]
     produced = {o for n in nodes for o in n.output if o}
     inputs, weights, outputs = {}, {}, []
     for node in nodes:
@@ -112,8 +117,30 @@ def extract(model: Model, names: set[str], sketch: bool = False) -> Model | None
     graph.input.extend(onnx.helper.make_tensor_value_info(t, info[t].elem_type, info[t].shape) for t in inputs)
     graph.output.extend(onnx.helper.make_tensor_value_info(t, info[t].elem_type, info[t].shape) for t in outputs)
     graph.initializer.extend(weights.values())
-    graph.value_info.extend(vi for vi in model.graph.value_info if vi.name in produced and vi.name not in outputs)
-    return Model(proto, sketch=sketch)
+    graph.value_info.extend(vi for _, vi in sorted(index.value_info[t] for t in produced
+                                                   if t in index.value_info and t not in outputs))
+    known = {t: info[t] for t in (*inputs, *produced) if t in info}
+    return Model(proto, sketch=sketch, tensor_info=known)
+
+
+@dataclass(frozen=True)
+class _Index:
+    """Where each node and each value_info entry sits in a model's graph: a region takes its own in that order
+    without walking the whole graph (a search cuts dozens of regions out of each model)."""
+
+    nodes: dict[str, int]
+    value_info: dict[str, tuple[int, onnx.ValueInfoProto]]
+
+
+def _index(model: Model) -> _Index:
+    found = _INDEX.get(model)
+    if found is None:
+        found = _INDEX[model] = _Index({n.name: i for i, n in enumerate(model.graph.node)},
+                                       {vi.name: (i, vi) for i, vi in enumerate(model.graph.value_info)})
+    return found
+
+
+_INDEX: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Index
 
 
 def distances(model: Model, names: set[str], sources: set[str]) -> dict[str, int]:
