@@ -25,13 +25,15 @@ the cut, the region's kernels are the whole model's, and only the question
 
 from __future__ import annotations
 
+import math
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 
 from ..ir import Model
 from ..ir.regions import adjacent, border, distances, grow
 from .features import KernelRow, kernel_row
-from .kernels import Kernel, kernel_members, kernels_for, make_kernel
+from .kernels import ANCHORS, Kernel, kernel_members, kernels_for, make_kernel
 from .regressor import CostModel
 
 Signature = tuple
@@ -73,6 +75,11 @@ class KernelCosts:
     def owners(self) -> dict[str, Signature]:
         """Node name -> the signature of the executed kernel it belongs to."""
         return {name: s for s, (names, _) in self.kernels.items() for name in names}
+
+    @cached_property
+    def order(self) -> dict[Signature, int]:
+        """Signature -> its kernel's place in the model: a change sums what it removes in this order."""
+        return {s: i for i, s in enumerate(self.kernels)}
 
 
 def kernel_costs(cost_model: CostModel, model: Model) -> KernelCosts:
@@ -161,9 +168,14 @@ def unscored_region_change(cost_model: CostModel, parent: KernelCosts, model: Mo
     if touched is None:
         return None
     target = cost_model.target
-    # Grouped whole (a node's kernel depends on what earlier ones claimed), described only where it matters.
-    groups = [tuple(m.name for m in members)
-              for members in kernel_members(rewritten, target.fusable_activations, target.grouped_activations)]
+    layout = _layout(model, region, target)
+    wired_alike = _wired_alike(region, rewritten) and _readers(rewritten) == layout.readers
+    if wired_alike:  # the region's grouping holds, listed by where each kernel starts, as kernel_members lists it
+        position = {node.name: i for i, node in enumerate(rewritten.graph.node)}
+        groups = sorted(layout.groups, key=lambda names: position[names[0]])
+    else:  # grouped whole (a node's kernel depends on what earlier ones claimed), described only where it matters
+        groups = [tuple(m.name for m in members)
+                  for members in kernel_members(rewritten, target.fusable_activations, target.grouped_activations)]
     owner = {name: names for names in groups for name in names}
     involved = set(touched)
     while True:  # close over kernels on both sides: a kernel that differs may span nodes nothing touched
@@ -172,10 +184,10 @@ def unscored_region_change(cost_model: CostModel, parent: KernelCosts, model: Mo
         if grown == involved:
             break
         involved = grown
-    inside, cut = {n.name for n in rewritten.graph.node}, border(model, {n.name for n in region.graph.node})
-    if involved - inside - {n.name for n in region.graph.node} or involved & cut:
+    inside, cut = {n.name for n in rewritten.graph.node}, layout.cut
+    if involved - inside - layout.nodes or involved & cut:
         return None  # a kernel reaching out of the region, or the cut itself changed
-    near = distances(rewritten, inside, cut & inside)
+    near = layout.near if wired_alike else distances(rewritten, inside, cut & inside)
     if any(near.get(name, MARGIN) < MARGIN for name in involved & inside):
         return None
     # In the orders the whole model's change sums them, so that equal changes predict bit-equal latencies.
@@ -184,8 +196,76 @@ def unscored_region_change(cost_model: CostModel, parent: KernelCosts, model: Mo
     signatures = {kernel_signature(rewritten, k, model): k for k in kernels if k.kind != "free"}
     new = [kernel for signature, kernel in signatures.items() if signature not in parent.kernels]
     before = {parent.owners[n] for n in involved if n in parent.owners}
-    gone = [signature for signature in parent.kernels if signature in before and signature not in signatures]
+    gone = sorted((signature for signature in before if signature not in signatures), key=parent.order.__getitem__)
     return _unscored(cost_model, parent, rewritten, gone, new, model)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A region's nodes, border with its model, each node's distance from that border, and grouping into
+    kernels: the same for every rewrite of it that keeps its wiring (`_wired_alike`) and the order of each
+    activation's readers, as most of a search's rewrites of a region's sites do."""
+
+    nodes: frozenset[str]
+    cut: frozenset[str]
+    near: dict[str, int]
+    groups: tuple[tuple[str, ...], ...]  # kernel_members' nodes by name
+    readers: dict[str, tuple[str, ...]]  # `_readers`
+
+
+def _layout(model: Model, region: Model, target) -> _Layout:
+    """`region`'s `_Layout` (a region of `model`) on `target`, worked out once per region and target."""
+    key = (target.fusable_activations, target.grouped_activations)
+    known = _LAYOUTS.setdefault(region, {})
+    if key not in known:
+        nodes = frozenset(n.name for n in region.graph.node)
+        cut = frozenset(border(model, nodes))
+        groups = tuple(tuple(m.name for m in members) for members in kernel_members(region, *key))
+        known[key] = _Layout(nodes, cut, distances(region, nodes, cut & nodes), groups, _readers(region))
+    return known[key]
+
+
+def _readers(model: Model) -> dict[str, tuple[str, ...]]:
+    """Each activation's readers (of the graph's inputs and of what its nodes write), in the model's order."""
+    return {t: tuple(r.name for r in model.consumers(t))
+            for t in (*(i.name for i in model.graph_inputs), *(o for n in model.graph.node for o in n.output if o))}
+
+
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # region -> target activations -> _Layout
+
+
+def _wired_alike(region: Model, rewritten: Model) -> bool:
+    """Whether `rewritten` has `region`'s nodes, each reading and writing the same activations: a rewrite that
+    gave nodes new weights or a conv new attributes (a channel edit, a densified depthwise conv), in whatever
+    order. The region's grouping into kernels and its distances then hold for the rewrite: distances walk
+    activations only, and grouping (`kernels.kernel_members`) reads which nodes read which activations, op types,
+    graph outputs, which inputs are constants, the values of one-element constants (an activation's bounds and
+    scales) and the attributes of nodes other than convs and matrix products (Clip's bounds); never a constant of
+    several elements nor a shape. The order of the nodes does not matter as long as each activation's readers
+    keep theirs (the caller checks it, `_readers`): a kernel's other nodes are downstream of its first, or read
+    what it reads after it, so a node can only be claimed by a node that comes first in both orders."""
+    if (len(rewritten.graph.node) != len(region.graph.node)
+            or rewritten.graph_output_names != region.graph_output_names):
+        return False
+    for node in rewritten.graph.node:
+        if not region.has_node(node.name):
+            return False
+        old = region.node(node.name)
+        if node == old:
+            continue
+        if (node.op_type != old.op_type or node.output != old.output or len(node.input) != len(old.input)
+                or (node.op_type not in ANCHORS and node.attribute != old.attribute)):
+            return False
+        if any(a != b and not (_many_valued(region, a) and _many_valued(rewritten, b))
+               for a, b in zip(old.input, node.input)):
+            return False
+    return all(w == region.initializer(w.name) for w in rewritten.graph.initializer
+               if math.prod(w.dims) <= 1 and region.is_constant(w.name))
+
+
+def _many_valued(model: Model, tensor: str) -> bool:
+    weight = model.initializer(tensor)
+    return weight is not None and math.prod(weight.dims) > 1
 
 
 def _touched(model: Model, region: Model, rewritten: Model) -> frozenset[str] | None:
