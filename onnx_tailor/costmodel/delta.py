@@ -128,16 +128,22 @@ def predict_change(cost_model: CostModel, parent: KernelCosts, rewritten: Model)
 def unscored_change(cost_model: CostModel, parent: KernelCosts, rewritten: Model) -> Unscored:
     """`predict_change` short of predicting the new kernels."""
     signatures = {kernel_signature(rewritten, k): k for k in executed_kernels(rewritten, cost_model)}
-    new = [kernel for signature, kernel in signatures.items() if signature not in parent.kernels]
+    new = {signature: kernel for signature, kernel in signatures.items() if signature not in parent.kernels}
     gone = [signature for signature in parent.kernels if signature not in signatures]
     return _unscored(cost_model, parent, rewritten, gone, new, rewritten)
 
 
-def _unscored(cost_model: CostModel, parent: KernelCosts, rewritten: Model, gone: list, new: list,
-              borders: Model) -> Unscored:
+def _unscored(cost_model: CostModel, parent: KernelCosts, rewritten: Model, gone: list, new: dict,
+              borders: Model, rows: dict | None = None) -> Unscored:
+    """The change that removes the parent's kernels `gone` and adds `new` (signature -> kernel). `rows`: rows
+    described so far, by signature, which is everything a row reads (`kernel_signature`)."""
     kept = parent.latency_s - sum(parent.kernels[s][1] for s in gone)
-    return Unscored(kept, parent.nodes(gone), frozenset(name for k in new for name in k.nodes),
-                    tuple(kernel_row(rewritten, k, cost_model.target, borders) for k in new))
+    rows = {} if rows is None else rows
+    for signature, kernel in new.items():
+        if signature not in rows:
+            rows[signature] = kernel_row(rewritten, kernel, cost_model.target, borders)
+    return Unscored(kept, parent.nodes(gone), frozenset(name for k in new.values() for name in k.nodes),
+                    tuple(rows[signature] for signature in new))
 
 
 def region_around(model: Model, parent: KernelCosts, names, hops: int) -> set[str]:
@@ -162,8 +168,9 @@ def predict_region_change(cost_model: CostModel, parent: KernelCosts, model: Mod
 
 
 def unscored_region_change(cost_model: CostModel, parent: KernelCosts, model: Model, region: Model,
-                           rewritten: Model) -> Unscored | None:
-    """`predict_region_change` short of predicting the new kernels."""
+                           rewritten: Model, rows: dict | None = None) -> Unscored | None:
+    """`predict_region_change` short of predicting the new kernels. `rows`: the new kernels' rows described so
+    far, by signature, for `cost_model`'s target (candidates of one model add many of the same kernels)."""
     touched = _touched(model, region, rewritten)
     if touched is None:
         return None
@@ -194,44 +201,61 @@ def unscored_region_change(cost_model: CostModel, parent: KernelCosts, model: Mo
     kernels = (make_kernel(rewritten, [rewritten.node(name) for name in names]) for names in groups
                if involved.intersection(names))
     signatures = {kernel_signature(rewritten, k, model): k for k in kernels if k.kind != "free"}
-    new = [kernel for signature, kernel in signatures.items() if signature not in parent.kernels]
+    new = {signature: kernel for signature, kernel in signatures.items() if signature not in parent.kernels}
     before = {parent.owners[n] for n in involved if n in parent.owners}
     gone = sorted((signature for signature in before if signature not in signatures), key=parent.order.__getitem__)
-    return _unscored(cost_model, parent, rewritten, gone, new, model)
+    return _unscored(cost_model, parent, rewritten, gone, new, model, rows)
 
 
-@dataclass(frozen=True)
 class _Layout:
     """A region's nodes, border with its model, each node's distance from that border, and grouping into
     kernels: the same for every rewrite of it that keeps its wiring (`_wired_alike`) and the order of each
-    activation's readers, as most of a search's rewrites of a region's sites do."""
+    activation's readers, as most of a search's rewrites of a region's sites do. Each worked out when first
+    asked."""
 
-    nodes: frozenset[str]
-    cut: frozenset[str]
-    near: dict[str, int]
-    groups: tuple[tuple[str, ...], ...]  # kernel_members' nodes by name
-    readers: dict[str, tuple[str, ...]]  # `_readers`
+    def __init__(self, model: Model, region: Model, activations: tuple):
+        # Weakly: `_LAYOUTS` keeps a layout as long as its region lives, not the other way round.
+        self._model, self._region = weakref.ref(model), weakref.ref(region)
+        self._activations = activations  # the target's fusable and grouped ones, as kernel_members takes them
+
+    @cached_property
+    def nodes(self) -> frozenset[str]:
+        return frozenset(n.name for n in self._region().graph.node)
+
+    @cached_property
+    def cut(self) -> frozenset[str]:
+        return frozenset(border(self._model(), self.nodes))
+
+    @cached_property
+    def near(self) -> dict[str, int]:
+        return distances(self._region(), self.nodes, self.cut & self.nodes)
+
+    @cached_property
+    def groups(self) -> tuple[tuple[str, ...], ...]:
+        """kernel_members' nodes, by name."""
+        return tuple(tuple(m.name for m in members) for members in kernel_members(self._region(), *self._activations))
+
+    @cached_property
+    def readers(self) -> dict[str, tuple[str, ...]]:
+        return _readers(self._region())
 
 
 def _layout(model: Model, region: Model, target) -> _Layout:
-    """`region`'s `_Layout` (a region of `model`) on `target`, worked out once per region and target."""
+    """`region`'s `_Layout` (a region of `model`) on `target`, one per region and target."""
     key = (target.fusable_activations, target.grouped_activations)
     known = _LAYOUTS.setdefault(region, {})
     if key not in known:
-        nodes = frozenset(n.name for n in region.graph.node)
-        cut = frozenset(border(model, nodes))
-        groups = tuple(tuple(m.name for m in members) for members in kernel_members(region, *key))
-        known[key] = _Layout(nodes, cut, distances(region, nodes, cut & nodes), groups, _readers(region))
+        known[key] = _Layout(model, region, key)
     return known[key]
+
+
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # region -> target activations -> _Layout
 
 
 def _readers(model: Model) -> dict[str, tuple[str, ...]]:
     """Each activation's readers (of the graph's inputs and of what its nodes write), in the model's order."""
     return {t: tuple(r.name for r in model.consumers(t))
             for t in (*(i.name for i in model.graph_inputs), *(o for n in model.graph.node for o in n.output if o))}
-
-
-_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # region -> target activations -> _Layout
 
 
 def _wired_alike(region: Model, rewritten: Model) -> bool:

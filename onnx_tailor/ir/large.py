@@ -77,11 +77,17 @@ class Light:
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
     """The bytes of a numeric tensor's values, from its type and shape (0 for a type numpy has no form of)."""
-    try:
-        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    except (KeyError, ValueError, TypeError):
-        return 0
+    itemsize = _ITEMSIZES.get(tensor.data_type)
+    if itemsize is None:
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        except (KeyError, ValueError, TypeError):
+            itemsize = 0
+        _ITEMSIZES[tensor.data_type] = itemsize
     return math.prod(tensor.dims) * itemsize  # Python ints: no overflow, and no numpy call per tensor
+
+
+_ITEMSIZES: dict[int, int] = {}  # data type -> bytes per element (0: none numpy knows); asked of every weight
 
 
 def holdable(tensor: onnx.TensorProto, from_bytes: int = HOLD_FROM_BYTES) -> bool:

@@ -24,6 +24,7 @@ second off).
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -157,18 +158,17 @@ def on_sketch(model: Model, edits: Sequence[Edit]) -> Model:
     their protos; constants follow the nodes that read them, in graphsurgeon's order (its `tensors()`: graph
     inputs, then each node's inputs and outputs), with those no node reads any more dropped and the large
     float ones sketched; value_info is inferred again."""
-    source = model.proto.graph
+    source, known = model.proto.graph, _source(model)
     nodes = list(source.node)
-    position = {node.name: i for i, node in enumerate(nodes)}
     constants = {t.name: t for t in source.initializer}
-    names = _Names(source, nodes)
-    added = False
+    names = _Names(source, nodes, known.taken)
+    added = rewired = False  # rewired: a node reads from other nodes than before
     for edit in edits:
         if isinstance(edit, AddNode):
             nodes.append(_add_on_proto(names, nodes, constants, edit))
-            added = True
+            added = rewired = True
             continue
-        i = position[edit.node]
+        i = known.position[edit.node]
         node = onnx.NodeProto()
         node.CopyFrom(nodes[i])
         if isinstance(edit, SetConstant):
@@ -177,6 +177,7 @@ def on_sketch(model: Model, edits: Sequence[Edit]) -> Model:
             constants[name] = _constant(name, np.ascontiguousarray(edit.value))
             if edit.index < len(node.input):
                 names.release(node.input[edit.index])
+                rewired |= model.producer(node.input[edit.index]) is not None
                 node.input[edit.index] = name
             else:  # graphsurgeon pads the missing optional inputs with empty ones
                 node.input.extend([""] * (edit.index - len(node.input)) + [name])
@@ -187,19 +188,22 @@ def on_sketch(model: Model, edits: Sequence[Edit]) -> Model:
         nodes[i] = node
     if added:
         nodes = _needed(nodes, {t.name for t in source.output})
-    nodes = _sorted(nodes)
-    if nodes is None:
+    # graphsurgeon's order hangs on which nodes each node reads from (`_order`): new constants and attributes
+    # keep the source's.
+    order = _order(nodes) if rewired else known.order
+    if order is None:
         return by_graphsurgeon(model, edits)
     proto = onnx.ModelProto()
     graph = proto.graph
     graph.name = source.name
     if source.doc_string:  # as `onnx.helper.make_graph` leaves an empty one unset
         graph.doc_string = source.doc_string
-    graph.node.extend(nodes)
+    graph.node.extend(nodes[i] for i in order)
     graph.input.extend(source.input)
     graph.output.extend(source.output)
     read = dict.fromkeys(t for t in (*(i.name for i in source.input),
-                                     *(t for n in nodes for t in (*n.input, *n.output))) if t in constants)
+                                     *(t for i in order for t in (*nodes[i].input, *nodes[i].output)))
+                         if t in constants)
     graph.initializer.extend(_sketched(constants[t]) for t in read)
     return model.rewritten(proto)
 
@@ -242,9 +246,32 @@ def _needed(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodePro
     return [node for node in nodes if id(node) in kept]
 
 
-def _sorted(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto] | None:
-    """The nodes in graphsurgeon's order, or None when a node holds a subgraph (whose reads count too) or the
-    graph has a cycle: graphsurgeon then decides. Its `toposort` gives each node a depth (one more than its
+@dataclass(frozen=True)
+class _Source:
+    """What every edit of one sketch starts from."""
+
+    position: dict[str, int]  # node name -> its index
+    taken: frozenset[str]  # the names of its graph inputs, nodes and their tensors (`_Names`)
+    order: list[int] | None  # `_order` of its nodes
+
+
+def _source(model: Model) -> _Source:
+    """`model`'s `_Source`, kept while it lives: a region is edited for each of its sites."""
+    found = _SOURCES.get(model)
+    if found is None:
+        graph = model.proto.graph
+        nodes = list(graph.node)
+        found = _SOURCES[model] = _Source({node.name: i for i, node in enumerate(nodes)},
+                                          frozenset(_Names.walk(graph, nodes)), _order(nodes))
+    return found
+
+
+_SOURCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # sketch -> _Source
+
+
+def _order(nodes: list[onnx.NodeProto]) -> list[int] | None:
+    """The indices of the nodes in graphsurgeon's order, or None when a node holds a subgraph (whose reads
+    count too) or the graph has a cycle: graphsurgeon then decides. Its `toposort` gives each node a depth (one more than its
     deepest producer's), recording nodes as a depth-first walk from each node in turn to its producers (in
     the order it reads them) finishes them, and sorts that record stably by depth."""
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute):
@@ -271,9 +298,7 @@ def _sorted(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto] | None:
                 walking.discard(i)
                 depth[i] = 1 + max((depth[j] for j in producers[i]), default=-1)
                 finished.append(i)
-    if finished == sorted(finished) and all(depth[a] <= depth[b] for a, b in zip(finished, finished[1:])):
-        return nodes
-    return [nodes[i] for i in sorted(finished, key=depth.__getitem__)]
+    return sorted(finished, key=depth.__getitem__)
 
 
 class _Names:
@@ -282,20 +307,22 @@ class _Names:
     A tensor an edit stopped reading may be free again; where the answer could hang on one, every node is
     walked as before."""
 
-    def __init__(self, graph: onnx.GraphProto, nodes: list[onnx.NodeProto]):
+    def __init__(self, graph: onnx.GraphProto, nodes: list[onnx.NodeProto], taken: frozenset[str]):
+        """`taken`: `walk(graph, nodes)`, as the nodes are now."""
         self._graph, self._nodes = graph, nodes
-        self._taken = self._walk()
+        self._taken = set(taken)
         self._released: set[str] = set()
 
-    def _walk(self) -> set[str]:
-        taken = {t.name for t in self._graph.input} | {n.name for n in self._nodes}
-        taken.update(t for n in self._nodes for t in (*n.input, *n.output))
+    @staticmethod
+    def walk(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> set[str]:
+        taken = {t.name for t in graph.input} | {n.name for n in nodes}
+        taken.update(t for n in nodes for t in (*n.input, *n.output))
         return taken
 
     def fresh(self, base: str) -> str:
         name = unique_name(base, self._taken)
         if self._released and any(tried in self._released for tried in _tried(base, name)):
-            name = unique_name(base, self._walk())
+            name = unique_name(base, self.walk(self._graph, self._nodes))
         return name
 
     def take(self, *names: str) -> None:

@@ -49,7 +49,8 @@ def previews(cost_model: CostModel, model: Model, costs: KernelCosts, sites: lis
     """Each site's preview on `model` (whose kernel costs are `costs`), and how many of them the whole
     model had to answer. `params`: each pass's parameters, as the search finds its sites with."""
     cuts: dict[frozenset[str], _Cut] = {}
-    changes = [change(cost_model, model, costs, site, params.get(site.pass_name, {}), cuts) for site in sites]
+    rows: dict = {}  # new kernels' rows by signature: 351 new kernels of the detector's 92 sites are 195 distinct
+    changes = [change(cost_model, model, costs, site, params.get(site.pass_name, {}), cuts, rows) for site in sites]
     found = []
     for site, scored in zip(sites, score(cost_model, [unscored for unscored, _ in changes])):
         footprint = neighbourhood(model, scored.removed | site.nodes) | scored.added
@@ -58,12 +59,13 @@ def previews(cost_model: CostModel, model: Model, costs: KernelCosts, sites: lis
 
 
 def change(cost_model: CostModel, model: Model, costs: KernelCosts, site: Site, params: dict,
-           cuts: dict | None = None) -> tuple[Unscored, bool]:
+           cuts: dict | None = None, rows: dict | None = None) -> tuple[Unscored, bool]:
     """The cheap rewrite's change against `model`'s kernels, and whether the whole model had to answer: on
-    the region around the site when that can tell, else on the whole model. `cuts`: as `region_change`'s."""
+    the region around the site when that can tell, else on the whole model. `cuts`, `rows`: as
+    `region_change`'s."""
     rewrite = get_pass(site.pass_name)
     try:
-        found = region_change(cost_model, costs, model, rewrite, site, params, cuts)
+        found = region_change(cost_model, costs, model, rewrite, site, params, cuts, rows)
     except Exception:  # a region is only a shortcut: whatever goes wrong there, the whole model answers
         _log.debug("region preview of %s failed", site.step, exc_info=True)
         found = None
@@ -73,12 +75,13 @@ def change(cost_model: CostModel, model: Model, costs: KernelCosts, site: Site, 
 
 
 def region_change(cost_model: CostModel, costs: KernelCosts, model: Model, rewrite: Pass, site: Site,
-                  params: dict, cuts: dict | None = None) -> Unscored | None:
+                  params: dict, cuts: dict | None = None, rows: dict | None = None) -> Unscored | None:
     """`site`'s change found on a region cut out around it (`ir.regions`), or None when the region cannot be
     trusted to give the whole model's answer: the pass does not find the same site there, or the rewrite reaches
     the region's border (`costmodel.delta.unscored_region_change`). `costs`: `model`'s kernels. `cuts`: the
     regions of `model` cut so far, by their nodes: sites of several passes on one block share a region (58
-    regions for the detector's 92 sites), and with it what passes derive from it (consumers, shapes)."""
+    regions for the detector's 92 sites), and with it what passes derive from it (consumers, shapes). `rows`:
+    as `costmodel.delta.unscored_region_change`'s, for `cost_model`."""
     cuts = {} if cuts is None else cuts
     names = frozenset(region_around(model, costs, site.nodes, REGION_HOPS))
     if names not in cuts:
@@ -95,7 +98,7 @@ def region_change(cost_model: CostModel, costs: KernelCosts, model: Model, rewri
     local = cut.sites[found].get(site.step)
     if local is None or local.nodes != site.nodes:
         return None
-    return unscored_region_change(cost_model, costs, model, cut.region, rewrite.preview(cut.region, local))
+    return unscored_region_change(cost_model, costs, model, cut.region, rewrite.preview(cut.region, local), rows)
 
 
 @dataclass
