@@ -20,7 +20,7 @@ import numpy as np
 
 from ..ir import Model
 from .base import Declined, Exactness, Pass, Site
-from .node_edits import SetAttribute, SetConstant, apply_edits
+from .node_edits import SetAttribute, SetConstant, apply_edits, stand_in
 
 
 class DensifyDepthwise(Pass):
@@ -46,12 +46,15 @@ class DensifyDepthwise(Pass):
         weight = model.constant(conv.input[1])
         out_channels, in_per_group = weight.shape[:2]
         out_per_group = out_channels // groups
-        dense = np.zeros((out_channels, in_per_group * groups) + weight.shape[2:], dtype=weight.dtype)
-        # Group g's filters on its own block of input channels, all groups in one assignment: viewed as
-        # [group, out per group, group, in per group, *kernel], the blocks are the entries [g, :, g, :].
-        blocks = dense.reshape((groups, out_per_group, groups, in_per_group) + weight.shape[2:])
-        diagonal = np.arange(groups)
-        blocks[diagonal, :, diagonal] = weight.reshape((groups, out_per_group, in_per_group) + weight.shape[2:])
+        shape = (out_channels, in_per_group * groups) + weight.shape[2:]
+        dense = stand_in(model, shape, weight.dtype)
+        if dense is None:
+            dense = np.zeros(shape, dtype=weight.dtype)
+            # Group g's filters on its own block of input channels, all groups in one assignment: viewed as
+            # [group, out per group, group, in per group, *kernel], the blocks are the entries [g, :, g, :].
+            blocks = dense.reshape((groups, out_per_group, groups, in_per_group) + weight.shape[2:])
+            diagonal = np.arange(groups)
+            blocks[diagonal, :, diagonal] = weight.reshape((groups, out_per_group, in_per_group) + weight.shape[2:])
         # Edits that keep the wiring: a sketch's preview edits its proto directly (`node_edits`).
         return apply_edits(model, [SetConstant(site.anchor, 1, dense, "weight_dense"),
                                    SetAttribute(site.anchor, "group", 1)])

@@ -174,7 +174,7 @@ def on_sketch(model: Model, edits: Sequence[Edit]) -> Model:
         if isinstance(edit, SetConstant):
             name = names.fresh(f"{edit.node}.{edit.suffix}")
             names.take(name)
-            constants[name] = _constant(name, np.ascontiguousarray(edit.value))
+            constants[name] = _constant(name, edit.value)
             if edit.index < len(node.input):
                 names.release(node.input[edit.index])
                 rewired |= model.producer(node.input[edit.index]) is not None
@@ -216,7 +216,7 @@ def _add_on_proto(names: _Names, nodes: list[onnx.NodeProto], constants: dict, e
     for tensor in edit.inputs:
         if isinstance(tensor, NewTensor):
             inputs.append(names.fresh(tensor.name))
-            constants[inputs[-1]] = _constant(inputs[-1], np.ascontiguousarray(tensor.value))
+            constants[inputs[-1]] = _constant(inputs[-1], tensor.value)
         else:
             inputs.append(tensor)
     names.take(name, *inputs, *edit.outputs)
@@ -347,10 +347,24 @@ def _tried(base: str, found: str):
 
 def _constant(name: str, value: np.ndarray) -> onnx.TensorProto:
     """The new constant as a sketch keeps it (`_sketched`), its values never written when it is large."""
-    data_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
-    if data_type in _SKETCHED and value.size >= SKETCHED_FROM:
-        return onnx.TensorProto(name=name, data_type=data_type, dims=value.shape)
-    return numpy_helper.from_array(value, name)
+    if sketched(value.shape, value.dtype):
+        return onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(value.dtype),
+                                dims=value.shape)
+    return numpy_helper.from_array(np.ascontiguousarray(value), name)
+
+
+def sketched(shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """Whether a sketch keeps a new constant of this shape and type as its type and dims alone."""
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)) in _SKETCHED and math.prod(shape) >= SKETCHED_FROM
+
+
+def stand_in(model: Model, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """For a new constant of `model`: when `model` is a sketch that keeps only its type and dims, an array of
+    them that costs nothing (every element one shared zero), so that a rewrite need not compute values no
+    score reads; None when the values count."""
+    if not (model.sketch and sketched(shape, dtype)):
+        return None
+    return np.broadcast_to(np.zeros((), dtype), shape)
 
 
 def _sketched(tensor: onnx.TensorProto) -> onnx.TensorProto:
