@@ -114,6 +114,22 @@ per preview (medians of the processes' medians, 1.08x; the same procedure
 just before, from a script outside the tree: 6.33 -> 5.52, 1.15x). Small
 against the ~2.8 ms the 20x goal needs: the grouping, signatures and rows
 of the rewritten region's kernels, and shape inference, are still paid whole.
+With cut regions taking the parent's shapes, a rewrite that keeps its
+region's wiring reusing the region's grouping, distances and graphsurgeon
+order, new kernels' rows described once per signature, and sketches given
+stand-ins for weights they drop (2026-12-03, 22:25-22:28, load 2.0-2.1, 3
+processes of 7 repeats per tree, alternating, against main at 89107c0): 3.13
+-> 2.43 ms per preview (1.29x; the same 2045 previews of the test models bit
+for bit, the digits job's recipe and model byte-identical). Where a
+preview's 2.4 ms go now (process time, stages wrapped, main beside):
+comparing kernels 43% (39%; the touched nodes, with the rewritten region's
+shapes and indexes, 18%), the rewrites 33% (32%; a third of it onnx shape
+inference of the rewritten region), find on the regions 9% (13%), cutting
+them 11% (12%). On this machine (load 1.3-2.4) the bench's own measure moved
+far more than the previews did: `--mode previews --models paddle_det_640`
+gave 23.9 -> 1130.4 priced/s (47x; main alone 946.7, 40x), because the after
+side now takes 3 greedy steps in the 120 s and carried-over candidates count
+as priced; the before side also got faster (12.5 -> 23.9).
 """
 
 from __future__ import annotations
