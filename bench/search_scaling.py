@@ -22,7 +22,9 @@ digits on seeded random inputs with output cosine against the original and a
 Columns per model and version:
 - priced/s: distinct (model, site) candidates given a predicted latency per
   second spent finding and pricing them (after: carried-over ones included,
-  and how many rewrites were really built beside);
+  and beside it how many previews were really built, and how many per
+  second of that same time: the rate that does not grow with the steps a
+  search takes);
 - s/step: seconds of search per greedy step taken;
 - converge s: the whole `optimize` call with no time budget (`--mode full`
   only; `--mode previews` stops the search after `--preview-seconds`);
@@ -216,7 +218,10 @@ def run_child(root: Path, name: str, path: Path, mode: str, seconds: float, work
 def row(name: str, version: str, r: dict) -> str:
     if "error" in r:
         return f"| {name} | {version} | failed: {r['error']} |"
-    built = f" ({r['built']} built)" if r.get("built") is not None else ""
+    built = ""
+    if r.get("built") is not None:  # previews really built, per second of finding and pricing (older runs: no time)
+        rate = f", {r['built'] / r['candidates_s']:.1f}/s" if r.get("candidates_s") else ""
+        built = f" ({r['built']} built{rate})"
     ceiling = r.get("ceiling")
     extra = (f"{ceiling['speedup_predicted']:.2f}x, {ceiling['share_taken']:.0%} taken" if ceiling else "-")
     caps = (f"{r['max_feasible_local_error']:.3g} / {r['capped']}" if r.get("max_feasible_local_error") is not None
@@ -314,6 +319,7 @@ def child(name: str, path: str, mode: str, seconds: float, workers: str) -> None
     print(json.dumps({
         "priced_per_s": len(priced) / max(timing["candidates_s"], 1e-9),
         "built": timing["built"] if stopped else None,  # before counts every priced candidate as built
+        "candidates_s": timing["candidates_s"],
         "steps": taken, "s_per_step": timing["search_s"] / max(taken, 1), "optimize_s": optimize_s,
         "converged": mode == "full", "sim_speedup": sim["original_ms"] / sim["optimized_ms"],
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
