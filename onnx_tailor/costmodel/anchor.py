@@ -53,7 +53,7 @@ def _order(entry_id: str) -> bytes:
 
 def anchor_ids(measurements: Measurements, count: int | None = None) -> list[str]:
     """`count` kernels of `measurements` to re-time, chosen by id alone: the sweep's ops in turn (conv,
-    depthwise, element-wise, ... by how many rows each has, at least one each), within an op in the
+    depthwise, element-wise, ... by how many rows each has, at least one each while `count` allows), within an op in the
     fixed order of their ids' SHA-256, which spreads them over the sweep's sizes as the sweep spreads
     its entries. Rows outside `ANCHOR_MIN_S`..`ANCHOR_MAX_S` are left out."""
     count = ANCHOR_COUNT if count is None else count
@@ -62,11 +62,15 @@ def anchor_ids(measurements: Measurements, count: int | None = None) -> list[str
         if ANCHOR_MIN_S <= latency <= ANCHOR_MAX_S:
             by_op.setdefault(entry_id.partition(":")[0], []).append(entry_id)
     total = sum(len(ids) for ids in by_op.values())
-    chosen = []
-    for op, ids in sorted(by_op.items()):
-        share = max(1, round(count * len(ids) / total))
-        chosen += sorted(ids, key=_order)[:share]
-    return sorted(chosen, key=_order)[:count] if len(chosen) > count else chosen
+    shares = {op: max(1, round(count * len(ids) / total)) for op, ids in sorted(by_op.items())}
+    # Rounding up the small ops can overshoot `count`: take the excess from the largest shares, never an op's
+    # last one (cutting the list by hash order instead once dropped every matmul).
+    while sum(shares.values()) > count and max(shares.values()) > 1:
+        shares[max(shares, key=lambda op: (shares[op], op))] -= 1
+    if sum(shares.values()) > count:  # fewer anchors than ops: one each for the ops with the most rows
+        shares = {op: 1 for op in sorted(shares, key=lambda op: (-len(by_op[op]), op))[:count]}
+    chosen = [i for op, ids in by_op.items() for i in sorted(ids, key=_order)[:shares.get(op, 0)]]
+    return sorted(chosen, key=_order)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,13 @@ def test_anchors_are_chosen_by_id_spread_over_kinds_and_within_the_time_window()
     assert anchor_ids(shuffled) == ids  # the CSV's row order does not matter, only its ids
 
 
+def test_every_op_keeps_an_anchor_when_rounding_up_the_small_ones_overshoots():
+    rows = [(f"conv:x={i}", 1e-4) for i in range(100)] + [(f"{op}:x=1", 1e-4) for op in "abcdefg"]
+    ids = anchor_ids(Measurements(rows), count=8)
+    assert len(ids) == 8 and {i.partition(":")[0] for i in ids} == {"conv", *"abcdefg"}
+    assert len(anchor_ids(Measurements(rows), count=3)) == 3  # fewer anchors than ops: the count holds
+
+
 def test_factor_is_the_median_of_now_over_then_on_the_anchors_the_csv_holds():
     then = Measurements([("a:x=1", 1e-5), ("a:x=2", 2e-5), ("a:x=3", 4e-5), (OVERHEAD_ID, 5e-6)])
     anchoring = Anchoring({"a:x=1": 1.1e-5, "a:x=2": 3e-5, "a:x=3": 4.8e-5, "a:x=9": 1.0}, 6e-6)
