@@ -17,6 +17,18 @@ On 2 idle cores (load 1.0, 2026-12-03; `--models paddle_cls --search beam
 --workers 1,2 --repeats 1`): 471.5 s with one process, 240.9 s with two
 (1.96x; 471 and 448 CPU s), the same bytes. The README's digits run
 (greedy): 91.2 s and 91.4 s wall, the same bytes.
+
+Since then one process got four times faster (previews by region, captures
+by cut), so what the search does between the workers' jobs weighs more. On
+2 idle cores (2026-12-04, load 0.5-1.8, `--repeats 2`): 111.7 s with one
+process, 70.6 s with two (1.58x; 112 and 129 CPU s). A timeline of the
+workers' jobs showed each idle 10% of the run, and the main process spent a
+third of its own CPU serializing every model a worker sent back to hash it
+(as each worker did for every parent a job brought). A model now travels
+with its content hash when known (`Model.__reduce__`), workers hash what
+they make, and a beam's frontier has its previews built in one batch
+(`SearchContext.candidates_of`): 113.3 s and 67.8 s (1.67x; 113 and 125 CPU
+s), the same bytes.
 """
 
 from __future__ import annotations

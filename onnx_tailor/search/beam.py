@@ -14,8 +14,11 @@ def beam(ctx: SearchContext, width: int = 4, expansions_per_node: int = 6) -> No
     frontier = [ctx.root]
     while frontier and not ctx.out_of_time():
         children: dict[str, Node] = {}
-        if ctx.executor.width > 1:  # the whole round at once on the workers; registered in order below
-            ctx.prefetch([(node, c) for node in frontier for c in ctx.planned(node, expansions_per_node)])
+        if ctx.executor.width > 1:  # the whole round at once on the workers (its previews, then its
+            # candidates), registered in order below
+            found = ctx.candidates_of(frontier)
+            ctx.prefetch([(node, c) for node, candidates in zip(frontier, found)
+                          for c in ctx.planned(node, expansions_per_node, candidates)])
         for node in frontier:
             for child in ctx.children(node, expansions_per_node):
                 if child.feasible and child.latency_s < node.latency_s:

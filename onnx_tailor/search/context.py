@@ -220,6 +220,7 @@ class SearchContext:
         self.log: list[dict] = []  # every candidate's fate, for the report's per-block decisions
         self._nodes: dict[str, Node] = {}
         self._previews: dict[tuple[str, Step], Preview] = {}
+        self._found: dict[str, list[Candidate]] = {}  # content hash -> its candidates (`candidates_of`)
         self._costs: dict[str, KernelCosts] = {}  # content hash -> the whole model's kernel costs
         self._parents: dict[str, Node] = {}  # content hash -> the node it was first reached from
         self._changed: dict[str, frozenset[str]] = {}  # content hash -> the region its last step changed
@@ -361,43 +362,77 @@ class SearchContext:
 
     def candidates(self, node: Node) -> list[Candidate]:
         """Every applicable step on `node`, previewed, fastest predicted first (ties by name)."""
-        started, sites, new = time.perf_counter(), [], {}
+        return self.candidates_of([node])[0]
+
+    def candidates_of(self, nodes: list[Node]) -> list[list[Candidate]]:
+        """`candidates` of each of `nodes` (kept per model), their new previews built together: on workers
+        in one batch, so that none waits while the next node's sites are found (a beam's frontier)."""
+        started, todo = time.perf_counter(), {n.key: n for n in nodes if n.key not in self._found}
+        while todo:
+            # A node's previews may carry over from its parent's (`_inherited`): a parent in the batch first.
+            ready = [n for n in todo.values() if getattr(self._parents.get(n.key), "key", None) not in todo]
+            ready = ready or list(todo.values())
+            found = [self._sites(node) for node in ready]
+            wanted = [(node, self._unpreviewed(node, sites)) for node, sites in zip(ready, found)]
+            for (node, sites), previews in zip(wanted, self._preview(wanted)):
+                self._previews.update(((node.key, site.step), preview) for site, preview in zip(sites, previews))
+            for node, sites in zip(ready, found):
+                candidates = [Candidate(site, node.latency_s + self._previews[(node.key, site.step)].delta_s)
+                              for site in sites]
+                candidates.sort(key=lambda c: (c.predicted_s, str(c.step)))
+                self._found[node.key] = candidates
+                del todo[node.key]
+        self.stats.preview_s += time.perf_counter() - started
+        return [list(self._found[n.key]) for n in nodes]
+
+    def _sites(self, node: Node) -> list[Site]:
+        """Every site of every pass the search runs on `node` (lossy ones only with data); a step whose
+        preview carries over from the parent (`_inherited`) takes it."""
+        sites = []
         for rewrite in self.passes:
             if rewrite.exactness is Exactness.LOSSY and self.data is None:
                 continue
             for site in rewrite.find(node.model, **self.params_for(rewrite)):
                 sites.append(site)
-                key = (node.key, site.step)
-                if key not in self._previews and key not in new:
+                if (node.key, site.step) not in self._previews:
                     inherited = self._inherited(node, site)
                     if inherited is not None:
-                        self._previews[key] = inherited
-                    else:
-                        new[key] = site
-        self._previews.update(zip(new, self._preview(node, list(new.values()))))
-        found = [Candidate(site, node.latency_s + self._previews[(node.key, site.step)].delta_s) for site in sites]
-        found.sort(key=lambda c: (c.predicted_s, str(c.step)))
-        self.stats.preview_s += time.perf_counter() - started
-        return found
+                        self._previews[(node.key, site.step)] = inherited
+        return sites
 
-    def _preview(self, node: Node, sites: list[Site]) -> list[Preview]:
-        """Previews of these sites of `node`: here with one worker, else shared out among the workers
-        (a few jobs per worker, sites dealt round-robin, so that slow rewrites spread evenly)."""
-        self.stats.previewed += len(sites)
+    def _unpreviewed(self, node: Node, sites: list[Site]) -> list[Site]:
+        """Those of `node`'s sites with no preview yet, each step once (its first site)."""
+        fresh: dict[Step, Site] = {}
+        for site in sites:
+            if (node.key, site.step) not in self._previews:
+                fresh.setdefault(site.step, site)
+        return list(fresh.values())
+
+    def _preview(self, wanted: list[tuple[Node, list[Site]]]) -> list[list[Preview]]:
+        """Previews of these sites of each node: here with one worker, else shared out among the workers
+        in one batch (each node's sites dealt round-robin into a few jobs per worker, so that slow rewrites
+        spread evenly)."""
+        self.stats.previewed += sum(len(sites) for _, sites in wanted)
         params = {rewrite.name: self.params_for(rewrite) for rewrite in self.passes}
         width = self.executor.width
-        if width == 1 or len(sites) < 2:
-            previews, whole = self._evaluation.preview((node.model, self._costs[node.key], sites, params))
-            self.stats.whole += whole
-            return previews
-        jobs = min(len(sites), 2 * width)
-        dealt = self.executor.map([(node.model, self._costs[node.key], sites[i::jobs], params)
-                                   for i in range(jobs)], "preview")
-        previews: list[Preview] = [None] * len(sites)  # type: ignore[list-item]
-        for i, (chunk, whole) in enumerate(dealt):
-            previews[i::jobs] = chunk
-            self.stats.whole += whole
-        return previews
+        if width == 1 or sum(len(sites) for _, sites in wanted) < 2:
+            answers = [self._evaluation.preview((node.model, self._costs[node.key], sites, params))
+                       for node, sites in wanted]
+            self.stats.whole += sum(whole for _, whole in answers)
+            return [previews for previews, _ in answers]
+        jobs, deals = [], []
+        for node, sites in wanted:
+            deals.append((len(jobs), min(len(sites), 2 * width), len(sites)))
+            jobs += [(node.model, self._costs[node.key], sites[i::deals[-1][1]], params) for i in range(deals[-1][1])]
+        dealt = self.executor.map(jobs, "preview")
+        batch = []
+        for first, count, size in deals:
+            previews: list[Preview] = [None] * size  # type: ignore[list-item]
+            for i, (chunk, whole) in enumerate(dealt[first:first + count]):
+                previews[i::count] = chunk
+                self.stats.whole += whole
+            batch.append(previews)
+        return batch
 
     def _inherited(self, node: Node, site: Site) -> Preview | None:
         """The parent's preview of the same step, when the step that made `node` left its footprint alone."""

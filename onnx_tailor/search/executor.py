@@ -203,7 +203,10 @@ class WorkerEvaluation(Evaluation):
 
     def evaluate(self, job: tuple[Model, Site]) -> Outcome:
         parent, site = job
-        return self((self._known(parent), site))
+        outcome = self((self._known(parent), site))
+        if outcome.model is not None:  # it travels with the model (`Model.__reduce__`): hashed on a worker's time
+            outcome.model.content_hash
+        return outcome
 
     def preview(self, job: tuple[Model, KernelCosts, list[Site], dict]) -> tuple[list[Preview], int]:
         model, costs, sites, params = job

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 
 import pytest
 from click.testing import CliRunner
@@ -113,6 +114,40 @@ def test_previews_from_workers_are_the_ones_made_here(tiny):
     assert [(c.step, c.predicted_s) for c in there] == [(c.step, c.predicted_s) for c in mine]
     walked = pooled.ceiling(pooled.root)[0]
     assert len(walked.steps) > 1 and walked.steps == here.ceiling(here.root)[0].steps
+
+
+def test_a_frontier_previewed_in_one_batch_gets_what_each_node_gets_alone(tiny):
+    """A beam's frontier has its previews built together on the workers (`candidates_of`); a node whose parent
+    is in the same batch still takes the previews that carry over from it, as one node at a time would."""
+    here, pooled = _context(tiny), _context(tiny, workers=2)
+    try:
+        children = [here.expand(here.root, c) for c in here.candidates(here.root)[:3]]
+        children = [child for child in children if child is not None]
+        assert len(children) >= 2
+        for child in children:  # the same children in the pooled search, its root not previewed yet
+            pooled._parents[child.key] = pooled.root
+            pooled._costs[child.key] = here._costs[child.key]
+        batch = pooled.candidates_of([*children, pooled.root])  # the parent last: it must go first anyway
+    finally:
+        pooled.close()
+    alone = [here.candidates(child) for child in children] + [here.candidates(here.root)]
+    assert [[(c.step, c.predicted_s) for c in found] for found in batch] == \
+        [[(c.step, c.predicted_s) for c in found] for found in alone]
+    assert pooled.stats.reused == here.stats.reused > 0  # carried over from the root in both
+    assert pooled.stats.previewed == here.stats.previewed
+
+
+def test_a_model_sent_to_another_process_brings_its_content_hash_when_known(tiny):
+    """Deriving the hash serializes the whole proto: a worker's model arrives with it, and it is the one the
+    receiver would compute."""
+    fresh = pickle.loads(pickle.dumps(Model(tiny.proto)))
+    assert "content_hash" not in fresh.__dict__  # nothing computed, nothing sent
+    sent = pickle.loads(pickle.dumps(fresh.with_proto(tiny.proto)))
+    assert "content_hash" not in sent.__dict__
+    hashed = Model(tiny.proto)
+    expected = hashed.content_hash
+    arrived = pickle.loads(pickle.dumps(hashed))
+    assert arrived.__dict__["content_hash"] == expected == Model(arrived.proto).content_hash
 
 
 def test_the_command_line_asks_for_a_worker_per_core_by_default(tiny, tmp_path, monkeypatch):
