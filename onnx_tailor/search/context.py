@@ -422,8 +422,9 @@ class SearchContext:
             return [previews for previews, _ in answers]
         jobs, deals = [], []
         for node, sites in wanted:
-            deals.append((len(jobs), min(len(sites), 2 * width), len(sites)))
-            jobs += [(node.model, self._costs[node.key], sites[i::deals[-1][1]], params) for i in range(deals[-1][1])]
+            count = min(len(sites), 2 * width)
+            deals.append((len(jobs), count, len(sites)))
+            jobs += [(node.model, self._costs[node.key], sites[i::count], params) for i in range(count)]
         dealt = self.executor.map(jobs, "preview")
         batch = []
         for first, count, size in deals:
