@@ -320,6 +320,19 @@ after it (22:56-22:57, load 0.9-1.0):
     22:57    6.4%      84%         1.031           80%          x1.003  84%
 
 (Spearman 0.991-0.992; worst 15-20%.) This is the shipped cpu-ort.csv.
+
+Five to six hours later, in a new session, three fresh truths on the idle
+host (2026-12-04 03:58, 03:58, 04:35; load 0.0-0.3; nothing chosen on
+them; `--truth /tmp/s23/truthN.json`), the same CSV:
+
+    truth    MAPE   within 10%   pred/true   within 10% of it   re-anchored
+    03:58    6.3%      84%         0.995           84%          x1.014  84%
+    03:58    6.5%      84%         0.993           76%          x1.013  72%
+    04:35    6.7%      80%         1.020           76%          x1.029  72%
+
+(Spearman 0.992; worst 17-22%, digits~3 and digits~4 under-predicted by
+15-22%, paddle_det~2 over-predicted by 11-13%.) The host ran at the
+sweep's speed again, and the goal held on all three.
 """
 
 from __future__ import annotations
