@@ -58,7 +58,7 @@ Before greedy tried every candidate and skipped repeats of a step that had
 already failed (it stopped after 8 failures a step), the same run ended at
 1.19x in 296 s; tried uncapped without the skip, 1.28x in 1048 s. With
 previews by region and captures by cut (2026-12-04, idle, load 1.1-1.4):
-the same 10 steps and 42 evaluations, 4.23 -> 3.29 ms simulated (1.29x),
+10 steps and 42 evaluations, 4.23 -> 3.29 ms simulated (1.29x),
 in 92 s.
 """
 
