@@ -385,19 +385,22 @@ class SearchContext:
         self.stats.preview_s += time.perf_counter() - started
         return [list(self._found[n.key]) for n in nodes]
 
-    def _sites(self, node: Node) -> list[Site]:
-        """Every site of every pass the search runs on `node` (lossy ones only with data); a step whose
-        preview carries over from the parent (`_inherited`) takes it."""
-        sites = []
+    def _all_sites(self, node: Node) -> Iterator[Site]:
+        """Every site of every pass the search runs on `node` (lossy ones only with data)."""
         for rewrite in self.passes:
             if rewrite.exactness is Exactness.LOSSY and self.data is None:
                 continue
-            for site in rewrite.find(node.model, **self.params_for(rewrite)):
-                sites.append(site)
-                if (node.key, site.step) not in self._previews:
-                    inherited = self._inherited(node, site)
-                    if inherited is not None:
-                        self._previews[(node.key, site.step)] = inherited
+            yield from rewrite.find(node.model, **self.params_for(rewrite))
+
+    def _sites(self, node: Node) -> list[Site]:
+        """`node`'s sites (`_all_sites`); a step whose preview carries over from the parent (`_inherited`)
+        takes it."""
+        sites = list(self._all_sites(node))
+        for site in sites:
+            if (node.key, site.step) not in self._previews:
+                inherited = self._inherited(node, site)
+                if inherited is not None:
+                    self._previews[(node.key, site.step)] = inherited
         return sites
 
     def _unpreviewed(self, node: Node, sites: list[Site]) -> list[Site]:
@@ -621,12 +624,9 @@ class SearchContext:
         if not timed_out:
             return self.candidates(node)
         found = []
-        for rewrite in self.passes:
-            if rewrite.exactness is Exactness.LOSSY and self.data is None:
-                continue
-            for site in rewrite.find(node.model, **self.params_for(rewrite)):
-                preview = self._previews.get((node.key, site.step))
-                found.append(Candidate(site, None if preview is None else node.latency_s + preview.delta_s))
+        for site in self._all_sites(node):
+            preview = self._previews.get((node.key, site.step))
+            found.append(Candidate(site, None if preview is None else node.latency_s + preview.delta_s))
         return found
 
     def ceiling(self, start: Node, max_steps: int = 500) -> tuple[Node, bool]:
